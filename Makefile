@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+MANAGE := $(BIN)/python manage.py
+
+.PHONY: demo test lint format migrate bench soak serve clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)  ## migrate every database and load the demo data
+	$(MANAGE) migrate_all
+	$(MANAGE) insert_data
+
+migrate: $(STAMP)
+	$(MANAGE) migrate_all
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint  ## lint, then the whole test suite
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) *.db *.db-wal *.db-shm bench-data

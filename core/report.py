@@ -1,0 +1,166 @@
+"""What a load did: per-table counts, writer timings and rejections with their reasons.
+
+The pipeline fills a ``LoadResult``; the command prints it (``summary_rows``,
+``rejection_lines``), and ``write_json``/``write_rejects`` save it for machines and for the
+person who will fix the input and feed the rejects file back with ``--from``.
+"""
+
+import csv
+import json
+from dataclasses import dataclass, field
+
+from core.tables import TABLES, fields
+
+REJECTS_COLUMNS = ("table", "line", "id", "reason") + tuple(
+    dict.fromkeys(f for t in TABLES for f in fields(t) if f != "id")
+)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    table: str
+    line: int | None
+    id: object
+    reason: str
+    values: dict
+
+    @property
+    def where(self):
+        label = f"{self.table} #{self.id}" if self.id is not None else self.table
+        return f"{label} (line {self.line})" if self.line is not None else label
+
+    def __str__(self):
+        return f"{self.where}: {self.reason}"
+
+    def sort_key(self):
+        return (TABLES.index(self.table), self.line or 0, str(self.id))
+
+
+@dataclass
+class TableResult:
+    table: str
+    read: int = 0
+    stored: int = 0
+    present: int = 0
+    rejected: int = 0
+    started: float | None = None  # when its writer first wrote (time.time())
+    finished: float | None = None  # when its writer committed its last batch
+
+    @property
+    def seconds(self):
+        if self.started is None or self.finished is None:
+            return 0.0
+        return self.finished - self.started
+
+    @property
+    def rows_per_second(self):
+        return (self.stored + self.present) / self.seconds if self.seconds else 0.0
+
+    def as_dict(self):
+        return {
+            "read": self.read,
+            "stored": self.stored,
+            "already_present": self.present,
+            "rejected": self.rejected,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "writer_started": self.started,
+            "writer_finished": self.finished,
+        }
+
+
+@dataclass
+class LoadResult:
+    source: str
+    started: float = 0.0
+    finished: float = 0.0
+    tables: dict = field(default_factory=lambda: {t: TableResult(t) for t in TABLES})
+    rejections: list = field(default_factory=list)
+    error: str | None = None  # set when a failure stopped the run
+
+    def reject(self, rejection):
+        self.rejections.append(rejection)
+        self.tables[rejection.table].rejected += 1
+
+    @property
+    def seconds(self):
+        return self.finished - self.started
+
+    def overlaps(self):
+        """Return the pairs of writers that were busy at the same moment, e.g. users+orders."""
+        spans = [t for t in self.tables.values() if t.started and t.finished]
+        return [
+            f"{a.table}+{b.table}"
+            for i, a in enumerate(spans)
+            for b in spans[i + 1 :]
+            if max(a.started, b.started) < min(a.finished, b.finished)
+        ]
+
+    @property
+    def writers_overlapped(self):
+        """True when all the writers that wrote were busy at one common moment."""
+        spans = [(t.started, t.finished) for t in self.tables.values() if t.started and t.finished]
+        return len(spans) > 1 and max(s for s, _ in spans) < min(e for _, e in spans)
+
+    def sorted_rejections(self):
+        return sorted(self.rejections, key=Rejection.sort_key)
+
+    def totals(self):
+        keys = ("read", "stored", "present", "rejected")
+        return {k: sum(getattr(t, k) for t in self.tables.values()) for k in keys}
+
+    def as_dict(self):
+        totals = self.totals()
+        return {
+            "source": self.source,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "writers_overlapped": self.writers_overlapped,
+            "overlapping_writers": self.overlaps(),
+            "tables": {name: t.as_dict() for name, t in self.tables.items()},
+            "totals": {
+                "read": totals["read"],
+                "stored": totals["stored"],
+                "already_present": totals["present"],
+                "rejected": totals["rejected"],
+                "rows_per_second": round((totals["stored"] + totals["present"]) / self.seconds, 1)
+                if self.seconds
+                else 0.0,
+            },
+        }
+
+    def summary_rows(self):
+        """Rows of the summary table: table, stored, already present, rejected, seconds."""
+        for t in self.tables.values():
+            yield (t.table, t.stored, t.present, t.rejected, f"{t.seconds:.2f}")
+
+    def write_json(self, path):
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.as_dict(), handle, indent=2)
+            handle.write("\n")
+
+    def write_rejects(self, path):
+        with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            writer = csv.DictWriter(handle, REJECTS_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for r in self.sorted_rejections():
+                writer.writerow(
+                    {"table": r.table, "line": r.line, "id": r.id, "reason": r.reason}
+                    | {k: v for k, v in r.values.items() if k != "id"}
+                )
+
+
+def record(result):
+    """Keep the run's summary in the default database for the overview page."""
+    from datetime import UTC, datetime
+
+    from core.models import LoadRun
+
+    LoadRun.objects.create(
+        started_at=datetime.fromtimestamp(result.started, UTC),
+        finished_at=datetime.fromtimestamp(result.finished, UTC),
+        source=result.source[:500],
+        summary=result.as_dict(),
+    )

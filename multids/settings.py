@@ -1,0 +1,175 @@
+"""Settings for multids: four database aliases, each configured from the environment.
+
+Aliases and where they point by default (SQLite files in ``MULTIDS_DATA_DIR``, which
+defaults to the repository root):
+
+==============  ===========================  ==============================
+alias           file                         environment variable for a URL
+==============  ===========================  ==============================
+``default``     ``default.db``               ``DATABASE_URL``
+``users_db``    ``users.db``                 ``USERS_DATABASE_URL``
+``orders_db``   ``orders.db``                ``ORDERS_DATABASE_URL``
+``products_db`` ``products.db``              ``PRODUCTS_DATABASE_URL``
+==============  ===========================  ==============================
+
+A URL (``postgres://user@host:5432/name`` or ``sqlite:////abs/path.db``) replaces the file.
+Every SQLite connection, file or URL, gets WAL, ``synchronous=NORMAL``, a busy timeout and
+``BEGIN IMMEDIATE`` transactions, so concurrent writers queue instead of failing with
+"database is locked".
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_flag(name, default=False):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be 1/true/yes/on or 0/false/no/off (got {value!r})")
+
+
+DEBUG = _env_flag("MULTIDS_DEBUG")
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG and _env_flag("MULTIDS_PRODUCTION"):
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set when MULTIDS_PRODUCTION=1 "
+            "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+    # Good enough for the command line and a laptop; production must set DJANGO_SECRET_KEY.
+    SECRET_KEY = "multids-insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
+
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "core",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "multids.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "multids.wsgi.application"
+
+# --- Databases ---------------------------------------------------------------------------
+
+DATA_DIR = Path(os.environ.get("MULTIDS_DATA_DIR") or BASE_DIR).expanduser()
+
+# alias -> (environment variable holding a URL, SQLite file name used without one)
+DATABASE_SOURCES = {
+    "default": ("DATABASE_URL", "default.db"),
+    "users_db": ("USERS_DATABASE_URL", "users.db"),
+    "orders_db": ("ORDERS_DATABASE_URL", "orders.db"),
+    "products_db": ("PRODUCTS_DATABASE_URL", "products.db"),
+}
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+SQLITE_OPTIONS = {
+    # Django 5.1+: every transaction.atomic() opens with BEGIN IMMEDIATE, so a writer takes
+    # the write lock up front and waits out the busy timeout instead of failing mid-way.
+    "transaction_mode": "IMMEDIATE",
+    "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
+    # WAL lets readers run beside the writer; NORMAL is crash-safe in WAL mode (only a power
+    # cut can lose the last commits). Run on every new connection.
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+}
+
+
+def database_config(alias, env=os.environ):
+    """Return the DATABASES entry for alias: the URL from its variable, else a SQLite file."""
+    variable, filename = DATABASE_SOURCES[alias]
+    url = env.get(variable, "").strip()
+    if url:
+        try:
+            config = dj_database_url.parse(url, conn_max_age=0)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{variable} is not a valid database URL: {exc}") from exc
+        if not config.get("ENGINE"):
+            raise ImproperlyConfigured(f"{variable} names an unknown database scheme: {url!r}")
+    else:
+        config = {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(DATA_DIR / filename),
+        }
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config.setdefault("OPTIONS", {}).update(SQLITE_OPTIONS)
+        name = Path(str(config["NAME"]))
+        # Tests need files (writer processes cannot share an in-memory database).
+        config["TEST"] = {"NAME": str(name.with_name(f"test_{name.name}"))}
+    return config
+
+
+DATABASES = {alias: database_config(alias) for alias in DATABASE_SOURCES}
+
+DATABASE_ROUTERS = ["core.routers.DatabaseRouter"]
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- The rest ------------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "core": {"handlers": ["console"], "level": os.environ.get("MULTIDS_LOG_LEVEL", "WARNING")}
+    },
+}

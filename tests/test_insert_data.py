@@ -1,0 +1,152 @@
+"""insert_data as a user runs it: the demo data, re-runs, and the order of commits."""
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from core import pipeline
+from core.models import LoadRun, Order, Product, User
+from core.sources import SyntheticSource, demo_source
+from core.writers import BulkWriter, existing_ids
+from tests.conftest import all_databases, manage
+
+DEMO_REJECTIONS = [
+    "users #8 (line 9): email 'alice@example.com' is already used by user 1",
+    "users #10 (line 11): name is required",
+    "products #10 (line 11): price must be greater than 0 (got -50.00)",
+    "orders #8 (line 9): quantity must be at least 1 (got 0); user 8 was rejected in this run",
+    "orders #9 (line 10): quantity must be at least 1 (got -1)",
+    "orders #10 (line 11): user 10 was rejected in this run; product 11 does not exist",
+]
+
+
+@all_databases
+def test_demo_stores_8_users_9_products_7_orders(run_command):
+    out = run_command("insert_data", "--no-progress")
+    assert sorted(User.objects.values_list("pk", flat=True)) == [1, 2, 3, 4, 5, 6, 7, 9]
+    assert sorted(Product.objects.values_list("pk", flat=True)) == list(range(1, 10))
+    assert sorted(Order.objects.values_list("pk", flat=True)) == list(range(1, 8))
+    assert Product.objects.get(pk=7).price == Decimal("1000.00")
+    for line in DEMO_REJECTIONS:
+        assert line in out
+    assert "24 stored, 0 already present, 6 rejected" in out
+
+
+@all_databases
+def test_running_the_demo_again_stores_nothing_twice(run_command):
+    run_command("insert_data", "--no-progress")
+    out = run_command("insert_data", "--no-progress")
+    assert "0 stored, 24 already present, 6 rejected" in out
+    assert (User.objects.count(), Product.objects.count(), Order.objects.count()) == (8, 9, 7)
+
+
+@all_databases
+def test_each_run_is_recorded_in_default():
+    result = pipeline.load(demo_source())
+    from core.report import record
+
+    record(result)
+    run = LoadRun.objects.using("default").get()
+    assert run.summary["tables"]["orders"]["stored"] == 7
+
+
+@all_databases
+def test_the_order_accessors_read_other_databases():
+    pipeline.load(demo_source())
+    order = Order.objects.get(pk=3)
+    assert order.user.email == "charlie@example.com"
+    assert order.product.name == "Headphones"
+
+
+@all_databases
+def test_the_three_writers_overlap_in_time():
+    """Each database has its own writer process; their busy spans must intersect."""
+    source = SyntheticSource(users=20000, products=20000, orders=20000)
+    result = pipeline.load(source, batch_size=1000)
+    assert result.writers_overlapped, result.as_dict()
+    assert result.tables["orders"].stored == 20000
+
+
+def _spy_on_orders(monkeypatch, log):
+    """Slow the users writer down and, after each order commit, count orders without users."""
+    original = BulkWriter.write
+
+    def write(self, rows, lines):
+        if self.table == "users":
+            time.sleep(0.3)
+        outcome = original(self, rows, lines)
+        if self.table == "orders":
+            named = {row[1] for row in rows}
+            with open(log, "a") as handle:
+                handle.write(f"{len(named - existing_ids('users', named))}\n")
+        return outcome
+
+    monkeypatch.setattr(BulkWriter, "write", write)
+
+
+@all_databases
+def test_no_order_is_committed_before_its_user(monkeypatch, tmp_path):
+    log = tmp_path / "orphans"
+    _spy_on_orders(monkeypatch, log)
+    pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    counts = [int(n) for n in log.read_text().split()]
+    assert len(counts) == 10
+    assert sum(counts) == 0
+
+
+@all_databases
+def test_the_ordering_check_catches_a_writer_that_does_not_wait(monkeypatch, tmp_path):
+    """Negative control: without the wait for parents the spy above must see orphans."""
+    log = tmp_path / "orphans"
+    _spy_on_orders(monkeypatch, log)
+    monkeypatch.setattr(pipeline, "_wait_for_parents", lambda *args: None)
+    pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    assert sum(int(n) for n in log.read_text().split()) > 0
+
+
+def test_insert_data_before_migrate_all_says_what_to_run_and_writes_nothing(tmp_path):
+    result = manage("insert_data", data_dir=tmp_path)
+    assert result.returncode == 1
+    assert "Run: python manage.py migrate_all" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _dump(data_dir):
+    import sqlite3
+
+    rows = {}
+    for name in ("users", "products", "orders"):
+        with sqlite3.connect(data_dir / f"{name}.db") as db:
+            rows[name] = db.execute(f"SELECT * FROM {name} ORDER BY id").fetchall()
+    return rows
+
+
+def test_five_runs_in_fresh_directories_store_identical_rows(tmp_path):
+    dumps = []
+    for run in range(5):
+        data_dir = tmp_path / f"run{run}"
+        data_dir.mkdir()
+        manage("migrate_all", data_dir=data_dir, check=True)
+        out = manage("insert_data", data_dir=data_dir, check=True).stdout
+        assert "24 stored" in out
+        dumps.append(_dump(data_dir))
+    assert all(d == dumps[0] for d in dumps)
+    assert len(dumps[0]["orders"]) == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1 (got 0)"),
+        (["--users", "-5"], "--users must be 0 or more (got -5)"),
+        (["--from", "/no/such/dir"], "--from /no/such/dir: no such directory"),
+        (["--from", ".", "--users", "3"], "use either --from or --users"),
+    ],
+)
+def test_bad_options_get_one_line_errors(migrated_dir, args, message):
+    result = manage("insert_data", *args, data_dir=migrated_dir)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,95 @@
+"""The row rules, as a user meets them: the value in, the reason out."""
+
+from decimal import Decimal
+
+import pytest
+
+from core.validation import clean_order, clean_product, clean_user
+
+
+def reasons(problems):
+    return [message for _field, message in problems]
+
+
+def test_a_valid_user_is_trimmed():
+    row, problems = clean_user(("1", "  Alice ", " alice@example.com "))
+    assert problems == []
+    assert row == (1, "Alice", "alice@example.com")
+
+
+@pytest.mark.parametrize(
+    ("name", "email", "reason"),
+    [
+        ("", "a@example.com", "name is required"),
+        ("   ", "a@example.com", "name is required"),
+        ("Al", "", "email is required"),
+        ("Al", "not-an-email", "email is not a valid email address (got 'not-an-email')"),
+        ("Al", "a@b", "email is not a valid email address (got 'a@b')"),
+        ("Al", "a b@example.com", "email is not a valid email address (got 'a b@example.com')"),
+        ("x" * 201, "a@example.com", "name is longer than 200 characters"),
+        ("Al\udcff", "a@example.com", "name is not valid UTF-8 text"),
+    ],
+)
+def test_user_rules(name, email, reason):
+    assert reasons(clean_user(("1", name, email))[1]) == [reason]
+
+
+def test_a_valid_product_price_has_two_places():
+    row, problems = clean_product(("3", "Headphones", "150"))
+    assert problems == []
+    assert row == (3, "Headphones", Decimal("150.00"))
+    assert str(row[2]) == "150.00"
+
+
+@pytest.mark.parametrize(
+    ("price", "reason"),
+    [
+        ("0", "price must be greater than 0 (got 0)"),
+        ("-50.00", "price must be greater than 0 (got -50.00)"),
+        ("NaN", "price must be a finite number (got 'NaN')"),
+        ("inf", "price must be a finite number (got 'inf')"),
+        (float("inf"), "price must be a finite number (got inf)"),
+        ("abc", "price must be a number (got 'abc')"),
+        ("0.001", "price must have at most 2 decimal places (got '0.001')"),
+        ("", "price is required"),
+        ("1e400", "price must be at most 9999999999.99 (got '1e400')"),
+    ],
+)
+def test_product_price_rules(price, reason):
+    assert reasons(clean_product(("1", "Thing", price))[1]) == [reason]
+
+
+def test_product_names_need_not_be_unique_but_must_exist():
+    assert reasons(clean_product(("7", "Laptop", "1000.00"))[1]) == []
+    assert reasons(clean_product(("7", " ", "1000.00"))[1]) == ["name is required"]
+
+
+@pytest.mark.parametrize(
+    ("quantity", "reason"),
+    [
+        ("0", "quantity must be at least 1 (got 0)"),
+        ("-1", "quantity must be at least 1 (got -1)"),
+        ("2.5", "quantity must be a whole number (got '2.5')"),
+        (2.5, "quantity must be a whole number (got 2.5)"),
+        (True, "quantity must be a whole number (got True)"),
+        ("", "quantity is required"),
+    ],
+)
+def test_order_quantity_rules(quantity, reason):
+    assert reasons(clean_order(("1", "1", "1", quantity))[1]) == [reason]
+
+
+def test_every_problem_of_a_row_is_reported_at_once():
+    _row, problems = clean_order(("x", "0", "", "0"))
+    assert reasons(problems) == [
+        "id must be a whole number (got 'x')",
+        "user_id must be a positive whole number (got 0)",
+        "product_id is required",
+        "quantity must be at least 1 (got 0)",
+    ]
+    assert [field for field, _ in problems] == ["id", "user_id", "product_id", "quantity"]
+
+
+def test_json_numbers_are_accepted_as_they_are():
+    assert clean_order((1, 2, 3, 4)) == ((1, 2, 3, 4), [])
+    assert clean_product((1, "Pen", 1.5))[0][2] == Decimal("1.50")
