@@ -35,3 +35,6 @@ test: lint  ## lint, then the whole test suite
 
 clean:
 	rm -rf $(VENV) *.db *.db-wal *.db-shm bench-data
+
+bench: $(STAMP)  ## 1.11M rows: insert_data vs plain sqlite3 vs the naive ORM loop
+	$(BIN)/python -m bench

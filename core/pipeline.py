@@ -28,7 +28,7 @@ from core.writers import existing_ids, writer_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 10_000
+DEFAULT_BATCH_SIZE = 50_000  # measured: 10k batches spend 40% more time committing
 QUEUE_BATCHES = 4  # batches waiting per writer; bounds memory whatever the input size
 POLL_SECONDS = 0.2
 
@@ -72,6 +72,39 @@ class RunValidator:
 
     def validate(self, table, batch):
         """Return (rows, lines, rejections) for one batch of (line, raw values)."""
+        if table == "orders":
+            return self._validate_orders(batch)
+        return self._validate_rows(table, batch)
+
+    def _validate_orders(self, batch):
+        """Take the common case, a CSV order naming parents accepted in this run, in one step.
+
+        A million orders make validation the loader's hot loop; ``int()`` on the four
+        strings plus two set lookups is the whole rule for a valid row. Anything else
+        (JSON values, bad fields, parents to look up) goes through the general path.
+        """
+        users, products = self.accepted["users"], self.accepted["products"]
+        rows, lines, others = [], [], []
+        for item in batch:
+            values = item[1]
+            if type(values) is list:  # a CSV row: four strings
+                try:
+                    row = (int(values[0]), int(values[1]), int(values[2]), int(values[3]))
+                except ValueError:
+                    others.append(item)
+                    continue
+                if row[0] > 0 and row[3] > 0 and row[1] in users and row[2] in products:
+                    rows.append(row)
+                    lines.append(item[0])
+                    continue
+            others.append(item)
+        if not others:
+            return rows, lines, []
+        more_rows, more_lines, rejections = self._validate_rows("orders", others)
+        merged = sorted(zip(lines + more_lines, rows + more_rows, strict=True))
+        return [r for _, r in merged], [line for line, _ in merged], rejections
+
+    def _validate_rows(self, table, batch):
         clean = CLEANERS[table]
         checked = []  # (line, raw values, cleaned, problems)
         rejections = []

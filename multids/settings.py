@@ -107,6 +107,16 @@ DATABASE_SOURCES = {
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
+# Page cache of each insert_data writer connection (SQLite). Index updates for random keys
+# thrash SQLite's 2 MB default; 64 MB made a million-order load 40% faster (make bench).
+try:
+    SQLITE_WRITER_CACHE_MB = int(os.environ.get("MULTIDS_WRITER_CACHE_MB", "64"))
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        f"MULTIDS_WRITER_CACHE_MB must be a whole number of megabytes "
+        f"(got {os.environ['MULTIDS_WRITER_CACHE_MB']!r})"
+    ) from exc
+
 SQLITE_OPTIONS = {
     # Django 5.1+: every transaction.atomic() opens with BEGIN IMMEDIATE, so a writer takes
     # the write lock up front and waits out the busy timeout instead of failing mid-way.
