@@ -60,12 +60,22 @@ def test_the_order_accessors_read_other_databases():
 
 
 @all_databases
-def test_the_three_writers_overlap_in_time():
-    """Each database has its own writer process; their busy spans must intersect."""
-    source = SyntheticSource(users=20000, products=20000, orders=20000)
+def test_the_three_writers_overlap_in_time(monkeypatch):
+    """Each database has its own writer process: orders start inserting while the parent
+    writers are still busy (they only wait before committing), so all three overlap."""
+    original = BulkWriter.write
+
+    def slow_parents(self, rows, lines):
+        if self.table != "orders":
+            time.sleep(0.1)
+        return original(self, rows, lines)
+
+    monkeypatch.setattr(BulkWriter, "write", slow_parents)
+    source = SyntheticSource(users=5000, products=5000, orders=5000)
     result = pipeline.load(source, batch_size=1000)
     assert result.writers_overlapped, result.as_dict()
-    assert result.tables["orders"].stored == 20000
+    assert result.overlaps() == ["users+products", "users+orders", "products+orders"]
+    assert result.tables["orders"].stored == 5000
 
 
 def _spy_on_orders(monkeypatch, log):
