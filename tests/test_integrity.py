@@ -1,0 +1,215 @@
+"""core.integrity: the cross-database check and the safe deletes, in process."""
+
+import json
+
+import pytest
+from django.core.management import CommandError
+
+from core import integrity, pipeline
+from core.integrity import HasOrders, check_integrity, count_orders_for, delete_parent
+from core.models import Order, Product, User
+from core.sources import SyntheticSource, demo_source
+from tests.conftest import all_databases
+
+# The demo data plus order 50 (user 1, product 1): 8 orders, two each for user 1 and product 1.
+DEMO_ORDERS = 8
+DEMO_ORDERS_OF_USER_1 = 2
+DEMO_ORDERS_OF_PRODUCT_1 = 2
+
+
+def load_demo():
+    pipeline.load(demo_source())
+    Order.objects.create(pk=50, user_id=1, product_id=1, quantity=1)
+
+
+@all_databases
+def test_clean_data_passes_with_every_file_ok():
+    load_demo()
+    result = check_integrity()
+    assert result.ok
+    assert (result.orders_checked, result.orphan_count, result.orphans) == (DEMO_ORDERS, 0, [])
+    assert result.databases == dict.fromkeys(
+        ["default", "users_db", "orders_db", "products_db"], "ok"
+    )
+
+
+@all_databases
+def test_an_order_whose_user_was_deleted_behind_our_back_is_an_orphan():
+    load_demo()
+    User.objects.filter(pk=1).delete()  # bypasses the safe delete on purpose
+    result = check_integrity()
+    assert not result.ok
+    assert result.orphan_count == DEMO_ORDERS_OF_USER_1
+    assert all(o.user_id == 1 and o.missing_user and not o.missing_product for o in result.orphans)
+    assert str(result.orphans[0]) == f"order {result.orphans[0].order_id}: user 1 not found"
+
+
+@all_databases
+def test_orphans_are_found_across_batches_and_only_the_first_few_are_kept():
+    """Keyset batches of 7 over 500 orders see every order once; keep caps the list only."""
+    pipeline.load(SyntheticSource(users=50, products=50, orders=500))
+    Product.objects.filter(pk__lte=10).delete()
+    expected = Order.objects.filter(product_id__lte=10).count()
+    assert expected > 10
+    result = check_integrity(batch_size=7, keep=3)
+    assert result.orders_checked == 500
+    assert result.orphan_count == expected
+    assert [o.order_id for o in result.orphans] == list(
+        Order.objects.filter(product_id__lte=10).order_by("pk").values_list("pk", flat=True)[:3]
+    )
+    assert check_integrity(batch_size=10_000).orphan_count == expected
+
+
+@all_databases
+def test_an_orphan_that_is_gone_by_the_time_it_is_confirmed_is_not_reported(monkeypatch):
+    """A safe delete beside the check: the order was read, then it and its user were deleted."""
+    load_demo()
+    real = integrity._orphans_in
+
+    def read_then_delete(batch):
+        User.objects.filter(pk=1).delete()
+        monkeypatch.setattr(integrity, "_orphans_in", real)
+        found = real(batch)
+        Order.objects.filter(user_id=1).delete()
+        return found
+
+    monkeypatch.setattr(integrity, "_orphans_in", read_then_delete)
+    result = check_integrity()
+    assert (result.orders_checked, result.orphan_count) == (DEMO_ORDERS, 0)
+
+
+@all_databases
+def test_safe_delete_refuses_a_user_with_orders_and_changes_nothing():
+    load_demo()
+    with pytest.raises(HasOrders) as caught:
+        delete_parent("users", 1)
+    assert str(caught.value) == (
+        f"user 1 has {DEMO_ORDERS_OF_USER_1} orders; delete them first or pass --with-orders"
+    )
+    assert User.objects.filter(pk=1).exists()
+    assert Order.objects.filter(user_id=1).count() == DEMO_ORDERS_OF_USER_1
+
+
+@all_databases
+def test_safe_delete_with_orders_deletes_them_then_the_product():
+    load_demo()
+    assert delete_parent(Product, 1, with_orders=True) == (DEMO_ORDERS_OF_PRODUCT_1, True)
+    assert not Product.objects.filter(pk=1).exists()
+    assert not Order.objects.filter(product_id=1).exists()
+    assert check_integrity().ok
+
+
+@all_databases
+def test_safe_delete_of_a_parent_without_orders_or_that_does_not_exist():
+    load_demo()
+    assert delete_parent(Product, 9) == (0, True)  # product 9 has no order in the demo
+    assert delete_parent(Product.objects.get(pk=8), with_orders=False, pk=8)[1] is True
+    assert delete_parent("users", 999) == (0, False)
+
+
+@all_databases
+def test_a_crash_between_the_two_deletes_leaves_no_orphan(monkeypatch):
+    """Orders are committed deleted before the parent is touched; a crash then is harmless."""
+    load_demo()
+
+    class Crash(BaseException):
+        pass
+
+    class Exploding:
+        class objects:  # noqa: N801 - stands in for a model manager
+            @staticmethod
+            def using(alias):
+                raise Crash
+
+    monkeypatch.setattr(integrity, "MODELS", {**integrity.MODELS, "users": Exploding})
+    with pytest.raises(Crash):
+        delete_parent("users", 1, with_orders=True)
+    assert not Order.objects.filter(user_id=1).exists()
+    assert User.objects.filter(pk=1).exists()
+    assert check_integrity().ok
+
+
+@all_databases
+def test_orders_that_appear_during_a_delete_are_deleted_or_refused_before_the_parent(
+    monkeypatch,
+):
+    """A load that commits an order between the two steps is caught by the locked re-check."""
+    load_demo()
+    real_delete = integrity.Order.objects.none().__class__.delete
+    calls = []
+
+    def delete_then_race(queryset):
+        outcome = real_delete(queryset)
+        if not calls:
+            calls.append(1)
+            Order.objects.create(pk=100, user_id=1, product_id=2, quantity=1)
+        return outcome
+
+    monkeypatch.setattr(integrity.Order.objects.none().__class__, "delete", delete_then_race)
+    assert delete_parent("users", 1, with_orders=True) == (DEMO_ORDERS_OF_USER_1 + 1, True)
+    assert check_integrity().ok
+
+
+@all_databases
+def test_count_orders_for_counts_per_parent():
+    load_demo()
+    counts = count_orders_for("users", [1, 2, 999])
+    assert counts[1] == DEMO_ORDERS_OF_USER_1
+    assert 999 not in counts
+    assert sum(count_orders_for(User, range(1, 20)).values()) == DEMO_ORDERS
+
+
+def test_only_users_and_products_can_be_deleted_safely():
+    with pytest.raises(ValueError, match="can only delete users or products"):
+        delete_parent("orders", 1)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        check_integrity(batch_size=0)
+
+
+@all_databases
+def test_check_integrity_command_exit_codes_and_json(run_command, tmp_path):
+    load_demo()
+    out = run_command("check_integrity", "--json", str(tmp_path / "ok.json"))
+    assert "8 orders checked, 0 orphaned" in out
+    assert "Integrity holds." in out
+    assert json.loads((tmp_path / "ok.json").read_text())["ok"] is True
+
+    User.objects.filter(pk=1).delete()
+    with pytest.raises(CommandError, match=r"integrity check failed: 2 orphaned order\(s\)"):
+        run_command("check_integrity", "--show", "1", "--json", str(tmp_path / "bad.json"))
+    report = json.loads((tmp_path / "bad.json").read_text())
+    assert (report["ok"], report["orphan_count"], report["orphans_listed"]) == (False, 2, 2)
+    with pytest.raises(CommandError, match=r"--batch-size must be at least 1 \(got 0\)"):
+        run_command("check_integrity", "--batch-size", "0")
+
+
+@all_databases
+def test_delete_row_command(run_command):
+    load_demo()
+    with pytest.raises(CommandError, match="user 1 has 2 orders; delete them first"):
+        run_command("delete_row", "users", "1")
+    out = run_command("delete_row", "users", "1", "--with-orders")
+    assert "deleted 2 order(s) of user 1" in out
+    assert "deleted user 1" in out
+    with pytest.raises(CommandError, match="^user 1 does not exist$"):
+        run_command("delete_row", "users", "1")
+
+
+@pytest.mark.parametrize("name", ["check_integrity", "delete_row"])
+def test_every_option_has_help(name):
+    from django.core.management import load_command_class
+
+    command = load_command_class("core", name)
+    parser = command.create_parser("manage.py", name)
+    assert command.help
+    own = [a for a in parser._actions if a.dest not in {"help", "version"}]
+    builtin = {
+        "verbosity",
+        "settings",
+        "pythonpath",
+        "traceback",
+        "no_color",
+        "force_color",
+        "skip_checks",
+    }
+    assert all(a.help for a in own if a.dest not in builtin)
