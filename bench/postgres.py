@@ -22,9 +22,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
-from psycopg import conninfo, sql
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = "postgresql://multids@127.0.0.1:5432/postgres"
@@ -46,7 +47,7 @@ def admin_url():
 
 def database_url(name):
     """The admin URL with its database name replaced by name."""
-    return conninfo.make_conninfo(admin_url(), dbname=name)
+    return urlsplit(admin_url())._replace(path=f"/{name}").geturl()
 
 
 def _manage(*args, env, timeout=3600):
@@ -110,7 +111,10 @@ def reference(workload_dir, databases):
     started = time.perf_counter()
     for table in TABLES:
         path = Path(workload_dir) / f"{table}.csv"
-        with open(path, "rb") as handle, psycopg.connect(database_url(databases.names[table])) as db:
+        with (
+            open(path, "rb") as handle,
+            psycopg.connect(database_url(databases.names[table])) as db,
+        ):
             header = handle.readline().decode().strip().split(",")
             statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
                 sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, header))

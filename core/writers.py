@@ -17,6 +17,7 @@ product are looked up in their databases before the order is committed.
 import logging
 import time
 
+from django.conf import settings
 from django.db import connections, transaction
 from django.db.models.functions import Lower
 
@@ -78,6 +79,9 @@ class BulkWriter:
         self.fields = fields(table)
         self.wait_for_parents = wait_for_parents
         self.must_verify = must_verify
+        if self.connection.vendor == "sqlite":
+            with self.connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA cache_size = -{settings.SQLITE_WRITER_CACHE_MB * 1024}")
         qn = self.connection.ops.quote_name
         self.columns = ", ".join(qn(self.model._meta.get_field(f).column) for f in self.fields)
         self.db_table = qn(self.model._meta.db_table)
@@ -201,5 +205,9 @@ class BulkWriter:
 
 
 def writer_for(table, alias, **hooks):
-    """Pick the fastest writer the database behind alias supports."""
+    """Pick the fastest writer the database behind alias supports (COPY on PostgreSQL)."""
+    if connections[alias].vendor == "postgresql":
+        from core.pg import PostgresBulkWriter  # core.pg imports this module
+
+        return PostgresBulkWriter(table, alias, **hooks)
     return BulkWriter(table, alias, **hooks)
