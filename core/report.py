@@ -5,6 +5,7 @@ The pipeline fills a ``LoadResult``; the command prints it (``summary_rows``,
 person who will fix the input and feed the rejects file back with ``--from``.
 """
 
+import codecs
 import csv
 import json
 from dataclasses import dataclass, field
@@ -14,6 +15,30 @@ from core.tables import TABLES, fields
 REJECTS_COLUMNS = ("table", "line", "id", "reason") + tuple(
     dict.fromkeys(f for t in TABLES for f in fields(t) if f != "id")
 )
+
+
+def _raw_bytes(error):
+    """Encode the characters UTF-8 cannot take back into the bytes they were read from.
+
+    Undecodable input bytes are read as lone surrogates (surrogateescape) and go back out as
+    the same bytes; a surrogate from a JSON escape such as ``"\\ud800"`` has no original
+    bytes, so it is written as its surrogate encoding. Either way the rejects file holds the
+    value as it was, still invalid until a person fixes it, instead of failing to be written.
+    """
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    out = bytearray()
+    for char in error.object[error.start : error.end]:
+        code = ord(char)
+        out += (
+            bytes([code - 0xDC00])
+            if 0xDC80 <= code <= 0xDCFF
+            else char.encode("utf-8", "surrogatepass")
+        )
+    return bytes(out), error.end
+
+
+codecs.register_error("multids-raw", _raw_bytes)
 
 
 @dataclass(frozen=True)
@@ -142,13 +167,17 @@ class LoadResult:
             handle.write("\n")
 
     def write_rejects(self, path):
-        with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        """Write every rejection as a CSV row that can be fixed and fed back with ``--from``.
+
+        The ``id`` column holds the id as it was read (``abc`` when that is the problem), not
+        the parsed one, so the person sees what to fix.
+        """
+        with open(path, "w", encoding="utf-8", errors="multids-raw", newline="") as handle:
             writer = csv.DictWriter(handle, REJECTS_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             for r in self.sorted_rejections():
                 writer.writerow(
-                    {"table": r.table, "line": r.line, "id": r.id, "reason": r.reason}
-                    | {k: v for k, v in r.values.items() if k != "id"}
+                    {"table": r.table, "line": r.line, "id": r.id, "reason": r.reason} | r.values
                 )
 
 

@@ -18,7 +18,8 @@ from core.tables import TABLES, fields
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
 ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
-csv.field_size_limit(1 << 20)
+MAX_FIELD = 1 << 20  # characters in one CSV field or one JSONL line
+csv.field_size_limit(MAX_FIELD)
 
 
 class SourceError(Exception):
@@ -72,16 +73,20 @@ class FileSource:
 
 
 class RejectsFileSource:
-    """A rejects CSV written by ``--rejects``, fixed by hand and loaded again."""
+    """A rejects CSV written by ``--rejects``, fixed by hand and loaded again.
+
+    Its ``table`` column says where each row goes; a row is read from the columns of that
+    table's fields (``name,email`` for users, ``user_id,product_id,quantity`` for orders).
+    Line numbers are those of the rejects file, which is the file the person edits.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
         self.label = str(self.path)
+        self._tables = None
 
     def check(self):
         header = _read_header(self.path)
-        if "table" not in header:
-            raise SourceError(f"{self.path}: not a rejects file (it has no 'table' column)")
         for table in self.tables():
             missing = [f for f in fields(table) if f not in header]
             if missing:
@@ -90,19 +95,47 @@ class RejectsFileSource:
                 )
 
     def tables(self):
-        present = set()
-        with _open_text(self.path) as handle:
-            for record in csv.DictReader(handle):
-                present.add(record.get("table"))
-        return [t for t in TABLES if t in present]
+        """Return the tables named in the file; raise SourceError for a row naming none.
+
+        A row whose table cannot be read would otherwise be loaded into no table and
+        counted nowhere, so it stops the run instead.
+        """
+        if self._tables is None:
+            header = _read_header(self.path)
+            if "table" not in header:
+                raise SourceError(f"{self.path}: not a rejects file (it has no 'table' column)")
+            column = header.index("table")
+            present = set()
+            with _open_text(self.path) as handle:
+                for line, _end, record in _csv_records(handle):
+                    name = (
+                        record[column]
+                        if isinstance(record, list) and column < len(record)
+                        else None
+                    )
+                    if name not in TABLES:
+                        what = record if isinstance(record, str) else f"unknown table {name!r}"
+                        raise SourceError(
+                            f"{self.path}: line {line}: {what} "
+                            "(the table column must be users, products or orders)"
+                        )
+                    present.add(name)
+            self._tables = [t for t in TABLES if t in present]
+        return self._tables
 
     def rows(self, table):
-        names = fields(table)
+        header = _read_header(self.path)
+        column = header.index("table")
+        positions = [header.index(f) for f in fields(table)]
+        width = len(header)
         with _open_text(self.path) as handle:
-            reader = csv.DictReader(handle)
-            for record in reader:
-                if record.get("table") == table:
-                    yield reader.line_num, tuple(record.get(n) for n in names)
+            for line, end, record in _csv_records(handle):
+                if isinstance(record, str) or record[column] != table:
+                    continue  # other tables' rows; unreadable ones stopped check()
+                if len(record) != width:
+                    yield line, _width_problem(width, record, line, end)
+                else:
+                    yield line, tuple(record[i] for i in positions)
 
 
 def _open_text(path):
@@ -121,10 +154,18 @@ def _check_readable(path):
             raise SourceError(f"{path}: cannot read ({exc.strerror})") from exc
 
 
+def _header(reader):
+    """Return the first non-blank record of reader (the header), or None."""
+    for record in reader:
+        if record:
+            return record
+    return None
+
+
 def _read_header(path):
     with _open_text(path) as handle:
         try:
-            header = next(csv.reader(handle), None)
+            header = _header(csv.reader(handle))
         except csv.Error as exc:
             raise SourceError(f"{path}: the header row is not valid CSV ({exc})") from exc
     if not header:
@@ -145,43 +186,92 @@ def _csv_columns(path, table):
     return [header.index(f) for f in expected], len(header)
 
 
+def _csv_records(handle):
+    """Yield (first line, last line, fields or reason) for each record after the header.
+
+    Blank lines are skipped. A record is numbered by the line it starts on: a quoted field
+    may run over several lines, and the first one is where a person looks for the mistake.
+    """
+    reader = csv.reader(handle)
+    _header(reader)
+    while True:
+        first = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the reader goes on at the next line
+            yield first, reader.line_num, f"not valid CSV ({exc})"
+            continue
+        if record:
+            yield first, reader.line_num, record
+
+
+def _width_problem(width, record, first, last):
+    reason = f"expected {width} fields, got {len(record)}"
+    if last > first:
+        reason += f" (the record runs from line {first} to line {last}: is a quote left open?)"
+    return reason
+
+
 def _csv_rows(path, table):
     positions, width = _csv_columns(path, table)
     in_order = positions == list(range(len(positions))) and width == len(positions)
     with _open_text(path) as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        while True:
-            try:
-                record = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield reader.line_num, f"not valid CSV ({exc})"
-                continue
-            if len(record) != width:
-                if not record:
-                    continue  # a blank line
-                yield reader.line_num, f"expected {width} fields, got {len(record)}"
+        for line, end, record in _csv_records(handle):
+            if isinstance(record, str):
+                yield line, record
+            elif len(record) != width:
+                yield line, _width_problem(width, record, line, end)
             elif in_order:
-                yield reader.line_num, record
+                yield line, record
             else:
-                yield reader.line_num, [record[i] for i in positions]
+                yield line, [record[i] for i in positions]
+
+
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+def _jsonl_lines(handle):
+    """Yield (line number, text), with None as text for a line too long to read.
+
+    Reading is capped at MAX_FIELD characters per line, as for a CSV field, so one huge line
+    cannot take the memory a whole file would.
+    """
+    number = 0
+    while text := handle.readline(MAX_FIELD + 1):
+        number += 1
+        if len(text) > MAX_FIELD and not text.endswith(("\n", "\r")):
+            while (rest := handle.readline(MAX_FIELD)) and not rest.endswith(("\n", "\r")):
+                pass
+            yield number, None
+        else:
+            yield number, text
 
 
 def _jsonl_rows(path, table):
     names = fields(table)
     with _open_text(path) as handle:
-        for number, text in enumerate(handle, start=1):
+        for number, text in _jsonl_lines(handle):
+            if text is None:
+                yield number, f"the line is longer than {MAX_FIELD:,} characters"
+                continue
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
+                yield number, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            except ValueError as exc:  # e.g. a number with more digits than Python converts
                 yield number, f"not valid JSON ({exc})"
                 continue
+            except RecursionError:
+                yield number, "not valid JSON (nested too deeply)"
+                continue
             if not isinstance(record, dict):
-                yield number, "expected a JSON object"
+                kind = "null" if record is None else JSON_TYPES.get(type(record), "true/false")
+                yield number, f"expected a JSON object, got {kind}"
                 continue
             missing = [n for n in names if n not in record]
             if missing:

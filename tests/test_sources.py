@@ -1,0 +1,408 @@
+"""Reading input: CSV and JSONL files as a user writes them, the errors that stop a run, and
+synthetic data.
+
+Each test writes real files into a directory and loads it with ``insert_data --from`` as a user
+would, so it doubles as an example of what the loader accepts and of the exact reason it
+gives for each line it rejects.
+"""
+
+import json
+from decimal import Decimal
+
+import pytest
+from django.core.management.base import CommandError
+
+from core.models import Order, Product, User
+from core.sources import SyntheticSource
+from tests.conftest import all_databases
+
+
+def write(directory, name, content):
+    """Write content (str, or bytes for encoding tests) to directory/name; return the path."""
+    path = directory / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8", newline="")
+    return path
+
+
+def rejected(out):
+    """Return the rejection lines insert_data printed, in the order it printed them."""
+    if "\nRejected rows:\n" not in out:
+        return []
+    return [line.strip() for line in out.split("\nRejected rows:\n", 1)[1].splitlines()]
+
+
+@pytest.fixture
+def load(run_command):
+    """Load a directory with insert_data --from; return the printed rejection lines."""
+
+    def run(directory):
+        out = run_command("insert_data", "--from", str(directory), "--no-progress", "--show=999")
+        return rejected(out)
+
+    return run
+
+
+def users():
+    return list(User.objects.order_by("pk").values_list("pk", "name", "email"))
+
+
+# --- CSV ------------------------------------------------------------------------------------
+
+
+@all_databases
+def test_csv_columns_may_come_in_any_order_and_extra_columns_are_ignored(tmp_path, load):
+    write(tmp_path, "users.csv", "email,note,id,name\nann@example.com,VIP,1,Ann\n")
+    write(tmp_path, "products.csv", "price,name,id,sku\n9.50,Pen,1,P-1\n")
+    write(tmp_path, "orders.csv", "quantity,product_id,user_id,id\n3,1,1,1\n")
+    assert load(tmp_path) == []
+    assert users() == [(1, "Ann", "ann@example.com")]
+    assert list(Product.objects.values_list("pk", "name", "price")) == [(1, "Pen", Decimal("9.50"))]
+    assert list(Order.objects.values_list("pk", "user_id", "product_id", "quantity")) == [
+        (1, 1, 1, 3)
+    ]
+
+
+@all_databases
+def test_any_subset_of_the_files_loads(tmp_path, load):
+    write(tmp_path, "products.csv", "id,name,price\n1,Pen,2\n")
+    assert load(tmp_path) == []
+    assert Product.objects.count() == 1
+    assert User.objects.count() == Order.objects.count() == 0
+
+
+@all_databases
+def test_csv_with_bom_crlf_blank_lines_and_quoted_commas_and_newlines(tmp_path, load):
+    """A spreadsheet export: byte-order mark, CRLF, quoted fields, and stray blank lines."""
+    text = (
+        'id,name,email\r\n\r\n1,"Smith, Ann",ann@example.com\r\n'
+        '2,"Bob\r\nthe Builder",bob@example.com\r\n\r\n\r\n'
+        '3,"Carl ""CJ"" Jones",carl@example.com\r\n'
+    )
+    write(tmp_path, "users.csv", b"\xef\xbb\xbf" + text.encode())
+    assert load(tmp_path) == []
+    assert users() == [
+        (1, "Smith, Ann", "ann@example.com"),
+        (2, "Bob\r\nthe Builder", "bob@example.com"),
+        (3, 'Carl "CJ" Jones', "carl@example.com"),
+    ]
+
+
+@all_databases
+def test_too_many_or_too_few_fields_reject_that_line_only(tmp_path, load):
+    write(
+        tmp_path,
+        "users.csv",
+        "id,name,email\n"
+        "1,Ann,ann@example.com\n"
+        "2,Bob,bob@example.com,extra\n"
+        "3,Cy\n"
+        "\n"
+        "4,Dee,dee@example.com\n",
+    )
+    assert load(tmp_path) == [
+        "users (line 3): expected 3 fields, got 4",
+        "users (line 4): expected 3 fields, got 2",
+    ]
+    assert [u[0] for u in users()] == [1, 4]
+
+
+@all_databases
+def test_a_quoted_field_over_several_lines_is_numbered_by_its_first_line(tmp_path, load):
+    write(tmp_path, "users.csv", 'id,name,email\n1,Ann,ann@example.com\n2,"Bob\nBrown",bob\n')
+    assert load(tmp_path) == ["users #2 (line 3): email is not a valid email address (got 'bob')"]
+
+
+@all_databases
+def test_an_unclosed_quote_says_which_lines_it_swallowed(tmp_path, load):
+    """The rest of the file becomes one field; the reason says where to look."""
+    write(
+        tmp_path,
+        "users.csv",
+        'id,name,email\n1,Ann,ann@example.com\n2,"Bob,bob@example.com\n3,Cy,cy@example.com\n',
+    )
+    assert load(tmp_path) == [
+        "users (line 3): expected 3 fields, got 2 "
+        "(the record runs from line 3 to line 4: is a quote left open?)"
+    ]
+    assert [u[0] for u in users()] == [1]
+
+
+@all_databases
+def test_an_invalid_utf8_byte_rejects_that_row_and_the_rest_loads(tmp_path, load):
+    write(
+        tmp_path,
+        "users.csv",
+        b"id,name,email\n1,Ann,ann@example.com\n2,B\xffb,bob@example.com\n3,Cy,cy@example.com\n",
+    )
+    assert load(tmp_path) == ["users #2 (line 3): name is not valid UTF-8 text"]
+    assert [u[0] for u in users()] == [1, 3]
+
+
+@all_databases
+def test_an_invalid_utf8_byte_in_an_id_is_named(tmp_path, load):
+    write(tmp_path, "users.csv", b"id,name,email\n1\xe9,Ann,ann@example.com\n")
+    assert load(tmp_path) == ["users (line 2): id is not valid UTF-8 text"]
+
+
+@all_databases
+def test_a_field_over_the_size_limit_rejects_that_row_and_the_rest_loads(tmp_path, load):
+    """A runaway field is cut off at 1 MiB rather than read into memory whole."""
+    huge = "x" * (2 << 20)
+    write(
+        tmp_path,
+        "users.csv",
+        f"id,name,email\n1,{huge},a@example.com\n2,Bob,bob@example.com\n",
+    )
+    assert load(tmp_path) == [
+        "users (line 2): not valid CSV (field larger than field limit (1048576))"
+    ]
+    assert [u[0] for u in users()] == [2]
+
+
+@all_databases
+def test_ids_that_are_not_whole_numbers_are_rejected(tmp_path, load):
+    write(
+        tmp_path,
+        "products.csv",
+        "id,name,price\n1.5,Pen,1\nabc,Ink,1\n,Cap,1\n-3,Nib,1\n 7 ,Pad,1\n",
+    )
+    assert load(tmp_path) == [
+        "products (line 2): id must be a whole number (got '1.5')",
+        "products (line 3): id must be a whole number (got 'abc')",
+        "products (line 4): id is required",
+        "products (line 5): id must be a positive whole number (got -3)",
+    ]
+    assert list(Product.objects.values_list("pk", flat=True)) == [7]
+
+
+# --- JSONL ----------------------------------------------------------------------------------
+
+
+@all_databases
+def test_jsonl_takes_json_numbers_or_strings_and_ignores_extra_keys(tmp_path, load):
+    write(
+        tmp_path,
+        "users.jsonl",
+        '{"email": "ann@example.com", "name": "Ann", "id": 1, "tags": ["x"]}\n'
+        "\n"
+        '{"id": "2", "name": "Bob", "email": "bob@example.com"}\n',
+    )
+    write(tmp_path, "products.jsonl", '{"id": 1, "name": "Pen", "price": 2.5}\n')
+    write(tmp_path, "orders.jsonl", '{"id": 1, "user_id": 2, "product_id": 1, "quantity": 4}\n')
+    assert load(tmp_path) == []
+    assert users() == [(1, "Ann", "ann@example.com"), (2, "Bob", "bob@example.com")]
+    assert Product.objects.get().price == Decimal("2.50")
+    assert Order.objects.get().user_id == 2
+
+
+@all_databases
+def test_jsonl_rejections_name_the_line_and_the_problem(tmp_path, load):
+    lines = [
+        '{"id": 1, "name": "Ann", "email": "ann@example.com"}',  # 1: fine
+        '{"id": 2, "name": "Bob",}',  # 2
+        "",  # 3: blank, skipped but counted
+        '[2, "Bob", "bob@example.com"]',  # 4
+        '{"id": 5, "name": "Eve"}',  # 5
+        '{"id": 6.5, "name": "Fay", "email": "fay@example.com"}',  # 6
+        '{"id": true, "name": "Gus", "email": "gus@example.com"}',  # 7
+        '{"id": "eight", "name": "Hal", "email": "hal@example.com"}',  # 8
+        '{"id": 9, "name": "Ivy\\udc80", "email": "ivy@example.com"}',  # 9
+        "null",  # 10
+        "[" * 100_000,  # 11
+        '{"id": 12, "name": "Jo", "email": "jo@example.com"}',  # 12: fine
+    ]
+    write(tmp_path, "users.jsonl", "\n".join(lines) + "\n")
+    assert load(tmp_path) == [
+        "users (line 2): not valid JSON (Expecting property name enclosed in double quotes "
+        "at column 25)",
+        "users (line 4): expected a JSON object, got an array",
+        "users (line 5): missing field(s) email",
+        "users (line 6): id must be a whole number (got 6.5)",
+        "users (line 7): id must be a whole number (got True)",
+        "users (line 8): id must be a whole number (got 'eight')",
+        "users #9 (line 9): name is not valid UTF-8 text",
+        "users (line 10): expected a JSON object, got null",
+        "users (line 11): not valid JSON (nested too deeply)",
+    ]
+    assert [u[0] for u in users()] == [1, 12]
+
+
+@all_databases
+def test_a_jsonl_line_over_the_size_limit_is_rejected_without_reading_it_whole(tmp_path, load):
+    huge = '{"id": 1, "name": "' + "x" * (3 << 20) + '", "email": "a@example.com"}'
+    write(tmp_path, "users.jsonl", huge + '\n{"id": 2, "name": "Bob", "email": "b@example.com"}\n')
+    assert load(tmp_path) == ["users (line 1): the line is longer than 1,048,576 characters"]
+    assert [u[0] for u in users()] == [2]
+
+
+@all_databases
+def test_jsonl_with_an_invalid_utf8_byte_rejects_that_row(tmp_path, load):
+    write(
+        tmp_path,
+        "users.jsonl",
+        b'{"id": 1, "name": "A\xc3nn", "email": "ann@example.com"}\n'
+        b'{"id": 2, "name": "Bob", "email": "bob@example.com"}\n',
+    )
+    assert load(tmp_path) == ["users #1 (line 1): name is not valid UTF-8 text"]
+    assert [u[0] for u in users()] == [2]
+
+
+# --- errors that stop the run ---------------------------------------------------------------
+
+
+def _missing_directory(tmp_path):
+    return tmp_path / "nope", f"--from {tmp_path / 'nope'}: no such directory"
+
+
+def _missing_column(tmp_path):
+    path = write(tmp_path, "products.csv", "id,title,price\n1,Pen,2\n")
+    return tmp_path, (
+        f"{path}: missing column(s) name (the header must name id,name,price; found id,title,price)"
+    )
+
+
+def _empty_file(tmp_path):
+    path = write(tmp_path, "products.csv", "\n\n")
+    return tmp_path, f"{path}: the file is empty (expected a header row)"
+
+
+def _both_formats(tmp_path):
+    write(tmp_path, "products.csv", "id,name,price\n1,Pen,2\n")
+    write(tmp_path, "products.jsonl", '{"id": 1, "name": "Pen", "price": 2}\n')
+    return tmp_path, f"{tmp_path}: both products.csv and products.jsonl exist; keep one"
+
+
+def _unreadable_csv(tmp_path):
+    (tmp_path / "products.csv").mkdir()  # open() fails the same way for root as for a user
+    return tmp_path, f"{tmp_path / 'products.csv'}: cannot read (Is a directory)"
+
+
+def _unreadable_jsonl(tmp_path):
+    (tmp_path / "orders.jsonl").mkdir()
+    return tmp_path, f"{tmp_path / 'orders.jsonl'}: cannot read (Is a directory)"
+
+
+def _no_files(tmp_path):
+    write(tmp_path, "customers.csv", "id,name\n")
+    return tmp_path, (
+        f"{tmp_path}: no users, products or orders file "
+        "(expected users.csv, products.csv, orders.csv or .jsonl)"
+    )
+
+
+def _header_not_csv(tmp_path):
+    path = write(tmp_path, "products.csv", "\x00" * (2 << 20) + "\n")
+    return tmp_path, (
+        f"{path}: the header row is not valid CSV (field larger than field limit (1048576))"
+    )
+
+
+@all_databases
+@pytest.mark.parametrize(
+    "case",
+    [
+        _missing_directory,
+        _missing_column,
+        _empty_file,
+        _both_formats,
+        _unreadable_csv,
+        _unreadable_jsonl,
+        _no_files,
+        _header_not_csv,
+    ],
+)
+def test_a_problem_with_the_input_stops_the_run_before_anything_is_written(
+    tmp_path, run_command, case
+):
+    directory = tmp_path / "in"
+    directory.mkdir()
+    if case is not _no_files:
+        write(directory, "users.csv", "id,name,email\n1,Ann,ann@example.com\n")
+    source, message = case(directory)
+    with pytest.raises(CommandError) as error:
+        run_command("insert_data", "--from", str(source), "--no-progress")
+    assert str(error.value) == message
+    assert User.objects.count() == Product.objects.count() == Order.objects.count() == 0
+
+
+# --- synthetic data -------------------------------------------------------------------------
+
+
+def _all_rows(source):
+    return {table: list(source.rows(table)) for table in source.tables()}
+
+
+def test_the_same_seed_gives_the_same_rows_and_another_seed_other_rows():
+    first = _all_rows(SyntheticSource(users=50, products=20, orders=300, seed=7))
+    again = _all_rows(SyntheticSource(users=50, products=20, orders=300, seed=7))
+    other = _all_rows(SyntheticSource(users=50, products=20, orders=300, seed=8))
+    assert first == again
+    for table in ("users", "products", "orders"):
+        assert first[table] != other[table], table
+        assert [line for line, _ in first[table]] == [line for line, _ in other[table]]
+
+
+def test_synthetic_rows_look_real_and_orders_name_generated_parents():
+    rows = _all_rows(SyntheticSource(users=30, products=10, orders=2000, seed=1))
+    user_ids = {values[0] for _, values in rows["users"]}
+    product_ids = {values[0] for _, values in rows["products"]}
+    assert user_ids == set(range(1, 31)) and product_ids == set(range(1, 11))
+    for _, (id_, name, email) in rows["users"]:
+        first, last = name.split(" ")
+        assert email == f"{first}.{last}.{id_}@example.com".lower()
+    for _, (_id, _name, price) in rows["products"]:
+        assert Decimal("1.00") <= price < Decimal("2000.00")
+        assert price == price.quantize(Decimal("0.01"))
+    orders = [values for _, values in rows["orders"]]
+    assert [o[0] for o in orders] == list(range(1, 2001))
+    assert {o[1] for o in orders} == user_ids  # 2000 draws hit every one of 30 users
+    assert {o[2] for o in orders} == product_ids
+    assert {o[3] for o in orders} == {1, 2, 3, 4, 5}
+
+
+def test_each_synthetic_table_is_reproducible_on_its_own():
+    """Orders do not depend on how many users were drawn, only on the counts they refer to."""
+    a = SyntheticSource(users=5, products=5, orders=100, seed=3)
+    b = SyntheticSource(users=5, products=5, orders=100, seed=3)
+    list(a.rows("users"))
+    assert list(a.rows("orders")) == list(b.rows("orders"))
+
+
+@all_databases
+def test_running_the_same_synthetic_command_twice_stores_nothing_twice(run_command):
+    args = ("insert_data", "--users=300", "--products=40", "--orders=2000", "--seed=5")
+    first = run_command(*args, "--no-progress", "--batch-size=250")
+    assert "2,340 stored, 0 already present, 0 rejected" in first
+    stored = list(Order.objects.order_by("pk").values_list("pk", "user_id", "product_id"))
+    second = run_command(*args, "--no-progress")
+    assert "0 stored, 2,340 already present, 0 rejected" in second
+    assert list(Order.objects.order_by("pk").values_list("pk", "user_id", "product_id")) == stored
+
+
+@all_databases
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--users=-1"], "--users must be 0 or more (got -1)"),
+        (["--orders=5"], "--orders needs --users and --products to reference"),
+        (["--orders=5", "--users=5"], "--orders needs --users and --products to reference"),
+    ],
+)
+def test_synthetic_options_that_cannot_work_are_refused(run_command, args, message):
+    with pytest.raises(CommandError) as error:
+        run_command("insert_data", *args, "--no-progress")
+    assert str(error.value) == message
+
+
+def test_jsonl_round_trips_through_json_dumps(tmp_path):
+    """Files written by json.dumps, the usual way to make JSONL, read back value for value."""
+    from core.sources import FileSource
+
+    records = [{"id": i, "name": f"N{i}", "price": f"{i}.25"} for i in range(1, 4)]
+    write(tmp_path, "products.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    source = FileSource(tmp_path)
+    source.check()
+    assert list(source.rows("products")) == [(i, (i, f"N{i}", f"{i}.25")) for i in range(1, 4)]
