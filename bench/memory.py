@@ -26,8 +26,21 @@ def _rss(pid):
         return 0
 
 
+def _pss(pid):
+    """Proportional set size: pages shared after fork() are split between the sharers, so
+    summing it over a process tree counts every page once (summed RSS would not)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 class PeakMemory:
-    """Samples the summed RSS of a process and its descendants until stopped."""
+    """Samples the memory of a process and its descendants until stopped: the summed PSS
+    (the tree's real footprint) and the largest single RSS."""
 
     def __init__(self, pid, interval=0.02):
         self.pid, self.interval = pid, interval
@@ -46,7 +59,7 @@ class PeakMemory:
 
     def _run(self):
         while not self._stop.is_set():
-            sizes = [_rss(p) for p in _tree(self.pid)]
-            self.peak_total = max(self.peak_total, sum(sizes))
-            self.peak_single = max([self.peak_single, *sizes])
+            pids = _tree(self.pid)
+            self.peak_total = max(self.peak_total, sum(_pss(p) for p in pids))
+            self.peak_single = max([self.peak_single, *(_rss(p) for p in pids)])
             self._stop.wait(self.interval)

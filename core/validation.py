@@ -139,14 +139,19 @@ def to_quantity(value, field="quantity"):
     return number
 
 
+NO_PROBLEMS = ()
+
+
 def _clean(values, converters):
     """Apply one converter per field; collect every problem rather than stopping at the first."""
     cleaned = []
-    problems = []
+    problems = NO_PROBLEMS
     for value, convert in zip(values, converters, strict=True):
         try:
             cleaned.append(convert(value))
         except Invalid as exc:
+            if problems is NO_PROBLEMS:
+                problems = []  # allocated only for bad rows: a valid row carries no list
             problems.append(Problem(exc.field, exc.message))
             cleaned.append(None)
     return tuple(cleaned), problems
