@@ -1,0 +1,289 @@
+"""What a run hands back: the rejects file a person fixes and feeds back, the JSON report a
+machine reads, and the help text of every command.
+
+The round trip is tested as a person does it: load a directory, open the rejects file, edit
+one value, and load the rejects file with ``--from``.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import find_commands, load_command_class
+from django.core.management.base import CommandError
+
+from core.models import Order, Product, User
+from tests.conftest import all_databases
+
+HEADER = b"table,line,id,reason,name,email,price,user_id,product_id,quantity\r\n"
+
+
+def write(directory, name, content):
+    path = directory / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def rejected(out):
+    if "\nRejected rows:\n" not in out:
+        return []
+    return [line.strip() for line in out.split("\nRejected rows:\n", 1)[1].splitlines()]
+
+
+def summary(out):
+    """Return the one-line total, e.g. '1 stored, 0 already present, 5 rejected'."""
+    line = next(line for line in out.splitlines() if " already present, " in line)
+    return line.split(" in ")[0]
+
+
+def insert(run_command, *args):
+    return run_command("insert_data", *args, "--no-progress", "--show=999")
+
+
+def counts():
+    return User.objects.count(), Product.objects.count(), Order.objects.count()
+
+
+@pytest.fixture
+def bad_input(tmp_path):
+    """A directory where most user rows have a problem of a different kind."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    write(
+        directory,
+        "users.csv",
+        b"id,name,email\n"
+        b"1,Ann,ann@example.com\n"
+        b"2,Bob,bob-at-example.com\n"
+        b"x3,Cy,cy@example.com\n"
+        b"4,,dee@example.com\n"
+        b"5,Eve,eve@example.com,extra\n"
+        b"6,F\xffy,fay@example.com\n",
+    )
+    write(directory, "products.csv", "id,name,price\n1,Pen,2.00\n")
+    write(directory, "orders.csv", "id,user_id,product_id,quantity\n1,1,1,1\n3,1,1,0\n")
+    return directory
+
+
+@all_databases
+def test_the_rejects_file_holds_every_rejected_row_as_it_was_read(run_command, bad_input, tmp_path):
+    """Raw values, including the unparsable id and the undecodable byte, so they can be fixed."""
+    rejects = tmp_path / "rejects.csv"
+    out = insert(run_command, "--from", str(bad_input), "--rejects", str(rejects))
+    assert summary(out) == "3 stored, 0 already present, 6 rejected"
+    assert rejects.read_bytes() == HEADER + (
+        b"users,3,2,email is not a valid email address (got 'bob-at-example.com'),"
+        b"Bob,bob-at-example.com,,,,\r\n"
+        b"users,4,x3,id must be a whole number (got 'x3'),Cy,cy@example.com,,,,\r\n"
+        b"users,5,4,name is required,,dee@example.com,,,,\r\n"
+        b'users,6,,"expected 3 fields, got 4",,,,,,\r\n'
+        b"users,7,6,name is not valid UTF-8 text,F\xffy,fay@example.com,,,,\r\n"
+        b"orders,3,3,quantity must be at least 1 (got 0),,,,1,1,0\r\n"
+    )
+
+
+@all_databases
+def test_fix_one_line_of_the_rejects_file_and_feed_it_back(run_command, bad_input, tmp_path):
+    rejects = tmp_path / "rejects.csv"
+    insert(run_command, "--from", str(bad_input), "--rejects", str(rejects))
+    assert counts() == (1, 1, 1)
+
+    rejects.write_bytes(rejects.read_bytes().replace(b"bob-at-example.com", b"bob@example.com"))
+    again = tmp_path / "rejects-again.csv"
+    out = insert(run_command, "--from", str(rejects), "--rejects", str(again))
+
+    assert summary(out) == "1 stored, 0 already present, 5 rejected"
+    assert counts() == (2, 1, 1)
+    assert User.objects.get(pk=2).email == "bob@example.com"
+    # The rest are rejected again, numbered by their line in the file being fixed.
+    assert rejected(out) == [
+        "users (line 3): id must be a whole number (got 'x3')",
+        "users #4 (line 4): name is required",
+        "users (line 5): id is required; name is required; email is required",
+        "users #6 (line 6): name is not valid UTF-8 text",
+        "orders #3 (line 7): quantity must be at least 1 (got 0)",
+    ]
+    # ... and the new rejects file can go round again.
+    assert again.read_bytes().count(b"\r\n") == 6
+    assert b"F\xffy" in again.read_bytes()
+
+
+@all_databases
+def test_fixing_a_bad_id_and_a_bad_byte_in_the_rejects_file_loads_them(
+    run_command, bad_input, tmp_path
+):
+    rejects = tmp_path / "rejects.csv"
+    insert(run_command, "--from", str(bad_input), "--rejects", str(rejects))
+    fixed = rejects.read_bytes().replace(b"users,4,x3,", b"users,4,3,").replace(b"F\xffy", b"Fay")
+    rejects.write_bytes(fixed)
+    out = insert(run_command, "--from", str(rejects))
+    assert summary(out) == "2 stored, 0 already present, 4 rejected"
+    assert list(User.objects.filter(pk__in=[3, 6]).values_list("pk", "name")) == [
+        (3, "Cy"),
+        (6, "Fay"),
+    ]
+
+
+@all_databases
+def test_fixing_a_user_lets_the_order_that_named_it_load_with_it(run_command, tmp_path):
+    directory = tmp_path / "in"
+    directory.mkdir()
+    write(directory, "users.csv", "id,name,email\n1,Ann,ann@example\n")
+    write(directory, "products.csv", "id,name,price\n1,Pen,2.00\n")
+    write(directory, "orders.csv", "id,user_id,product_id,quantity\n1,1,1,2\n")
+    rejects = tmp_path / "rejects.csv"
+    out = insert(run_command, "--from", str(directory), "--rejects", str(rejects))
+    assert rejected(out) == [
+        "users #1 (line 2): email is not a valid email address (got 'ann@example')",
+        "orders #1 (line 2): user 1 was rejected in this run",
+    ]
+    rejects.write_text(rejects.read_text().replace("ann@example,", "ann@example.com,"))
+    out = insert(run_command, "--from", str(rejects))
+    assert summary(out) == "2 stored, 0 already present, 0 rejected"
+    assert counts() == (1, 1, 1)
+
+
+@all_databases
+def test_a_json_escaped_surrogate_is_written_to_the_rejects_file_and_stays_rejected(
+    run_command, tmp_path
+):
+    """A lone surrogate has no UTF-8 form; it must not stop the rejects file being written."""
+    directory = tmp_path / "in"
+    directory.mkdir()
+    write(directory, "users.jsonl", '{"id": 1, "name": "A\\ud800", "email": "a@example.com"}\n')
+    rejects = tmp_path / "rejects.csv"
+    out = insert(run_command, "--from", str(directory), "--rejects", str(rejects))
+    assert rejected(out) == ["users #1 (line 1): name is not valid UTF-8 text"]
+    assert rejects.read_bytes() == HEADER + (
+        b"users,1,1,name is not valid UTF-8 text,A\xed\xa0\x80,a@example.com,,,,\r\n"
+    )
+    out = insert(run_command, "--from", str(rejects))
+    assert rejected(out) == ["users #1 (line 2): name is not valid UTF-8 text"]
+
+
+@all_databases
+def test_a_rejects_row_with_a_field_too_many_is_rejected_like_any_csv_line(run_command, tmp_path):
+    rejects = write(
+        tmp_path,
+        "rejects.csv",
+        HEADER + b"users,9,1,old reason,Ann,ann@example.com,,,,,\r\n"
+        b"users,9,2,old reason,Bob,bob@example.com,,,,\r\n",
+    )
+    out = insert(run_command, "--from", str(rejects))
+    assert rejected(out) == ["users (line 2): expected 10 fields, got 11"]
+    assert list(User.objects.values_list("pk", flat=True)) == [2]
+
+
+@all_databases
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"id,name,email\n1,Ann,ann@example.com\n",
+            "{path}: not a rejects file (it has no 'table' column)",
+        ),
+        (
+            HEADER + b"users,2,1,r,Ann,ann@example.com,,,,\r\nuser,3,2,r,Bob,b@example.com,,,,\r\n",
+            "{path}: line 3: unknown table 'user' "
+            "(the table column must be users, products or orders)",
+        ),
+        (
+            b"table,line,id,reason,user_id,product_id\r\norders,2,1,r,1,1\r\n",
+            "{path}: missing column(s) quantity for orders rows",
+        ),
+    ],
+)
+def test_a_rejects_file_that_cannot_be_read_stops_the_run(run_command, tmp_path, content, message):
+    """A row naming no table would be loaded nowhere and counted nowhere, so it stops the run."""
+    rejects = write(tmp_path, "rejects.csv", content)
+    with pytest.raises(CommandError) as error:
+        insert(run_command, "--from", str(rejects))
+    assert str(error.value) == message.format(path=rejects)
+    assert counts() == (0, 0, 0)
+
+
+@all_databases
+def test_the_json_report_has_counts_and_timings_per_table_and_in_total(run_command, tmp_path):
+    report = tmp_path / "report.json"
+    insert(run_command, "--report", str(report))
+    insert(run_command, "--report", str(report))  # a re-run: everything is already present
+    data = json.loads(report.read_text())
+
+    assert data["source"] == "demo data"
+    assert data["error"] is None
+    counted = {
+        t: {k: v[k] for k in ("read", "stored", "already_present", "rejected")}
+        for t, v in data["tables"].items()
+    }
+    assert counted == {
+        "users": {"read": 10, "stored": 0, "already_present": 8, "rejected": 2},
+        "products": {"read": 10, "stored": 0, "already_present": 9, "rejected": 1},
+        "orders": {"read": 10, "stored": 0, "already_present": 7, "rejected": 3},
+    }
+    for name, table in data["tables"].items():
+        start, end = table["writer_started"], table["writer_finished"]
+        assert data["started"] <= start <= end <= data["finished"], name
+        assert table["seconds"] == round(end - start, 3)
+        assert table["rows_per_second"] == round(table["already_present"] / (end - start), 1)
+    assert data["totals"] == {
+        "read": 30,
+        "stored": 0,
+        "already_present": 24,
+        "rejected": 6,
+        "rows_per_second": round(24 / (data["finished"] - data["started"]), 1),
+    }
+    assert data["seconds"] == round(data["finished"] - data["started"], 3)
+
+
+@all_databases
+def test_a_table_with_nothing_written_reports_zero_seconds_not_an_error(run_command, tmp_path):
+    directory = tmp_path / "in"
+    directory.mkdir()
+    write(directory, "users.csv", "id,name,email\n1,,a@example.com\n")
+    report = tmp_path / "report.json"
+    insert(run_command, "--from", str(directory), "--report", str(report))
+    users = json.loads(report.read_text())["tables"]["users"]
+    assert users == {
+        "read": 1,
+        "stored": 0,
+        "already_present": 0,
+        "rejected": 1,
+        "seconds": 0.0,
+        "rows_per_second": 0.0,
+        "writer_started": None,
+        "writer_finished": None,
+    }
+
+
+@all_databases
+def test_an_unwritable_report_path_is_a_one_line_error(run_command, tmp_path):
+    with pytest.raises(CommandError) as error:
+        insert(run_command, "--report", str(tmp_path / "no" / "report.json"))
+    assert (
+        str(error.value)
+        == f"cannot write {tmp_path / 'no' / 'report.json'}: No such file or directory"
+    )
+
+
+COMMANDS = sorted(
+    find_commands(str(Path(__file__).resolve().parent.parent / "core" / "management"))
+)
+
+
+def test_the_project_commands_are_found():
+    assert {"insert_data", "migrate_all"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_and_every_option_has_help(name):
+    command = load_command_class("core", name)
+    assert command.help and command.help.strip(), f"{name} has no help text"
+    parser = command.create_parser("manage.py", name)
+    undocumented = [
+        action.option_strings or action.dest
+        for action in parser._actions
+        if not action.help or action.help == argparse.SUPPRESS
+    ]
+    assert undocumented == [], f"{name}: options without help"
+    assert command.help.split()[0] in parser.format_help()
