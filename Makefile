@@ -33,6 +33,9 @@ format: $(STAMP)
 test: lint  ## lint, then the whole test suite
 	$(BIN)/pytest
 
+soak: $(STAMP)  ## long reliability loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS writers
+	MULTIDS_SOAK=1 $(BIN)/pytest -m slow -s tests/test_reliability.py
+
 clean:
 	rm -rf $(VENV) *.db *.db-wal *.db-shm bench-data
 
