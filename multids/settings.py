@@ -54,6 +54,35 @@ ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
 ]
 
+# --- Security ----------------------------------------------------------------------------
+# Every page needs a staff login (the admin's own, or staff_member_required on the overview)
+# and CsrfViewMiddleware protects every form. MULTIDS_PRODUCTION=1 means "served to other
+# people over HTTPS": cookies travel over HTTPS only, plain HTTP is redirected, browsers are
+# told to insist on HTTPS for a year (HSTS), and `manage.py check --deploy` has nothing to
+# say (tests/test_security.py). Behind a proxy that ends TLS, also set
+# MULTIDS_HTTPS_PROXY=1 so Django trusts its X-Forwarded-Proto header instead of
+# redirecting forever.
+PRODUCTION = _env_flag("MULTIDS_PRODUCTION")
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured(
+        "MULTIDS_DEBUG=1 shows tracebacks and settings to every visitor; "
+        "unset it when MULTIDS_PRODUCTION=1"
+    )
+LOGIN_URL = "admin:login"
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = 31_536_000  # one year
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    if _env_flag("MULTIDS_HTTPS_PROXY"):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# --- End of security ----------------------------------------------------------------------
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
