@@ -1,0 +1,92 @@
+"""The staff overview: every database with its engine, location, counts and file check,
+the recent loads with a rows/s chart, and the full order check on request."""
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+from django.conf import settings
+
+from core import pipeline
+from core.models import LoadRun, Order
+from core.report import record
+from core.sources import demo_source
+from core.views import database_status, rows_per_second_chart
+from tests.conftest import ALL_DATABASES, all_databases
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    """Hash test passwords cheaply: PBKDF2's million rounds cost 0.4 s per test user."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def squeezed(response):
+    return " ".join(response.content.decode().split())
+
+
+def run(started, **rates):
+    """An unsaved LoadRun whose tables loaded at the given rows per second."""
+    return LoadRun(
+        started_at=datetime.fromtimestamp(started, UTC),
+        finished_at=datetime.fromtimestamp(started + 1, UTC),
+        source="demo",
+        summary={"tables": {t: {"rows_per_second": r} for t, r in rates.items()}},
+    )
+
+
+# The page reads files with PRAGMA integrity_check, which closes its connection: that needs
+# real transactions, not the test case's.
+@all_databases
+def test_overview_shows_every_database_and_the_recent_loads(admin_client):
+    record(pipeline.load(demo_source()))
+    page = squeezed(admin_client.get("/overview/"))
+    for alias in ALL_DATABASES:
+        location = settings.DATABASES[alias]["NAME"]
+        row = f'<tr id="database-{alias}"> <th>{alias}</th> <td>sqlite3</td>'
+        assert f"{row} <td><code>{location}</code></td>" in page
+    assert "users: 8" in page and "products: 9" in page and "orders: 7" in page
+    assert "load_runs: 1" in page
+    assert page.count('<td class="status-ok">ok</td>') == 4
+    assert len(re.findall(r"<rect class=\"(users|products|orders)\"", page)) == 3
+    assert "<td>24</td> <td>0</td> <td>6</td>" in page  # stored, already present, rejected
+
+
+@all_databases
+def test_the_full_check_reports_orphans(admin_client):
+    pipeline.load(demo_source())
+    Order.objects.create(id=50, user_id=404, product_id=1, quantity=1)
+    page = squeezed(admin_client.post("/overview/"))
+    assert "8 orders checked: 1 name a missing user or product" in page
+    assert "<li>order 50: user 404 not found</li>" in page
+
+
+@all_databases
+def test_without_loads_the_page_says_how_to_make_one(admin_client):
+    page = squeezed(admin_client.get("/overview/"))
+    assert "No load has been recorded yet. Run <code>python manage.py insert_data</code>." in page
+
+
+def test_a_missing_file_is_reported_not_created(monkeypatch, tmp_path):
+    missing = tmp_path / "gone.db"
+    monkeypatch.setitem(settings.DATABASES["users_db"], "NAME", str(missing))
+    status = database_status("users_db")
+    assert status["error"] == "the file does not exist; run: python manage.py migrate_all"
+    assert not missing.exists()
+
+
+def test_the_chart_puts_the_oldest_run_left_and_scales_to_the_fastest_table():
+    runs = [run(200, users=50, products=25, orders=100), run(100, users=10, products=0, orders=0)]
+    chart = rows_per_second_chart(runs)
+    plot_height = chart["base"] - 12
+    oldest, newest = chart["bars"][:3], chart["bars"][3:]  # users, products, orders each
+    assert [b["table"] for b in newest] == ["users", "products", "orders"]
+    assert [b["height"] for b in newest] == [plot_height / 2, plot_height / 4, plot_height]
+    assert oldest[1]["height"] == 0
+    assert oldest[0]["x"] < newest[0]["x"]
+    assert newest[2]["title"] == f"{runs[0]}: orders 100 rows/s"
+    assert [t["text"] for t in chart["ticks"]] == ["0", "50", "100"]
+
+
+def test_no_runs_no_chart():
+    assert rows_per_second_chart([]) is None
