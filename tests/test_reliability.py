@@ -12,7 +12,7 @@ directory and judges the result with ``check_integrity`` and with the rows thems
   locked", no row lost, stored twice or orphaned;
 * every bad input of issue 4: one-line error, non-zero exit, committed data intact.
 
-``make test`` runs short loops; ``make soak`` runs the ``slow`` tests with
+``make test`` runs short loops; ``make soak`` runs the ``slow`` tests (skipped otherwise) with
 ``MULTIDS_SOAK_KILLS`` kills and ``MULTIDS_SOAK_WRITERS`` concurrent processes. Each test
 prints its figures (run with ``-s`` to see them; the README quotes them).
 """
@@ -38,18 +38,23 @@ from core.writers import BulkWriter
 from tests.conftest import ROOT, all_databases, manage
 
 TABLES = ("users", "products", "orders")
-SIZE = {"users": 20_000, "products": 20_000, "orders": 150_000}
+BATCH = 1000  # divides every SIZE, so committed rows always come in whole batches
+SIZE = {"users": 10_000, "products": 10_000, "orders": 80_000}
 LOAD = [
     "insert_data",
     "--no-progress",
     *(f"--{t}={n}" for t, n in SIZE.items()),
-    "--batch-size=1000",
+    f"--batch-size={BATCH}",
 ]
 SHORT_KILLS = 3
 SOAK_KILLS = int(os.environ.get("MULTIDS_SOAK_KILLS", "50"))
 KILLS_PER_ROUND = 3  # kills in one data directory before it is finished and compared
 SHORT_WRITERS = 4
 SOAK_WRITERS = int(os.environ.get("MULTIDS_SOAK_WRITERS", "8"))
+# Marked slow for `-m slow`, and skipped unless asked for, so a bare `pytest` stays short too.
+soak_only = pytest.mark.skipif(
+    os.environ.get("MULTIDS_SOAK") != "1", reason="long loop: run it with make soak"
+)
 
 
 def environment(data_dir, **extra):
@@ -137,6 +142,8 @@ def kill_loop(template, tmp_path, kills, seed):
             process.wait()
             stored = counts(data_dir)
             partial += 0 < sum(stored.values()) < sum(SIZE.values())
+            # Every run cuts the same batches, each one transaction: none is half-written.
+            assert all(n % BATCH == 0 for n in stored.values()), stored
             report = full_check(data_dir)
             assert report["orphan_count"] == 0, report
             assert report["corrupt"] == [], report
@@ -146,7 +153,8 @@ def kill_loop(template, tmp_path, kills, seed):
         assert full_check(data_dir)["ok"]
     print(
         f"\nkill -9: {landed} kills in {rounds} round(s), {partial} left a partial load; "
-        f"after each: 0 orphans, 0 damaged files; every round finished equal to a clean run"
+        "after each: 0 orphans, 0 damaged files, 0 half-written batches; "
+        "every round finished equal to a clean run"
     )
     assert partial >= 1, "no kill landed while rows were being written; the loop proves nothing"
 
@@ -156,6 +164,7 @@ def test_kill_9_at_random_moments_never_orphans_or_corrupts(template, tmp_path):
 
 
 @pytest.mark.slow
+@soak_only
 def test_soak_kill_9_loop(template, tmp_path):
     kill_loop(template, tmp_path, SOAK_KILLS, seed=int(time.time()))
 
@@ -264,6 +273,7 @@ def test_concurrent_insert_data_processes_all_succeed(template, tmp_path):
 
 
 @pytest.mark.slow
+@soak_only
 def test_soak_concurrent_insert_data_processes(template, tmp_path):
     concurrent_loads(template, tmp_path, SOAK_WRITERS)
 
