@@ -94,7 +94,10 @@ def _peak_bytes_while_reading(source, table):
 
 
 def test_files_are_read_a_row_at_a_time(tmp_path):
-    """Reading 50,000 CSV or JSONL orders holds one row at a time, not the file (0.7 MB of CSV, 3 MB of JSONL)."""
+    """Reading 50,000 orders holds one row at a time, not the file.
+
+    The files are 0.7 MB (CSV) and 3 MB (JSONL); the bound is a fraction of either.
+    """
     (tmp_path / "orders.csv").write_text(
         "id,user_id,product_id,quantity\n"
         + "".join(f"{i},{i % 97 + 1},{i % 13 + 1},{i % 5 + 1}\n" for i in range(1, 50_001))
