@@ -1,0 +1,145 @@
+"""The admin and the overview as a person uses them, in Debian's headless Chromium.
+
+Selenium drives /usr/bin/chromium through /usr/bin/chromedriver, both from Debian's
+packages (``.ci/setup-browser.sh`` installs them): the two come from one Chromium build, so
+they always match, and nothing is downloaded. Without them the tests are skipped on a
+laptop and fail on CI (``CI`` set), where a skip would hide that nothing was tested.
+
+``MULTIDS_SCREENSHOT=docs/admin-orders.png pytest tests/test_browser.py`` also saves the
+order list as the README's screenshot.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as seen
+from selenium.webdriver.support.ui import WebDriverWait
+
+from core import pipeline
+from core.report import record
+from core.sources import demo_source
+from tests.conftest import ALL_DATABASES
+
+pytestmark = [
+    pytest.mark.browser,
+    # The live server answers from its own thread and connections: the data must be committed.
+    pytest.mark.django_db(databases=ALL_DATABASES, transaction=True),
+]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,760",
+)
+USERNAME, PASSWORD = "admin", "a-browser-test-password"
+WAIT_SECONDS = 15
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module; skipped (or failed on CI) if it is missing."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        reason = (
+            f"{' and '.join(missing)} not installed; install Debian's chromium and "
+            "chromium-driver with: bash .ci/setup-browser.sh"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {reason}")
+        pytest.skip(reason)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in CHROMIUM_ARGS:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(WAIT_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    """Hash the test password cheaply: PBKDF2's million rounds cost 0.4 s per login."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def site(browser, live_server, django_user_model):
+    """The demo data loaded and recorded, a superuser, and the browser logged in as them."""
+    record(pipeline.load(demo_source()))
+    django_user_model.objects.create_superuser(USERNAME, "admin@example.com", PASSWORD)
+    browser.delete_all_cookies()  # the previous test's session was flushed with its data
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys(USERNAME)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD, Keys.ENTER)
+    wait_for(browser, "#user-tools")
+    return live_server.url
+
+
+def wait_for(browser, css):
+    """Return the element matching css once the page shows it."""
+    return WebDriverWait(browser, WAIT_SECONDS).until(
+        seen.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
+
+
+def test_the_order_list_shows_each_users_email_and_products_name(browser, site):
+    browser.get(f"{site}/admin/core/order/")
+    table = wait_for(browser, "#result_list").text
+    assert "alice@example.com" in table and "Laptop" in table
+    assert "charlie@example.com" in table and "Headphones" in table
+    screenshot = os.environ.get("MULTIDS_SCREENSHOT")
+    if screenshot:
+        browser.save_screenshot(screenshot)
+
+
+def test_searching_users_by_email(browser, site):
+    browser.get(f"{site}/admin/core/user/")
+    wait_for(browser, "#searchbar").send_keys("bob@", Keys.ENTER)
+    WebDriverWait(browser, WAIT_SECONDS).until(seen.url_contains("q=bob"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert [r.text.split()[:3] for r in rows] == [["2", "Bob", "bob@example.com"]]
+
+
+def test_deleting_a_user_with_orders_is_refused(browser, site):
+    browser.get(f"{site}/admin/core/user/1/change/")
+    wait_for(browser, "a.deletelink").click()
+    warning = wait_for(browser, ".messagelist .warning").text
+    assert "User 1 was not deleted: it has 1 order in orders_db" in warning
+    browser.find_element(By.CSS_SELECTOR, "#content form input[type=submit]").click()
+    WebDriverWait(browser, WAIT_SECONDS).until(seen.url_contains("/user/1/change/"))
+    error = wait_for(browser, ".messagelist .error").text
+    assert error.startswith("User 1 was not deleted: it has 1 order in orders_db.")
+    assert "Delete selected users with their orders" in error
+    browser.get(f"{site}/admin/core/user/1/change/")
+    assert wait_for(browser, "#id_email").get_attribute("value") == "alice@example.com"
+
+
+def test_the_overview_shows_every_database_and_the_last_load(browser, site):
+    browser.get(f"{site}/admin/")
+    wait_for(browser, "#user-tools a[href='/overview/']").click()  # "View site"
+    databases = wait_for(browser, "#databases").text
+    for alias in ALL_DATABASES:
+        assert alias in databases
+    assert "users: 8" in databases and "orders: 7" in databases
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#databases .status-ok")) == 4
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")) == 3
+    browser.find_element(By.CSS_SELECTOR, "input[value='Check every order now']").click()
+    result = wait_for(browser, "#integrity-result").text
+    assert result == "7 orders checked: every order's user and product exist."
