@@ -192,6 +192,10 @@ def test_a_rejects_row_with_a_field_too_many_is_rejected_like_any_csv_line(run_c
             b"table,line,id,reason,user_id,product_id\r\norders,2,1,r,1,1\r\n",
             "{path}: missing column(s) quantity for orders rows",
         ),
+        (
+            b"table,line,id,reason,name,email,email\r\nusers,2,1,r,Ann,a@example.com,b@example.com\r\n",
+            "{path}: column(s) email appear more than once; keep one",
+        ),
     ],
 )
 def test_a_rejects_file_that_cannot_be_read_stops_the_run(run_command, tmp_path, content, message):

@@ -264,6 +264,11 @@ def _missing_column(tmp_path):
     )
 
 
+def _duplicate_column(tmp_path):
+    path = write(tmp_path, "products.csv", "id,name,price,name\n1,Pen,2,Ink\n")
+    return tmp_path, f"{path}: column(s) name appear more than once; keep one"
+
+
 def _empty_file(tmp_path):
     path = write(tmp_path, "products.csv", "\n\n")
     return tmp_path, f"{path}: the file is empty (expected a header row)"
@@ -306,6 +311,7 @@ def _header_not_csv(tmp_path):
     [
         _missing_directory,
         _missing_column,
+        _duplicate_column,
         _empty_file,
         _both_formats,
         _unreadable_csv,
