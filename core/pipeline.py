@@ -23,7 +23,14 @@ from django.db import DatabaseError, connections
 from core import tables
 from core.report import LoadResult, Rejection
 from core.tables import PARENT_TABLES, TABLES, fields
-from core.validation import CLEANERS, email_key, parent_problems, shown
+from core.validation import (
+    CLEANERS,
+    ID_MAX,
+    QUANTITY_MAX,
+    email_key,
+    parent_problems,
+    shown,
+)
 from core.writers import existing_ids, writer_for
 
 log = logging.getLogger(__name__)
@@ -93,7 +100,12 @@ class RunValidator:
                 except ValueError:
                     others.append(item)
                     continue
-                if row[0] > 0 and row[3] > 0 and row[1] in users and row[2] in products:
+                if (
+                    0 < row[0] <= ID_MAX
+                    and 0 < row[3] <= QUANTITY_MAX
+                    and row[1] in users
+                    and row[2] in products
+                ):
                     rows.append(row)
                     lines.append(item[0])
                     continue

@@ -18,6 +18,8 @@ NAME_MAX_LENGTH = 200
 EMAIL_MAX_LENGTH = 254
 PRICE_MAX = Decimal("9999999999.99")  # DecimalField(max_digits=12, decimal_places=2)
 CENT = Decimal("0.01")
+ID_MAX = 2**63 - 1  # BigIntegerField, on SQLite and PostgreSQL
+QUANTITY_MAX = 2**31 - 1  # IntegerField (32 bits on PostgreSQL)
 # Deliberately simple: one "@", no spaces, a dot in the domain. Django's EmailValidator is
 # stricter but ten times slower, which matters at a million rows.
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
@@ -77,6 +79,8 @@ def to_id(value, field="id"):
     number = to_int(value, field)
     if number < 1:
         raise Invalid(field, f"{field} must be a positive whole number (got {number})")
+    if number > ID_MAX:
+        raise Invalid(field, f"{field} must be at most {ID_MAX} (got {number})")
     return number
 
 
@@ -136,6 +140,8 @@ def to_quantity(value, field="quantity"):
     number = to_int(value, field)
     if number < 1:
         raise Invalid(field, f"{field} must be at least 1 (got {number})")
+    if number > QUANTITY_MAX:
+        raise Invalid(field, f"{field} must be at most {QUANTITY_MAX} (got {number})")
     return number
 
 

@@ -160,3 +160,15 @@ def test_bad_options_get_one_line_errors(migrated_dir, args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@all_databases
+def test_a_huge_order_quantity_in_a_csv_is_rejected_by_the_fast_path(tmp_path, run_command):
+    (tmp_path / "users.csv").write_text("id,name,email\n1,Ann,ann@example.com\n")
+    (tmp_path / "products.csv").write_text("id,name,price\n1,Pen,1.50\n")
+    (tmp_path / "orders.csv").write_text(
+        "id,user_id,product_id,quantity\n1,1,1,99999999999999999999\n2,1,1,3\n"
+    )
+    out = run_command("insert_data", "--from", str(tmp_path), "--no-progress")
+    assert "orders #1 (line 2): quantity must be at most 2147483647" in out
+    assert list(Order.objects.values_list("pk", flat=True)) == [2]

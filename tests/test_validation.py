@@ -93,3 +93,13 @@ def test_every_problem_of_a_row_is_reported_at_once():
 def test_json_numbers_are_accepted_as_they_are():
     assert clean_order((1, 2, 3, 4)) == ((1, 2, 3, 4), ())
     assert clean_product((1, "Pen", 1.5))[0][2] == Decimal("1.50")
+
+
+def test_numbers_beyond_the_columns_are_rejected_not_left_to_crash_the_writer():
+    huge = "99999999999999999999"
+    assert reasons(clean_user((huge, "Big", "big@example.com"))[1]) == [
+        f"id must be at most 9223372036854775807 (got {huge})"
+    ]
+    assert reasons(clean_order(("1", "1", "1", "2147483648"))[1]) == [
+        "quantity must be at most 2147483647 (got 2147483648)"
+    ]
