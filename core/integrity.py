@@ -87,6 +87,7 @@ class IntegrityResult:
     orphan_count: int = 0
     orphans: list[Orphan] = field(default_factory=list)
     databases: dict[str, str] = field(default_factory=dict)  # alias -> "ok" or the problem
+    scan_error: str | None = None  # the orders could not all be read (a damaged file)
 
     @property
     def corrupt(self):
@@ -95,7 +96,7 @@ class IntegrityResult:
 
     @property
     def ok(self):
-        return self.orphan_count == 0 and not self.corrupt
+        return self.orphan_count == 0 and not self.corrupt and self.scan_error is None
 
     def as_dict(self):
         return {
@@ -106,6 +107,7 @@ class IntegrityResult:
             "orphans_listed": len(self.orphans),
             "databases": dict(self.databases),
             "corrupt": self.corrupt,
+            "scan_error": self.scan_error,
         }
 
 
@@ -117,15 +119,18 @@ def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progres
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     result = IntegrityResult()
-    for batch in order_batches(batch_size):
-        result.orders_checked += len(batch)
-        orphans = _confirmed(_orphans_in(batch))
-        result.orphan_count += len(orphans)
-        result.orphans.extend(orphans[: max(keep - len(result.orphans), 0)])
-        if progress:
-            progress(result.orders_checked)
     for alias in settings.DATABASES:
         result.databases[alias] = file_check(alias)
+    try:
+        for batch in order_batches(batch_size):
+            result.orders_checked += len(batch)
+            orphans = _confirmed(_orphans_in(batch))
+            result.orphan_count += len(orphans)
+            result.orphans.extend(orphans[: max(keep - len(result.orphans), 0)])
+            if progress:
+                progress(result.orders_checked)
+    except DatabaseError as exc:  # a damaged file: report how far the scan got, not a crash
+        result.scan_error = f"stopped after {result.orders_checked:,} orders: {exc}"
     return result
 
 
@@ -186,8 +191,6 @@ def file_check(alias):
             lines = [row[0] for row in cursor.fetchall()]
     except DatabaseError as exc:
         return f"cannot check: {exc}"
-    finally:
-        connection.close()
     return OK if lines == [OK] else "; ".join(lines[:10])
 
 

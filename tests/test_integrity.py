@@ -213,3 +213,20 @@ def test_every_option_has_help(name):
         "skip_checks",
     }
     assert all(a.help for a in own if a.dest not in builtin)
+
+
+@all_databases
+def test_a_database_that_fails_mid_scan_is_reported_not_raised(monkeypatch, run_command):
+    from django.db import DatabaseError
+
+    load_demo()
+
+    def unreadable(table, ids):
+        raise DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(integrity, "existing_ids", unreadable)
+    result = check_integrity()
+    assert not result.ok
+    assert result.scan_error == "stopped after 8 orders: database disk image is malformed"
+    with pytest.raises(CommandError, match="the orders scan did not finish"):
+        run_command("check_integrity")

@@ -222,7 +222,8 @@ def test_check_integrity_fails_on_an_orphan_written_directly(template, tmp_path)
 
 def test_check_integrity_fails_on_a_damaged_file(template, tmp_path):
     data_dir = fresh(template, tmp_path, "damaged")
-    manage("insert_data", "--users=3000", "--products=1", data_dir=data_dir, check=True)
+    load = ["insert_data", "--users=3000", "--products=1", "--orders=3000"]
+    manage(*load, data_dir=data_dir, check=True)
     path = data_dir / "users.db"
     with open(path, "r+b") as handle:  # scribble over pages in the middle of the b-tree
         handle.seek(path.stat().st_size // 2)
@@ -232,6 +233,7 @@ def test_check_integrity_fails_on_a_damaged_file(template, tmp_path):
     assert "users_db     ok" not in done.stdout
     assert "1 damaged database(s)" in done.stderr
     assert "Traceback" not in done.stderr
+    print(f"\ndamaged file: {done.stderr.strip()}")
 
 
 # --- concurrent processes -------------------------------------------------------------------

@@ -61,6 +61,7 @@ class Command(BaseCommand):
             raise CommandError(
                 f"integrity check failed: {result.orphan_count:,} orphaned order(s), "
                 f"{len(result.corrupt)} damaged database(s)"
+                + ("; the orders scan did not finish" if result.scan_error else "")
             )
 
     def print_result(self, result, show):
@@ -69,6 +70,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{result.orders_checked:,} orders checked, {result.orphan_count:,} orphaned"
         )
+        if result.scan_error:
+            self.stdout.write(f"orders scan {result.scan_error}")
         for orphan in result.orphans[:show]:
             self.stdout.write(f"  {orphan}")
         if result.orphan_count > show:
