@@ -1,0 +1,475 @@
+"""The main behaviours against a real PostgreSQL server on 127.0.0.1:5432.
+
+Each test creates its own databases (``multids_test_<random>_<alias>``, one per alias, as if
+each lived on its own server) and drops them afterwards, then runs ``manage.py`` in a
+subprocess with ``DATABASE_URL``/``USERS_DATABASE_URL``/... pointing at them, exactly as a
+user would. ``.ci/setup-postgres.sh`` starts the server and creates the role ``multids``
+(override with ``MULTIDS_POSTGRES_ADMIN_URL``).
+
+When the server cannot be reached these tests skip and say why, except in CI (``CI`` set):
+there they fail, so a broken PostgreSQL setup can never pass silently.
+"""
+
+import csv
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.conftest import ROOT, manage
+from tests.test_insert_data import DEMO_REJECTIONS
+
+pytestmark = pytest.mark.postgres
+
+ADMIN_URL = os.environ.get("MULTIDS_POSTGRES_ADMIN_URL") or (
+    "postgresql://multids@127.0.0.1:5432/postgres"
+)
+VARIABLES = {
+    "default": "DATABASE_URL",
+    "users_db": "USERS_DATABASE_URL",
+    "orders_db": "ORDERS_DATABASE_URL",
+    "products_db": "PRODUCTS_DATABASE_URL",
+}
+TABLE_ALIASES = {"users": "users_db", "products": "products_db", "orders": "orders_db"}
+
+
+def _in_ci():
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The admin URL, once the server has answered; skip (fail in CI) when it does not."""
+    try:
+        with psycopg.connect(ADMIN_URL, connect_timeout=5) as db:
+            db.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = (
+            f"PostgreSQL is not reachable at {ADMIN_URL} ({first_line}); "
+            "run: bash .ci/setup-postgres.sh"
+        )
+        if _in_ci():
+            pytest.fail(f"CI is set, so PostgreSQL tests must run: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return ADMIN_URL
+
+
+def url_for(name):
+    return urlsplit(ADMIN_URL)._replace(path=f"/{name}").geturl()
+
+
+@pytest.fixture
+def pg_databases(postgres_server):
+    """Factory: create fresh databases for some aliases; return the environment naming them."""
+    created = []
+
+    def make(aliases=tuple(VARIABLES)):
+        tag = uuid.uuid4().hex[:8]
+        env = {}
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            for alias in aliases:
+                name = f"multids_test_{tag}_{alias}"
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                created.append(name)
+                env[VARIABLES[alias]] = url_for(name)
+        return env
+
+    yield make
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        for name in created:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def pg_rows(env, table, columns="*"):
+    """Every row of table in the PostgreSQL database env names for it, by id."""
+    with psycopg.connect(env[VARIABLES[TABLE_ALIASES[table]]]) as db:
+        return db.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
+
+
+def sqlite_rows(data_dir, table):
+    with sqlite3.connect(data_dir / f"{table}.db") as db:
+        return db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+
+
+def comparable(table, rows):
+    """Rows with prices as 2-place Decimals: SQLite hands them back as floats."""
+    if table != "products":
+        return rows
+    return [(i, name, Decimal(str(price)).quantize(Decimal("0.01"))) for i, name, price in rows]
+
+
+def run(*args, data_dir, env, check=True):
+    result = manage(*args, data_dir=data_dir, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    return result
+
+
+def summary_line(stdout):
+    """The "N stored, N already present, N rejected" part of insert_data's output."""
+    match = re.search(r"^([\d,]+ stored, [\d,]+ already present, [\d,]+ rejected)", stdout, re.M)
+    assert match, stdout
+    return match.group(1)
+
+
+def rejection_lines(stdout):
+    return [line.strip() for line in stdout.split("Rejected rows:", 1)[-1].splitlines()[1:]]
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def test_the_demo_gives_8_9_7_with_the_same_rejections_and_a_rerun_stores_nothing(
+    pg_databases, tmp_path
+):
+    env = pg_databases()
+    run("migrate_all", data_dir=tmp_path, env=env)
+    out = run("insert_data", "--no-progress", data_dir=tmp_path, env=env).stdout
+    for line in DEMO_REJECTIONS:
+        assert line in out
+    assert summary_line(out) == "24 stored, 0 already present, 6 rejected"
+    assert [r[0] for r in pg_rows(env, "users")] == [1, 2, 3, 4, 5, 6, 7, 9]
+    assert [r[0] for r in pg_rows(env, "products")] == list(range(1, 10))
+    assert [r[0] for r in pg_rows(env, "orders")] == list(range(1, 8))
+    assert pg_rows(env, "products", "price")[6] == (Decimal("1000.00"),)
+    assert list(tmp_path.glob("*.db")) == [], "nothing may fall back to SQLite files"
+
+    again = run("insert_data", "--no-progress", data_dir=tmp_path, env=env).stdout
+    assert summary_line(again) == "0 stored, 24 already present, 6 rejected"
+    assert rejection_lines(again) == rejection_lines(out)
+    assert [len(pg_rows(env, t)) for t in ("users", "products", "orders")] == [8, 9, 7]
+    integrity = run("check_integrity", data_dir=tmp_path, env=env)
+    assert integrity.returncode == 0
+
+
+def messy_files(directory, first):
+    """Input that takes every path: bad values, clashes inside a run and with stored rows."""
+    directory.mkdir()
+    if first:
+        users = [
+            (1, "Ann", "ann@example.com"),
+            (2, "Bob", "bob@example.com"),
+            (2, "Bob", "bob@example.com"),  # the same row twice: already present
+            (3, "Cid", "ANN@example.com"),  # email used by user 1 (case-insensitive)
+            (4, "", "dan@example.com"),
+            (5, "Eve", "not-an-email"),
+            (6, "Fay", "fay@example.com"),
+            (6, "Fay", "fay2@example.com"),  # same id, different data
+            (7, "Gus", "gus@example.com"),
+        ]
+        products = [
+            (1, "Pen", "1.50"),
+            (2, "Ink", "-3"),
+            (3, "Cap", "1.234"),
+            (4, "Box", "inf"),
+            (5, "Bag", "99999999999.00"),
+            (6, "Mug", "7"),
+        ]
+        orders = [
+            (1, 1, 1, 2),
+            (2, 3, 1, 1),  # user 3 was rejected
+            (3, 1, 2, 1),  # product 2 was rejected
+            (4, 2, 6, 0),
+            (5, 99, 1, 1),  # no such user
+            (6, 7, 6, 3),
+            (6, 7, 6, 4),  # same id, different data
+            (7, "x", 1, 1),
+        ]
+    else:
+        users = [
+            (1, "Ann", "ann@example.com"),  # already present
+            (2, "Robert", "bob@example.com"),  # stored with different data
+            (8, "Hal", "GUS@EXAMPLE.COM"),  # email stored for user 7
+            (9, "Ida", "ida@example.com"),
+            (3, "Cid", "cid@example.com"),  # rejected before, fixed now
+        ]
+        products = [(1, "Pen", "1.5"), (6, "Mug", "8.00"), (7, "Tray", "12.34")]
+        orders = [
+            (1, 1, 1, 2),
+            (6, 7, 6, 3),
+            (8, 9, 7, 1),
+            (9, 8, 7, 1),  # user 8 was rejected in this run
+            (10, 3, 7, 5),
+            (1, 1, 1, 5),  # stored with different data
+        ]
+    write_csv(directory / "users.csv", ["id", "name", "email"], users)
+    write_csv(directory / "products.csv", ["id", "name", "price"], products)
+    write_csv(directory / "orders.csv", ["id", "user_id", "product_id", "quantity"], orders)
+    return directory
+
+
+def test_file_loads_store_and_reject_exactly_as_on_sqlite(pg_databases, tmp_path):
+    first = messy_files(tmp_path / "first", first=True)
+    second = messy_files(tmp_path / "second", first=False)
+    sqlite_dir = tmp_path / "sqlite"
+    sqlite_dir.mkdir()
+    pg_dir = tmp_path / "pg"
+    pg_dir.mkdir()
+    env = pg_databases()
+    outputs = {}
+    for label, data_dir, environment in (("sqlite", sqlite_dir, {}), ("pg", pg_dir, env)):
+        run("migrate_all", data_dir=data_dir, env=environment)
+        for name, files in (("first", first), ("second", second)):
+            # Small batches: clashes land in several batches and the careful path runs often.
+            rejects = data_dir / f"{name}-rejects.csv"
+            out = run(
+                "insert_data",
+                "--from",
+                str(files),
+                "--batch-size",
+                "3",
+                "--no-progress",
+                "--rejects",
+                str(rejects),
+                data_dir=data_dir,
+                env=environment,
+            ).stdout
+            outputs[label, name] = (summary_line(out), rejection_lines(out), rejects.read_text())
+
+    for name in ("first", "second"):
+        assert outputs["pg", name] == outputs["sqlite", name]
+    assert outputs["pg", "first"][0] == "8 stored, 1 already present, 14 rejected"
+    assert outputs["pg", "second"][0] == "5 stored, 4 already present, 5 rejected"
+    assert (
+        "users #8 (line 4): email 'GUS@EXAMPLE.COM' is already used by user 7"
+        in (outputs["pg", "second"][1])
+    )
+    for table in ("users", "products", "orders"):
+        stored_on_pg = comparable(table, pg_rows(env, table))
+        assert stored_on_pg == comparable(table, sqlite_rows(sqlite_dir, table)), table
+        assert stored_on_pg, table
+
+
+def test_mixed_setup_users_on_postgres_the_rest_on_sqlite(pg_databases, tmp_path):
+    env = pg_databases(["users_db"])
+    out = run("migrate_all", data_dir=tmp_path, env=env).stdout
+    assert re.search(r"^users_db .*127\.0\.0\.1:5432/multids_test_", out, re.M), out
+    assert re.search(r"^orders_db .*orders\.db", out, re.M), out
+    loaded = run("insert_data", "--no-progress", data_dir=tmp_path, env=env).stdout
+    assert summary_line(loaded) == "24 stored, 0 already present, 6 rejected"
+    for line in DEMO_REJECTIONS:
+        assert line in loaded
+    assert len(pg_rows(env, "users")) == 8
+    assert not (tmp_path / "users.db").exists()
+    assert len(sqlite_rows(tmp_path, "orders")) == 7
+    assert len(sqlite_rows(tmp_path, "products")) == 9
+    writers = run(
+        "shell",
+        "-c",
+        "from core.writers import writer_for\n"
+        "for t, a in (('users', 'users_db'), ('orders', 'orders_db')):\n"
+        "    print(t, type(writer_for(t, a)).__name__)",
+        data_dir=tmp_path,
+        env=env,
+    ).stdout.splitlines()
+    assert "users PostgresBulkWriter" in writers, writers
+    assert "orders BulkWriter" in writers, writers
+
+
+CONCURRENT_LOAD = """
+import sys, time
+from pathlib import Path
+from django.core.management import call_command
+from core.pg import PostgresBulkWriter
+
+go, source, rejects = sys.argv[1:4]
+insert = PostgresBulkWriter.insert_ignoring_conflicts
+
+def insert_and_hold(self, cursor, rows):
+    # Keep the inserted rows uncommitted for a moment, so the other processes' inserts run
+    # into them: the case a check-then-insert gets wrong.
+    inserted = insert(self, cursor, rows)
+    time.sleep(0.05)
+    return inserted
+
+PostgresBulkWriter.insert_ignoring_conflicts = insert_and_hold
+while not Path(go).exists():  # start every process at the same moment
+    time.sleep(0.002)
+started = time.time()
+call_command("insert_data", "--from", source, "--batch-size", "40", "--no-progress",
+             "--rejects", rejects, "--show", "0")
+print("SPAN", started, time.time())
+"""
+
+
+def test_concurrent_processes_with_clashing_emails_get_clear_rejections(pg_databases, tmp_path):
+    """Three processes load different users sharing emails (one in reverse order, so their
+    inserts cross): every email is stored once, every other copy is a clear rejection."""
+    env = pg_databases()
+    run("migrate_all", data_dir=tmp_path, env=env)
+    count = 400
+    styles = [str.lower, str.upper, str.title]
+    processes = []
+    go = tmp_path / "go"
+    environment = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    environment |= env | {"MULTIDS_DATA_DIR": str(tmp_path)}
+    environment["DJANGO_SETTINGS_MODULE"] = "multids.settings"
+    for p, style in enumerate(styles):
+        users = [
+            (p * 10_000 + i + 1, f"P{p} {i}", style(f"person{i}@example.com")) for i in range(count)
+        ]
+        if p == 1:
+            users.reverse()
+        source = tmp_path / f"load{p}"
+        source.mkdir()
+        write_csv(source / "users.csv", ["id", "name", "email"], users)
+        script = tmp_path / "load.py"
+        script.write_text(CONCURRENT_LOAD)
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import django, runpy, sys; django.setup(); "
+                    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+                    str(script),
+                    str(go),
+                    str(source),
+                    str(tmp_path / f"rejects{p}.csv"),
+                ],
+                cwd=ROOT,
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    time.sleep(1.5)  # let every process import Django and wait at the line
+    go.touch()
+    results = [process.communicate(timeout=120) for process in processes]
+    for process, (out, err) in zip(processes, results, strict=True):
+        assert process.returncode == 0, err[-2000:]
+        assert "IntegrityError" not in err + out and "Traceback" not in err, err[-2000:]
+
+    stored = pg_rows(env, "users", "id, lower(email)")
+    owners = {email: user_id for user_id, email in stored}
+    assert len(owners) == len(stored) == count  # each email exactly once
+    stored_per_process = [sum(1 for i, _ in stored if i // 10_000 == p) for p in range(3)]
+    rejected = 0
+    for p in range(3):
+        with open(tmp_path / f"rejects{p}.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) + stored_per_process[p] == count
+        for row in rows:
+            owner = owners[row["email"].lower()]
+            assert row["reason"] == f"email {row['email']!r} is already used by user {owner}"
+            assert owner // 10_000 != p
+        rejected += len(rows)
+    assert rejected == 2 * count
+    spans = [re.search(r"^SPAN (\S+) (\S+)$", out, re.M).groups() for out, _err in results]
+    assert max(float(s) for s, _e in spans) < min(float(e) for _s, e in spans), spans
+
+
+DEADLOCK = """
+import sys, threading, time
+import psycopg
+from core.pg import PostgresBulkWriter
+from core.writers import writer_for
+
+deadlocks = []
+copy = PostgresBulkWriter._copy
+
+def recording_copy(self, raw, statement, rows):
+    try:
+        copy(self, raw, statement, rows)
+    except psycopg.errors.DeadlockDetected:
+        deadlocks.append(statement)
+        raise
+
+PostgresBulkWriter._copy = recording_copy
+other = psycopg.connect(sys.argv[1])  # plays a second loader
+other.execute("INSERT INTO users VALUES (100, 'Other', 'one@example.com')")
+
+def close_the_cycle():
+    time.sleep(0.3)  # the writer below now holds two@ and waits for one@
+    try:
+        other.execute("INSERT INTO users VALUES (101, 'Other', 'two@example.com')")
+        other.commit()
+    except psycopg.errors.DeadlockDetected:
+        other.rollback()
+        print("the other loader was aborted")
+
+thread = threading.Thread(target=close_the_cycle)
+thread.start()
+writer = writer_for("users", "users_db")
+stored, present, rejections = writer.write(
+    [(200, "Mine", "TWO@example.com"), (201, "Mine", "One@example.com")], [2, 3]
+)
+thread.join()
+print("deadlocks in the writer:", len(deadlocks))
+print("stored", stored, "present", present)
+for line, user_id, reason, _row in rejections:
+    print(line, user_id, reason)
+"""
+
+
+def test_a_deadlock_between_two_loaders_ends_in_clear_rejections(pg_databases, tmp_path):
+    """Another loader holds one@ and then wants two@, while the writer holds two@ and
+    waits for one@: PostgreSQL aborts the writer (it waited first), which must roll back,
+    retry carefully and reject both rows by naming the other loader's users."""
+    env = pg_databases()
+    run("migrate_all", data_dir=tmp_path, env=env)
+    out = manage(
+        "shell",
+        "-c",
+        DEADLOCK.replace("sys.argv[1]", repr(env["USERS_DATABASE_URL"])),
+        data_dir=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "deadlocks in the writer: 1" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "stored 0 present 0" in out.stdout
+    assert "2 200 email 'TWO@example.com' is already used by user 101" in out.stdout
+    assert "3 201 email 'One@example.com' is already used by user 100" in out.stdout
+    assert pg_rows(env, "users") == [
+        (100, "Other", "one@example.com"),
+        (101, "Other", "two@example.com"),
+    ]
+
+
+def test_the_in_process_insert_data_suite_passes_on_postgres(postgres_server):
+    """tests/test_insert_data.py's database tests (the demo, re-runs, orders only after
+    their users, with its negative control) rerun with every alias on PostgreSQL."""
+    environment = dict(os.environ, MULTIDS_POSTGRES_ADMIN_URL=postgres_server)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--ds",
+            "tests.settings_postgres",
+            "-m",
+            "django_db",
+            str(Path("tests") / "test_insert_data.py"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=environment,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 6, result.stdout[-2000:]
+    assert "skipped" not in result.stdout.splitlines()[-1], result.stdout[-2000:]
