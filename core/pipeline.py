@@ -21,6 +21,7 @@ import time
 from django.db import DatabaseError, connections
 
 from core import tables
+from core.databases import location
 from core.report import LoadResult, Rejection
 from core.tables import PARENT_TABLES, TABLES, fields
 from core.validation import (
@@ -210,7 +211,8 @@ def _writer_main(table, inbox, outbox, committed, dirty, abort):
         outbox.put(("aborted", table, None))
     except (DatabaseError, OSError, RuntimeError) as exc:
         abort.set()
-        outbox.put(("failed", table, f"{table} writer: {exc}"))
+        where = f"{tables.alias(table)} at {location(tables.alias(table))}"
+        outbox.put(("failed", table, f"{table} writer ({where}): {exc}"))
     finally:
         connections.close_all()
     outbox.put(("done", table, None))

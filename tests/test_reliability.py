@@ -396,7 +396,7 @@ def test_a_read_only_database_file_fails_cleanly_and_keeps_committed_data(templa
         pytest.skip(f"cannot drop CAP_DAC_OVERRIDE here, so root could write anyway: {exc}")
     finally:
         path.chmod(0o644)
-    user_error(done, "orders writer: attempt to write a readonly database")
+    user_error(done, f"orders writer (orders_db at {path}): attempt to write a readonly database")
     assert counts(data_dir)["orders"] == 0
     assert full_check(data_dir)["ok"]
     assert manage(*LOAD, data_dir=data_dir).returncode == 0
@@ -420,7 +420,7 @@ def test_a_full_disk_fails_cleanly_and_keeps_committed_data(template, tmp_path):
         preexec_fn=small_disk,
         timeout=300,
     )
-    user_error(done, "writer: ")
+    user_error(done, "writer (")
     assert "Batches committed before the failure are kept" in done.stderr
     stored = counts(data_dir)
     assert 0 < sum(stored.values()) < sum(SIZE.values())
