@@ -75,7 +75,15 @@ class FreshDatabases:
         self.env = {variables[k]: database_url(n) for k, n in self.names.items()}
 
     def __enter__(self):
-        with psycopg.connect(admin_url(), autocommit=True) as admin:
+        try:
+            admin = psycopg.connect(admin_url(), autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+            raise BenchError(
+                f"cannot reach PostgreSQL at {admin_url()} ({first_line}); "
+                "run: bash .ci/setup-postgres.sh"
+            ) from exc
+        with admin:
             for name in self.names.values():
                 admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         try:
@@ -143,7 +151,10 @@ def expected_rows(workload_dir):
 
 
 def run_postgres_bench(workload_dir):
-    """Measure the reference COPY and insert_data on PostgreSQL; return rows/s and the ratio."""
+    """Measure the reference COPY and insert_data on PostgreSQL; return rows/s and the ratio.
+
+    Raises BenchError (one line) when the server is unreachable or a count is wrong.
+    """
     expected = expected_rows(workload_dir)
     with FreshDatabases("reference") as databases:
         ref_seconds = reference(workload_dir, databases)
