@@ -149,11 +149,46 @@ class BulkWriter:
         fresh_lines = {row[0]: line for line, row in zip(lines, rows, strict=True)}
         fresh, more = self.reject_unique_clashes(fresh, fresh_lines)
         rejections.extend(more)
-        if fresh:
-            with self.connection.cursor() as cursor:
+        if not fresh:
+            return 0, present, rejections
+        try:
+            with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
                 if self.insert_ignoring_conflicts(cursor, fresh) != len(fresh):
-                    raise _Redo
-        return len(fresh), present, rejections
+                    raise _Redo  # back to the savepoint: settle the rows one by one
+            return len(fresh), present, rejections
+        except _Redo:
+            stored, settled_present, settled = self._insert_one_by_one(fresh, fresh_lines)
+            return stored, present + settled_present, rejections + settled
+
+    def _insert_one_by_one(self, rows, lines):
+        """Insert rows singly and classify each that does not go in by what is stored now.
+
+        Reached only when a row clashed with a key the checks above did not see: a row
+        another process committed a moment ago, or an email that Python's and the database's
+        case rules fold differently. Slow, but exact, and never an endless retry.
+        """
+        stored, present, rejections = 0, 0, []
+        with self.connection.cursor() as cursor:
+            for row in rows:
+                cursor.execute(self.insert_sql, row)
+                if cursor.rowcount == 1:
+                    stored += 1
+                    continue
+                earlier = (
+                    self.model.objects.using(self.alias)
+                    .filter(pk=row[0])
+                    .values_list(*self.fields)
+                    .first()
+                )
+                if earlier is None:
+                    what = f"email {shown(row[2])}" if self.table == "users" else "a unique value"
+                    reason = f"{what} is already used by another stored row"
+                    rejections.append((lines[row[0]], row[0], reason, row))
+                elif comparable(self.table, earlier) == comparable(self.table, row):
+                    present += 1
+                else:
+                    rejections.append(self._conflict(lines[row[0]], row, earlier))
+        return stored, present, rejections
 
     def _conflict(self, line, row, earlier):
         stored = ", ".join(

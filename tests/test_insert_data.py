@@ -7,7 +7,7 @@ import pytest
 
 from core import pipeline
 from core.models import LoadRun, Order, Product, User
-from core.sources import SyntheticSource, demo_source
+from core.sources import FileSource, SyntheticSource, demo_source
 from core.writers import BulkWriter, existing_ids
 from tests.conftest import all_databases, manage
 
@@ -172,3 +172,21 @@ def test_a_huge_order_quantity_in_a_csv_is_rejected_by_the_fast_path(tmp_path, r
     out = run_command("insert_data", "--from", str(tmp_path), "--no-progress")
     assert "orders #1 (line 2): quantity must be at most 2147483647" in out
     assert list(Order.objects.values_list("pk", flat=True)) == [2]
+
+
+@all_databases
+def test_a_clash_only_the_database_sees_becomes_a_rejection_not_a_crash(monkeypatch, tmp_path):
+    """If the email rules in Python and in the database's unique index ever disagree, the
+    index wins and the row is rejected with a reason; the rest of the batch is stored."""
+    User.objects.create(id=1, name="Ann", email="ann@example.com")
+    monkeypatch.setattr(BulkWriter, "reject_unique_clashes", lambda self, rows, lines: (rows, []))
+    (tmp_path / "users.csv").write_text(
+        "id,name,email\n2,Other Ann,ANN@example.com\n3,Bo,bo@example.com\n"
+    )
+    result = pipeline.load(FileSource(tmp_path))
+    users = result.tables["users"]
+    assert (users.stored, users.present, users.rejected) == (1, 0, 1)
+    assert [str(r) for r in result.rejections] == [
+        "users #2 (line 2): email 'ANN@example.com' is already used by another stored row"
+    ]
+    assert sorted(User.objects.values_list("pk", flat=True)) == [1, 3]
