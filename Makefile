@@ -42,7 +42,7 @@ clean:
 bench: $(STAMP)  ## 1.11M rows: insert_data vs plain sqlite3 vs the naive ORM loop
 	$(BIN)/python -m bench
 
-serve: $(STAMP)  ## the admin on http://127.0.0.1:8000/admin/ with the demo data (docs/admin.md)
+serve: $(STAMP)  ## the admin on http://127.0.0.1:8000/admin/ with the demo data (see the README)
 	$(MANAGE) migrate_all
 	$(MANAGE) insert_data --no-progress
 	@echo "First time? Create the admin user in another terminal: $(BIN)/python manage.py createsuperuser"
