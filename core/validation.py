@@ -84,25 +84,26 @@ def to_id(value, field="id"):
     return number
 
 
-def to_name(value, field="name"):
+def _required_text(value, field):
+    """Return value trimmed, if it is non-blank text that was valid UTF-8 in the input."""
     if _is_blank(value):
         raise Invalid(field, f"{field} is required")
     if not isinstance(value, str):
         raise Invalid(field, f"{field} must be text (got {shown(value)})")
     if not _is_valid_text(value):
         raise Invalid(field, f"{field} is not valid UTF-8 text")
-    name = value.strip()
+    return value.strip()
+
+
+def to_name(value, field="name"):
+    name = _required_text(value, field)
     if len(name) > NAME_MAX_LENGTH:
         raise Invalid(field, f"{field} is longer than {NAME_MAX_LENGTH} characters")
     return name
 
 
 def to_email(value, field="email"):
-    if _is_blank(value):
-        raise Invalid(field, f"{field} is required")
-    if not isinstance(value, str):
-        raise Invalid(field, f"{field} must be text (got {shown(value)})")
-    email = value.strip()
+    email = _required_text(value, field)
     if len(email) > EMAIL_MAX_LENGTH or not EMAIL_RE.fullmatch(email):
         raise Invalid(field, f"{field} is not a valid email address (got {shown(value)})")
     return email
