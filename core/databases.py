@@ -31,6 +31,7 @@ def check_ready(aliases):
     Nothing is created: a missing SQLite file is reported instead of being made empty.
     """
     problems = []
+    unreachable = False  # migrating cannot help a database we cannot reach
     for alias in aliases:
         config = settings.DATABASES[alias]
         if config["ENGINE"].endswith("sqlite3") and not Path(str(config["NAME"])).exists():
@@ -43,14 +44,12 @@ def check_ready(aliases):
         except DatabaseError as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
             problems.append(f"{alias}: cannot reach {location(alias)} ({first_line})")
+            unreachable = True
             continue
         finally:
             connection.close()
         if plan:
             problems.append(f"{alias}: {len(plan)} migration(s) not applied")
     if problems:
-        raise NotReady(
-            "; ".join(problems) + ". Run: python manage.py migrate_all"
-            if not any("cannot reach" in p for p in problems)
-            else "; ".join(problems)
-        )
+        hint = "" if unreachable else ". Run: python manage.py migrate_all"
+        raise NotReady("; ".join(problems) + hint)

@@ -318,10 +318,10 @@ class WriterPool:
         while self.done != set(self.tables):
             self.collect(result, progress, timeout=POLL_SECONDS)
             self._check_alive(result)
-        self.close()
 
     def close(self):
-        """Stop every writer: after finish() they have exited; after a failure, abort them."""
+        """Stop every writer (load() calls this once, in finally): after finish() they have
+        exited; after a failure they are aborted."""
         self.abort.set()
         for process in self.processes.values():
             process.join(timeout=1)
