@@ -277,7 +277,7 @@ class WriterPool:
                 break
             except queue.Full:
                 self.collect(result, progress)
-                self._check_alive(result)
+                self._check_alive(result, progress)
         self.collect(result, progress)
 
     def collect(self, result, progress, timeout=None):
@@ -297,7 +297,16 @@ class WriterPool:
             elif kind == "done":
                 self.done.add(table)
 
-    def _check_alive(self, result):
+    def _check_alive(self, result, progress):
+        """Raise LoadError if a writer failed or died without saying it was done.
+
+        A writer's last messages reach the queue's pipe before its process exits, but may
+        still be unread here: drain them before taking an exited writer for a crashed one.
+        """
+        if not result.error and any(
+            t not in self.done and not p.is_alive() for t, p in self.processes.items()
+        ):
+            self.collect(result, progress)
         if result.error:
             raise LoadError(result.error)
         for table, process in self.processes.items():
@@ -314,10 +323,10 @@ class WriterPool:
                     break
                 except queue.Full:
                     self.collect(result, progress)
-                    self._check_alive(result)
+                    self._check_alive(result, progress)
         while self.done != set(self.tables):
             self.collect(result, progress, timeout=POLL_SECONDS)
-            self._check_alive(result)
+            self._check_alive(result, progress)
 
     def close(self):
         """Stop every writer (load() calls this once, in finally): after finish() they have

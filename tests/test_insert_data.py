@@ -7,6 +7,7 @@ import pytest
 
 from core import pipeline
 from core.models import LoadRun, Order, Product, User
+from core.report import LoadResult
 from core.sources import FileSource, SyntheticSource, demo_source
 from core.writers import BulkWriter, existing_ids
 from tests.conftest import all_databases, manage
@@ -190,3 +191,19 @@ def test_a_clash_only_the_database_sees_becomes_a_rejection_not_a_crash(monkeypa
         "users #2 (line 2): email 'ANN@example.com' is already used by another stored row"
     ]
     assert sorted(User.objects.values_list("pk", flat=True)) == [1, 3]
+
+
+@all_databases
+def test_a_writer_that_exits_after_reporting_is_not_taken_for_a_crash():
+    """A writer's last messages can arrive after its process has exited: read them before
+    deciding that it died."""
+    pool = pipeline.WriterPool(["users"])
+    pool.start()
+    try:
+        pool.inboxes["users"].put(None)  # finish at once; leave its "done" message unread
+        pool.processes["users"].join(timeout=30)
+        assert not pool.processes["users"].is_alive()
+        pool._check_alive(LoadResult("test"), pipeline.NullProgress())
+        assert pool.done == {"users"}
+    finally:
+        pool.close()
