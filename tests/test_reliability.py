@@ -125,6 +125,15 @@ def fresh(template, tmp_path, name):
 # --- kill -9 --------------------------------------------------------------------------------
 
 
+def wait_for_first_rows(data_dir, process, timeout=60):
+    """Return once any table has a committed row, or the process has ended."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if sum(counts(data_dir).values()):
+            return
+        time.sleep(0.005)
+
+
 def kill_loop(template, tmp_path, kills, seed):
     """SIGKILL insert_data `kills` times; check after each kill; finish and compare each round."""
     _empty, clean_rows, clean_seconds = template
@@ -133,9 +142,16 @@ def kill_loop(template, tmp_path, kills, seed):
     while landed < kills:
         rounds += 1
         data_dir = fresh(template, tmp_path, f"round{rounds}")
-        for _kill in range(min(KILLS_PER_ROUND, kills - landed)):
+        for kill in range(min(KILLS_PER_ROUND, kills - landed)):
             process = start(*LOAD, data_dir=data_dir, stdout=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.15, 0.95) * clean_seconds)
+            if kill == 0:
+                # A loaded machine stretches start-up, so a moment drawn from the clean run's
+                # wall time may fall before the first write; the first kill of a round waits
+                # until rows are landing, so every round kills at least once mid-load.
+                wait_for_first_rows(data_dir, process)
+                time.sleep(rng.uniform(0, 0.2) * clean_seconds)
+            else:
+                time.sleep(rng.uniform(0.15, 0.95) * clean_seconds)
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 landed += 1
