@@ -1,5 +1,6 @@
 """insert_data as a user runs it: the demo data, re-runs, and the order of commits."""
 
+import gc
 import time
 from decimal import Decimal
 
@@ -207,3 +208,25 @@ def test_a_writer_that_exits_after_reporting_is_not_taken_for_a_crash():
         assert pool.done == {"users"}
     finally:
         pool.close()
+
+
+@all_databases
+def test_a_load_collects_garbage_rarely_and_then_restores_the_collector(monkeypatch, tmp_path):
+    """Rows hold no reference cycles, and the default collector pace cost a third of a large
+    load's client CPU; the writers, forked during the load, inherit the rare pace."""
+    seen = tmp_path / "threshold"
+    original = BulkWriter.write
+
+    def write(self, rows, lines):
+        seen.write_text(repr(gc.get_threshold()))  # runs in the writer process
+        return original(self, rows, lines)
+
+    monkeypatch.setattr(BulkWriter, "write", write)
+    before = gc.get_threshold()
+    pipeline.load(SyntheticSource(users=10, products=10, orders=10))
+    assert seen.read_text() == repr(pipeline.GC_THRESHOLD)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(KeyboardInterrupt), pipeline.rare_collections():
+        raise KeyboardInterrupt
+    assert gc.get_threshold() == before
