@@ -40,7 +40,7 @@ clean:
 	rm -rf $(VENV) *.db *.db-wal *.db-shm bench-data
 
 bench: $(STAMP)  ## 1.11M rows: insert_data vs plain sqlite3 vs the naive ORM loop
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 serve: $(STAMP)  ## the admin on http://127.0.0.1:8000/admin/ with the demo data (see the README)
 	$(MANAGE) migrate_all

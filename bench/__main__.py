@@ -1,10 +1,12 @@
 """Run the benchmark and print, from one run, each approach as rows/s and as a ratio to the
 reference: plain sqlite3 ``executemany`` of the same CSV files, with no validation.
 
-    python -m bench [--orders N] [--keep]
+    python -m bench [--orders N] [--naive-orders N] [--no-postgres]
 
 Start-up is included for insert_data (the whole ``manage.py`` process), because that is
-what a user waits for. Peak memory is the summed RSS of insert_data and its writer processes.
+what a user waits for. Peak memory is the summed PSS of insert_data and its writer processes.
+The PostgreSQL half (``bench.postgres``) follows, against plain psycopg COPY; it needs the
+server ``.ci/setup-postgres.sh`` starts, and says so in one line when it cannot reach it.
 """
 
 import argparse
@@ -113,11 +115,16 @@ def _count(path, table):
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "multids.settings")
     django.setup()  # the workload comes from core.sources, which needs the models
-    from bench import workload
+    from bench import postgres, workload
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=workload.SIZES["orders"])
     parser.add_argument("--naive-orders", type=int, default=10_000)
+    parser.add_argument(
+        "--no-postgres",
+        action="store_true",
+        help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh)",
+    )
     args = parser.parse_args()
     sizes = dict(workload.SIZES, orders=args.orders)
     print(f"building workload {sizes} ...", flush=True)
@@ -155,12 +162,17 @@ def main():
         f"| naive thread pool, `objects.create()` per row | {naive_rows:,} | "
         f"{naive_seconds:.2f} | {naive_rate:,.0f} | {naive_rate / ref_rate:.3f} | |",
     ]
-    print("\n".join(lines))
-    try:
-        from bench.postgres import run_postgres_bench
-    except ImportError:
+    print("\n".join(lines), flush=True)
+    if args.no_postgres:
         return
-    print(run_postgres_bench(workload_dir))
+    try:
+        figures = postgres.run_postgres_bench(workload_dir)
+    except (postgres.BenchError, postgres.psycopg.Error) as exc:
+        sys.exit(
+            f"bench: PostgreSQL not measured: {str(exc).strip().splitlines()[0]} "
+            "(make bench ARGS=--no-postgres measures SQLite only)"
+        )
+    print("\n".join(postgres.table_rows(figures, prefix="PostgreSQL: ")))
 
 
 if __name__ == "__main__":
