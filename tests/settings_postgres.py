@@ -1,6 +1,6 @@
 """Settings for running the in-process test suite against PostgreSQL instead of SQLite.
 
-    pytest --ds tests.settings_postgres -m django_db tests/test_insert_data.py
+    pytest --ds tests.settings_postgres -m "django_db and not sqlite_files" tests
 
 Every alias points at the server named by ``MULTIDS_POSTGRES_ADMIN_URL`` (default
 ``postgresql://multids@127.0.0.1:5432/postgres``, the role ``.ci/setup-postgres.sh``

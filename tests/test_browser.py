@@ -131,6 +131,7 @@ def test_deleting_a_user_with_orders_is_refused(browser, site):
     assert wait_for(browser, "#id_email").get_attribute("value") == "alice@example.com"
 
 
+@pytest.mark.sqlite_files
 def test_the_overview_shows_every_database_and_the_last_load(browser, site):
     browser.get(f"{site}/admin/")
     wait_for(browser, "#user-tools a[href='/overview/']").click()  # "View site"

@@ -22,6 +22,7 @@ def load_demo():
     Order.objects.create(pk=50, user_id=1, product_id=1, quantity=1)
 
 
+@pytest.mark.sqlite_files
 @all_databases
 def test_clean_data_passes_with_every_file_ok():
     load_demo()

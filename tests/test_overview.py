@@ -37,6 +37,7 @@ def run(started, **rates):
 
 # The page reads files with PRAGMA integrity_check, which closes its connection: that needs
 # real transactions, not the test case's.
+@pytest.mark.sqlite_files
 @all_databases
 def test_overview_shows_every_database_and_the_recent_loads(admin_client):
     record(pipeline.load(demo_source()))

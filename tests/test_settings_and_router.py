@@ -17,6 +17,7 @@ EXPECTED_TABLES = {
 }
 
 
+@pytest.mark.sqlite_files
 @all_databases
 @pytest.mark.parametrize("alias", ALL_DATABASES)
 def test_every_sqlite_connection_reads_back_its_pragmas(alias):
