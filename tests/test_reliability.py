@@ -78,6 +78,19 @@ def start(*args, data_dir, **popen):
     )
 
 
+def load_with(data_dir, preexec_fn):
+    """Run the standard load with preexec_fn applied in the child (a limit, a dropped right)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *LOAD],
+        env=environment(data_dir),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec_fn,
+        timeout=300,
+    )
+
+
 def dump(data_dir):
     """Every row of the three domain tables, read with sqlite3 directly."""
     rows = {}
@@ -399,15 +412,7 @@ def test_a_read_only_database_file_fails_cleanly_and_keeps_committed_data(templa
     path.chmod(0o444)
     preexec = _without_dac_override if os.geteuid() == 0 else None
     try:
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), *LOAD],
-            env=environment(data_dir),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            preexec_fn=preexec,
-            timeout=300,
-        )
+        done = load_with(data_dir, preexec)
     except OSError as exc:
         pytest.skip(f"cannot drop CAP_DAC_OVERRIDE here, so root could write anyway: {exc}")
     finally:
@@ -427,15 +432,7 @@ def test_a_full_disk_fails_cleanly_and_keeps_committed_data(template, tmp_path):
     def small_disk():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *LOAD],
-        env=environment(data_dir),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        preexec_fn=small_disk,
-        timeout=300,
-    )
+    done = load_with(data_dir, small_disk)
     user_error(done, "writer (")
     assert "Batches committed before the failure are kept" in done.stderr
     stored = counts(data_dir)
