@@ -16,14 +16,13 @@ a slow writer instead of filling memory.
 import contextlib
 import gc
 import logging
-import multiprocessing
-import queue
 import time
 
 from django.db import DatabaseError, connections
 
 from core import tables
 from core.databases import location
+from core.pool import LoadError, WriterPool, Written
 from core.report import LoadResult, Rejection
 from core.tables import PARENT_TABLES, TABLES, fields
 from core.validation import (
@@ -39,13 +38,7 @@ from core.writers import existing_ids, writer_for
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 50_000  # measured: 10k batches spend 40% more time committing
-QUEUE_BATCHES = 2  # batches waiting per writer; bounds memory whatever the input size
-POLL_SECONDS = 0.2
 GC_THRESHOLD = (100_000, 20, 100)  # allocations between young collections, and the ratios
-
-
-class LoadError(Exception):
-    """A failure that stops the run (a database error, a writer that died)."""
 
 
 class NullProgress:
@@ -190,162 +183,32 @@ class RunValidator:
                 checked[index] = (line, values, checked[index][2], [*problems, *missing])
 
 
-def _writer_main(table, inbox, outbox, committed, dirty, abort):
-    """Body of one writer process: commit batches in order, report each, then exit."""
-    needs = {}  # parent table -> batches that must be committed before ours
+def _make_writer(table, gate):
+    """Build table's writer in its process; orders wait for, and re-check, their parents."""
     hooks = {}
     if table == "orders":
         hooks = {
-            "wait_for_parents": lambda: _wait_for_parents(committed, abort, needs),
-            "must_verify": lambda: any(dirty[t].value for t in PARENT_TABLES),
+            "wait_for_parents": gate.wait_for_parents,
+            "must_verify": lambda: gate.any_flagged(PARENT_TABLES),
         }
-    try:
-        writer = writer_for(table, tables.alias(table), **hooks)
-        while (job := inbox.get()) is not None:
-            seq, lines, rows, parent_batches = job
-            needs.update(parent_batches)
-            started = time.time()
-            stored, present, rejections = writer.write(rows, lines)
-            if rejections and table in dirty:
-                dirty[table].value = 1  # before the watermark moves: orders must re-check
-            committed[table].value = seq
-            outbox.put(("batch", table, stored, present, rejections, started, time.time()))
-    except _Aborted:
-        outbox.put(("aborted", table, None))
-    except (DatabaseError, OSError, RuntimeError) as exc:
-        abort.set()
-        where = f"{tables.alias(table)} at {location(tables.alias(table))}"
-        outbox.put(("failed", table, f"{table} writer ({where}): {exc}"))
-    finally:
-        connections.close_all()
-    outbox.put(("done", table, None))
+    return _Adapter(writer_for(table, tables.alias(table), **hooks))
 
 
-class _Aborted(Exception):
-    pass
+class _Adapter:
+    def __init__(self, writer):
+        self.writer = writer
+
+    def write(self, job):
+        return Written(*self.writer.write(job.rows, job.lines))
 
 
-def _wait_for_parents(committed, abort, needs):
-    for table, count in needs.items():
-        while committed[table].value < count:
-            if abort.is_set():
-                raise _Aborted
-            time.sleep(0.002)
+def _describe(table):
+    return f"{tables.alias(table)} at {location(tables.alias(table))}"
 
 
-class WriterPool:
-    """One writer process per table, fed through bounded queues."""
-
-    def __init__(self, table_names):
-        # fork keeps the test databases and settings of the caller; connections are closed
-        # first so no process inherits an open one.
-        methods = multiprocessing.get_all_start_methods()
-        self.context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        self.tables = list(table_names)
-        self.committed = {t: self.context.Value("q", 0, lock=False) for t in TABLES}
-        self.dirty = {t: self.context.Value("b", 0, lock=False) for t in PARENT_TABLES}
-        self.abort = self.context.Event()
-        self.outbox = self.context.Queue()
-        self.inboxes = {t: self.context.Queue(QUEUE_BATCHES) for t in self.tables}
-        self.sent = dict.fromkeys(TABLES, 0)
-        self.done = set()
-        self.processes = {}
-
-    def start(self):
-        connections.close_all()
-        for table in self.tables:
-            process = self.context.Process(
-                target=_writer_main,
-                name=f"multids-{table}-writer",
-                args=(
-                    table,
-                    self.inboxes[table],
-                    self.outbox,
-                    self.committed,
-                    self.dirty,
-                    self.abort,
-                ),
-                daemon=True,
-            )
-            process.start()
-            self.processes[table] = process
-
-    def send(self, table, lines, rows, result, progress):
-        self.sent[table] += 1
-        parents = {t: self.sent[t] for t in PARENT_TABLES} if table == "orders" else {}
-        job = (self.sent[table], lines, rows, parents)
-        while True:
-            try:
-                self.inboxes[table].put(job, timeout=POLL_SECONDS)
-                break
-            except queue.Full:
-                self.collect(result, progress)
-                self._check_alive(result, progress)
-        self.collect(result, progress)
-
-    def collect(self, result, progress, timeout=None):
-        """Apply every writer report that has arrived; wait up to timeout for the first."""
-        while True:
-            try:
-                message = self.outbox.get(timeout=timeout) if timeout else self.outbox.get_nowait()
-            except queue.Empty:
-                return
-            timeout = None
-            kind, table, *rest = message
-            if kind == "batch":
-                _apply_batch(result, table, *rest)
-                progress.advance(table, written=rest[0] + rest[1] + len(rest[2]))
-            elif kind == "failed":
-                result.error = result.error or rest[0]
-            elif kind == "done":
-                self.done.add(table)
-
-    def _check_alive(self, result, progress):
-        """Raise LoadError if a writer failed or died without saying it was done.
-
-        A writer's last messages reach the queue's pipe before its process exits, but may
-        still be unread here: drain them before taking an exited writer for a crashed one.
-        """
-        if not result.error and any(
-            t not in self.done and not p.is_alive() for t, p in self.processes.items()
-        ):
-            self.collect(result, progress)
-        if result.error:
-            raise LoadError(result.error)
-        for table, process in self.processes.items():
-            if table not in self.done and not process.is_alive():
-                raise LoadError(
-                    f"the {table} writer stopped unexpectedly (exit {process.exitcode})"
-                )
-
-    def finish(self, result, progress):
-        for table in self.tables:
-            while True:
-                try:
-                    self.inboxes[table].put(None, timeout=POLL_SECONDS)
-                    break
-                except queue.Full:
-                    self.collect(result, progress)
-                    self._check_alive(result, progress)
-        while self.done != set(self.tables):
-            self.collect(result, progress, timeout=POLL_SECONDS)
-            self._check_alive(result, progress)
-
-    def close(self):
-        """Stop every writer (load() calls this once, in finally): after finish() they have
-        exited; after a failure they are aborted."""
-        self.abort.set()
-        for process in self.processes.values():
-            process.join(timeout=1)
-            if process.is_alive():
-                process.terminate()
-                process.join()
-        for q in (*self.inboxes.values(), self.outbox):
-            q.cancel_join_thread()
-            q.close()
-
-
-def _apply_batch(result, table, stored, present, rejections, started, finished):
+def _apply_batch(result, report):
+    table, (stored, present, rejections) = report.table, report.written
+    started, finished = report.started, report.finished
     totals = result.tables[table]
     totals.stored += stored
     totals.present += present
@@ -412,7 +275,15 @@ def _load(source, batch_size, progress):
     result = LoadResult(source.label, started=time.time())
     present = [t for t in TABLES if t in source.tables()]
     validator = RunValidator()
-    pool = WriterPool(present)
+    pool = WriterPool(present, _make_writer, _describe)
+
+    def on_report(report):
+        _apply_batch(result, report)
+        written = report.written
+        progress.advance(
+            report.table, written=written.stored + written.present + len(written.rejections)
+        )
+
     pool.start()
     try:
         for table, batch in _batches_in_commit_order(source, present, batch_size, progress):
@@ -422,14 +293,13 @@ def _load(source, batch_size, progress):
                 result.reject(rejection)
             progress.advance(table, read=len(batch), written=len(rejections))
             if rows:
-                pool.send(table, lines, rows, result, progress)
-        pool.finish(result, progress)
+                after = {t: pool.sent[t] for t in PARENT_TABLES if t in pool.sent}
+                pool.send(table, lines, rows, after if table == "orders" else {}, on_report)
+        pool.finish(on_report)
     except DatabaseError as exc:
         raise LoadError(f"database error while validating: {exc}") from exc
     finally:
         pool.close()
         connections.close_all()
-    if result.error:
-        raise LoadError(result.error)
     result.finished = time.time()
     return result

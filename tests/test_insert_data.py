@@ -8,7 +8,7 @@ import pytest
 
 from core import pipeline
 from core.models import LoadRun, Order, Product, User
-from core.report import LoadResult
+from core.pool import Gate, WriterPool
 from core.sources import FileSource, SyntheticSource, demo_source
 from core.writers import BulkWriter, existing_ids
 from tests.conftest import all_databases, manage
@@ -112,7 +112,7 @@ def test_the_ordering_check_catches_a_writer_that_does_not_wait(monkeypatch, tmp
     """Negative control: without the wait for parents the spy above must see orphans."""
     log = tmp_path / "orphans"
     _spy_on_orders(monkeypatch, log)
-    monkeypatch.setattr(pipeline, "_wait_for_parents", lambda *args: None)
+    monkeypatch.setattr(Gate, "wait_for_parents", lambda self: None)
     pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     assert sum(int(n) for n in log.read_text().split()) > 0
 
@@ -198,13 +198,13 @@ def test_a_clash_only_the_database_sees_becomes_a_rejection_not_a_crash(monkeypa
 def test_a_writer_that_exits_after_reporting_is_not_taken_for_a_crash():
     """A writer's last messages can arrive after its process has exited: read them before
     deciding that it died."""
-    pool = pipeline.WriterPool(["users"])
+    pool = WriterPool(["users"], pipeline._make_writer)
     pool.start()
     try:
         pool.inboxes["users"].put(None)  # finish at once; leave its "done" message unread
         pool.processes["users"].join(timeout=30)
         assert not pool.processes["users"].is_alive()
-        pool._check_alive(LoadResult("test"), pipeline.NullProgress())
+        pool._check_alive(lambda report: None)
         assert pool.done == {"users"}
     finally:
         pool.close()

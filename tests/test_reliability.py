@@ -33,6 +33,7 @@ import pytest
 
 from core import pipeline
 from core.integrity import check_integrity
+from core.pool import Gate
 from core.sources import SyntheticSource
 from core.writers import BulkWriter
 from tests.conftest import ROOT, all_databases, manage
@@ -221,7 +222,7 @@ def _users_writer_dies_at_second_batch(monkeypatch):
 def test_negative_control_orders_committed_before_parents_are_caught(monkeypatch):
     """A writer that does not wait for parents leaves orphans when a parent writer dies."""
     _users_writer_dies_at_second_batch(monkeypatch)
-    monkeypatch.setattr(pipeline, "_wait_for_parents", lambda *args: None)
+    monkeypatch.setattr(Gate, "wait_for_parents", lambda self: None)
     with pytest.raises(pipeline.LoadError, match="the users writer stopped unexpectedly"):
         pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     result = check_integrity()
