@@ -7,7 +7,8 @@ time (``flagged``). A job names the batches of other tables that must be committ
 it may commit (``Job.after``); ``Gate.wait_for_parents`` blocks on exactly that.
 
 ``make_writer(table, gate)`` builds the object that writes in the child; its
-``write(job)`` commits one batch and returns a ``Written``.
+``write(job)`` commits one batch and returns a ``Written``; its optional ``finish()`` runs
+after the last job, before the writer reports that it is done.
 """
 
 import logging
@@ -96,6 +97,9 @@ def _writer_main(table, make_writer, describe, inbox, outbox, committed, flagged
                 flagged[table].value = 1  # before the watermark moves: children re-check
             committed[table].value = job.seq
             outbox.put(Report("batch", table, written, started, time.time()))
+        finish = getattr(writer, "finish", None)
+        if finish is not None:  # e.g. build the indexes a load deferred
+            finish()
     except Aborted:
         outbox.put(Report("aborted", table))
     except (DatabaseError, OSError, RuntimeError) as exc:
