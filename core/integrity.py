@@ -1,93 +1,77 @@
-"""Cross-database integrity: check it, and delete parents without breaking it.
+"""Cross-database integrity you can check: every reference against its parent, every file.
 
-Django cannot enforce ``Order.user_id`` and ``Order.product_id`` across databases, so this
-module is where the promise is kept and verified.
+``check_integrity()`` walks every table that holds references (``core.tables``), in id
+order, ``batch_size`` rows at a time (keyset pagination: ``WHERE id > last ORDER BY id
+LIMIT n``, so memory stays bounded and no batch gets slower as the table grows), looks up
+the batch's parents with one ``IN`` query per parent table and chunk, and runs
+``PRAGMA integrity_check`` on every SQLite file. Children are read before their parents:
+writers commit parents first, so a child seen here always has its parents committed
+already, and a concurrent load cannot produce a false orphan. A concurrent delete can
+(child read, then child and parent deleted), so every orphan found is looked up again
+before it is reported.
 
-``check_integrity()`` streams every order in id order, ``batch_size`` at a time (keyset
-pagination: ``WHERE id > last ORDER BY id LIMIT n``, so memory stays bounded and no batch
-gets slower as the table grows), looks up the batch's users and products with one ``IN``
-query per database (``core.writers.existing_ids``), and runs ``PRAGMA integrity_check`` on
-every SQLite file. Orders are read before their parents: the loader commits parents first,
-so an order seen here always has its parents committed already, and a concurrent load
-cannot produce a false orphan. A concurrent safe delete can (order read, then order and
-parent deleted), so every orphan found is looked up again before it is reported.
+The guard (``core.guard``) keeps every write through Django from committing an orphan;
+this check is how writes that bypass Django (raw SQL, another program writing the files)
+are found.
 
-``delete_parent()`` is the one safe delete, used by ``manage.py delete_row`` and the admin.
-It refuses a parent that still has orders (``HasOrders``) unless ``with_orders=True``; then
-it commits the deletion of the orders first and deletes the parent afterwards, so a crash
-in between leaves a parent without orders, never an order without a parent.
+The names ``delete_parent``, ``count_orders_for`` and ``HasOrders`` are the older spelling
+of ``core.deletion``'s, kept for the admin and the command line.
 """
 
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
-from django.db.models import Count
+from django.db import DatabaseError, connections
 
-from core import tables
-from core.models import Order
-from core.tables import MODELS, PARENT_TABLES
-from core.writers import existing_ids, query_chunks
+from core import deletion
+from core.lookups import existing_ids, query_chunks
+from core.tables import SPECS, spec
 
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_KEEP = 100  # orphans kept in the result; the count covers all of them
 OK = "ok"
 
-# The column of Order naming each parent table.
-PARENT_COLUMNS = {"users": "user_id", "products": "product_id"}
-
-
-class HasOrders(Exception):
-    """A user or product still has orders, so deleting it would orphan them."""
-
-    def __init__(self, table, pk, count):
-        self.table, self.pk, self.count = table, pk, count
-        noun, them = ("order", "it") if count == 1 else ("orders", "them")
-        super().__init__(
-            f"{_singular(table)} {pk} has {count} {noun}; delete {them} first or pass --with-orders"
-        )
-
-
-class DeleteRaced(Exception):
-    """Orders for the parent kept appearing while it was being deleted (a load is running)."""
+HasOrders = deletion.HasChildren
 
 
 @dataclass(frozen=True)
 class Orphan:
-    """An order naming a user or product that is not stored."""
+    """A child row naming one or more parents that are not stored."""
 
-    order_id: int
-    user_id: int
-    product_id: int
-    missing_user: bool
-    missing_product: bool
+    table: str
+    id: int
+    missing: tuple  # (field, parent noun, parent id) for each missing parent
 
     def __str__(self):
-        missing = [
-            f"user {self.user_id}" if self.missing_user else None,
-            f"product {self.product_id}" if self.missing_product else None,
-        ]
-        return f"order {self.order_id}: {' and '.join(m for m in missing if m)} not found"
+        parents = " and ".join(f"{noun} {pk}" for _field, noun, pk in self.missing)
+        return f"{self.table.removesuffix('s')} {self.id}: {parents} not found"
+
+    def names(self, noun):
+        """The missing parent id of one kind (``orphan.names("user")``), or None."""
+        return next((pk for _f, n, pk in self.missing if n == noun), None)
 
     def as_dict(self):
         return {
-            "order_id": self.order_id,
-            "user_id": self.user_id,
-            "product_id": self.product_id,
-            "missing_user": self.missing_user,
-            "missing_product": self.missing_product,
+            "table": self.table,
+            "id": self.id,
+            "missing": [{"field": f, "parent": n, "id": pk} for f, n, pk in self.missing],
         }
 
 
 @dataclass
 class IntegrityResult:
-    """Totals of one check: orders seen, orphans (count and the first few), file checks."""
+    """Totals of one check: rows seen, orphans (count and the first few), file checks."""
 
-    orders_checked: int = 0
+    rows_checked: dict = field(default_factory=dict)  # child table -> rows checked
     orphan_count: int = 0
     orphans: list[Orphan] = field(default_factory=list)
     databases: dict[str, str] = field(default_factory=dict)  # alias -> "ok" or the problem
-    scan_error: str | None = None  # the orders could not all be read (a damaged file)
+    scan_error: str | None = None  # the children could not all be read (a damaged file)
+
+    @property
+    def orders_checked(self):
+        """Every child row checked (the orders, and any other table with references)."""
+        return sum(self.rows_checked.values())
 
     @property
     def corrupt(self):
@@ -101,7 +85,7 @@ class IntegrityResult:
     def as_dict(self):
         return {
             "ok": self.ok,
-            "orders_checked": self.orders_checked,
+            "rows_checked": dict(self.rows_checked),
             "orphan_count": self.orphan_count,
             "orphans": [o.as_dict() for o in self.orphans],
             "orphans_listed": len(self.orphans),
@@ -111,39 +95,50 @@ class IntegrityResult:
         }
 
 
-def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progress=None):
-    """Check every order's user and product, and every SQLite file; return an IntegrityResult.
+def child_tables():
+    return [s for s in SPECS.values() if s.references]
 
-    progress, if given, is called with the number of orders checked after each batch.
+
+def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progress=None):
+    """Check every reference and every SQLite file; return an IntegrityResult.
+
+    progress, if given, is called with the number of rows checked after each batch.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     result = IntegrityResult()
     for alias in settings.DATABASES:
         result.databases[alias] = file_check(alias)
-    try:
-        for batch in order_batches(batch_size):
-            result.orders_checked += len(batch)
-            orphans = _confirmed(_orphans_in(batch))
-            result.orphan_count += len(orphans)
-            result.orphans.extend(orphans[: max(keep - len(result.orphans), 0)])
-            if progress:
-                progress(result.orders_checked)
-    except DatabaseError as exc:  # a damaged file: report how far the scan got, not a crash
-        result.scan_error = f"stopped after {result.orders_checked:,} orders: {exc}"
+    for child in child_tables():
+        result.rows_checked[child.name] = 0
+        try:
+            for batch in child_batches(child, batch_size):
+                result.rows_checked[child.name] += len(batch)
+                orphans = _confirmed(child, _orphans_in(child, batch))
+                result.orphan_count += len(orphans)
+                result.orphans.extend(orphans[: max(keep - len(result.orphans), 0)])
+                if progress:
+                    progress(result.orders_checked)
+        except DatabaseError as exc:  # a damaged file: report how far the scan got
+            result.scan_error = (
+                f"{child.name}: stopped after {result.rows_checked[child.name]:,} rows: {exc}"
+            )
     return result
 
 
-def order_batches(batch_size):
-    """Yield lists of (id, user_id, product_id), in id order, batch_size at a time."""
-    alias = tables.alias("orders")
+def _reference_columns(child):
+    return ("pk", *(r.field for r in child.references))
+
+
+def child_batches(child, batch_size):
+    """Yield lists of (id, *reference ids), in id order, batch_size at a time."""
     last = 0
+    rows = child.model.objects.using(child.alias)
     while True:
         batch = list(
-            Order.objects.using(alias)
-            .filter(pk__gt=last)
+            rows.filter(pk__gt=last)
             .order_by("pk")
-            .values_list("pk", "user_id", "product_id")[:batch_size]
+            .values_list(*_reference_columns(child))[:batch_size]
         )
         if not batch:
             return
@@ -151,33 +146,41 @@ def order_batches(batch_size):
         last = batch[-1][0]
 
 
-def _orphans_in(batch):
-    users = existing_ids("users", {u for _o, u, _p in batch})
-    products = existing_ids("products", {p for _o, _u, p in batch})
-    return [
-        Orphan(order, user, product, user not in users, product not in products)
-        for order, user, product in batch
-        if user not in users or product not in products
+def _orphans_in(child, batch):
+    present = [
+        existing_ids(r.parent, {row[i] for row in batch})
+        for i, r in enumerate(child.references, start=1)
     ]
+    orphans = []
+    for row in batch:
+        missing = tuple(
+            (r.field, r.noun, row[i])
+            for i, r in enumerate(child.references, start=1)
+            if row[i] not in present[i - 1]
+        )
+        if missing:
+            orphans.append(Orphan(child.name, row[0], missing))
+    return orphans
 
 
-def _confirmed(orphans):
-    """Keep the orphans whose order is still stored and still misses a parent.
+def _confirmed(child, orphans):
+    """Keep the orphans whose row is still stored and still misses a parent.
 
-    A safe delete running beside the check removes the order before its parent; an order
-    read before that delete and checked after it would otherwise be a false orphan.
+    A delete running beside the check removes the child before its parent; a child read
+    before that delete and checked after it would otherwise be a false orphan.
     """
     if not orphans:
         return []
-    alias = tables.alias("orders")
-    still = {
-        o[0]: o
-        for chunk in query_chunks(connections[alias], [o.order_id for o in orphans])
-        for o in Order.objects.using(alias)
+    connection = connections[child.alias]
+    still = [
+        row
+        for chunk in query_chunks(connection, [o.id for o in orphans])
+        for row in child.model.objects.using(child.alias)
         .filter(pk__in=chunk)
-        .values_list("pk", "user_id", "product_id")
-    }
-    return _orphans_in([still[o.order_id] for o in orphans if o.order_id in still])
+        .order_by("pk")
+        .values_list(*_reference_columns(child))
+    ]
+    return _orphans_in(child, still)
 
 
 def file_check(alias):
@@ -195,72 +198,24 @@ def file_check(alias):
 
 
 def count_orders_for(table, ids):
-    """Return {id: number of orders} for the given user or product ids (absent: no orders)."""
-    column = PARENT_COLUMNS[_table_name(table)]
-    alias = tables.alias("orders")
+    """Return {id: number of children} for the given parent ids (absent: none)."""
     counts = {}
-    for chunk in query_chunks(connections[alias], ids):
-        counts.update(
-            Order.objects.using(alias)
-            .filter(**{f"{column}__in": chunk})
-            .order_by()
-            .values_list(column)
-            .annotate(n=Count("pk"))
-            .values_list(column, "n")
-        )
+    for (_child, pk), n in deletion.count_children(spec(table).name, list(ids)).items():
+        counts[pk] = counts.get(pk, 0) + n
     return counts
 
 
-def delete_parent(model_or_table, pk, with_orders=False, *, attempts=5):
-    """Delete one user or product; return (orders_deleted, parent_deleted).
+def delete_parent(model_or_table, pk, with_orders=False):
+    """Delete one parent row; return (children deleted, whether the row was deleted).
 
-    Raises HasOrders if it has orders and with_orders is false. With with_orders, the
-    orders are deleted and committed first, then the parent, so a crash in between never
-    leaves an orphan.
-
-    Concurrent loads: the parent is deleted inside a transaction on the orders database
-    that first checks no order names it. On SQLite that transaction is ``BEGIN IMMEDIATE``,
-    so order writers wait until the parent is gone; if orders appeared since they were
-    deleted, they are deleted (or refused) again before the parent. What remains is a load
-    that validated an order against this parent before the delete and commits it after:
-    the loader checks references at validation time, so that order becomes an orphan and
-    ``check_integrity`` reports it. Do not delete parents a running load still refers to.
-    On PostgreSQL the orders transaction does not lock the table, so the window is wider.
+    Raises HasOrders (``core.deletion.HasChildren``) while a PROTECT reference still has
+    children, unless with_orders: then the children are deleted first.
     """
-    table = _table_name(model_or_table)
-    column = PARENT_COLUMNS[table]
-    orders_alias, parent_alias = tables.alias("orders"), tables.alias(table)
-    orders_deleted = 0
-    for _attempt in range(attempts):
-        with transaction.atomic(using=orders_alias):
-            orders = Order.objects.using(orders_alias).filter(**{column: pk})
-            count = orders.count()
-            if count:
-                if not with_orders:
-                    raise HasOrders(table, pk, count)
-                orders_deleted += orders.delete()[0]
-                continue  # leaving the block commits the orders' deletion first
-            # No order names the parent, and order writers wait for this transaction.
-            with transaction.atomic(using=parent_alias):
-                parent_deleted = MODELS[table].objects.using(parent_alias).filter(pk=pk).delete()
-        return orders_deleted, parent_deleted[0] > 0
-    raise DeleteRaced(
-        f"{_singular(table)} {pk}: new orders kept arriving while deleting it; "
-        "stop the running load and try again"
-    )
-
-
-def _table_name(model_or_table):
-    """Accept "users", "products", a model class or an instance; return the table name."""
-    if isinstance(model_or_table, str):
-        name = model_or_table
-    else:
-        name = next((t for t, m in MODELS.items() if isinstance(model_or_table, m)), None)
-        name = name or next((t for t, m in MODELS.items() if model_or_table is m), None)
-    if name not in PARENT_TABLES:
-        raise ValueError(f"can only delete users or products safely (got {model_or_table!r})")
-    return name
-
-
-def _singular(table):
-    return table.removesuffix("s")
+    table_spec = spec(model_or_table)
+    if not table_spec.children:
+        raise ValueError(
+            f"{table_spec.name} rows are not referenced by other tables; "
+            f"only {', '.join(s.name for s in SPECS.values() if s.children)} can be deleted here"
+        )
+    result = deletion.delete(table_spec.name, [pk], with_children=with_orders)
+    return sum(result.children.values()), result.parents > 0

@@ -1,32 +1,41 @@
 """Users, products and orders, each in its own database (see ``core.routers``).
 
 Django has no foreign keys across databases, so ``Order.user_id`` and ``Order.product_id``
-are plain integers. ``insert_data`` and the safe deletes in ``core.integrity`` keep them
-true; ``Order.user`` and ``Order.product`` fetch the rows from their own databases.
-The constraints here are a backstop for writes that bypass ``core.validation``
-(the shell, a second process): the validator gives the readable reasons.
+are ``CrossDatabaseReference`` columns: plain integers that declare what they point at and
+what a delete of the parent does. Everything that keeps those links true reads the
+declarations (``core.tables``): the loader, the guard that every save, create, update and
+delete of a ``GuardedModel`` goes through (``core.guard``), ``check_integrity``, the safe
+deletes and the admin. The CHECK constraints are a backstop for writes that bypass
+``core.validation`` (raw SQL, another program).
 """
 
 from functools import cached_property
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
-from django.db.models.functions import Length, Lower, Trim
+from django.db.models.functions import Length, Trim
 from django.db.models.lookups import GreaterThan
 
-from core import validation
+from core.fields import ComparisonKey, IdField
+from core.guard import GuardedModel
+from core.references import CASCADE, PROTECT, CrossDatabaseReference  # noqa: F401
+from core.validation import Positive
 
 
-class User(models.Model):
-    id = models.BigIntegerField(primary_key=True)
+class User(GuardedModel):
+    id = IdField(primary_key=True)
     name = models.CharField(max_length=200)
-    email = models.CharField(max_length=254)
+    email = models.EmailField(max_length=254)
+    email_key = ComparisonKey("email", max_length=254, unique=True)
 
     class Meta:
         db_table = "users"
         ordering = ["id"]
+        # Django's own auth app has "Users" too; these are the shop's.
+        verbose_name = "customer"
+        verbose_name_plural = "customers"
         constraints = [
-            models.UniqueConstraint(Lower("email"), name="users_email_unique_ci"),
             models.CheckConstraint(
                 condition=GreaterThan(Length(Trim("name")), 0), name="users_name_not_blank"
             ),
@@ -38,14 +47,11 @@ class User(models.Model):
     def __str__(self):
         return f"{self.name} <{self.email}>"
 
-    def clean(self):
-        raise_for(validation.check_user(self.pk, self.name, self.email))
 
-
-class Product(models.Model):
-    id = models.BigIntegerField(primary_key=True)
+class Product(GuardedModel):
+    id = IdField(primary_key=True)
     name = models.CharField(max_length=200)
-    price = models.DecimalField(max_digits=12, decimal_places=2)
+    price = models.DecimalField(max_digits=12, decimal_places=2, validators=[Positive()])
 
     class Meta:
         db_table = "products"
@@ -60,15 +66,12 @@ class Product(models.Model):
     def __str__(self):
         return f"{self.name} ({self.price})"
 
-    def clean(self):
-        raise_for(validation.check_product(self.pk, self.name, self.price))
 
-
-class Order(models.Model):
-    id = models.BigIntegerField(primary_key=True)
-    user_id = models.BigIntegerField(db_index=True)
-    product_id = models.BigIntegerField(db_index=True)
-    quantity = models.IntegerField()
+class Order(GuardedModel):
+    id = IdField(primary_key=True)
+    user_id = CrossDatabaseReference("core.User", on_delete=PROTECT)
+    product_id = CrossDatabaseReference("core.Product", on_delete=PROTECT)
+    quantity = models.IntegerField(validators=[MinValueValidator(1)])
 
     class Meta:
         db_table = "orders"
@@ -92,16 +95,23 @@ class Order(models.Model):
         """The ordered product, read from products_db (None if it is missing)."""
         return Product.objects.filter(pk=self.product_id).first()
 
-    def clean(self):
-        problems = validation.check_order(self.pk, self.user_id, self.product_id, self.quantity)
-        if not problems:
-            problems = validation.parent_problems(
-                self.user_id,
-                self.product_id,
-                user_exists=User.objects.filter(pk=self.user_id).exists(),
-                product_exists=Product.objects.filter(pk=self.product_id).exists(),
-            )
-        raise_for(problems)
+
+class ReferenceGuard(models.Model):
+    """How many parent deletes have committed, per parent table, in a child's database.
+
+    A row per parent table lives in every database that holds children of it; a deleter
+    bumps it under the exclusive guard, and a writer that sees it move since its run began
+    re-checks its rows' parents before committing (``core.guard``).
+    """
+
+    parent = models.CharField(max_length=100, primary_key=True)
+    deletions = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "multids_reference_guard"
+
+    def __str__(self):
+        return f"{self.parent}: {self.deletions} deletion(s)"
 
 
 class LoadRun(models.Model):

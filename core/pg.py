@@ -51,22 +51,24 @@ def _copy_type(field, connection):
 class PostgresBulkWriter(BulkWriter):
     """``BulkWriter`` whose batch insert is a binary COPY (plus a staging table on clashes)."""
 
-    def __init__(self, table, alias, **hooks):
-        super().__init__(table, alias, **hooks)
+    def __init__(self, table, alias, gate=None, snapshot=None):
+        super().__init__(table, alias, gate, snapshot)
         qn = self.connection.ops.quote_name
         self.staging = qn(f"multids_staging_{table}")
         self.copy_types = [
-            _copy_type(self.model._meta.get_field(f), self.connection) for f in self.fields
+            _copy_type(self.model._meta.get_field(c), self.connection) for c in self.columns
         ]
-        self.copy_sql = f"COPY {self.db_table} ({self.columns}) FROM STDIN (FORMAT BINARY)"
+        self.copy_sql = f"COPY {self.db_table} ({self.column_list}) FROM STDIN (FORMAT BINARY)"
         self.create_staging_sql = (
             f"CREATE TEMP TABLE IF NOT EXISTS {self.staging} "
             f"(LIKE {self.db_table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        self.copy_staging_sql = f"COPY {self.staging} ({self.columns}) FROM STDIN (FORMAT BINARY)"
+        self.copy_staging_sql = (
+            f"COPY {self.staging} ({self.column_list}) FROM STDIN (FORMAT BINARY)"
+        )
         self.move_sql = (
-            f"INSERT INTO {self.db_table} ({self.columns}) "
-            f"SELECT {self.columns} FROM {self.staging} ON CONFLICT DO NOTHING"
+            f"INSERT INTO {self.db_table} ({self.column_list}) "
+            f"SELECT {self.column_list} FROM {self.staging} ON CONFLICT DO NOTHING"
         )
         self._staging_exists_on = None  # the raw connection whose staging table is committed
         self._staging_has_rows = False

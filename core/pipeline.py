@@ -2,40 +2,51 @@
 
 ``load(source)`` runs in the calling process and does the validation itself, one batch at a
 time, in input order, so the outcome never depends on timing. Each table's valid batches go
-to its own writer process (its own connection, its own CPU core), which commits them in
-order, one transaction per batch (``core.writers``). The writers run at the same time.
+to its own writer process (``core.pool``: its own connection, its own CPU core), which
+commits them in order, one transaction per batch (``core.writers``). The writers run at the
+same time.
 
 Commit order is what keeps the databases consistent without cross-database transactions:
-each parent writer publishes how many batches it has committed, and an order batch is
-committed only when every user and product batch dispatched before it has been. Because
-orders are validated after all users and products, no order can reach orders.db before the
-rows it names, even if the process is killed. Queues are bounded, so a fast source waits for
-a slow writer instead of filling memory.
+tables are read in the registry's order (``core.tables.TABLES``: parents before children),
+and a child batch commits only when every parent batch dispatched before it has committed.
+Because a child table is validated only after all its parents, no child can reach its
+database before the rows it names, even if the process is killed. Queues are bounded, so a
+fast source waits for a slow writer instead of filling memory.
+
+The rules for a run, one sentence each:
+
+* A row is valid when every field passes its rule (``core.validation``).
+* An id that appears twice: the first valid row with that id wins; a later row with the
+  same id is already present (same data) or a conflict (different data), decided by the
+  writer, and never makes the id "rejected".
+* A comparison key (an email) belongs to the first valid row that claims it in the run.
+* A reference is satisfied by a parent accepted earlier in the run or committed in its
+  database when the child's batch commits (looked up inside the guard, ``core.guard``).
 """
 
 import contextlib
+import functools
 import gc
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from django.db import DatabaseError, connections
 
-from core import tables
+from core import guard
 from core.databases import location
-from core.pool import LoadError, WriterPool, Written
+from core.lookups import existing_ids
+from core.pg import PostgresBulkWriter
+from core.pool import LoadError, WriterPool
 from core.report import LoadResult, Rejection
-from core.tables import PARENT_TABLES, TABLES, fields
-from core.validation import (
-    CLEANERS,
-    ID_MAX,
-    QUANTITY_MAX,
-    email_key,
-    parent_problems,
-    shown,
-)
-from core.writers import existing_ids, writer_for
+from core.tables import PARENT_TABLES, SPECS, TABLES
+from core.validation import parent_problem, shown
+from core.writers import BulkWriter
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_BATCH_SIZE", "LoadError", "NullProgress", "RunValidator", "load"]
 
 DEFAULT_BATCH_SIZE = 50_000  # measured: 10k batches spend 40% more time committing
 GC_THRESHOLD = (100_000, 20, 100)  # allocations between young collections, and the ratios
@@ -44,7 +55,7 @@ GC_THRESHOLD = (100_000, 20, 100)  # allocations between young collections, and 
 class NullProgress:
     """Progress sink that shows nothing; the command passes a real one on a terminal."""
 
-    def start(self, table):
+    def start(self, table, expected=None):
         pass
 
     def advance(self, table, read=0, written=0):
@@ -62,181 +73,196 @@ def chunks(iterable, size):
         yield batch
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """Rows of a batch whose parents the writer must look up inside the guard."""
+
+    rows: frozenset = frozenset()  # row indexes whose parent was not known at validation
+    rejected: dict = field(default_factory=dict)  # parent table -> ids rejected in this run
+
+    def __bool__(self):
+        return bool(self.rows)
+
+
+class Validated(NamedTuple):
+    rows: list
+    lines: list
+    rejections: list
+    recheck: Recheck
+
+
 class RunValidator:
     """Validates batches in input order and remembers what it accepted for later references.
 
-    Memory grows with the number of users and products (their ids and emails), never with
-    the number of orders.
+    Memory grows with the number of parent rows (their ids) and comparison keys, never with
+    the number of children.
     """
 
     def __init__(self):
         self.accepted = {t: set() for t in PARENT_TABLES}
         self.rejected = {t: set() for t in PARENT_TABLES}
-        self.email_owner = {}
+        self.owners = {(s.name, k.column): {} for s in SPECS.values() for k in s.keys}
 
     def validate(self, table, batch):
-        """Return (rows, lines, rejections) for one batch of (line, raw values)."""
-        if table == "orders":
-            return self._validate_orders(batch)
-        return self._validate_rows(table, batch)
-
-    def _validate_orders(self, batch):
-        """Take the common case, a CSV order naming parents accepted in this run, in one step.
-
-        A million orders make validation the loader's hot loop; ``int()`` on the four
-        strings plus two set lookups is the whole rule for a valid row. Anything else
-        (JSON values, bad fields, parents to look up) goes through the general path.
-        """
-        users, products = self.accepted["users"], self.accepted["products"]
-        rows, lines, others = [], [], []
-        for item in batch:
-            values = item[1]
-            if type(values) is list:  # a CSV row: four strings
-                try:
-                    row = (int(values[0]), int(values[1]), int(values[2]), int(values[3]))
-                except ValueError:
-                    others.append(item)
-                    continue
-                if (
-                    0 < row[0] <= ID_MAX
-                    and 0 < row[3] <= QUANTITY_MAX
-                    and row[1] in users
-                    and row[2] in products
-                ):
-                    rows.append(row)
-                    lines.append(item[0])
-                    continue
-            others.append(item)
-        if not others:
-            return rows, lines, []
-        more_rows, more_lines, rejections = self._validate_rows("orders", others)
-        merged = sorted(zip(lines + more_lines, rows + more_rows, strict=True))
-        return [r for _, r in merged], [line for line, _ in merged], rejections
-
-    def _validate_rows(self, table, batch):
-        clean = CLEANERS[table]
-        checked = []  # (line, raw values, cleaned, problems)
+        """Return a Validated for one batch of (line, raw values)."""
+        spec = SPECS[table]
+        clean = spec.clean
+        keys = [
+            (spec.position(k.column), spec.position(k.source), self.owners[table, k.column], k)
+            for k in spec.keys
+        ]
+        references = [(spec.position(r.field), self.accepted[r.parent]) for r in spec.references]
+        accepted = self.accepted.get(table)
+        rows, lines, bad, unresolved = [], [], [], []
         rejections = []
         for line, values in batch:
-            if isinstance(values, str):  # the source could not split this line into fields
-                rejections.append(Rejection(table, line, None, values, {}))
-                continue
-            cleaned, problems = clean(values)
-            if table == "users" and not problems:
-                problems = self._email_problems(cleaned)
-            checked.append((line, values, cleaned, problems))
-        if table == "orders":
-            self._check_references(checked)
-        rows, lines = [], []
-        names = fields(table)
-        for line, values, cleaned, problems in checked:
+            if type(values) is not tuple:
+                if type(values) is list:
+                    values = tuple(values)
+                else:  # core.rows.Malformed: the source could not split it into fields
+                    reason = getattr(values, "reason", values)
+                    raw = getattr(values, "raw", None)
+                    rejections.append(Rejection(table, line, None, reason, {}, raw))
+                    continue
+            row, problems = clean(values)
+            if not problems and keys:
+                problems = self._key_problems(spec, row, keys)
             if problems:
-                reason = "; ".join(message for _field, message in problems)
-                values = dict(zip(names, values, strict=True))
-                rejections.append(Rejection(table, line, cleaned[0], reason, values))
-                if table in self.rejected and cleaned[0] is not None:
-                    self.rejected[table].add(cleaned[0])
-            else:
-                if table in self.accepted:
-                    self.accepted[table].add(cleaned[0])
-                rows.append(cleaned)
-                lines.append(line)
-        rejections.sort(key=lambda r: r.line or 0)
-        return rows, lines, rejections
-
-    def _email_problems(self, user):
-        key = email_key(user[2])
-        owner = self.email_owner.setdefault(key, user[0])
-        if owner != user[0]:
-            return [(None, f"email {shown(user[2])} is already used by user {owner}")]
-        return []
-
-    def _check_references(self, checked):
-        """Add a problem to each order whose user or product was rejected or does not exist.
-
-        Ids accepted in this run are checked in memory; the others with one query per
-        database per batch. Orders with other problems are checked too, so every reason
-        is reported at once.
-        """
-        users, products = self.accepted["users"], self.accepted["products"]
-        refs = [(c[1], c[2]) for _line, _values, c, _problems in checked]
-        unknown_users = {u for u, _ in refs if u is not None and u not in users}
-        unknown_products = {p for _, p in refs if p is not None and p not in products}
-        unknown_users -= self.rejected["users"]
-        unknown_products -= self.rejected["products"]
-        stored_users = existing_ids("users", unknown_users) if unknown_users else set()
-        stored_products = existing_ids("products", unknown_products) if unknown_products else set()
-        if not unknown_users and not unknown_products and not any(self.rejected.values()):
-            return
-        for index, (line, values, (_id, user, product, _qty), problems) in enumerate(checked):
-            if user is None or product is None:
+                bad.append((line, values, row, list(problems)))
                 continue
-            missing = parent_problems(
-                user,
-                product,
-                user_exists=user in users or user in stored_users,
-                product_exists=product in products or product in stored_products,
-                user_rejected=user in self.rejected["users"],
-                product_rejected=product in self.rejected["products"],
-            )
-            if missing:
-                checked[index] = (line, values, checked[index][2], [*problems, *missing])
+            for position, parents in references:
+                if row[position] not in parents:
+                    unresolved.append(len(rows))
+                    break
+            rows.append(row)
+            lines.append(line)
+            if accepted is not None:
+                accepted.add(row[0])
+        if bad:
+            rejections.extend(self._reject(spec, bad))
+        rejections.sort(key=lambda r: r.line or 0)
+        recheck = Recheck()
+        if unresolved:
+            recheck = Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, unresolved))
+        return Validated(rows, lines, rejections, recheck)
+
+    def _key_problems(self, spec, row, keys):
+        problems = []
+        for column, source, owners, key in keys:
+            owner = owners.setdefault(row[column], row[0])
+            if owner != row[0]:
+                problems.append(
+                    (
+                        key.source,
+                        f"{key.source} {shown(row[source])} is already used by {spec.noun} {owner}",
+                    )
+                )
+        return problems
+
+    def _reject(self, spec, bad):
+        """Turn rows with problems into Rejections, naming missing parents too.
+
+        Rows with other problems get their references checked as well (one query per parent
+        table for the whole batch), so every reason is reported at once.
+        """
+        accepted = self.accepted.get(spec.name)
+        rejected = self.rejected.get(spec.name)
+        for reference in spec.references:
+            position = spec.position(reference.field)
+            parents = self.accepted[reference.parent]
+            wanted = {r[position] for _l, _v, r, _p in bad if r[position] is not None}
+            unknown = wanted - parents
+            stored = existing_ids(reference.parent, unknown) if unknown else set()
+            for _line, _values, row, problems in bad:
+                pk = row[position]
+                if pk is None or pk in parents or pk in stored:
+                    continue
+                problem = parent_problem(
+                    reference.field,
+                    reference.noun,
+                    pk,
+                    rejected_in_run=pk in self.rejected[reference.parent],
+                )
+                problems.append(problem)
+        out = []
+        for line, values, row, problems in bad:
+            reason = "; ".join(message for _field, message in problems)
+            raw_values = dict(zip(spec.fields, values, strict=False))
+            out.append(Rejection(spec.name, line, row[0], reason, raw_values))
+            if rejected is not None and row[0] is not None and row[0] not in accepted:
+                rejected.add(row[0])
+        return out
+
+    def _rejected_parents(self, spec, rows, indexes):
+        """The parent ids, among rows to re-check, that this run rejected (for the wording)."""
+        out = {}
+        for reference in spec.references:
+            position = spec.position(reference.field)
+            ids = {rows[i][position] for i in indexes} & self.rejected[reference.parent]
+            if ids:
+                out[reference.parent] = frozenset(ids)
+        return out
 
 
-def _make_writer(table, gate):
-    """Build table's writer in its process; orders wait for, and re-check, their parents."""
-    hooks = {}
-    if table == "orders":
-        hooks = {
-            "wait_for_parents": gate.wait_for_parents,
-            "must_verify": lambda: gate.any_flagged(PARENT_TABLES),
-        }
-    return _Adapter(writer_for(table, tables.alias(table), **hooks))
+def writer_for(table, alias, gate=None, snapshot=None):
+    """Pick the fastest writer the database behind alias supports (COPY on PostgreSQL)."""
+    if connections[alias].vendor == "postgresql":
+        return PostgresBulkWriter(table, alias, gate, snapshot)
+    return BulkWriter(table, alias, gate, snapshot)
 
 
-class _Adapter:
-    def __init__(self, writer):
-        self.writer = writer
-
-    def write(self, job):
-        return Written(*self.writer.write(job.rows, job.lines))
+def _make_writer(table, gate, snapshot=None):
+    """Build table's writer in its process, with the guard counters of the run's start."""
+    return writer_for(table, SPECS[table].alias, gate, (snapshot or {}).get(table))
 
 
 def _describe(table):
-    return f"{tables.alias(table)} at {location(tables.alias(table))}"
+    alias = SPECS[table].alias
+    return f"{alias} at {location(alias)}"
 
 
 def _apply_batch(result, report):
     table, (stored, present, rejections) = report.table, report.written
-    started, finished = report.started, report.finished
     totals = result.tables[table]
     totals.stored += stored
     totals.present += present
+    started, finished = report.started, report.finished
     totals.started = started if totals.started is None else min(totals.started, started)
     totals.finished = finished if totals.finished is None else max(totals.finished, finished)
-    names = fields(table)
-    for line, row_id, reason, row in rejections:
-        result.reject(Rejection(table, line, row_id, reason, dict(zip(names, row, strict=True))))
+    for rejection in rejections:
+        result.reject(rejection)
+
+
+def _levels(present):
+    """Group the present tables by depth in the reference graph: parents, then children."""
+    depth = {}
+    for name in TABLES:
+        depth[name] = 1 + max((depth[p] for p in SPECS[name].parents), default=-1)
+    levels = {}
+    for name in present:
+        levels.setdefault(depth[name], []).append(name)
+    return [levels[d] for d in sorted(levels)]
 
 
 def _batches_in_commit_order(source, present, batch_size, progress):
-    """Yield (table, batch): user and product batches alternately, so both parent writers
-    work at once, then the orders, which may only be validated once every parent is known."""
+    """Yield (table, batch): the tables of one level alternately, so their writers work at
+    once, then the next level, which may only be validated once every parent is known."""
     for table in present:
-        progress.start(table)
-    parents = [chunks(source.rows(t), batch_size) for t in PARENT_TABLES if t in present]
-    names = [t for t in PARENT_TABLES if t in present]
-    while parents:
-        for table, batches in list(zip(names, parents, strict=True)):
-            batch = next(batches, None)
-            if batch is None:
-                parents.remove(batches)
-                names.remove(table)
-            else:
-                yield table, batch
-    if "orders" in present:
-        for batch in chunks(source.rows("orders"), batch_size):
-            yield "orders", batch
+        progress.start(table, _expected(source, table))
+    for level in _levels(present):
+        streams = {t: chunks(source.rows(t), batch_size) for t in level}
+        while streams:
+            for table, batches in list(streams.items()):
+                batch = next(batches, None)
+                if batch is None:
+                    del streams[table]
+                else:
+                    yield table, batch
+
+
+def _expected(source, table):
+    expected = getattr(source, "expected", None)
+    return expected(table) if expected else None
 
 
 @contextlib.contextmanager
@@ -271,11 +297,22 @@ def load(source, *, batch_size=DEFAULT_BATCH_SIZE, progress=None):
         return _load(source, batch_size, progress or NullProgress())
 
 
+def _guard_snapshot(present):
+    """The deletion counters of every child table's database, before anything is read."""
+    return {
+        t: guard.counters(SPECS[t].alias, SPECS[t].parents) for t in present if SPECS[t].references
+    }
+
+
 def _load(source, batch_size, progress):
     result = LoadResult(source.label, started=time.time())
     present = [t for t in TABLES if t in source.tables()]
+    try:
+        snapshot = _guard_snapshot(present)
+    except DatabaseError as exc:
+        raise LoadError(f"cannot read the reference guard: {exc}") from exc
     validator = RunValidator()
-    pool = WriterPool(present, _make_writer, _describe)
+    pool = WriterPool(present, functools.partial(_make_writer, snapshot=snapshot), _describe)
 
     def on_report(report):
         _apply_batch(result, report)
@@ -287,14 +324,21 @@ def _load(source, batch_size, progress):
     pool.start()
     try:
         for table, batch in _batches_in_commit_order(source, present, batch_size, progress):
-            rows, lines, rejections = validator.validate(table, batch)
+            validated = validator.validate(table, batch)
             result.tables[table].read += len(batch)
-            for rejection in rejections:
+            for rejection in validated.rejections:
                 result.reject(rejection)
-            progress.advance(table, read=len(batch), written=len(rejections))
-            if rows:
-                after = {t: pool.sent[t] for t in PARENT_TABLES if t in pool.sent}
-                pool.send(table, lines, rows, after if table == "orders" else {}, on_report)
+            progress.advance(table, read=len(batch), written=len(validated.rejections))
+            if validated.rows:
+                after = {p: pool.sent[p] for p in SPECS[table].parents if p in pool.sent}
+                pool.send(
+                    table,
+                    validated.lines,
+                    validated.rows,
+                    after,
+                    on_report,
+                    recheck=validated.recheck,
+                )
         pool.finish(on_report)
     except DatabaseError as exc:
         raise LoadError(f"database error while validating: {exc}") from exc

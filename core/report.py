@@ -48,6 +48,7 @@ class Rejection:
     id: object
     reason: str
     values: dict
+    raw: str | None = None  # the record's text, when it could not be split into fields
 
     @property
     def where(self):

@@ -4,19 +4,19 @@ Wire it in settings::
 
     DATABASE_ROUTERS = ["core.routers.DatabaseRouter"]
 
-and give every alias in ``DATABASES_FOR_MODELS`` a ``DATABASES`` entry. To move a model to
-another database, change its line here and run ``python manage.py migrate_all``.
+and give every alias in ``settings.MULTIDS_DATABASES_FOR_MODELS`` (the one place that says
+which model lives where: ``"app_label.modelname" -> alias``) a ``DATABASES`` entry. To move a
+model to another database, change its line there and run ``python manage.py migrate_all``.
+A domain database also holds the reference guard's counters (``core.models.ReferenceGuard``).
 """
 
-# The one place that says which model lives where ("app_label.modelname" -> alias).
-DATABASES_FOR_MODELS = {
-    "core.user": "users_db",
-    "core.product": "products_db",
-    "core.order": "orders_db",
-}
+from django.conf import settings
+
+DATABASES_FOR_MODELS = {k.lower(): v for k, v in settings.MULTIDS_DATABASES_FOR_MODELS.items()}
 
 # Aliases that hold exactly the models mapped to them and nothing else.
 DOMAIN_DATABASES = frozenset(DATABASES_FOR_MODELS.values())
+EVERY_DOMAIN_DATABASE = {"core.referenceguard"}
 
 
 def database_for(model):
@@ -40,7 +40,10 @@ class DatabaseRouter:
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         """Create a domain table only in its database, and nothing else in a domain database."""
         if model_name is not None:
-            alias = DATABASES_FOR_MODELS.get(f"{app_label}.{model_name}")
+            label = f"{app_label}.{model_name}"
+            if label in EVERY_DOMAIN_DATABASE:
+                return db in DOMAIN_DATABASES
+            alias = DATABASES_FOR_MODELS.get(label)
             if alias is not None:
                 return db == alias
         return False if db in DOMAIN_DATABASES else None

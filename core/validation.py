@@ -1,28 +1,54 @@
-"""The rules a row must pass before it is written: one set, used by ``insert_data`` and the admin.
+"""The rules a value must pass before it is written: one set, derived from the model fields,
+used by ``insert_data``, the admin and ``Model.clean()``.
 
-Pure functions, no database access: each ``clean_*`` takes the raw values of one row (strings
-from a CSV file, JSON values, or Python values from a form) and returns the cleaned row, in
-the column order of the table, and the list of problems. A problem names the field and the
-value so a person can fix the input (``quantity must be at least 1 (got -1)``).
+Pure functions, no database access. ``rule_for(field)`` turns a model field into a converter
+that takes one raw value (a string from CSV, a JSON value, a Python value from a form or the
+synthetic generator) and returns the cleaned value or raises ``Invalid`` with a reason a
+person can act on (``quantity must be at least 1 (got -1)``). ``core.tables`` builds one
+converter per input field of every table; there is no other path.
 
-Rules that need other rows (unique emails, existing users and products) live in
-``core.pipeline.RunValidator``, which calls ``parent_problems`` here for the wording.
+The rules, one sentence each:
+
+* Ids and references: whole numbers from 1 to 2**63-1. ``3.0`` and ``7.00`` count as whole.
+* Other integers: whole numbers within the column's range and the field's Min/MaxValue
+  validators.
+* Decimals: plain decimal notation only (no exponent, no thousands separators, no currency
+  sign), finite, within ``max_digits``, at most ``decimal_places`` places, and > 0 where the
+  field has the ``Positive`` validator.
+* Text: required, trimmed, valid UTF-8, no line breaks, no control characters except tab,
+  at most ``max_length`` characters. Emails also match a simple address shape.
+* Emails are compared by ``email_key`` (NFKC, case-folded, trimmed), in Python, everywhere.
+
+Rules that need other rows (unique keys, references) live in ``core.pipeline.RunValidator``
+and ``core.guard``; their wording lives here (``parent_problem``).
 """
 
 import math
 import re
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
-NAME_MAX_LENGTH = 200
-EMAIL_MAX_LENGTH = 254
-PRICE_MAX = Decimal("9999999999.99")  # DecimalField(max_digits=12, decimal_places=2)
-CENT = Decimal("0.01")
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils.deconstruct import deconstructible
+
 ID_MAX = 2**63 - 1  # BigIntegerField, on SQLite and PostgreSQL
-QUANTITY_MAX = 2**31 - 1  # IntegerField (32 bits on PostgreSQL)
+INT_RANGES = {
+    "SmallIntegerField": (-(2**15), 2**15 - 1),
+    "PositiveSmallIntegerField": (0, 2**15 - 1),
+    "IntegerField": (-(2**31), 2**31 - 1),
+    "PositiveIntegerField": (0, 2**31 - 1),
+}
+QUANTITY_MAX = 2**31 - 1
 # Deliberately simple: one "@", no spaces, a dot in the domain. Django's EmailValidator is
 # stricter but ten times slower, which matters at a million rows.
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+# One scan finds everything a text value may not contain: line breaks, control characters
+# other than tab, and lone surrogates (undecodable input bytes, kept by surrogateescape).
+FORBIDDEN_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")
 
 
 class Problem(NamedTuple):
@@ -37,6 +63,23 @@ class Invalid(ValueError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+@deconstructible(path="core.validation.Positive")
+class Positive:
+    """Declare on a numeric model field that it must be greater than 0."""
+
+    def __call__(self, value):
+        from django.core.exceptions import ValidationError
+
+        if value is not None and value <= 0:
+            raise ValidationError(f"must be greater than 0 (got {value})")
+
+    def __eq__(self, other):
+        return isinstance(other, Positive)
+
+    def __hash__(self):
+        return hash(Positive)
 
 
 def shown(value):
@@ -60,97 +103,203 @@ def _is_blank(value):
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def to_int(value, field):
-    """Return value as an int, accepting ints and whole-number strings only."""
+def email_key(email):
+    """Return the form in which two emails are compared: trimmed, NFKC, case-folded.
+
+    ``straße@x`` and ``STRASSE@x`` are one address, as are ``änn@x`` written precomposed or
+    with a combining mark; SQLite's ``lower()`` knows neither, so the key is computed here.
+    """
+    text = unicodedata.normalize("NFKC", email.strip())
+    return unicodedata.normalize("NFKC", text.casefold())
+
+
+# --- Numbers ----------------------------------------------------------------------------
+
+
+def _number_text_problem(field, text):
+    """Say what to remove from a number written in something other than plain notation."""
+    shown_text = shown(text)
+    if any(unicodedata.category(c) == "Sc" for c in text):
+        return f"{field} must be a plain number (got {shown_text}): remove the currency sign"
+    if re.fullmatch(r"[+-]?[0-9.]+[eE][+-]?[0-9]+", text):
+        return f"{field} must be written without an exponent (got {shown_text})"
+    if re.fullmatch(r"[+-]?[0-9][0-9,_' .]*[0-9](\.[0-9]*)?", text) and re.search("[,_' ]", text):
+        return f"{field} must be a plain number (got {shown_text}): remove the thousands separators"
+    return None
+
+
+def _whole_number(value, field):
+    """Return value as an int: ints, whole-number strings (``7``, ``7.00``), whole Decimals."""
     if type(value) is int:
         return value
     if _is_blank(value):
         raise Invalid(field, f"{field} is required")
     if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            if not _is_valid_text(value):
-                raise Invalid(field, f"{field} is not valid UTF-8 text") from None
+        if not _is_valid_text(value):
+            raise Invalid(field, f"{field} is not valid UTF-8 text")
+        text = value.strip()
+        if PLAIN_NUMBER_RE.fullmatch(text):
+            number = Decimal(text)
+            if number == number.to_integral_value():
+                return int(number)
+        elif reason := _number_text_problem(field, text):
+            raise Invalid(field, reason)
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    elif isinstance(value, float) and value.is_integer():
+        return int(value)
     raise Invalid(field, f"{field} must be a whole number (got {shown(value)})")
 
 
-def to_id(value, field="id"):
-    number = to_int(value, field)
-    if number < 1:
-        raise Invalid(field, f"{field} must be a positive whole number (got {number})")
-    if number > ID_MAX:
+def id_rule(field):
+    """An id or a reference: a whole number from 1 to ID_MAX."""
+
+    def convert(value):
+        if type(value) is str and value.isdigit() and value.isascii():
+            number = int(value)  # the common case, in two C calls
+        elif type(value) is int:
+            number = value
+        else:
+            number = _whole_number(value, field)
+        if 0 < number <= ID_MAX:
+            return number
+        if number < 1:
+            raise Invalid(field, f"{field} must be a positive whole number (got {number})")
         raise Invalid(field, f"{field} must be at most {ID_MAX} (got {number})")
-    return number
+
+    return convert
 
 
-def _required_text(value, field):
-    """Return value trimmed, if it is non-blank text that was valid UTF-8 in the input."""
-    if _is_blank(value):
-        raise Invalid(field, f"{field} is required")
-    if not isinstance(value, str):
-        raise Invalid(field, f"{field} must be text (got {shown(value)})")
-    if not _is_valid_text(value):
-        raise Invalid(field, f"{field} is not valid UTF-8 text")
-    return value.strip()
+def integer_rule(field, low, high, low_is_min=False):
+    """A whole number in [low, high]; low and high come from the column and its validators."""
+
+    def convert(value):
+        if type(value) is str and value.isdigit() and value.isascii():
+            number = int(value)
+        elif type(value) is int:
+            number = value
+        else:
+            number = _whole_number(value, field)
+        if low <= number <= high:
+            return number
+        if number < low:
+            raise Invalid(field, f"{field} must be at least {low} (got {number})")
+        raise Invalid(field, f"{field} must be at most {high} (got {number})")
+
+    return convert
 
 
-def to_name(value, field="name"):
-    name = _required_text(value, field)
-    if len(name) > NAME_MAX_LENGTH:
-        raise Invalid(field, f"{field} is longer than {NAME_MAX_LENGTH} characters")
-    return name
+def decimal_rule(field, places, max_digits, positive):
+    """A finite decimal in plain notation with at most ``places`` decimal places."""
+    quantum = Decimal(1).scaleb(-places)
+    largest = Decimal(10) ** (max_digits - places) - quantum
+
+    def convert(value):
+        if _is_blank(value):
+            raise Invalid(field, f"{field} is required")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+            raise Invalid(field, f"{field} must be a number (got {shown(value)})")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise Invalid(field, f"{field} must be a finite number (got {shown(value)})")
+            value = repr(value)
+        if isinstance(value, str):
+            if not _is_valid_text(value):
+                raise Invalid(field, f"{field} is not valid UTF-8 text")
+            text = value.strip()
+            if not PLAIN_NUMBER_RE.fullmatch(text):
+                reason = _number_text_problem(field, text)
+                raise Invalid(field, reason or f"{field} must be a number (got {shown(value)})")
+            number = Decimal(text)
+        else:
+            number = Decimal(value)
+            if not number.is_finite():
+                raise Invalid(field, f"{field} must be a finite number (got {shown(value)})")
+        if positive and number <= 0:
+            raise Invalid(field, f"{field} must be greater than 0 (got {number})")
+        if number > largest:  # before quantize, which fails on huge exponents
+            raise Invalid(field, f"{field} must be at most {largest} (got {shown(value)})")
+        try:
+            exact = number == number.quantize(quantum, rounding="ROUND_DOWN")
+        except InvalidOperation:
+            exact = False
+        if not exact:
+            raise Invalid(
+                field, f"{field} must have at most {places} decimal places (got {shown(value)})"
+            )
+        return number.quantize(quantum)
+
+    return convert
 
 
-def to_email(value, field="email"):
-    email = _required_text(value, field)
-    if len(email) > EMAIL_MAX_LENGTH or not EMAIL_RE.fullmatch(email):
-        raise Invalid(field, f"{field} is not a valid email address (got {shown(value)})")
-    return email
+# --- Text --------------------------------------------------------------------------------
 
 
-def email_key(email):
-    """Return the form in which two emails are compared: trimmed, case-insensitive."""
-    return email.strip().casefold()
+def text_rule(field, max_length, pattern=None, what=None):
+    """Required text: trimmed, valid UTF-8, no line break or control character."""
+
+    def convert(value):
+        if type(value) is not str:
+            if _is_blank(value):
+                raise Invalid(field, f"{field} is required")
+            raise Invalid(field, f"{field} must be text (got {shown(value)})")
+        if (bad := FORBIDDEN_RE.search(value)) is not None:
+            char = bad.group()
+            if "\ud800" <= char <= "\udfff":
+                raise Invalid(field, f"{field} is not valid UTF-8 text")
+            if char in LINE_BREAKS:
+                raise Invalid(field, f"{field} contains a line break")
+            raise Invalid(field, f"{field} contains a control character (U+{ord(char):04X})")
+        text = value.strip()
+        if not text:
+            raise Invalid(field, f"{field} is required")
+        if len(text) > max_length:
+            raise Invalid(field, f"{field} is longer than {max_length} characters")
+        if pattern is not None and not pattern.fullmatch(text):
+            raise Invalid(field, f"{field} is not {what} (got {shown(value)})")
+        return text
+
+    return convert
 
 
-def to_price(value, field="price"):
-    """Return a positive, finite price with at most 2 decimal places, as a Decimal."""
-    if _is_blank(value):
-        raise Invalid(field, f"{field} is required")
-    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise Invalid(field, f"{field} must be a number (got {shown(value)})")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise Invalid(field, f"{field} must be a finite number (got {shown(value)})")
-    try:
-        price = Decimal(value.strip() if isinstance(value, str) else str(value))
-    except InvalidOperation:
-        raise Invalid(field, f"{field} must be a number (got {shown(value)})") from None
-    if not price.is_finite():
-        raise Invalid(field, f"{field} must be a finite number (got {shown(value)})")
-    if price <= 0:
-        raise Invalid(field, f"{field} must be greater than 0 (got {price})")
-    if price > PRICE_MAX:  # before quantize, which fails on huge exponents
-        raise Invalid(field, f"{field} must be at most {PRICE_MAX} (got {shown(value)})")
-    if price != price.quantize(CENT, rounding="ROUND_DOWN"):
-        raise Invalid(field, f"{field} must have at most 2 decimal places (got {shown(value)})")
-    return price.quantize(CENT)
+# --- From model fields -------------------------------------------------------------------
 
 
-def to_quantity(value, field="quantity"):
-    number = to_int(value, field)
-    if number < 1:
-        raise Invalid(field, f"{field} must be at least 1 (got {number})")
-    if number > QUANTITY_MAX:
-        raise Invalid(field, f"{field} must be at most {QUANTITY_MAX} (got {number})")
-    return number
+def _bounds(field, low, high):
+    for validator in field.validators:
+        if isinstance(validator, MinValueValidator):
+            low = max(low, validator.limit_value)
+        elif isinstance(validator, MaxValueValidator):
+            high = min(high, validator.limit_value)
+    return low, high
+
+
+def rule_for(field):
+    """Return the converter for one input field of a model."""
+    from core.references import CrossDatabaseReference
+
+    name = field.attname
+    kind = field.get_internal_type()
+    if field.primary_key or isinstance(field, CrossDatabaseReference):
+        return id_rule(name)
+    if isinstance(field, models.EmailField):
+        return text_rule(name, field.max_length, EMAIL_RE, "a valid email address")
+    if isinstance(field, (models.CharField, models.TextField)):
+        return text_rule(name, field.max_length or 1_000_000)
+    if isinstance(field, models.DecimalField):
+        positive = any(isinstance(v, Positive) for v in field.validators)
+        return decimal_rule(name, field.decimal_places, field.max_digits, positive)
+    if kind in INT_RANGES or kind in ("BigIntegerField", "PositiveBigIntegerField"):
+        low, high = INT_RANGES.get(kind, (-(2**63), 2**63 - 1))
+        return integer_rule(name, *_bounds(field, low, high))
+    raise TypeError(f"{field.model.__name__}.{name}: no loading rule for {kind}")
 
 
 NO_PROBLEMS = ()
 
 
-def _clean(values, converters):
-    """Apply one converter per field; collect every problem rather than stopping at the first."""
+def collect(values, converters, names):
+    """Apply every converter; return (cleaned tuple, problems), naming each bad field."""
     cleaned = []
     problems = NO_PROBLEMS
     for value, convert in zip(values, converters, strict=True):
@@ -158,69 +307,16 @@ def _clean(values, converters):
             cleaned.append(convert(value))
         except Invalid as exc:
             if problems is NO_PROBLEMS:
-                problems = []  # allocated only for bad rows: a valid row carries no list
+                problems = []  # allocated only for bad rows
             problems.append(Problem(exc.field, exc.message))
             cleaned.append(None)
     return tuple(cleaned), problems
 
 
-USER_CONVERTERS = (to_id, to_name, to_email)
-PRODUCT_CONVERTERS = (to_id, to_name, to_price)
-ORDER_CONVERTERS = (
-    to_id,
-    lambda v: to_id(v, "user_id"),
-    lambda v: to_id(v, "product_id"),
-    to_quantity,
-)
-
-
-def clean_user(values):
-    """Clean (id, name, email)."""
-    return _clean(values, USER_CONVERTERS)
-
-
-def clean_product(values):
-    """Clean (id, name, price); the price comes back as a Decimal with 2 places."""
-    return _clean(values, PRODUCT_CONVERTERS)
-
-
-def clean_order(values):
-    """Clean (id, user_id, product_id, quantity); references are checked by the caller."""
-    return _clean(values, ORDER_CONVERTERS)
-
-
-def check_user(id, name, email):
-    return clean_user((id, name, email))[1]
-
-
-def check_product(id, name, price):
-    return clean_product((id, name, price))[1]
-
-
-def check_order(id, user_id, product_id, quantity):
-    return clean_order((id, user_id, product_id, quantity))[1]
-
-
-CLEANERS = {"users": clean_user, "products": clean_product, "orders": clean_order}
-
-
-def parent_problems(
-    user_id,
-    product_id,
-    *,
-    user_exists,
-    product_exists,
-    user_rejected=False,
-    product_rejected=False,
-):
-    """Say why an order's user or product cannot be referenced, if it cannot."""
-    problems = []
-    if user_rejected:
-        problems.append(Problem("user_id", f"user {user_id} was rejected in this run"))
-    elif not user_exists:
-        problems.append(Problem("user_id", f"user {user_id} does not exist"))
-    if product_rejected:
-        problems.append(Problem("product_id", f"product {product_id} was rejected in this run"))
-    elif not product_exists:
-        problems.append(Problem("product_id", f"product {product_id} does not exist"))
-    return problems
+def parent_problem(field, noun, pk, *, rejected_in_run=False, deleted=False):
+    """Say why a reference cannot be followed."""
+    if rejected_in_run:
+        return Problem(field, f"{noun} {pk} was rejected in this run")
+    if deleted:
+        return Problem(field, f"{noun} {pk} was deleted while this load ran")
+    return Problem(field, f"{noun} {pk} does not exist")

@@ -1,17 +1,24 @@
-"""Write one validated batch to one database in one transaction.
+"""Write one validated batch to one database in one transaction, inside the reference guard.
 
 The fast path is a single ``INSERT ... ON CONFLICT DO NOTHING`` executed for the whole
-batch (``executemany``; PostgreSQL gets COPY in ``PostgresBulkWriter``). When every row went
-in, the batch commits. When some did not (a re-run, a second process, a duplicate email),
-the transaction is rolled back and the batch is written carefully: rows whose id is stored
-with identical data count as already present, rows that clash are rejected with the stored
-values named, and the rest are inserted. The fast path costs nothing extra on a fresh load;
-the careful path is what makes re-runs and concurrent runs exact.
+batch (``executemany``; PostgreSQL gets COPY in ``core.pg.PostgresBulkWriter``). When every
+row went in and nothing needs a second look, the batch commits. Otherwise the transaction is
+rolled back and the batch is written carefully: parents are looked up inside the guard where
+they must be, rows whose id is stored with identical data count as already present, rows
+that clash are rejected with the stored values named, and the rest are inserted. The fast
+path costs nothing extra on a fresh load; the careful path is what makes re-runs,
+concurrent runs and concurrent deletes exact.
 
-Orders get two hooks from the pipeline: ``wait_for_parents`` blocks until every user and
-product batch dispatched before this order batch is committed, and ``must_verify`` says
-whether a parent writer rejected rows at write time, in which case each order's user and
-product are looked up in their databases before the order is committed.
+A child table's writer (one holding references, ``core.tables``) also:
+
+* waits, inside its transaction, until every parent batch dispatched before its batch is
+  committed (``Gate.wait_for_parents``), so no child reaches its database before its parents;
+* holds the guard (``core.guard.share``) from its first statement to its commit;
+* looks its rows' parents up again, inside the guard, when a parent writer rejected rows at
+  write time, when a parent delete has committed since the run began (the guard's counter
+  moved), and for the rows whose parent the validator did not know (another process may
+  have stored it since). So a row is stored if and only if its parents are committed when
+  its batch commits.
 """
 
 import logging
@@ -19,11 +26,12 @@ import time
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models.functions import Lower
 
-from core import tables
-from core.tables import MODELS, fields
-from core.validation import CENT, email_key, shown
+from core import guard
+from core.lookups import query_chunks, stored_rows
+from core.report import Rejection
+from core.tables import spec as spec_of
+from core.validation import parent_problem, shown
 
 log = logging.getLogger(__name__)
 
@@ -32,122 +40,156 @@ class _Redo(Exception):
     """Roll the fast path back and write the batch carefully."""
 
 
-def _no_wait():
-    pass
+class _NoGate:
+    """For a writer used outside the pool: no parent writers to wait for."""
 
+    def wait_for_parents(self):
+        pass
 
-def _never():
-    return False
-
-
-def query_chunks(connection, items):
-    """Split items so an IN (...) query stays under the backend's parameter limit."""
-    size = min(connection.features.max_query_params or 5000, 5000)
-    items = list(items)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def existing_ids(table, ids):
-    """Return the subset of ids stored in table, one query per chunk."""
-    alias = tables.alias(table)
-    found = set()
-    for chunk in query_chunks(connections[alias], ids):
-        found.update(
-            MODELS[table].objects.using(alias).filter(pk__in=chunk).values_list("pk", flat=True)
-        )
-    return found
-
-
-def comparable(table, row):
-    """Return row in the form used to decide "identical data" (emails case-insensitive)."""
-    if table == "users":
-        return (row[0], row[1], email_key(row[2]))
-    if table == "products":
-        return (row[0], row[1], row[2].quantize(CENT))
-    return tuple(row)
+    def any_flagged(self, tables):
+        return False
 
 
 class BulkWriter:
     """Writes batches of one table to its database; one instance per writer process."""
 
-    def __init__(self, table, alias, wait_for_parents=_no_wait, must_verify=_never):
-        self.table = table
-        self.model = MODELS[table]
+    def __init__(self, table, alias, gate=None, snapshot=None):
+        self.spec = spec_of(table)
+        self.table = self.spec.name
+        self.model = self.spec.model
         self.alias = alias
         self.connection = connections[alias]
-        self.fields = fields(table)
-        self.wait_for_parents = wait_for_parents
-        self.must_verify = must_verify
+        self.gate = gate or _NoGate()
+        self.parents = self.spec.parents
+        # the guard's deletion counters when the run began (None: read them now)
+        self.snapshot = snapshot if snapshot is not None else self._counters()
+        self.fields = self.spec.fields
+        self.columns = self.spec.columns
         if self.connection.vendor == "sqlite":
             with self.connection.cursor() as cursor:
                 cursor.execute(f"PRAGMA cache_size = -{settings.SQLITE_WRITER_CACHE_MB * 1024}")
         qn = self.connection.ops.quote_name
-        self.columns = ", ".join(qn(self.model._meta.get_field(f).column) for f in self.fields)
+        self.column_list = ", ".join(qn(self.model._meta.get_field(c).column) for c in self.columns)
         self.db_table = qn(self.model._meta.db_table)
-        placeholders = ", ".join(["%s"] * len(self.fields))
+        placeholders = ", ".join(["%s"] * len(self.columns))
         self.insert_sql = (
-            f"INSERT INTO {self.db_table} ({self.columns}) VALUES ({placeholders}) "
+            f"INSERT INTO {self.db_table} ({self.column_list}) VALUES ({placeholders}) "
             "ON CONFLICT DO NOTHING"
         )
+
+    def _counters(self):
+        return guard.counters(self.alias, self.parents) if self.parents else {}
 
     def insert_ignoring_conflicts(self, cursor, rows):
         """Insert rows, skipping any that clash with a unique key; return how many went in."""
         cursor.executemany(self.insert_sql, rows)
         return cursor.rowcount
 
-    def write(self, rows, lines):
-        """Commit rows; return (stored, already_present, rejections)."""
-        if not self.must_verify():
+    def write(self, job):
+        """Commit one job's rows; return a core.pool.Written."""
+        from core.pool import Written
+
+        rows = job.rows
+        recheck = job.recheck
+        if not (recheck and recheck.rows) and not self.gate.any_flagged(self.parents):
             try:
                 with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
+                    guard.share(self.alias, self.parents)
                     if self.insert_ignoring_conflicts(cursor, rows) != len(rows):
                         raise _Redo
-                    # Inserted but not yet committed: wait for the parents, holding the lock.
-                    self.wait_for_parents()
-                    if self.must_verify():
+                    # Inserted but not yet committed: wait for the parents, holding the guard.
+                    self.gate.wait_for_parents()
+                    if self._suspect_parents():
                         raise _Redo
-                return len(rows), 0, []
+                return Written(len(rows), 0, [])
             except _Redo:
                 pass
-        return self.write_carefully(rows, lines)
+        return Written(*self.write_carefully(job))
 
-    def write_carefully(self, rows, lines, attempts=3):
-        self.wait_for_parents()
+    def _suspect_parents(self):
+        """Parent tables whose rows may have gone since validation (read inside the guard)."""
+        if not self.parents:
+            return set()
+        suspects = {p for p in self.parents if self.gate.any_flagged([p])}
+        if guard.ENABLED:
+            now = self._counters()
+            suspects |= {p for p in self.parents if now[p] != self.snapshot.get(p, 0)}
+        return suspects
+
+    def write_carefully(self, job, attempts=3):
         for _attempt in range(attempts):
             try:
                 with transaction.atomic(using=self.alias):
-                    return self._classify_and_insert(rows, lines)
+                    guard.share(self.alias, self.parents)
+                    self.gate.wait_for_parents()
+                    rows, lines, rejections = self._verify_parents(job)
+                    stored, present, more = self._classify_and_insert(rows, lines)
+                    return stored, present, rejections + more
             except _Redo:
                 # Another process inserted a clashing row between our read and our insert
                 # (possible on PostgreSQL, where transactions do not lock the table); retry.
                 time.sleep(0.01)
         raise RuntimeError(f"{self.table}: batch kept racing another writer; run again")
 
+    def _verify_parents(self, job):
+        """Drop, with a reason, the rows whose parents are not committed now."""
+        rows, lines = job.rows, job.lines
+        if not self.parents:
+            return rows, lines, []
+        suspects = self._suspect_parents()
+        recheck = job.recheck
+        if suspects:
+            indexes = range(len(rows))
+        elif recheck and recheck.rows:
+            indexes = sorted(recheck.rows)
+        else:
+            return rows, lines, []
+        checked = [rows[i] for i in indexes]
+        problems = {}
+        for position, reference, pk in guard.missing_parents(self.spec, checked):
+            index = indexes[position]
+            rejected = recheck.rejected.get(reference.parent, ()) if recheck else ()
+            problem = parent_problem(
+                reference.field,
+                reference.noun,
+                pk,
+                rejected_in_run=pk in rejected,
+                deleted=reference.parent in suspects
+                and not (recheck and index in recheck.rows)
+                and not self.gate.any_flagged([reference.parent]),
+            )
+            problems.setdefault(index, []).append(problem.message)
+        if not problems:
+            return rows, lines, []
+        kept_rows, kept_lines, rejections = [], [], []
+        for index, (line, row) in enumerate(zip(lines, rows, strict=True)):
+            if index in problems:
+                rejections.append(self._rejection(line, row, "; ".join(problems[index])))
+            else:
+                kept_rows.append(row)
+                kept_lines.append(line)
+        return kept_rows, kept_lines, rejections
+
+    def _rejection(self, line, row, reason):
+        values = dict(zip(self.fields, row, strict=False))
+        return Rejection(self.table, line, row[0], reason, values)
+
     def _classify_and_insert(self, rows, lines):
         rejections = []
-        if self.must_verify():
-            rows, lines, rejections = self.reject_missing_parents(rows, lines)
-        stored_rows = {
-            r[0]: r
-            for chunk in query_chunks(self.connection, [r[0] for r in rows])
-            for r in self.model.objects.using(self.alias)
-            .filter(pk__in=chunk)
-            .values_list(*self.fields)
-        }
+        stored = stored_rows(self.spec, self.connection, self.alias, [r[0] for r in rows])
         present = 0
         pending = {}
         for line, row in zip(lines, rows, strict=True):
-            earlier = stored_rows.get(row[0]) or pending.get(row[0])
+            earlier = stored.get(row[0]) or pending.get(row[0])
             if earlier is None:
                 pending[row[0]] = row
-            elif comparable(self.table, earlier) == comparable(self.table, row):
-                present += 1  # stored before, or twice in this batch
+            elif self.spec.comparable(earlier) == self.spec.comparable(row):
+                present += 1  # stored before, or twice in this run
             else:
                 rejections.append(self._conflict(line, row, earlier))
         fresh = list(pending.values())
         fresh_lines = {row[0]: line for line, row in zip(lines, rows, strict=True)}
-        fresh, more = self.reject_unique_clashes(fresh, fresh_lines)
+        fresh, more = self.reject_key_clashes(fresh, fresh_lines)
         rejections.extend(more)
         if not fresh:
             return 0, present, rejections
@@ -157,15 +199,14 @@ class BulkWriter:
                     raise _Redo  # back to the savepoint: settle the rows one by one
             return len(fresh), present, rejections
         except _Redo:
-            stored, settled_present, settled = self._insert_one_by_one(fresh, fresh_lines)
-            return stored, present + settled_present, rejections + settled
+            stored_count, settled_present, settled = self._insert_one_by_one(fresh, fresh_lines)
+            return stored_count, present + settled_present, rejections + settled
 
     def _insert_one_by_one(self, rows, lines):
         """Insert rows singly and classify each that does not go in by what is stored now.
 
         Reached only when a row clashed with a key the checks above did not see: a row
-        another process committed a moment ago, or an email that Python's and the database's
-        case rules fold differently. Slow, but exact, and never an endless retry.
+        another process committed a moment ago. Slow, but exact, and never an endless retry.
         """
         stored, present, rejections = 0, 0, []
         with self.connection.cursor() as cursor:
@@ -174,75 +215,54 @@ class BulkWriter:
                 if cursor.rowcount == 1:
                     stored += 1
                     continue
-                earlier = (
-                    self.model.objects.using(self.alias)
-                    .filter(pk=row[0])
-                    .values_list(*self.fields)
-                    .first()
-                )
+                earlier = stored_rows(self.spec, self.connection, self.alias, [row[0]]).get(row[0])
                 if earlier is None:
-                    what = f"email {shown(row[2])}" if self.table == "users" else "a unique value"
-                    reason = f"{what} is already used by another stored row"
-                    rejections.append((lines[row[0]], row[0], reason, row))
-                elif comparable(self.table, earlier) == comparable(self.table, row):
+                    rejections.append(self._rejection(lines[row[0]], row, self._unknown_clash(row)))
+                elif self.spec.comparable(earlier) == self.spec.comparable(row):
                     present += 1
                 else:
                     rejections.append(self._conflict(lines[row[0]], row, earlier))
         return stored, present, rejections
 
+    def _unknown_clash(self, row):
+        if self.spec.keys:
+            key = self.spec.keys[0]
+            value = row[self.spec.position(key.source)]
+            return f"{key.source} {shown(value)} is already used by another stored row"
+        return "a unique value is already used by another stored row"
+
     def _conflict(self, line, row, earlier):
         stored = ", ".join(
             f"{name} {shown(value)}"
-            for name, value in zip(self.fields[1:], earlier[1:], strict=True)
+            for name, value in zip(self.fields[1:], earlier[1 : len(self.fields)], strict=True)
         )
-        return (line, row[0], f"id {row[0]} is already stored with different data ({stored})", row)
+        reason = f"id {row[0]} is already stored with different data ({stored})"
+        return self._rejection(line, row, reason)
 
-    def reject_unique_clashes(self, rows, lines):
-        """Reject users whose email another stored user already has."""
-        if self.table != "users" or not rows:
+    def reject_key_clashes(self, rows, lines):
+        """Reject rows whose comparison key (an email) another stored row already has."""
+        if not self.spec.keys or not rows:
             return rows, []
-        keys = {email_key(r[2]): r for r in rows}
-        owners = {}
-        for chunk in query_chunks(self.connection, keys):
-            owners.update(
-                self.model.objects.using(self.alias)
-                .annotate(key=Lower("email"))
-                .filter(key__in=chunk)
-                .values_list("key", "pk")
-            )
-        kept, rejections = [], []
-        for row in rows:
-            owner = owners.get(email_key(row[2]))
-            if owner is None or owner == row[0]:
-                kept.append(row)
-            else:
-                reason = f"email {shown(row[2])} is already used by user {owner}"
-                rejections.append((lines[row[0]], row[0], reason, row))
-        return kept, rejections
+        rejected = {}
+        manager = self.model.objects.using(self.alias)
+        for key in self.spec.keys:
+            position = self.spec.position(key.column)
+            wanted = {r[position] for r in rows}
+            owners = {}
+            for chunk in query_chunks(self.connection, wanted):
+                owners.update(
+                    manager.filter(**{f"{key.column}__in": chunk}).values_list(key.column, "pk")
+                )
+            for row in rows:
+                owner = owners.get(row[position])
+                if owner is not None and owner != row[0] and row[0] not in rejected:
+                    value = row[self.spec.position(key.source)]
+                    rejected[row[0]] = self._rejection(
+                        lines[row[0]],
+                        row,
+                        f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}",
+                    )
+        return [r for r in rows if r[0] not in rejected], list(rejected.values())
 
-    def reject_missing_parents(self, rows, lines):
-        """Drop orders whose user or product is not stored (a parent writer rejected it)."""
-        users = existing_ids("users", {r[1] for r in rows})
-        products = existing_ids("products", {r[2] for r in rows})
-        kept, kept_lines, rejections = [], [], []
-        for line, row in zip(lines, rows, strict=True):
-            problems = []
-            if row[1] not in users:
-                problems.append(f"user {row[1]} does not exist (it was not stored)")
-            if row[2] not in products:
-                problems.append(f"product {row[2]} does not exist (it was not stored)")
-            if problems:
-                rejections.append((line, row[0], "; ".join(problems), row))
-            else:
-                kept.append(row)
-                kept_lines.append(line)
-        return kept, kept_lines, rejections
-
-
-def writer_for(table, alias, **hooks):
-    """Pick the fastest writer the database behind alias supports (COPY on PostgreSQL)."""
-    if connections[alias].vendor == "postgresql":
-        from core.pg import PostgresBulkWriter  # core.pg imports this module
-
-        return PostgresBulkWriter(table, alias, **hooks)
-    return BulkWriter(table, alias, **hooks)
+    def finish(self):
+        """Nothing to do after the last batch (the PostgreSQL writer has no more either)."""

@@ -185,6 +185,15 @@ DATABASES = {alias: database_config(alias) for alias in DATABASE_SOURCES}
 
 DATABASE_ROUTERS = ["core.routers.DatabaseRouter"]
 
+# Which model lives in which database ("app_label.modelname" -> alias), read by the router
+# and by the table registry (core.tables). A model added here with its alias in
+# DATABASE_SOURCES is loaded, guarded and checked like the others.
+MULTIDS_DATABASES_FOR_MODELS = {
+    "core.user": "users_db",
+    "core.product": "products_db",
+    "core.order": "orders_db",
+}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- The rest ------------------------------------------------------------------------------

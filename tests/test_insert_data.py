@@ -7,10 +7,11 @@ from decimal import Decimal
 import pytest
 
 from core import pipeline
+from core.lookups import existing_ids
 from core.models import LoadRun, Order, Product, User
 from core.pool import Gate, WriterPool
 from core.sources import FileSource, SyntheticSource, demo_source
-from core.writers import BulkWriter, existing_ids
+from core.writers import BulkWriter
 from tests.conftest import all_databases, manage
 
 DEMO_REJECTIONS = [
@@ -67,10 +68,10 @@ def test_the_three_writers_overlap_in_time(monkeypatch):
     writers are still busy (they only wait before committing), so all three overlap."""
     original = BulkWriter.write
 
-    def slow_parents(self, rows, lines):
+    def slow_parents(self, job):
         if self.table != "orders":
             time.sleep(0.1)
-        return original(self, rows, lines)
+        return original(self, job)
 
     monkeypatch.setattr(BulkWriter, "write", slow_parents)
     source = SyntheticSource(users=5000, products=5000, orders=5000)
@@ -84,12 +85,12 @@ def _spy_on_orders(monkeypatch, log):
     """Slow the users writer down and, after each order commit, count orders without users."""
     original = BulkWriter.write
 
-    def write(self, rows, lines):
+    def write(self, job):
         if self.table == "users":
             time.sleep(0.3)
-        outcome = original(self, rows, lines)
+        outcome = original(self, job)
         if self.table == "orders":
-            named = {row[1] for row in rows}
+            named = {row[1] for row in job.rows}
             with open(log, "a") as handle:
                 handle.write(f"{len(named - existing_ids('users', named))}\n")
         return outcome
@@ -181,7 +182,7 @@ def test_a_clash_only_the_database_sees_becomes_a_rejection_not_a_crash(monkeypa
     """If the email rules in Python and in the database's unique index ever disagree, the
     index wins and the row is rejected with a reason; the rest of the batch is stored."""
     User.objects.create(id=1, name="Ann", email="ann@example.com")
-    monkeypatch.setattr(BulkWriter, "reject_unique_clashes", lambda self, rows, lines: (rows, []))
+    monkeypatch.setattr(BulkWriter, "reject_key_clashes", lambda self, rows, lines: (rows, []))
     (tmp_path / "users.csv").write_text(
         "id,name,email\n2,Other Ann,ANN@example.com\n3,Bo,bo@example.com\n"
     )
@@ -217,9 +218,9 @@ def test_a_load_collects_garbage_rarely_and_then_restores_the_collector(monkeypa
     seen = tmp_path / "threshold"
     original = BulkWriter.write
 
-    def write(self, rows, lines):
+    def write(self, job):
         seen.write_text(repr(gc.get_threshold()))  # runs in the writer process
-        return original(self, rows, lines)
+        return original(self, job)
 
     monkeypatch.setattr(BulkWriter, "write", write)
     before = gc.get_threshold()

@@ -5,11 +5,11 @@ import json
 import pytest
 from django.core.management import CommandError
 
-from core import integrity, pipeline
+from core import deletion, integrity, pipeline
 from core.integrity import HasOrders, check_integrity, count_orders_for, delete_parent
 from core.models import Order, Product, User
 from core.sources import SyntheticSource, demo_source
-from tests.conftest import all_databases
+from tests.conftest import all_databases, behind_the_guards_back
 
 # The demo data plus order 50 (user 1, product 1): 8 orders, two each for user 1 and product 1.
 DEMO_ORDERS = 8
@@ -37,25 +37,25 @@ def test_clean_data_passes_with_every_file_ok():
 @all_databases
 def test_an_order_whose_user_was_deleted_behind_our_back_is_an_orphan():
     load_demo()
-    User.objects.filter(pk=1).delete()  # bypasses the safe delete on purpose
+    behind_the_guards_back("users_db", "DELETE FROM users WHERE id = 1")
     result = check_integrity()
     assert not result.ok
     assert result.orphan_count == DEMO_ORDERS_OF_USER_1
-    assert all(o.user_id == 1 and o.missing_user and not o.missing_product for o in result.orphans)
-    assert str(result.orphans[0]) == f"order {result.orphans[0].order_id}: user 1 not found"
+    assert all(o.missing == (("user_id", "user", 1),) for o in result.orphans)
+    assert str(result.orphans[0]) == f"order {result.orphans[0].id}: user 1 not found"
 
 
 @all_databases
 def test_orphans_are_found_across_batches_and_only_the_first_few_are_kept():
     """Keyset batches of 7 over 500 orders see every order once; keep caps the list only."""
     pipeline.load(SyntheticSource(users=50, products=50, orders=500))
-    Product.objects.filter(pk__lte=10).delete()
+    behind_the_guards_back("products_db", "DELETE FROM products WHERE id <= 10")
     expected = Order.objects.filter(product_id__lte=10).count()
     assert expected > 10
     result = check_integrity(batch_size=7, keep=3)
     assert result.orders_checked == 500
     assert result.orphan_count == expected
-    assert [o.order_id for o in result.orphans] == list(
+    assert [o.id for o in result.orphans] == list(
         Order.objects.filter(product_id__lte=10).order_by("pk").values_list("pk", flat=True)[:3]
     )
     assert check_integrity(batch_size=10_000).orphan_count == expected
@@ -67,10 +67,10 @@ def test_an_orphan_that_is_gone_by_the_time_it_is_confirmed_is_not_reported(monk
     load_demo()
     real = integrity._orphans_in
 
-    def read_then_delete(batch):
-        User.objects.filter(pk=1).delete()
+    def read_then_delete(child, batch):
+        behind_the_guards_back("users_db", "DELETE FROM users WHERE id = 1")
         monkeypatch.setattr(integrity, "_orphans_in", real)
-        found = real(batch)
+        found = real(child, batch)
         Order.objects.filter(user_id=1).delete()
         return found
 
@@ -85,7 +85,8 @@ def test_safe_delete_refuses_a_user_with_orders_and_changes_nothing():
     with pytest.raises(HasOrders) as caught:
         delete_parent("users", 1)
     assert str(caught.value) == (
-        f"user 1 has {DEMO_ORDERS_OF_USER_1} orders; delete them first or pass --with-orders"
+        f"user 1 has {DEMO_ORDERS_OF_USER_1} orders; delete them first, "
+        "or delete the user with its children"
     )
     assert User.objects.filter(pk=1).exists()
     assert Order.objects.filter(user_id=1).count() == DEMO_ORDERS_OF_USER_1
@@ -109,20 +110,18 @@ def test_safe_delete_of_a_parent_without_orders_or_that_does_not_exist():
 
 
 @all_databases
-def test_a_crash_between_the_two_deletes_leaves_no_orphan(monkeypatch):
-    """Orders are committed deleted before the parent is touched; a crash then is harmless."""
+def test_a_crash_between_the_two_commits_leaves_no_orphan(monkeypatch):
+    """The children's databases commit before the parent's; a crash in between leaves a
+    parent without orders, never an order without its parent."""
     load_demo()
 
     class Crash(BaseException):
         pass
 
-    class Exploding:
-        class objects:  # noqa: N801 - stands in for a model manager
-            @staticmethod
-            def using(alias):
-                raise Crash
+    def crash():
+        raise Crash
 
-    monkeypatch.setattr(integrity, "MODELS", {**integrity.MODELS, "users": Exploding})
+    monkeypatch.setattr(deletion, "_children_committed", crash)
     with pytest.raises(Crash):
         delete_parent("users", 1, with_orders=True)
     assert not Order.objects.filter(user_id=1).exists()
@@ -131,23 +130,37 @@ def test_a_crash_between_the_two_deletes_leaves_no_orphan(monkeypatch):
 
 
 @all_databases
-def test_orders_that_appear_during_a_delete_are_deleted_or_refused_before_the_parent(
-    monkeypatch,
-):
-    """A load that commits an order between the two steps is caught by the locked re-check."""
+def test_django_deletes_go_through_the_declared_references():
+    """PROTECT: Model.delete() and QuerySet.delete() refuse a parent that has orders."""
     load_demo()
-    real_delete = integrity.Order.objects.none().__class__.delete
-    calls = []
+    with pytest.raises(HasOrders):
+        User.objects.get(pk=1).delete()
+    with pytest.raises(HasOrders):
+        User.objects.filter(pk__in=[1, 2]).delete()
+    assert User.objects.filter(pk__in=[1, 2]).count() == 2
+    assert Product.objects.filter(pk=9).delete() == (1, {"core.Product": 1})
+    assert check_integrity().ok
 
-    def delete_then_race(queryset):
-        outcome = real_delete(queryset)
-        if not calls:
-            calls.append(1)
-            Order.objects.create(pk=100, user_id=1, product_id=2, quantity=1)
-        return outcome
 
-    monkeypatch.setattr(integrity.Order.objects.none().__class__, "delete", delete_then_race)
-    assert delete_parent("users", 1, with_orders=True) == (DEMO_ORDERS_OF_USER_1 + 1, True)
+@all_databases
+def test_django_writes_of_an_order_need_its_parents():
+    """save(), create(), bulk_create() and update() of a reference refuse a missing parent."""
+    from core.guard import MissingParent
+
+    load_demo()
+    with pytest.raises(MissingParent, match="user 999 does not exist"):
+        Order.objects.create(pk=500, user_id=999, product_id=1, quantity=1)
+    with pytest.raises(MissingParent, match="product 999 does not exist"):
+        Order.objects.bulk_create([Order(pk=501, user_id=1, product_id=999, quantity=1)])
+    with pytest.raises(MissingParent, match="user 999 does not exist"):
+        Order.objects.filter(pk=50).update(user_id=999)
+    order = Order.objects.get(pk=50)
+    order.product_id = 998
+    with pytest.raises(MissingParent, match="product 998 does not exist"):
+        order.save()
+    assert not Order.objects.filter(pk__in=[500, 501]).exists()
+    assert Order.objects.get(pk=50).user_id == 1
+    Order.objects.filter(pk=50).update(user_id=2)  # a stored user: allowed
     assert check_integrity().ok
 
 
@@ -161,7 +174,7 @@ def test_count_orders_for_counts_per_parent():
 
 
 def test_only_users_and_products_can_be_deleted_safely():
-    with pytest.raises(ValueError, match="can only delete users or products"):
+    with pytest.raises(ValueError, match="only users, products can be deleted here"):
         delete_parent("orders", 1)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         check_integrity(batch_size=0)
@@ -175,8 +188,8 @@ def test_check_integrity_command_exit_codes_and_json(run_command, tmp_path):
     assert "Integrity holds." in out
     assert json.loads((tmp_path / "ok.json").read_text())["ok"] is True
 
-    User.objects.filter(pk=1).delete()
-    with pytest.raises(CommandError, match=r"integrity check failed: 2 orphaned order\(s\)"):
+    behind_the_guards_back("users_db", "DELETE FROM users WHERE id = 1")
+    with pytest.raises(CommandError, match=r"integrity check failed: 2 orphaned row\(s\)"):
         run_command("check_integrity", "--show", "1", "--json", str(tmp_path / "bad.json"))
     report = json.loads((tmp_path / "bad.json").read_text())
     assert (report["ok"], report["orphan_count"], report["orphans_listed"]) == (False, 2, 2)
@@ -189,8 +202,10 @@ def test_delete_row_command(run_command):
     load_demo()
     with pytest.raises(CommandError, match="user 1 has 2 orders; delete them first"):
         run_command("delete_row", "users", "1")
+    with pytest.raises(CommandError, match="orders are deleted with the user or product"):
+        run_command("delete_row", "orders", "3")
     out = run_command("delete_row", "users", "1", "--with-orders")
-    assert "deleted 2 order(s) of user 1" in out
+    assert "deleted 2 orders of user 1" in out
     assert "deleted user 1" in out
     with pytest.raises(CommandError, match="^user 1 does not exist$"):
         run_command("delete_row", "users", "1")
@@ -228,6 +243,6 @@ def test_a_database_that_fails_mid_scan_is_reported_not_raised(monkeypatch, run_
     monkeypatch.setattr(integrity, "existing_ids", unreadable)
     result = check_integrity()
     assert not result.ok
-    assert result.scan_error == "stopped after 8 orders: database disk image is malformed"
-    with pytest.raises(CommandError, match="the orders scan did not finish"):
+    assert result.scan_error == "orders: stopped after 8 rows: database disk image is malformed"
+    with pytest.raises(CommandError, match="the scan did not finish"):
         run_command("check_integrity")

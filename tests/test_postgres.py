@@ -274,7 +274,7 @@ def test_mixed_setup_users_on_postgres_the_rest_on_sqlite(pg_databases, tmp_path
     writers = run(
         "shell",
         "-c",
-        "from core.writers import writer_for\n"
+        "from core.pipeline import writer_for\n"
         "for t, a in (('users', 'users_db'), ('orders', 'orders_db')):\n"
         "    print(t, type(writer_for(t, a)).__name__)",
         data_dir=tmp_path,
@@ -382,7 +382,8 @@ DEADLOCK = """
 import sys, threading, time
 import psycopg
 from core.pg import PostgresBulkWriter
-from core.writers import writer_for
+from core.pipeline import writer_for
+from core.pool import Job
 
 deadlocks = []
 copy = PostgresBulkWriter._copy

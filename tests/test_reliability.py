@@ -207,13 +207,13 @@ def _users_writer_dies_at_second_batch(monkeypatch):
     original = BulkWriter.write
     calls = []
 
-    def write(self, rows, lines):
+    def write(self, job):
         if self.table == "users":
             calls.append(1)
             if len(calls) == 2:
                 time.sleep(1.0)  # long enough for an impatient orders writer to commit
                 os._exit(9)
-        return original(self, rows, lines)
+        return original(self, job)
 
     monkeypatch.setattr(BulkWriter, "write", write)
 
@@ -247,7 +247,7 @@ def test_check_integrity_fails_on_an_orphan_written_directly(template, tmp_path)
     done = manage("check_integrity", data_dir=data_dir)
     assert done.returncode == 1
     assert "order 999: user 999 not found" in done.stdout
-    assert "integrity check failed: 1 orphaned order(s), 0 damaged database(s)" in done.stderr
+    assert "integrity check failed: 1 orphaned row(s), 0 damaged database(s)" in done.stderr
 
 
 def test_check_integrity_fails_on_a_damaged_file(template, tmp_path):

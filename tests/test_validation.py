@@ -1,10 +1,27 @@
-"""The row rules, as a user meets them: the value in, the reason out."""
+"""The row rules, as a user meets them: the value in, the reason out.
+
+The rules come from the model fields (``core.validation.rule_for``) through the table
+registry; ``clean_user`` and friends below are that one path, per table.
+"""
 
 from decimal import Decimal
 
 import pytest
 
-from core.validation import clean_order, clean_product, clean_user
+from core.tables import SPECS
+from core.validation import email_key
+
+
+def clean_user(values):
+    return SPECS["users"].clean(values)
+
+
+def clean_product(values):
+    return SPECS["products"].clean(values)
+
+
+def clean_order(values):
+    return SPECS["orders"].clean(values)
 
 
 def reasons(problems):
@@ -14,7 +31,7 @@ def reasons(problems):
 def test_a_valid_user_is_trimmed():
     row, problems = clean_user(("1", "  Alice ", " alice@example.com "))
     assert reasons(problems) == []
-    assert row == (1, "Alice", "alice@example.com")
+    assert row == (1, "Alice", "alice@example.com", "alice@example.com")
 
 
 @pytest.mark.parametrize(
@@ -46,13 +63,22 @@ def test_a_valid_product_price_has_two_places():
     [
         ("0", "price must be greater than 0 (got 0)"),
         ("-50.00", "price must be greater than 0 (got -50.00)"),
-        ("NaN", "price must be a finite number (got 'NaN')"),
-        ("inf", "price must be a finite number (got 'inf')"),
+        ("NaN", "price must be a number (got 'NaN')"),
+        ("inf", "price must be a number (got 'inf')"),
         (float("inf"), "price must be a finite number (got inf)"),
         ("abc", "price must be a number (got 'abc')"),
         ("0.001", "price must have at most 2 decimal places (got '0.001')"),
         ("", "price is required"),
-        ("1e400", "price must be at most 9999999999.99 (got '1e400')"),
+        ("1e400", "price must be written without an exponent (got '1e400')"),
+        ("1e2", "price must be written without an exponent (got '1e2')"),
+        (
+            "1,000.00",
+            "price must be a plain number (got '1,000.00'): remove the thousands separators",
+        ),
+        ("1_000", "price must be a plain number (got '1_000'): remove the thousands separators"),
+        ("$5", "price must be a plain number (got '$5'): remove the currency sign"),
+        ("5 €", "price must be a plain number (got '5 €'): remove the currency sign"),
+        ("99999999999", "price must be at most 9999999999.99 (got '99999999999')"),
     ],
 )
 def test_product_price_rules(price, reason):
@@ -103,3 +129,68 @@ def test_numbers_beyond_the_columns_are_rejected_not_left_to_crash_the_writer():
     assert reasons(clean_order(("1", "1", "1", "2147483648"))[1]) == [
         "quantity must be at most 2147483647 (got 2147483648)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", 3), ("3.0", 3), ("7.00", 7), (" 4 ", 4), (5, 5), (Decimal("6.0"), 6), (2.0, 2)],
+)
+def test_whole_numbers_may_carry_zero_decimals(value, expected):
+    row, problems = clean_order(("1", "1", "1", value))
+    assert reasons(problems) == []
+    assert row[3] == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("1e2", "id must be written without an exponent (got '1e2')"),
+        ("1,000", "id must be a plain number (got '1,000'): remove the thousands separators"),
+        ("1_000", "id must be a plain number (got '1_000'): remove the thousands separators"),
+        ("\u0663", "id must be a whole number (got '\u0663')"),  # an Arabic-Indic three
+        ("0x10", "id must be a whole number (got '0x10')"),
+    ],
+)
+def test_one_number_rule_for_every_numeric_field(value, reason):
+    assert reasons(clean_user((value, "Al", "a@example.com"))[1]) == [reason]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("Ann\x00", "name contains a control character (U+0000)"),
+        ("Ann\x1b[31m", "name contains a control character (U+001B)"),
+        ("Ann\x7f", "name contains a control character (U+007F)"),
+        ("Ann\nSmith", "name contains a line break"),
+        ("Ann\rSmith", "name contains a line break"),
+        ("Ann\u2028Smith", "name contains a line break"),
+    ],
+)
+def test_names_may_not_hold_control_characters_or_line_breaks(name, reason):
+    assert reasons(clean_user(("1", name, "a@example.com"))[1]) == [reason]
+
+
+def test_a_tab_inside_a_name_is_kept():
+    row, problems = clean_user(("1", "Ann\tSmith", "a@example.com"))
+    assert (reasons(problems), row[1]) == ([], "Ann\tSmith")
+
+
+def test_emails_may_not_hold_control_characters_either():
+    assert reasons(clean_user(("1", "Al", "a\x00b@example.com"))[1]) == [
+        "email contains a control character (U+0000)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("änn@example.com", "ÄNN@EXAMPLE.COM"),
+        ("straße@example.com", "STRASSE@example.com"),
+        ("a\u0308nn@example.com", "änn@example.com"),  # combining mark vs precomposed
+        ("ﬁle@example.com", "FILE@example.com"),  # a ligature, folded by NFKC
+        (" Ann@Example.com ", "ann@example.com"),
+    ],
+)
+def test_one_comparison_key_for_emails(a, b):
+    assert email_key(a) == email_key(b)
+    assert clean_user(("1", "A", a))[0][3] == clean_user(("2", "B", b))[0][3]

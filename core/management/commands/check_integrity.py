@@ -4,13 +4,14 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core import integrity
 from core.databases import NotReady, check_ready
-from core.tables import TABLES, alias
+from core.tables import SPECS
 
 
 class Command(BaseCommand):
     help = (
-        "Check that every order's user and product exist in their own databases (streaming "
-        "the orders in batches, so any size fits in memory) and run PRAGMA integrity_check "
+        "Check that every cross-database reference (each order's user and product) names a "
+        "stored row (streaming the children in batches, so any size fits in memory) and run "
+        "PRAGMA integrity_check "
         "on every SQLite file. Prints a summary and the first orphans. Exit 0 when everything "
         "holds, 1 otherwise. Example: python manage.py check_integrity --json report.json"
     )
@@ -21,7 +22,7 @@ class Command(BaseCommand):
             type=int,
             default=integrity.DEFAULT_BATCH_SIZE,
             metavar="N",
-            help=f"orders read per query (default {integrity.DEFAULT_BATCH_SIZE:,})",
+            help=f"rows read per query (default {integrity.DEFAULT_BATCH_SIZE:,})",
         )
         parser.add_argument(
             "--show",
@@ -43,7 +44,7 @@ class Command(BaseCommand):
         if options["show"] < 0:
             raise CommandError(f"--show must be 0 or more (got {options['show']})")
         try:
-            check_ready([alias(t) for t in TABLES])
+            check_ready([s.alias for s in SPECS.values()])
         except NotReady as exc:
             raise CommandError(str(exc)) from exc
         result = integrity.check_integrity(
@@ -59,17 +60,16 @@ class Command(BaseCommand):
         self.print_result(result, options["show"])
         if not result.ok:
             raise CommandError(
-                f"integrity check failed: {result.orphan_count:,} orphaned order(s), "
+                f"integrity check failed: {result.orphan_count:,} orphaned row(s), "
                 f"{len(result.corrupt)} damaged database(s)"
-                + ("; the orders scan did not finish" if result.scan_error else "")
+                + ("; the scan did not finish" if result.scan_error else "")
             )
 
     def print_result(self, result, show):
         for name, status in result.databases.items():
             self.stdout.write(f"{name:<12} {status}")
-        self.stdout.write(
-            f"{result.orders_checked:,} orders checked, {result.orphan_count:,} orphaned"
-        )
+        checked = ", ".join(f"{n:,} {table}" for table, n in result.rows_checked.items())
+        self.stdout.write(f"{checked or 'nothing'} checked, {result.orphan_count:,} orphaned")
         if result.scan_error:
             self.stdout.write(f"orders scan {result.scan_error}")
         for orphan in result.orphans[:show]:
