@@ -33,6 +33,7 @@ What cannot be guarded (raw SQL, another program writing the files) is found by
 """
 
 import logging
+import os
 import zlib
 
 from django.db import IntegrityError, connections, router, transaction
@@ -42,8 +43,9 @@ from django.dispatch import receiver
 
 log = logging.getLogger(__name__)
 
-# Tests switch the guard off to show that the race tests catch its absence.
-ENABLED = True
+# Tests switch the guard off (MULTIDS_TEST_NO_GUARD=1, for the processes they start) to
+# show that the race tests catch its absence. Never set it anywhere else.
+ENABLED = os.environ.get("MULTIDS_TEST_NO_GUARD") != "1"
 
 
 class MissingParent(IntegrityError):

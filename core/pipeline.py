@@ -39,7 +39,7 @@ from core.databases import location
 from core.lookups import existing_ids
 from core.pg import PostgresBulkWriter
 from core.pool import LoadError, WriterPool
-from core.report import LoadResult, Rejection
+from core.report import LoadResult, Rejection, TableResult
 from core.tables import PARENT_TABLES, SPECS, TABLES
 from core.validation import parent_problem, shown
 from core.writers import BulkWriter
@@ -305,8 +305,10 @@ def _guard_snapshot(present):
 
 
 def _load(source, batch_size, progress):
-    result = LoadResult(source.label, started=time.time())
     present = [t for t in TABLES if t in source.tables()]
+    result = LoadResult(
+        source.label, started=time.time(), tables={t: TableResult(t) for t in present}
+    )
     try:
         snapshot = _guard_snapshot(present)
     except DatabaseError as exc:

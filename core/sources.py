@@ -351,7 +351,7 @@ class SyntheticSource:
         pass
 
     def tables(self):
-        return [t for t in TABLES if self.counts[t]]
+        return [t for t in TABLES if self.counts.get(t)]
 
     def rows(self, table):
         # One generator per table, seeded from (seed, table): each table is reproducible alone.

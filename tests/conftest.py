@@ -7,7 +7,7 @@ import pytest
 from django.core.management import call_command
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_DATABASES = ["default", "users_db", "orders_db", "products_db"]
+ALL_DATABASES = ["default", "users_db", "orders_db", "products_db", "reviews_db"]
 
 all_databases = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 

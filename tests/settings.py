@@ -1,9 +1,29 @@
 """Settings for the test suite: the project's settings, with every SQLite file in a fresh
-temporary directory so tests never touch a user's databases and two runs never collide."""
+temporary directory so tests never touch a user's databases and two runs never collide.
+
+The suite also declares a fourth table in a fourth database (``tests.reviews``: reviews
+naming a user and a product) without any change to ``core``: the loader, the guard,
+``check_integrity``, the deletes and the admin must all handle it from its declarations.
+``MULTIDS_TEST_DATA_DIR`` names the directory instead (for subprocesses of one test).
+"""
 
 import os
 import tempfile
 
-os.environ["MULTIDS_DATA_DIR"] = tempfile.mkdtemp(prefix="multids-tests-")
+os.environ["MULTIDS_DATA_DIR"] = os.environ.get("MULTIDS_TEST_DATA_DIR") or tempfile.mkdtemp(
+    prefix="multids-tests-"
+)
 
 from multids.settings import *  # noqa: E402, F403
+from multids.settings import (  # noqa: E402
+    DATABASE_SOURCES,
+    DATABASES,
+    INSTALLED_APPS,
+    MULTIDS_DATABASES_FOR_MODELS,
+    database_config,
+)
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.reviews"]
+DATABASE_SOURCES["reviews_db"] = ("REVIEWS_DATABASE_URL", "reviews.db")
+DATABASES = {**DATABASES, "reviews_db": database_config("reviews_db")}
+MULTIDS_DATABASES_FOR_MODELS = {**MULTIDS_DATABASES_FOR_MODELS, "reviews.review": "reviews_db"}

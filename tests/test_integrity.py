@@ -30,7 +30,7 @@ def test_clean_data_passes_with_every_file_ok():
     assert result.ok
     assert (result.orders_checked, result.orphan_count, result.orphans) == (DEMO_ORDERS, 0, [])
     assert result.databases == dict.fromkeys(
-        ["default", "users_db", "orders_db", "products_db"], "ok"
+        ["default", "users_db", "orders_db", "products_db", "reviews_db"], "ok"
     )
 
 
@@ -184,7 +184,7 @@ def test_only_users_and_products_can_be_deleted_safely():
 def test_check_integrity_command_exit_codes_and_json(run_command, tmp_path):
     load_demo()
     out = run_command("check_integrity", "--json", str(tmp_path / "ok.json"))
-    assert "8 orders checked, 0 orphaned" in out
+    assert "8 orders, 0 reviews checked, 0 orphaned" in out
     assert "Integrity holds." in out
     assert json.loads((tmp_path / "ok.json").read_text())["ok"] is True
 
