@@ -30,11 +30,12 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 from django.db import DatabaseError, connections
 
-from core import guard
+from core import guard, validation
 from core.databases import location
 from core.lookups import existing_ids
 from core.pg import PostgresBulkWriter
@@ -104,47 +105,107 @@ class RunValidator:
         self.owners = {(s.name, k.column): {} for s in SPECS.values() for k in s.keys}
 
     def validate(self, table, batch):
-        """Return a Validated for one batch of (line, raw values)."""
+        """Return a Validated for one batch of (line, raw values).
+
+        Column by column: each field's rule converts its whole column in C-level passes
+        when every value takes the common case, and value by value otherwise; a row any
+        rule refused is then cleaned on its own (``TableSpec.clean``) to name every
+        problem. The outcome is the same either way, row by row; only the cost differs.
+        """
         spec = SPECS[table]
-        clean = spec.clean
+        width = len(spec.fields)
+        lines = list(map(itemgetter(0), batch))
+        values = list(map(itemgetter(1), batch))
+        rejections = []
+        if set(map(type, values)) != {tuple} or set(map(len, values)) != {width}:
+            lines, values, rejections = self._split_malformed(spec, batch)
+        columns, bad = self._convert_columns(spec, values)
+        rows = list(zip(*columns, strict=True)) if values else []
+        if bad:
+            problems_of = {i: list(spec.clean(values[i])[1]) for i in sorted(bad)}
+        else:
+            problems_of = {}
+        if spec.keys:
+            self._claim_keys(spec, rows, problems_of)
+        good = [i for i in range(len(rows)) if i not in problems_of] if problems_of else None
+        if good is not None:
+            bad_rows = [(lines[i], values[i], rows[i], problems_of[i]) for i in problems_of]
+            rows = [rows[i] for i in good]
+            lines = [lines[i] for i in good]
+            rejections.extend(self._reject(spec, bad_rows))
+        accepted = self.accepted.get(table)
+        if accepted is not None and rows:
+            ids = [r[0] for r in rows]
+            accepted.update(ids)
+            self.rejected[table].difference_update(ids)
+        rejections.sort(key=lambda r: r.line or 0)
+        return Validated(rows, lines, rejections, self._recheck(spec, rows))
+
+    def _split_malformed(self, spec, batch):
+        """Set aside what the source could not split into fields (``core.rows.Malformed``)."""
+        width = len(spec.fields)
+        lines, values, rejections = [], [], []
+        for line, row_values in batch:
+            if type(row_values) in (tuple, list) and len(row_values) == width:
+                lines.append(line)
+                values.append(tuple(row_values))
+            else:
+                reason = getattr(row_values, "reason", None) or (
+                    row_values if isinstance(row_values, str) else f"expected {width} fields"
+                )
+                raw = getattr(row_values, "raw", None)
+                rejections.append(Rejection(spec.name, line, None, reason, {}, raw))
+        return lines, values, rejections
+
+    def _convert_columns(self, spec, values):
+        """Convert every column; return (columns, indexes of rows some rule refused)."""
+        if not values:
+            return [[] for _ in spec.columns], set()
+        columns, bad = [], set()
+        # itemgetter per field, not zip(*values): zip over 50,000 tuples is ten times slower
+        transposed = [list(map(itemgetter(i), values)) for i in range(len(spec.fields))]
+        for convert, column in zip(spec.converters, transposed, strict=True):
+            fast = getattr(convert, "column", None)
+            converted = fast(column) if fast else None
+            if converted is None:
+                converted = []
+                for index, value in enumerate(column):
+                    try:
+                        converted.append(convert(value))
+                    except validation.Invalid:
+                        converted.append(None)
+                        bad.add(index)
+            columns.append(converted)
+        for key in spec.keys:
+            source = columns[spec.fields.index(key.source)]
+            columns.append([None if v is None else key.normalize(v) for v in source])
+        return columns, bad
+
+    def _claim_keys(self, spec, rows, problems_of):
+        """Give each comparison key to the first valid row that claims it in this run."""
         keys = [
-            (spec.position(k.column), spec.position(k.source), self.owners[table, k.column], k)
+            (spec.position(k.column), spec.position(k.source), self.owners[spec.name, k.column], k)
             for k in spec.keys
         ]
-        references = [(spec.position(r.field), self.accepted[r.parent]) for r in spec.references]
-        accepted = self.accepted.get(table)
-        rows, lines, bad, unresolved = [], [], [], []
-        rejections = []
-        for line, values in batch:
-            if type(values) is not tuple:
-                if type(values) is list:
-                    values = tuple(values)
-                else:  # core.rows.Malformed: the source could not split it into fields
-                    reason = getattr(values, "reason", values)
-                    raw = getattr(values, "raw", None)
-                    rejections.append(Rejection(table, line, None, reason, {}, raw))
-                    continue
-            row, problems = clean(values)
-            if not problems and keys:
-                problems = self._key_problems(spec, row, keys)
-            if problems:
-                bad.append((line, values, row, list(problems)))
+        for index, row in enumerate(rows):
+            if index in problems_of:
                 continue
-            for position, parents in references:
-                if row[position] not in parents:
-                    unresolved.append(len(rows))
-                    break
-            rows.append(row)
-            lines.append(line)
-            if accepted is not None:
-                accepted.add(row[0])
-        if bad:
-            rejections.extend(self._reject(spec, bad))
-        rejections.sort(key=lambda r: r.line or 0)
-        recheck = Recheck()
-        if unresolved:
-            recheck = Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, unresolved))
-        return Validated(rows, lines, rejections, recheck)
+            problems = self._key_problems(spec, row, keys)
+            if problems:
+                problems_of[index] = problems
+
+    def _recheck(self, spec, rows):
+        """Rows whose parent this run did not accept: the writer looks them up in the guard."""
+        unresolved = set()
+        for reference in spec.references:
+            position = spec.position(reference.field)
+            parents = self.accepted[reference.parent]
+            found = list(map(parents.__contains__, map(itemgetter(position), rows)))
+            if not all(found):
+                unresolved.update(i for i, ok in enumerate(found) if not ok)
+        if not unresolved:
+            return Recheck()
+        return Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, unresolved))
 
     def _key_problems(self, spec, row, keys):
         problems = []
