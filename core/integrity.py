@@ -3,7 +3,7 @@
 ``check_integrity()`` walks every table that holds references (``core.tables``), in id
 order, ``batch_size`` rows at a time (keyset pagination: ``WHERE id > last ORDER BY id
 LIMIT n``, so memory stays bounded and no batch gets slower as the table grows), looks up
-the batch's parents with one ``IN`` query per parent table and chunk, and runs
+the batch's parents with one anti-join query per parent table, and runs
 ``PRAGMA integrity_check`` on every SQLite file. Children are read before their parents:
 writers commit parents first, so a child seen here always has its parents committed
 already, and a concurrent load cannot produce a false orphan. A concurrent delete can
@@ -24,10 +24,10 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 
 from core import deletion
-from core.lookups import existing_ids, query_chunks
+from core.lookups import missing_ids, query_chunks
 from core.tables import SPECS, spec
 
-DEFAULT_BATCH_SIZE = 10_000
+DEFAULT_BATCH_SIZE = 50_000
 DEFAULT_KEEP = 100  # orphans kept in the result; the count covers all of them
 OK = "ok"
 
@@ -147,16 +147,18 @@ def child_batches(child, batch_size):
 
 
 def _orphans_in(child, batch):
-    present = [
-        existing_ids(r.parent, {row[i] for row in batch})
+    absent = [
+        missing_ids(r.parent, {row[i] for row in batch})
         for i, r in enumerate(child.references, start=1)
     ]
+    if not any(absent):
+        return []
     orphans = []
     for row in batch:
         missing = tuple(
             (r.field, r.noun, row[i])
             for i, r in enumerate(child.references, start=1)
-            if row[i] not in present[i - 1]
+            if row[i] in absent[i - 1]
         )
         if missing:
             orphans.append(Orphan(child.name, row[0], missing))

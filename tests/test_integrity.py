@@ -240,7 +240,7 @@ def test_a_database_that_fails_mid_scan_is_reported_not_raised(monkeypatch, run_
     def unreadable(table, ids):
         raise DatabaseError("database disk image is malformed")
 
-    monkeypatch.setattr(integrity, "existing_ids", unreadable)
+    monkeypatch.setattr(integrity, "missing_ids", unreadable)
     result = check_integrity()
     assert not result.ok
     assert result.scan_error == "orders: stopped after 8 rows: database disk image is malformed"
