@@ -23,7 +23,7 @@ PRODUCTS = "/admin/core/product/"
 
 REFUSAL = (
     "User 1 was not deleted: it has 2 orders in orders_db. To delete it with its orders, "
-    "select it in the list of users and choose the action "
+    "open it and choose “Delete”, or select it in this list and choose the action "
     "“Delete selected users with their orders”."
 )
 
@@ -201,16 +201,21 @@ def test_product_price_rules_are_core_validations(admin_client, rows):
     }
 
 
-def test_an_order_must_name_a_stored_user_and_product(admin_client, rows):
+def test_an_order_form_shows_every_problem_at_once(admin_client, rows):
+    """A bad quantity and a missing user and product, all on the first submission."""
     response = admin_client.post(
         f"{ORDERS}add/", {"id": "4", "user_id": "98", "product_id": "99", "quantity": "0"}
     )
-    assert form_errors(response) == {"quantity": ["quantity must be at least 1 (got 0)"]}
+    assert form_errors(response) == {
+        "quantity": ["quantity must be at least 1 (got 0)"],
+        "user_id": ["user 98 does not exist"],
+        "product_id": ["product 99 does not exist"],
+    }
     response = admin_client.post(
-        f"{ORDERS}add/", {"id": "4", "user_id": "98", "product_id": "99", "quantity": "1"}
+        f"{ORDERS}add/", {"id": "4", "user_id": "x", "product_id": "99", "quantity": "1"}
     )
     assert form_errors(response) == {
-        "user_id": ["user 98 does not exist"],
+        "user_id": ["user_id must be a whole number (got 'x')"],
         "product_id": ["product 99 does not exist"],
     }
     assert not Order.objects.filter(pk=4).exists()
@@ -239,19 +244,41 @@ def test_the_add_form_offers_the_next_id_and_the_change_form_freezes_it(admin_cl
 # --- Deleting users and products -------------------------------------------------------------
 
 
-def test_deleting_a_user_with_orders_is_refused_with_the_fix(admin_client, rows):
+def test_deleting_a_user_with_orders_opens_one_page_with_the_two_choices(admin_client, rows):
+    response = admin_client.get(f"{USERS}1/delete/")
+    page = text(response)
+    assert response.templates[0].name == "admin/core/delete_parent.html"
+    assert "Are you sure" not in page and not messages_of(response)
+    assert f'<a id="orders-link" href="{ORDERS}?user_id=1">2 orders in orders_db</a>' in page
+    assert 'value="Delete it with its 2 orders"' in page
+    assert f'<a href="{USERS}1/change/" id="keep-it" class="button cancel-link">Keep it</a>' in (
+        page
+    )
+    linked = admin_client.get(f"{ORDERS}?user_id=1").context["cl"].result_list
+    assert sorted(o.pk for o in linked) == [1, 2]
+
+
+def test_a_plain_delete_post_of_a_user_with_orders_deletes_nothing(admin_client, rows):
+    """Django's own confirmation form posts only post=yes: that never deletes orders."""
     response = admin_client.post(f"{USERS}1/delete/", {"post": "yes"})
-    assert response.status_code == 302 and response["Location"] == f"{USERS}1/change/"
-    assert messages_of(response) == [REFUSAL]
+    assert response.status_code == 200
+    assert response.templates[0].name == "admin/core/delete_parent.html"
     assert User.objects.filter(pk=1).exists()
     assert Order.objects.filter(user_id=1).count() == 2
     assert not LogEntry.objects.filter(action_flag=DELETION).exists()
 
 
-def test_the_delete_confirmation_warns_before_the_refusal(admin_client, rows):
-    response = admin_client.get(f"{USERS}1/delete/")
-    assert response.status_code == 200
-    assert REFUSAL in [str(m) for m in response.context["messages"]]
+def test_delete_it_with_its_orders_deletes_and_logs_every_row(admin_client, rows):
+    response = admin_client.post(f"{USERS}1/delete/", {"post": "yes", "with_orders": "yes"})
+    assert response.status_code == 302 and response["Location"] == USERS
+    assert not User.objects.filter(pk=1).exists()
+    assert not Order.objects.filter(user_id=1).exists()
+    logged = set(
+        LogEntry.objects.filter(action_flag=DELETION).values_list(
+            "content_type__model", "object_id"
+        )
+    )
+    assert logged == {("user", "1"), ("order", "1"), ("order", "2")}
 
 
 def test_a_user_without_orders_is_deleted_and_logged(admin_client, rows):
@@ -271,7 +298,7 @@ def test_djangos_delete_selected_is_not_offered(admin_client, rows):
 def test_the_safe_action_deletes_those_without_orders_and_refuses_the_others(admin_client, rows):
     selected = {"action": "delete_selected_safely", "_selected_action": ["1", "3"]}
     confirm = admin_client.post(USERS, selected)
-    assert "will be refused" in text(confirm)
+    assert "kept: it has orders" in text(confirm)
     assert User.objects.count() == 3  # nothing happens before the confirmation
     response = admin_client.post(USERS, selected | {"post": "yes"})
     assert messages_of(response) == ["Deleted 1 user and 0 orders.", REFUSAL]
