@@ -160,6 +160,50 @@ def test_filters_narrow_each_list(admin_client, rows):
     assert [o.pk for o in big] == [3]
 
 
+def test_the_name_length_filter_is_gone(admin_client, rows):
+    filters = [f.title for f in admin_client.get(USERS).context["cl"].filter_specs]
+    assert filters == ["email domain"]
+    assert admin_client.get(USERS, {"name_length": "short"}).status_code == 400
+
+
+def test_the_order_count_has_a_thousands_separator(admin_client, rows):
+    Order.objects.bulk_create(
+        Order(id=n, user_id=1, product_id=1, quantity=1) for n in range(4, 1238)
+    )
+    page = text(admin_client.get(ORDERS))
+    assert "1,237 orders" in page and "1237 orders" not in page
+    assert "Select all 1,237 orders" in page and "All 1,237 selected" in page
+    assert "1,236 results" in text(admin_client.get(ORDERS, {"q": "1"}))  # all but order 3
+
+
+@pytest.mark.parametrize(
+    ("url", "column", "expected"),
+    [
+        (ORDERS, "user_id", [3, 2, 1]),  # user 1 twice (newest first), then user 2
+        (ORDERS, "product_id", [1, 3, 2]),
+        (ORDERS, "quantity", [2, 1, 3]),
+        (USERS, "name", [1, 2, 3]),
+        (USERS, "email", [1, 2, 3]),
+        (PRODUCTS, "price", [3, 2, 1]),
+        (PRODUCTS, "name", [2, 1, 3]),
+    ],
+)
+def test_columns_the_database_can_sort_are_sortable(admin_client, rows, url, column, expected):
+    cl = admin_client.get(url).context["cl"]
+    index = list(cl.list_display).index(column)
+    assert column in cl.sortable_by
+    result = admin_client.get(url, {"o": str(index)}).context["cl"].result_list
+    if url == ORDERS and column == "user_id":
+        expected = [2, 1, 3]  # ties keep the default order (-id)
+    assert [r.pk for r in result] == expected
+
+
+def test_columns_from_other_databases_are_not_sortable(admin_client, rows):
+    cl = admin_client.get(ORDERS).context["cl"]
+    for column in ("user_name", "user_email", "product_name", "product_price"):
+        assert column not in cl.sortable_by
+
+
 def test_order_detail_shows_user_and_product(admin_client, rows):
     page = text(admin_client.get(f"{ORDERS}2/change/"))
     assert "Alice &lt;alice@example.com&gt;" in page
