@@ -11,7 +11,7 @@ from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from core.admin import attach_parents
+from core.admin.orders import attach_parents
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES
 

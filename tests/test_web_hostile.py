@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from core.admin import parse_id
+from core.admin.base import parse_id
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES
 

@@ -11,8 +11,8 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from core import admin as core_admin
 from core import integrity, views
+from core.admin import parents as parent_admin
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES
 
@@ -236,7 +236,7 @@ def test_a_cascade_logs_the_parent_and_each_order(login, rows):
 
 
 def test_a_large_cascade_logs_one_summary_entry_for_its_orders(login, rows, monkeypatch):
-    monkeypatch.setattr(core_admin, "LOG_EACH_MAX", 1)
+    monkeypatch.setattr(parent_admin, "LOG_EACH_MAX", 1)
     response = login("delete_all").post(
         f"{PRODUCTS}2/delete/", {"post": "yes", "with_orders": "yes"}
     )
