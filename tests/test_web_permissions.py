@@ -269,11 +269,11 @@ def test_the_order_list_links_to_users_and_products_for_who_may_open_them(
     login, rows, django_user_model
 ):
     page = login("view_only").get(ORDERS).content.decode()
-    assert f'<a href="{USERS}1/change/">Alice</a>' in page
-    assert f'<a href="{PRODUCTS}2/change/">Mouse</a>' in page
+    assert f'<a href="{USERS}1/change/">#1 Alice</a>' in page
+    assert f'<a href="{PRODUCTS}2/change/">#2 Mouse</a>' in page
     orders_only = django_user_model.objects.create_user("orders_only", is_staff=True)
     orders_only.user_permissions.set(Permission.objects.filter(codename="view_order"))
     client = Client()
     client.force_login(orders_only)
     page = client.get(ORDERS).content.decode()
-    assert "Alice" in page and f'href="{USERS}1/change/"' not in page
+    assert "#1 Alice" in page and f'href="{USERS}1/change/"' not in page

@@ -51,10 +51,8 @@ class OrderAdmin(NextIdMixin, MultiDBModelAdmin):
     form = OrderForm
     list_display = (
         "id",
-        "user_id",
         "user_name",
         "user_email",
-        "product_id",
         "product_name",
         "product_price",
         "quantity",
@@ -63,8 +61,9 @@ class OrderAdmin(NextIdMixin, MultiDBModelAdmin):
     search_help_text = "Search orders by order, user or product id, or by the user's email."
     list_filter = (QuantityFilter, UserIdFilter, ProductIdFilter)
     ordering = ("-id",)
-    # The columns orders_db can sort; names, emails and prices live in other databases.
-    sortable_by = ("id", "user_id", "product_id", "quantity")
+    # The columns orders_db can sort: the user and product columns sort by their ids, which
+    # they show first; names, emails and prices live in other databases.
+    sortable_by = ("id", "user_name", "product_name", "quantity")
     fields = ("id", "user_id", "user_details", "product_id", "product_details", "quantity")
     readonly_fields = ("user_details", "product_details")
     # Counting a million orders twice per page (filtered and unfiltered) is wasted work.
@@ -97,25 +96,28 @@ class OrderAdmin(NextIdMixin, MultiDBModelAdmin):
         return format_html('<strong class="errornote">{} {} not found</strong>', kind, pk)
 
     @staticmethod
-    def _linked(order, kind, text):
+    def _linked(order, kind, pk, name):
+        """Show "#7 Ann", linked to its admin page when the account may open that page."""
         url = order.__dict__.get(f"{kind}_url")
-        return format_html('<a href="{}">{}</a>', url, text) if url else text
+        if url:
+            return format_html('<a href="{}">#{} {}</a>', url, pk, name)
+        return format_html("#{} {}", pk, name)
 
-    @admin.display(description="user")
+    @admin.display(description="user", ordering="user_id")
     def user_name(self, order):
         if order.user is None:
             return self._missing("user", order.user_id)
-        return self._linked(order, "user", order.user.name)
+        return self._linked(order, "user", order.user_id, order.user.name)
 
     @admin.display(description="email")
     def user_email(self, order):
         return order.user.email if order.user else "-"
 
-    @admin.display(description="product")
+    @admin.display(description="product", ordering="product_id")
     def product_name(self, order):
         if order.product is None:
             return self._missing("product", order.product_id)
-        return self._linked(order, "product", order.product.name)
+        return self._linked(order, "product", order.product_id, order.product.name)
 
     @admin.display(description="price")
     def product_price(self, order):
