@@ -313,6 +313,10 @@ def test_a_plain_delete_post_of_a_user_with_orders_deletes_nothing(admin_client,
 def test_delete_it_with_its_orders_deletes_and_logs_every_row(admin_client, rows):
     response = admin_client.post(f"{USERS}1/delete/", {"post": "yes", "with_orders": "yes"})
     assert response.status_code == 302 and response["Location"] == USERS
+    assert messages_of(response) == [
+        "Its 2 orders were deleted first.",
+        "The user “Alice <alice@example.com>” was deleted successfully.",
+    ]
     assert not User.objects.filter(pk=1).exists()
     assert not Order.objects.filter(user_id=1).exists()
     logged = set(

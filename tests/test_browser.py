@@ -137,7 +137,10 @@ def test_deleting_a_user_with_orders_offers_to_keep_it_or_delete_it_with_them(br
     browser.back()
     wait_for(browser, "#delete-with-orders").click()
     WebDriverWait(browser, WAIT_SECONDS).until(seen.url_to_be(f"{site}/admin/core/user/"))
-    assert "deleted successfully" in wait_for(browser, ".messagelist .success").text
+    wait_for(browser, ".messagelist .success")
+    notes = [m.text for m in browser.find_elements(By.CSS_SELECTOR, ".messagelist .success")]
+    assert notes[0] == "Its 1 order was deleted first."
+    assert "deleted successfully" in notes[1]
     assert "alice@example.com" not in wait_for(browser, "#result_list").text
 
 

@@ -196,6 +196,8 @@ def test_a_forced_cascade_post_without_order_permission_gets_403(login, rows, co
 def test_the_delete_page_offers_deleting_orders_only_to_who_may(login, rows):
     page = login("delete_parents").get(f"{USERS}1/delete/").content.decode()
     assert 'id="delete-with-orders"' not in page
+    assert "is named by 2 orders in orders_db" in " ".join(page.split())
+    assert 'id="orders-link"' not in page  # it may not open the order list
     assert "needs permission to delete orders, which this account does not have" in page
     assert 'id="keep-it"' in page
     page = login("delete_all").get(f"{USERS}1/delete/").content.decode()

@@ -77,10 +77,13 @@ class ParentAdmin(NextIdMixin, MultiDBModelAdmin):
         for pk in queryset.values_list("pk", flat=True):
             integrity.delete_parent(self.table, pk)
 
-    def orders_url(self, pk):
-        """The order list filtered to the orders of parent pk."""
-        url = reverse("admin:core_order_changelist", current_app=self.admin_site.name)
-        return f"{url}?{self.orders_column}={pk}"
+    def orders_url(self, request, pk):
+        """The order list filtered to the orders of parent pk (None if it would be a 403)."""
+        if not (may(request, "view", Order) or may(request, "change", Order)):
+            return None
+        opts = Order._meta
+        name = f"admin:{opts.app_label}_{opts.model_name}_changelist"
+        return f"{reverse(name, current_app=self.admin_site.name)}?{self.orders_column}={pk}"
 
     @csrf_protect_m
     def delete_view(self, request, object_id, extra_context=None):
@@ -103,11 +106,14 @@ class ParentAdmin(NextIdMixin, MultiDBModelAdmin):
                 return super().delete_view(request, object_id, extra_context)
             return self.choose_delete(request, obj, count)
         obj_display = str(obj)
-        _deleted, _orders, refused = self.delete_parents_logged(
+        _deleted, orders, refused = self.delete_parents_logged(
             request, [obj], with_orders=with_orders
         )
         if refused:  # it has orders (some may have arrived since the page was shown)
             return self.choose_delete(request, obj, refused[0].count)
+        if orders:
+            noun = "order was" if orders == 1 else "orders were"
+            self.message_user(request, f"Its {orders:,} {noun} deleted first.", messages.SUCCESS)
         return self.response_delete(request, obj_display, obj.pk)
 
     def choose_delete(self, request, obj, count):
@@ -119,7 +125,7 @@ class ParentAdmin(NextIdMixin, MultiDBModelAdmin):
             "opts": self.opts,
             "object": obj,
             "count": count,
-            "orders_url": self.orders_url(obj.pk),
+            "orders_url": self.orders_url(request, obj.pk),
             "orders_alias": tables.alias("orders"),
             "may_delete_orders": self.has_delete_with_orders_permission(request, obj),
             "change_url": reverse(
@@ -230,7 +236,7 @@ class ParentAdmin(NextIdMixin, MultiDBModelAdmin):
             "opts": self.opts,
             "action": action,
             "with_orders": with_orders,
-            "rows": [(p, counts.get(p.pk, 0), self.orders_url(p.pk)) for p in parents],
+            "rows": [(p, counts.get(p.pk, 0), self.orders_url(request, p.pk)) for p in parents],
             "orders_total": sum(counts.values()),
             "orders_alias": tables.alias("orders"),
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
