@@ -1,31 +1,67 @@
 """The databases overview: what each database is, how full it is, whether it is sound, and
 the recent ``insert_data`` runs with a chart of rows per second per table.
 
-Staff only: ``staff_member_required`` sends everyone else to the admin login. The page
-reads counts and runs ``core.integrity.file_check`` (``PRAGMA integrity_check``) on every
-SQLite file each time it is shown. Checking every order against its user and product
-(``core.integrity.check_integrity``) streams the whole orders table, so it runs only when
-someone presses its button (a POST, so CSRF-protected like every other form).
+Who may see it: staff with view permission on users, products and orders (the page shows
+their counts and file paths, and can scan every order); anyone else logged in as staff gets
+403, everyone else the admin login. Responses are ``never_cache``: they hold live counts.
+
+The page reads counts and runs ``core.integrity.file_check`` (``PRAGMA integrity_check``) on
+every SQLite file each time it is shown. Checking every order against its user and product
+(``core.integrity.check_integrity``) streams the whole orders table, so it runs only on a
+POST (CSRF-protected like every form), at most once per ``FULL_CHECK_INTERVAL`` seconds for
+the whole site (``core.security.Throttle``); the page shows when the last one ran, how long
+it took and what it found.
 """
 
+import math
+from datetime import UTC, datetime
+from functools import wraps
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_permission_codename, get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.shortcuts import render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from core import integrity, tables
 from core.databases import location
 from core.models import LoadRun
 from core.routers import database_for
+from core.security import Throttle
 
 RECENT_RUNS = 10
 CHART_WIDTH, CHART_HEIGHT = 640, 220
-CHART_MARGIN = {"left": 64, "right": 12, "top": 12, "bottom": 36}
+CHART_MARGIN = {"left": 64, "right": 12, "top": 12, "bottom": 40}
+MAX_TICKS = 5  # at most this many steps between 0 and the top of the y-axis
+FULL_CHECK_INTERVAL = 30  # seconds between two full checks, for the whole site
+full_check_throttle = Throttle("overview-full-check", FULL_CHECK_INTERVAL)
+
+
+def overview_permissions():
+    """The permissions the overview needs: view on every loadable table."""
+    return [
+        f"{m._meta.app_label}.{get_permission_codename('view', m._meta)}"
+        for m in tables.MODELS.values()
+    ]
+
+
+def overview_permission_required(view):
+    """Send strangers to the login page; refuse (403) staff without view permission."""
+
+    @wraps(view)
+    def checked(request, *args, **kwargs):
+        if not request.user.has_perms(overview_permissions()):
+            raise PermissionDenied(
+                "the overview needs view permission on users, products and orders"
+            )
+        return view(request, *args, **kwargs)
+
+    return staff_member_required(checked)
 
 
 def models_in(alias):
@@ -76,11 +112,36 @@ def run_row(run):
     }
 
 
+def nice_step(top, max_ticks=MAX_TICKS):
+    """Return the smallest step of 1, 2 or 5 x 10^n (at least 1) that covers top in max_ticks."""
+    if top <= max_ticks:
+        return 1
+    magnitude = 10 ** math.floor(math.log10(top / max_ticks))
+    for factor in (1, 2, 5, 10):
+        if factor * magnitude * max_ticks >= top:
+            return factor * magnitude
+    return 10 * magnitude  # not reached: 10 x magnitude always covers top
+
+
+def run_labels(runs):
+    """Return one x-axis label per run, (time, date), each different from the others.
+
+    Minutes are enough to tell most runs apart; two runs in one minute show seconds, and
+    two in one second get their place in the list.
+    """
+    for time_format in ("%H:%M", "%H:%M:%S"):
+        labels = [(f"{r.started_at:{time_format}}", f"{r.started_at:%m-%d}") for r in runs]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [(f"{time} #{i + 1}", date) for i, (time, date) in enumerate(labels)]
+
+
 def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
     """Lay out a grouped bar chart of rows/s per table, oldest run on the left, as SVG shapes.
 
-    Returns None when there is nothing to draw. The template only copies numbers into
-    ``<rect>`` and ``<text>`` elements, so the chart needs no script and no CDN.
+    Returns None when there is nothing to draw. The y-axis goes from 0 to a round value
+    (steps of 1, 2 or 5 x 10^n). The template only copies numbers into ``<rect>`` and
+    ``<text>`` elements, so the chart needs no script and no CDN.
     """
     runs = list(reversed(runs))  # runs come newest first
     if not runs:
@@ -92,13 +153,15 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
         ]
         for r in runs
     ]
-    top = max((v for row in values for v in row), default=0) or 1
+    highest = max((v for row in values for v in row), default=0)
+    step = nice_step(highest)
+    top = max(math.ceil(highest / step), 1) * step
     left, right = CHART_MARGIN["left"], width - CHART_MARGIN["right"]
     base, ceiling = height - CHART_MARGIN["bottom"], CHART_MARGIN["top"]
     group = (right - left) / len(runs)
     bar = min(group * 0.8 / len(tables.TABLES), 40)
     bars, labels = [], []
-    for i, (run, row) in enumerate(zip(runs, values, strict=True)):
+    for i, (run, row, (time, date)) in enumerate(zip(runs, values, run_labels(runs), strict=True)):
         start = left + i * group + (group - bar * len(tables.TABLES)) / 2
         for j, (table, value) in enumerate(zip(tables.TABLES, row, strict=True)):
             h = (base - ceiling) * value / top
@@ -112,11 +175,10 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
                     "title": f"{run}: {table} {value:,.0f} rows/s",
                 }
             )
-        labels.append(
-            {"x": round(left + (i + 0.5) * group, 1), "text": f"{run.started_at:%m-%d %H:%M}"}
-        )
+        labels.append({"x": round(left + (i + 0.5) * group, 1), "time": time, "date": date})
     ticks = [
-        {"y": round(base - (base - ceiling) * f, 1), "text": f"{top * f:,.0f}"} for f in (0, 0.5, 1)
+        {"y": round(base - (base - ceiling) * n * step / top, 1), "text": f"{n * step:,}"}
+        for n in range(round(top / step) + 1)
     ]
     return {
         "width": width,
@@ -125,6 +187,7 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
         "right": right,
         "base": base,
         "label_y": base + 16,
+        "date_y": base + 30,
         "bars": bars,
         "labels": labels,
         "ticks": ticks,
@@ -132,10 +195,36 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
     }
 
 
-@staff_member_required
+def full_check():
+    """Check every order's user and product; return what the page shows, as JSON data."""
+    result = integrity.check_integrity()
+    return result.as_dict() | {"orphan_lines": [str(o) for o in result.orphans]}
+
+
+def last_full_check():
+    """The last full check for the template: when, how long, what it found (None: never)."""
+    state = full_check_throttle.last()
+    if not state.get("started"):
+        return None
+    finished = state.get("finished")
+    return {
+        "started_at": datetime.fromtimestamp(state["started"], UTC),
+        "running": finished is None,
+        "seconds": None if finished is None else round(finished - state["started"], 1),
+        "result": state.get("result"),
+    }
+
+
+@overview_permission_required
+@never_cache
 @require_http_methods(["GET", "POST"])
 def overview(request):
     """Show every database and the recent runs; on POST also check every order's parents."""
+    status, refused_for = 200, 0
+    if request.method == "POST":
+        ran, _state = full_check_throttle.run(full_check)
+        if not ran:
+            status, refused_for = 429, max(full_check_throttle.wait_seconds(), 1)
     runs = list(LoadRun.objects.using("default").order_by("-started_at")[:RECENT_RUNS])
     context = {
         **admin.site.each_context(request),
@@ -143,6 +232,8 @@ def overview(request):
         "databases": [database_status(alias) for alias in settings.DATABASES],
         "runs": [run_row(r) for r in runs],
         "chart": rows_per_second_chart(runs),
-        "check": integrity.check_integrity() if request.method == "POST" else None,
+        "check": last_full_check(),
+        "check_refused_for": refused_for,
+        "check_interval": FULL_CHECK_INTERVAL,
     }
-    return render(request, "core/overview.html", context)
+    return render(request, "core/overview.html", context, status=status)

@@ -40,19 +40,47 @@ def _env_flag(name, default=False):
 
 DEBUG = _env_flag("MULTIDS_DEBUG")
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG and _env_flag("MULTIDS_PRODUCTION"):
-        raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY must be set when MULTIDS_PRODUCTION=1 "
-            "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))')"
-        )
-    # Good enough for the command line and a laptop; production must set DJANGO_SECRET_KEY.
-    SECRET_KEY = "multids-insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
-
 ALLOWED_HOSTS = [
-    h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
+    h.strip()
+    for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
+    if h.strip()
 ]
+PRODUCTION = _env_flag("MULTIDS_PRODUCTION")
+
+# The repository's key: public, so anything signed with it (sessions, the messages cookie,
+# password reset links) can be forged by anyone. It is used only where nobody else can reach
+# the site: with DEBUG on, or when every allowed host is this machine.
+DEVELOPMENT_SECRET_KEY = "multids-insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
+LOCAL_HOSTS = frozenset({"localhost", ".localhost", "127.0.0.1", "::1", "[::1]"})
+_GENERATE_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+
+
+def secret_key(env, *, debug, production, allowed_hosts):
+    """Return the SECRET_KEY to use, or refuse (ImproperlyConfigured) when it would be unsafe."""
+    key = env.get("DJANGO_SECRET_KEY", "")
+    remote = sorted(set(allowed_hosts) - LOCAL_HOSTS)
+    if key == DEVELOPMENT_SECRET_KEY and (production or (remote and not debug)):
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is the development key published in this repository; "
+            f"set a secret one (generate it with: {_GENERATE_KEY})"
+        )
+    if key:
+        return key
+    if production:
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY must be set when MULTIDS_PRODUCTION=1 (generate one with: "
+            f"{_GENERATE_KEY})"
+        )
+    if remote and not debug:
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY must be set: DJANGO_ALLOWED_HOSTS names {', '.join(remote)}, "
+            "which other machines can reach, and the development key is public "
+            f"(generate one with: {_GENERATE_KEY})"
+        )
+    return DEVELOPMENT_SECRET_KEY
+
+
+SECRET_KEY = secret_key(os.environ, debug=DEBUG, production=PRODUCTION, allowed_hosts=ALLOWED_HOSTS)
 
 # --- Security ----------------------------------------------------------------------------
 # Every page needs a staff login (the admin's own, or staff_member_required on the overview)
@@ -62,7 +90,6 @@ ALLOWED_HOSTS = [
 # say (tests/test_security.py). Behind a proxy that ends TLS, also set
 # MULTIDS_HTTPS_PROXY=1 so Django trusts its X-Forwarded-Proto header instead of
 # redirecting forever.
-PRODUCTION = _env_flag("MULTIDS_PRODUCTION")
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured(
         "MULTIDS_DEBUG=1 shows tracebacks and settings to every visitor; "
@@ -81,6 +108,9 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = True
     if _env_flag("MULTIDS_HTTPS_PROXY"):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The debug page (MULTIDS_DEBUG=1) lists the environment, *_DATABASE_URL and their
+# passwords included; this filter hides them (and any password inside a URL).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "core.security.DatabaseUrlHidingFilter"
 # --- End of security ----------------------------------------------------------------------
 
 INSTALLED_APPS = [
@@ -101,6 +131,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.security.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "multids.urls"
@@ -213,11 +244,17 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# django.request logs every 500 with its traceback, but Django's default sends it to the
+# console only with DEBUG on (and otherwise to ADMINS by mail, which we do not configure):
+# a 500 in production would leave no trace. Here it goes to stderr in every mode, and so do
+# django.security's warnings (refused hosts, refused admin URL lookups).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "handlers": {"console": {"class": "logging.StreamHandler"}},  # stderr
     "loggers": {
-        "core": {"handlers": ["console"], "level": os.environ.get("MULTIDS_LOG_LEVEL", "WARNING")}
+        "core": {"handlers": ["console"], "level": os.environ.get("MULTIDS_LOG_LEVEL", "WARNING")},
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }

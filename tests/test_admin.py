@@ -11,7 +11,7 @@ from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from core.admin import attach_parents
+from core.admin.orders import attach_parents
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES
 
@@ -23,7 +23,7 @@ PRODUCTS = "/admin/core/product/"
 
 REFUSAL = (
     "User 1 was not deleted: it has 2 orders in orders_db. To delete it with its orders, "
-    "select it in the list of users and choose the action "
+    "open it and choose “Delete”, or select it in this list and choose the action "
     "“Delete selected users with their orders”."
 )
 
@@ -160,6 +160,48 @@ def test_filters_narrow_each_list(admin_client, rows):
     assert [o.pk for o in big] == [3]
 
 
+def test_the_name_length_filter_is_gone(admin_client, rows):
+    filters = [f.title for f in admin_client.get(USERS).context["cl"].filter_specs]
+    assert filters == ["email domain"]
+    assert admin_client.get(USERS, {"name_length": "short"}).status_code == 400
+
+
+def test_the_order_count_has_a_thousands_separator(admin_client, rows):
+    Order.objects.bulk_create(
+        Order(id=n, user_id=1, product_id=1, quantity=1) for n in range(4, 1238)
+    )
+    page = text(admin_client.get(ORDERS))
+    assert "1,237 orders" in page and "1237 orders" not in page
+    assert "Select all 1,237 orders" in page and "All 1,237 selected" in page
+    assert "1,236 results" in text(admin_client.get(ORDERS, {"q": "1"}))  # all but order 3
+
+
+@pytest.mark.parametrize(
+    ("url", "column", "expected"),
+    [
+        (ORDERS, "user_name", [2, 1, 3]),  # by user id: user 1 (newest order first), user 2
+        (ORDERS, "product_name", [1, 3, 2]),
+        (ORDERS, "quantity", [2, 1, 3]),
+        (USERS, "name", [1, 2, 3]),
+        (USERS, "email", [1, 2, 3]),
+        (PRODUCTS, "price", [3, 2, 1]),
+        (PRODUCTS, "name", [2, 1, 3]),
+    ],
+)
+def test_columns_the_database_can_sort_are_sortable(admin_client, rows, url, column, expected):
+    cl = admin_client.get(url).context["cl"]
+    index = list(cl.list_display).index(column)
+    assert column in cl.sortable_by
+    result = admin_client.get(url, {"o": str(index)}).context["cl"].result_list
+    assert [r.pk for r in result] == expected
+
+
+def test_columns_from_other_databases_are_not_sortable(admin_client, rows):
+    cl = admin_client.get(ORDERS).context["cl"]
+    for column in ("user_email", "product_price"):
+        assert column not in cl.sortable_by
+
+
 def test_order_detail_shows_user_and_product(admin_client, rows):
     page = text(admin_client.get(f"{ORDERS}2/change/"))
     assert "Alice &lt;alice@example.com&gt;" in page
@@ -201,16 +243,21 @@ def test_product_price_rules_are_core_validations(admin_client, rows):
     }
 
 
-def test_an_order_must_name_a_stored_user_and_product(admin_client, rows):
+def test_an_order_form_shows_every_problem_at_once(admin_client, rows):
+    """A bad quantity and a missing user and product, all on the first submission."""
     response = admin_client.post(
         f"{ORDERS}add/", {"id": "4", "user_id": "98", "product_id": "99", "quantity": "0"}
     )
-    assert form_errors(response) == {"quantity": ["quantity must be at least 1 (got 0)"]}
+    assert form_errors(response) == {
+        "quantity": ["quantity must be at least 1 (got 0)"],
+        "user_id": ["user 98 does not exist"],
+        "product_id": ["product 99 does not exist"],
+    }
     response = admin_client.post(
-        f"{ORDERS}add/", {"id": "4", "user_id": "98", "product_id": "99", "quantity": "1"}
+        f"{ORDERS}add/", {"id": "4", "user_id": "x", "product_id": "99", "quantity": "1"}
     )
     assert form_errors(response) == {
-        "user_id": ["user 98 does not exist"],
+        "user_id": ["user_id must be a whole number (got 'x')"],
         "product_id": ["product 99 does not exist"],
     }
     assert not Order.objects.filter(pk=4).exists()
@@ -239,19 +286,45 @@ def test_the_add_form_offers_the_next_id_and_the_change_form_freezes_it(admin_cl
 # --- Deleting users and products -------------------------------------------------------------
 
 
-def test_deleting_a_user_with_orders_is_refused_with_the_fix(admin_client, rows):
+def test_deleting_a_user_with_orders_opens_one_page_with_the_two_choices(admin_client, rows):
+    response = admin_client.get(f"{USERS}1/delete/")
+    page = text(response)
+    assert response.templates[0].name == "admin/core/delete_parent.html"
+    assert "Are you sure" not in page and not messages_of(response)
+    assert f'<a id="orders-link" href="{ORDERS}?user_id=1">2 orders in orders_db</a>' in page
+    assert 'value="Delete it with its 2 orders"' in page
+    assert f'<a href="{USERS}1/change/" id="keep-it" class="button cancel-link">Keep it</a>' in (
+        page
+    )
+    linked = admin_client.get(f"{ORDERS}?user_id=1").context["cl"].result_list
+    assert sorted(o.pk for o in linked) == [1, 2]
+
+
+def test_a_plain_delete_post_of_a_user_with_orders_deletes_nothing(admin_client, rows):
+    """Django's own confirmation form posts only post=yes: that never deletes orders."""
     response = admin_client.post(f"{USERS}1/delete/", {"post": "yes"})
-    assert response.status_code == 302 and response["Location"] == f"{USERS}1/change/"
-    assert messages_of(response) == [REFUSAL]
+    assert response.status_code == 200
+    assert response.templates[0].name == "admin/core/delete_parent.html"
     assert User.objects.filter(pk=1).exists()
     assert Order.objects.filter(user_id=1).count() == 2
     assert not LogEntry.objects.filter(action_flag=DELETION).exists()
 
 
-def test_the_delete_confirmation_warns_before_the_refusal(admin_client, rows):
-    response = admin_client.get(f"{USERS}1/delete/")
-    assert response.status_code == 200
-    assert REFUSAL in [str(m) for m in response.context["messages"]]
+def test_delete_it_with_its_orders_deletes_and_logs_every_row(admin_client, rows):
+    response = admin_client.post(f"{USERS}1/delete/", {"post": "yes", "with_orders": "yes"})
+    assert response.status_code == 302 and response["Location"] == USERS
+    assert messages_of(response) == [
+        "Its 2 orders were deleted first.",
+        "The user “Alice <alice@example.com>” was deleted successfully.",
+    ]
+    assert not User.objects.filter(pk=1).exists()
+    assert not Order.objects.filter(user_id=1).exists()
+    logged = set(
+        LogEntry.objects.filter(action_flag=DELETION).values_list(
+            "content_type__model", "object_id"
+        )
+    )
+    assert logged == {("user", "1"), ("order", "1"), ("order", "2")}
 
 
 def test_a_user_without_orders_is_deleted_and_logged(admin_client, rows):
@@ -271,7 +344,7 @@ def test_djangos_delete_selected_is_not_offered(admin_client, rows):
 def test_the_safe_action_deletes_those_without_orders_and_refuses_the_others(admin_client, rows):
     selected = {"action": "delete_selected_safely", "_selected_action": ["1", "3"]}
     confirm = admin_client.post(USERS, selected)
-    assert "will be refused" in text(confirm)
+    assert "kept: it has orders" in text(confirm)
     assert User.objects.count() == 3  # nothing happens before the confirmation
     response = admin_client.post(USERS, selected | {"post": "yes"})
     assert messages_of(response) == ["Deleted 1 user and 0 orders.", REFUSAL]

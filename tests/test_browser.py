@@ -63,6 +63,7 @@ def browser():
         pytest.skip(reason)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP refusals
     for argument in CHROMIUM_ARGS:
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -80,8 +81,9 @@ def fast_passwords(settings):
 
 
 @pytest.fixture
-def site(browser, live_server, django_user_model):
+def site(browser, live_server, django_user_model, settings, tmp_path):
     """The demo data loaded and recorded, a superuser, and the browser logged in as them."""
+    settings.DATA_DIR = tmp_path  # the full check's once-per-30-s limit starts afresh
     record(pipeline.load(demo_source()))
     django_user_model.objects.create_superuser(USERNAME, "admin@example.com", PASSWORD)
     browser.delete_all_cookies()  # the previous test's session was flushed with its data
@@ -117,18 +119,59 @@ def test_searching_users_by_email(browser, site):
     assert [r.text.split()[:3] for r in rows] == [["2", "Bob", "bob@example.com"]]
 
 
-def test_deleting_a_user_with_orders_is_refused(browser, site):
+def test_deleting_a_user_with_orders_offers_to_keep_it_or_delete_it_with_them(browser, site):
     browser.get(f"{site}/admin/core/user/1/change/")
     wait_for(browser, "a.deletelink").click()
-    warning = wait_for(browser, ".messagelist .warning").text
-    assert "User 1 was not deleted: it has 1 order in orders_db" in warning
-    browser.find_element(By.CSS_SELECTOR, "#content form input[type=submit]").click()
+    choice = wait_for(browser, "#parent-orders").text
+    assert "is named by 1 order in orders_db" in choice
+    assert "Are you sure" not in browser.page_source
+    browser.find_element(By.ID, "keep-it").click()
     WebDriverWait(browser, WAIT_SECONDS).until(seen.url_contains("/user/1/change/"))
-    error = wait_for(browser, ".messagelist .error").text
-    assert error.startswith("User 1 was not deleted: it has 1 order in orders_db.")
-    assert "Delete selected users with their orders" in error
-    browser.get(f"{site}/admin/core/user/1/change/")
     assert wait_for(browser, "#id_email").get_attribute("value") == "alice@example.com"
+    wait_for(browser, "a.deletelink").click()
+    wait_for(browser, "#orders-link").click()  # the order list, filtered to user 1
+    rows = WebDriverWait(browser, WAIT_SECONDS).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    )
+    assert len(rows) == 1 and "alice@example.com" in rows[0].text
+    browser.back()
+    wait_for(browser, "#delete-with-orders").click()
+    WebDriverWait(browser, WAIT_SECONDS).until(seen.url_to_be(f"{site}/admin/core/user/"))
+    wait_for(browser, ".messagelist .success")
+    notes = [m.text for m in browser.find_elements(By.CSS_SELECTOR, ".messagelist .success")]
+    assert notes[0] == "Its 1 order was deleted first."
+    assert "deleted successfully" in notes[1]
+    assert "alice@example.com" not in wait_for(browser, "#result_list").text
+
+
+def test_the_order_list_links_each_order_to_its_user(browser, site):
+    browser.get(f"{site}/admin/core/order/")
+    wait_for(browser, "#result_list a[href='/admin/core/user/1/change/']").click()
+    assert wait_for(browser, "#id_email").get_attribute("value") == "alice@example.com"
+
+
+def test_no_page_breaks_the_content_security_policy(browser, site):
+    """The admin's pages and the overview load nothing the policy refuses (console log)."""
+    browser.get_log("browser")  # drop what earlier tests logged
+    for path in (
+        "/admin/",
+        "/admin/core/order/",
+        "/admin/core/user/?q=a",
+        "/admin/core/user/1/change/",
+        "/admin/core/user/1/delete/",
+        "/admin/core/product/add/",
+        "/overview/",
+    ):
+        browser.get(f"{site}{path}")
+        wait_for(browser, "#footer")
+    refused = [
+        e["message"] for e in browser.get_log("browser") if "Content Security" in e["message"]
+    ]
+    assert refused == []
+    policy = browser.execute_script(
+        "return fetch(location.href).then(r => r.headers.get('content-security-policy'))"
+    )
+    assert "script-src 'self'" in policy
 
 
 @pytest.mark.sqlite_files

@@ -21,6 +21,12 @@ def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def own_data_dir(settings, tmp_path):
+    """A data directory of its own, so the full check's once-per-30-s limit starts afresh."""
+    settings.DATA_DIR = tmp_path
+
+
 def squeezed(response):
     return " ".join(response.content.decode().split())
 
@@ -86,8 +92,55 @@ def test_the_chart_puts_the_oldest_run_left_and_scales_to_the_fastest_table():
     assert oldest[1]["height"] == 0
     assert oldest[0]["x"] < newest[0]["x"]
     assert newest[2]["title"] == f"{runs[0]}: orders 100 rows/s"
-    assert [t["text"] for t in chart["ticks"]] == ["0", "50", "100"]
+    assert [t["text"] for t in chart["ticks"]] == ["0", "20", "40", "60", "80", "100"]
 
 
 def test_no_runs_no_chart():
     assert rows_per_second_chart([]) is None
+
+
+def test_two_runs_in_one_minute_get_different_labels():
+    same_minute = [run(60 * 600 + 20, users=1), run(60 * 600 + 5, users=1)]
+    assert [label["time"] for label in rows_per_second_chart(same_minute)["labels"]] == [
+        "10:00:05",
+        "10:00:20",
+    ]
+    same_second = [run(36_000, users=1), run(36_000, users=2)]
+    labels = rows_per_second_chart(same_second)["labels"]
+    assert [label["time"] for label in labels] == ["10:00:00 #1", "10:00:00 #2"]
+    apart = [run(36_000 + 120, users=1), run(36_000, users=1)]
+    labels = rows_per_second_chart(apart)["labels"]
+    assert [(label["time"], label["date"]) for label in labels] == [
+        ("10:00", "01-01"),
+        ("10:02", "01-01"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fastest", "ticks"),
+    [
+        (30_650, ["0", "10,000", "20,000", "30,000", "40,000"]),
+        (100, ["0", "20", "40", "60", "80", "100"]),
+        (7, ["0", "2", "4", "6", "8"]),
+        (3, ["0", "1", "2", "3"]),
+        (0, ["0", "1"]),
+        (169_495.3, ["0", "50,000", "100,000", "150,000", "200,000"]),
+    ],
+)
+def test_the_y_axis_ticks_are_round_values(fastest, ticks):
+    chart = rows_per_second_chart([run(100, users=fastest)])
+    assert [t["text"] for t in chart["ticks"]] == ticks
+    top = float(ticks[-1].replace(",", ""))
+    assert chart["bars"][0]["height"] == round((chart["base"] - 12) * fastest / top, 1)
+
+
+@all_databases
+def test_the_page_promises_only_what_the_full_check_does(admin_client):
+    pipeline.load(demo_source())
+    before = squeezed(admin_client.get("/overview/"))
+    assert "a few seconds" not in before
+    assert "its time grows with the orders table" in before
+    assert "Last full check" not in before
+    after = squeezed(admin_client.post("/overview/"))
+    assert re.search(r"Last full check: \S+ \S+ UTC, took \d+\.\d s\.", after)
+    assert re.search(r"\(the last one: 7 orders in \d+\.\d s\)", after)

@@ -1,0 +1,177 @@
+"""No query string can give a 500 or keep a CPU busy: every changelist, change, delete and
+history page is fed hostile parameters (the ones of issue 11 and more), as a superuser."""
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from core.admin.base import parse_id
+from core.models import Order, Product, User
+from tests.conftest import ALL_DATABASES
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+
+CHANGELISTS = ("/admin/core/user/", "/admin/core/product/", "/admin/core/order/")
+HUGE = "99999999999999999999999999"
+
+HOSTILE_QUERIES = [
+    # search: unicode digits, huge numbers, NUL, control characters, thousands of terms
+    "q=²",
+    "q=٣",
+    "q=１２",
+    f"q={HUGE}",
+    "q=-1",
+    "q=0",
+    "q=9223372036854775808",
+    "q=%00",
+    "q=a%00b",
+    "q=%01%1f%7f",
+    "q=" + "a+" * 3000,
+    "q=" + "1+" * 3000,
+    "q=" + "x" * 20000,
+    "q=%25%5F%5C",
+    "q=%ED%A0%80",
+    # lookups on the model's fields that no filter declares
+    "email__regex=^(.*?){9}Z",
+    "name__regex=1);--",
+    "name__iregex=(a|a)*b",
+    f"id__in={HUGE}",
+    "id__in=1,2,x",
+    f"id={HUGE}",
+    "id__gt=²",
+    "pk=1",
+    "user_id__in=1,2",
+    "price__lt=abc",
+    "email__isnull=maybe",
+    "name_length=short",
+    "unknown=1",
+    "a__b__c=1",
+    "_to_field=email",
+    "_to_field=id&_popup=1",
+    # the declared filters with values they do not expect
+    "domain=%00",
+    "domain=" + "x" * 5000,
+    "price=²",
+    "price=99",
+    f"price={HUGE}",
+    "price=-1",
+    "quantity=²",
+    "quantity=1&quantity=2",
+    "user_id=²",
+    f"user_id={HUGE}",
+    "user_id=0",
+    "user_id=abc",
+    "user_id=9223372036854775807",
+    "product_id=%00",
+    # ordering
+    "o=99",
+    f"o={HUGE}",
+    "o=-",
+    "o=²",
+    "o=1.-2.x",
+    "o=0.0.0.0.0.0.0.0",
+    "o=-" * 50,
+    "o=%00",
+    # pagination
+    "p=0",
+    "p=-1",
+    "p=²",
+    f"p={HUGE}",
+    "p=1e9",
+    "p=abc",
+    "all=1",
+    "all=1&p=5",
+    "e=1",
+    "_facets=1",
+    "_changelist_filters=email__regex%3D.*",
+]
+
+HOSTILE_IDS = ["²", HUGE, "9223372036854775808", "0", "-1", "abc", "%00", "1e3", "٣"]
+
+
+@pytest.fixture
+def rows():
+    User.objects.bulk_create(
+        User(id=n, name=f"User {n}", email=f"user{n}@example.com") for n in range(1, 31)
+    )
+    Product.objects.create(id=1, name="Laptop", price=Decimal("1000.00"))
+    Order.objects.bulk_create(
+        Order(id=n, user_id=n % 30 + 1, product_id=1, quantity=n % 7 + 1) for n in range(1, 61)
+    )
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    """Hash test passwords cheaply: PBKDF2's million rounds cost 0.4 s per test user."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.mark.parametrize("url", CHANGELISTS)
+def test_no_query_string_gives_a_server_error_or_takes_long(admin_client, rows, url):
+    failures = []
+    for query in HOSTILE_QUERIES:
+        started = time.monotonic()
+        status = admin_client.get(f"{url}?{query}").status_code
+        seconds = time.monotonic() - started
+        if status >= 500 or seconds > 5:
+            failures.append((query, status, round(seconds, 1)))
+    assert failures == []
+
+
+@pytest.mark.parametrize("url", CHANGELISTS)
+def test_no_object_id_gives_a_server_error(admin_client, rows, url):
+    failures = []
+    for object_id in HOSTILE_IDS:
+        for page in ("change/", "delete/", "history/"):
+            for method in (admin_client.get, admin_client.post):
+                status = method(f"{url}{object_id}/{page}", {"post": "yes"}).status_code
+                if status >= 500:
+                    failures.append((object_id, page, method.__name__, status))
+    assert failures == []
+    assert User.objects.count() == 30 and Order.objects.count() == 60
+
+
+def test_undeclared_lookups_are_refused_not_run(admin_client, rows):
+    response = admin_client.get("/admin/core/user/?email__regex=^(.*?){9}Z")
+    assert response.status_code == 400
+    response = admin_client.get(f"/admin/core/user/?id__in={HUGE}")
+    assert response.status_code == 400
+
+
+def test_the_declared_filters_still_work(admin_client, rows):
+    orders = admin_client.get("/admin/core/order/?user_id=2").context["cl"].result_list
+    assert sorted(o.pk for o in orders) == [1, 31]
+    users = admin_client.get("/admin/core/user/?domain=example.com").context["cl"]
+    assert users.result_count == 30
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [("²", []), (HUGE, []), ("31", [31]), ("٣", []), ("user2@example.com", [31, 1])],
+)
+def test_order_search_reads_only_ascii_ids_in_range(admin_client, rows, query, found):
+    """31 is order 31 (no user or product has that id); "²" and "٣" are no ids."""
+    result = admin_client.get("/admin/core/order/", {"q": query}).context["cl"].result_list
+    assert [o.pk for o in result] == found
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", 1),
+        ("9223372036854775807", 2**63 - 1),
+        ("9223372036854775808", None),
+        ("0", None),
+        ("-1", None),
+        ("²", None),
+        ("٣", None),
+        ("１", None),
+        (" 1", None),
+        ("1.0", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_id(text, expected):
+    assert parse_id(text) == expected
