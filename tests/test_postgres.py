@@ -397,12 +397,18 @@ def recording_copy(self, raw, statement, rows):
 
 PostgresBulkWriter._copy = recording_copy
 other = psycopg.connect(sys.argv[1])  # plays a second loader
-other.execute("INSERT INTO users VALUES (100, 'Other', 'one@example.com')")
+other.execute(
+    "INSERT INTO users (id, name, email, email_key) "
+    "VALUES (100, 'Other', 'one@example.com', 'one@example.com')"
+)
 
 def close_the_cycle():
     time.sleep(0.3)  # the writer below now holds two@ and waits for one@
     try:
-        other.execute("INSERT INTO users VALUES (101, 'Other', 'two@example.com')")
+        other.execute(
+            "INSERT INTO users (id, name, email, email_key) "
+            "VALUES (101, 'Other', 'two@example.com', 'two@example.com')"
+        )
         other.commit()
     except psycopg.errors.DeadlockDetected:
         other.rollback()
@@ -411,14 +417,14 @@ def close_the_cycle():
 thread = threading.Thread(target=close_the_cycle)
 thread.start()
 writer = writer_for("users", "users_db")
-stored, present, rejections = writer.write(
-    [(200, "Mine", "TWO@example.com"), (201, "Mine", "One@example.com")], [2, 3]
-)
+rows = [(200, "Mine", "TWO@example.com", "two@example.com"),
+        (201, "Mine", "One@example.com", "one@example.com")]
+stored, present, rejections = writer.write(Job(1, [2, 3], rows, {}))
 thread.join()
 print("deadlocks in the writer:", len(deadlocks))
 print("stored", stored, "present", present)
-for line, user_id, reason, _row in rejections:
-    print(line, user_id, reason)
+for rejection in rejections:
+    print(rejection.line, rejection.id, rejection.reason)
 """
 
 
@@ -440,7 +446,7 @@ def test_a_deadlock_between_two_loaders_ends_in_clear_rejections(pg_databases, t
     assert "stored 0 present 0" in out.stdout
     assert "2 200 email 'TWO@example.com' is already used by user 101" in out.stdout
     assert "3 201 email 'One@example.com' is already used by user 100" in out.stdout
-    assert pg_rows(env, "users") == [
+    assert pg_rows(env, "users", "id, name, email") == [
         (100, "Other", "one@example.com"),
         (101, "Other", "two@example.com"),
     ]
