@@ -5,7 +5,8 @@ run in the same pass, so a form shows every problem at once."""
 from django import forms
 
 from core import tables, validation
-from core.models import Product, User
+from core.lookups import missing_ids
+from core.models import User
 from core.routers import database_for
 
 
@@ -38,7 +39,7 @@ class ValidatedForm(forms.ModelForm):
         raw = tuple(
             cleaned_data.get(n) if n in self.fields else getattr(self.instance, n) for n in names
         )
-        values, problems = validation.CLEANERS[self.table](raw)
+        values, problems = tables.spec(self.table).clean(raw)
         for problem in problems:
             self.add_error(problem.field if problem.field in self.fields else None, problem.message)
         for name, value in zip(names, values, strict=True):
@@ -68,7 +69,7 @@ class UserForm(ValidatedForm):
         pk = cleaned_data.get("id", self.instance.pk)
         owner = (
             User.objects.using(database_for(User))
-            .filter(email__iexact=email)
+            .filter(email_key=validation.email_key(email))
             .exclude(pk=pk)
             .values_list("pk", flat=True)
             .first()
@@ -87,14 +88,9 @@ class OrderForm(ValidatedForm):
     table = "orders"
 
     def check_other_rows(self, cleaned_data, valid):
-        """Say which of the order's user and product do not exist, with its other problems."""
-        user_id, product_id = cleaned_data.get("user_id"), cleaned_data.get("product_id")
-        problems = validation.parent_problems(
-            user_id,
-            product_id,
-            user_exists="user_id" not in valid or User.objects.filter(pk=user_id).exists(),
-            product_exists="product_id" not in valid
-            or Product.objects.filter(pk=product_id).exists(),
-        )
-        for problem in problems:
-            self.add_error(problem.field, problem.message)
+        """Say which of the row's parents do not exist, with its other problems."""
+        for reference in tables.spec(self.table).references:
+            pk = cleaned_data.get(reference.field)
+            if reference.field in valid and not missing_ids(reference.parent, [pk]) == set():
+                problem = validation.parent_problem(reference.field, reference.noun, pk)
+                self.add_error(problem.field, problem.message)
