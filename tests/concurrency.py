@@ -765,6 +765,198 @@ def judge(run):
     return Verdict(counts, violations)
 
 
+# --- the processes of the race tests --------------------------------------------------------
+
+
+def widen_check_window(seconds):
+    """Sleep after every parent lookup of the guard (test-only): the moment a write has
+    validated its parents and not yet committed lasts long enough for a delete to land."""
+    from core import guard
+
+    lookup = guard.existing_parents
+
+    def slow(parent_table, ids):
+        found = lookup(parent_table, ids)
+        time.sleep(seconds)
+        return found
+
+    guard.existing_parents = slow
+
+
+def saver_main(args):
+    """Save orders naming the user a cascading deleter will delete next, by every path."""
+    _setup_django()
+    from django.core.exceptions import ValidationError
+    from django.test import Client
+
+    from core import guard
+    from core.guard import MissingParent
+    from core.models import Order, User
+
+    if args.widen:
+        widen_check_window(args.widen)
+    if args.bypass_recheck:
+        # Negative control: the write is validated (full_clean, as the admin does) but not
+        # checked again inside the guard. On SQLite MULTIDS_TEST_NO_GUARD=1 alone cannot do
+        # this: save()'s BEGIN IMMEDIATE on orders.db still serialises the check in
+        # require_parents with the deleter, so that check is skipped here.
+        guard.require_parents = lambda *args, **kwargs: None
+    log = Log(args.log)
+    rng = random.Random(args.seed)
+    client = None
+    if "admin" in args.paths:
+        from django.contrib.auth import get_user_model
+
+        staff = get_user_model().objects.create_superuser("racer", "racer@example.com", "pw-racer")
+        client = Client(raise_request_exception=False)
+        client.force_login(staff)
+    mine = []  # orders this process stored and may re-point
+    next_id = args.id_base
+    deadline = time.time() + args.seconds
+    for _ in range(args.max_ops):
+        if time.time() > deadline or Path(args.stop).exists():
+            break
+        target = User.objects.order_by("id").values_list("id", flat=True).first()
+        if target is None:
+            break
+        path = rng.choice(args.paths.split(","))
+        if path == "repoint" and not mine:
+            path = "create"
+        next_id += 1
+        pk = rng.choice(mine) if path == "repoint" else next_id
+        n = log.begin(path, table="orders", id=pk, user=target)
+        try:
+            if path == "create":
+                Order(id=pk, user_id=target, product_id=1, quantity=1).full_clean()
+                Order.objects.create(id=pk, user_id=target, product_id=1, quantity=1)
+                mine.append(pk)
+            elif path == "repoint":
+                order = Order.objects.filter(pk=pk).first()
+                if order is None:
+                    mine.remove(pk)
+                    log.end(n, "noop")
+                    continue
+                order.user_id = target
+                order.full_clean()
+                order.save()
+            else:
+                response = client.post(
+                    "/admin/core/order/add/",
+                    {"id": pk, "user_id": target, "product_id": 1, "quantity": 1},
+                )
+                if response.status_code == 302:
+                    mine.append(pk)
+                elif response.status_code == 200:
+                    errors = (
+                        response.context["adminform"].form.errors.as_text()
+                        if (response.context and "adminform" in response.context)
+                        else ""
+                    )
+                    log.end(n, "refused", reason=errors, error_type="form")
+                    continue
+                else:
+                    log.end(
+                        n,
+                        "error",
+                        error=f"admin answered {response.status_code}",
+                        status=response.status_code,
+                    )
+                    continue
+        except MissingParent as exc:
+            log.end(n, "refused", reason=str(exc), error_type=type(exc).__name__)
+            continue
+        except ValidationError as exc:  # full_clean: the user was gone at validation
+            log.end(n, "refused", reason="; ".join(exc.messages), error_type="form")
+            continue
+        log.end(n, "ack")
+
+
+def cascader_main(args):
+    """Delete users in id order with their children (CASCADE), one every few milliseconds."""
+    _setup_django()
+    from core import deletion
+    from core.models import User
+
+    log = Log(args.log)
+    rng = random.Random(args.seed)
+    deadline = time.time() + args.seconds
+    for pk in User.objects.order_by("id").values_list("id", flat=True)[: args.max_ops]:
+        if time.time() > deadline:
+            break
+        time.sleep(rng.uniform(0, args.pause))
+        n = log.begin("delete", table="users", id=pk, cascade=True)
+        result = deletion.delete("users", [pk], with_children=True)
+        log.end(n, "ack" if result.parents else "noop", children=result.children)
+    Path(args.stop).touch()
+
+
+def crossload_main(args):
+    """insert_data --from DIR in this process, logging when each batch began and committed.
+
+    With --stale the writers see parents as they were when this process started, as the
+    loader did before issue 8 (parents looked up once, at validation): the negative control.
+    """
+    _setup_django()
+    from django.core.management import call_command
+
+    from core import guard
+    from core.writers import BulkWriter
+
+    log = Log(args.log)
+    if args.stale:
+        lookup = guard.existing_parents
+        at_start = {t: lookup(t, range(1, args.max_id + 1)) for t in ("users", "products")}
+
+        def stale(parent_table, ids):
+            return set(ids) & at_start[parent_table]
+
+        guard.existing_parents = stale
+    write = BulkWriter.write
+
+    def logged_write(self, job):
+        began = time.time()
+        written = write(self, job)
+        ids = [row[0] for row in job.rows]
+        log.write(
+            kind="batch",
+            table=self.table,
+            seq=job.seq,
+            first=min(ids),
+            last=max(ids),
+            began=began,
+            committed=time.time(),
+        )
+        return written
+
+    BulkWriter.write = logged_write
+    while not Path(args.go).exists():
+        time.sleep(0.002)
+    call_command(
+        "insert_data",
+        "--from",
+        args.source,
+        "--batch-size",
+        str(args.batch_size),
+        "--no-progress",
+        "--rejects",
+        args.rejects,
+        "--show",
+        "0",
+    )
+
+
+def command_main(args):
+    """A manage.py command started ahead of time: Django is set up, then it waits for go, so
+    the moment it runs does not depend on how long start-up takes on a loaded machine."""
+    from django.core.management import execute_from_command_line
+
+    _setup_django()
+    while not Path(args.go).exists():
+        time.sleep(0.001)
+    print(f"GO {time.time()}", file=sys.stderr, flush=True)
+    execute_from_command_line(["manage.py", *args.argv])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.concurrency")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -780,8 +972,35 @@ def main(argv=None):
     observer.add_argument("--log", required=True)
     observer.add_argument("--seconds", type=float, required=True)
     observer.add_argument("--stop", required=True)
+    saver = sub.add_parser("saver")
+    saver.add_argument("--paths", default="create,repoint,admin")
+    saver.add_argument("--widen", type=float, default=0.0)
+    saver.add_argument("--bypass-recheck", action="store_true")
+    cascader = sub.add_parser("cascader")
+    cascader.add_argument("--pause", type=float, default=0.02)
+    for p in (saver, cascader):
+        p.add_argument("--log", required=True)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seconds", type=float, default=30)
+        p.add_argument("--max-ops", type=int, default=2000)
+        p.add_argument("--stop", required=True)
+        p.add_argument("--id-base", type=int, default=1_000_000)
+    cross = sub.add_parser("crossload")
+    cross.add_argument("--source", required=True)
+    cross.add_argument("--log", required=True)
+    cross.add_argument("--rejects", required=True)
+    cross.add_argument("--go", required=True)
+    cross.add_argument("--batch-size", type=int, default=1000)
+    cross.add_argument("--stale", action="store_true")
+    cross.add_argument("--max-id", type=int, default=100_000)
+    command = sub.add_parser("command")
+    command.add_argument("--go", required=True)
+    command.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    {"worker": worker_main, "observer": observer_main}[args.command](args)
+    commands = {"command": command_main}
+    commands |= {"worker": worker_main, "observer": observer_main, "saver": saver_main}
+    commands |= {"cascader": cascader_main, "crossload": crossload_main}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
