@@ -33,8 +33,8 @@ format: $(STAMP)
 test: lint  ## lint, then the whole test suite
 	$(BIN)/pytest
 
-soak: $(STAMP)  ## long reliability loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS writers
-	MULTIDS_SOAK=1 $(BIN)/pytest -m slow -s tests/test_reliability.py
+soak: $(STAMP)  ## long loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS writers, MULTIDS_SOAK_SECONDS of checker per backend
+	MULTIDS_SOAK=1 $(BIN)/pytest -m slow -s tests/test_reliability.py tests/test_checker.py
 
 clean:
 	rm -rf $(VENV) *.db *.db-wal *.db-shm bench-data

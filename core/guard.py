@@ -52,6 +52,10 @@ class MissingParent(IntegrityError):
     """A write would store a child whose parent is not committed."""
 
 
+class ChangedParentKey(IntegrityError):
+    """A write would change the id of a row that children name."""
+
+
 def _key(parent):
     return zlib.crc32(f"multids-reference-guard:{parent}".encode())
 
@@ -158,6 +162,8 @@ def missing_parents(table_spec, rows):
 
 def require_parents(table_spec, alias, objs):
     """Raise MissingParent unless every reference of objs names a committed parent."""
+    if not ENABLED:
+        return
     share(alias, table_spec.parents)
     rows = [tuple(getattr(obj, c) for c in table_spec.columns) for obj in objs]
     missing = missing_parents(table_spec, rows)
@@ -199,6 +205,13 @@ class GuardedQuerySet(dj_models.QuerySet):
 
     def update(self, **kwargs):
         table_spec = self._table_spec()
+        pk_names = {"pk", self.model._meta.pk.name, self.model._meta.pk.attname}
+        if table_spec.children and pk_names & set(kwargs):
+            raise ChangedParentKey(
+                f"{table_spec.name}: an id other tables refer to cannot be changed "
+                "(its children would lose it); create the new row, move the children, "
+                "then delete the old one"
+            )
         for key in table_spec.keys:  # keep a comparison key in step with its source
             if key.source in kwargs and isinstance(kwargs[key.source], str):
                 kwargs[key.column] = key.normalize(kwargs[key.source])
