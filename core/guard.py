@@ -207,10 +207,10 @@ class GuardedQuerySet(dj_models.QuerySet):
         table_spec = self._table_spec()
         pk_names = {"pk", self.model._meta.pk.name, self.model._meta.pk.attname}
         if table_spec.children and pk_names & set(kwargs):
+            children = ", ".join(dict.fromkeys(r.child for r in table_spec.children))
             raise ChangedParentKey(
-                f"{table_spec.name}: an id other tables refer to cannot be changed "
-                "(its children would lose it); create the new row, move the children, "
-                "then delete the old one"
+                f"the id of a {table_spec.noun} cannot be changed while {children} refer to it; "
+                "create the new row, move its children to it, then delete the old one"
             )
         for key in table_spec.keys:  # keep a comparison key in step with its source
             if key.source in kwargs and isinstance(kwargs[key.source], str):

@@ -567,11 +567,6 @@ def test_the_workers_refuse_a_bad_role(tmp_path):
 
 
 @all_databases
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8: re-keying a parent (QuerySet.update of its id) removes the row its "
-    "children name, and GuardedQuerySet.update only guards child references: an orphan",
-)
 def test_changing_a_parents_id_through_the_orm_is_refused_or_keeps_its_children():
     from core.integrity import check_integrity
     from core.models import Order, Product, User
