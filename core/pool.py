@@ -20,8 +20,9 @@ parents) also checks that the main process is still its parent, so it stops with
 (Ctrl-C reaches the whole process group; the main process stops them) and keep SIGTERM's
 default action.
 
-``MULTIDS_TEST_NO_PARENT_WATCH=1`` switches the parent watch off. It exists only so the
-test suite can show what the watch prevents (tests/test_processes.py); never set it.
+``MULTIDS_TEST_NO_PARENT_WATCH=1`` switches the parent watch off (``=prctl`` switches off
+only the kernel's part, leaving the checks in the waits). It exists only so the test suite
+can show what each part does (tests/test_processes.py); never set it otherwise.
 """
 
 import ctypes
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_BATCHES = 2  # batches waiting per writer; bounds memory whatever the input size
 POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 0.5  # for writers to notice an abort before they are terminated
 PARENT_WAIT_SECONDS = 600.0  # a parent batch commits in about a second; this is a hang
 NO_PARENT_WATCH = "MULTIDS_TEST_NO_PARENT_WATCH"  # test-only: see the module docstring
 PR_SET_PDEATHSIG = 1
@@ -92,8 +94,10 @@ class ParentsTooSlow(RuntimeError):
     """A parent batch was not committed within PARENT_WAIT_SECONDS."""
 
 
-def _watch_disabled():
-    return os.environ.get(NO_PARENT_WATCH) == "1"
+def _watch_disabled(part="all"):
+    """Whether the test-only switch turns off part ("all" or "prctl") of the parent watch."""
+    value = os.environ.get(NO_PARENT_WATCH)
+    return value == "1" or (part == "prctl" and value == "prctl")
 
 
 def die_with_parent():
@@ -102,7 +106,7 @@ def die_with_parent():
     Return whether it was arranged. The kernel then ends the writer even while it is blocked
     inside the database (a busy wait, a lock wait), which no check in Python can.
     """
-    if not sys.platform.startswith("linux") or _watch_disabled():
+    if not sys.platform.startswith("linux") or _watch_disabled("prctl"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -332,13 +336,17 @@ class WriterPool:
 
     def close(self):
         """Stop every writer (called once, in finally): after finish() they have exited;
-        after a failure they are aborted."""
+        after a failure or a stop they are aborted, and those still busy after
+        STOP_GRACE_SECONDS (in the middle of a batch) are terminated."""
         self.abort.set()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in self.processes.values():
-            process.join(timeout=1)
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in self.processes.values():
             if process.is_alive():
-                process.terminate()
-                process.join()
+                process.terminate()  # mid-batch: its transaction dies uncommitted with it
+        for process in self.processes.values():
+            process.join()
         for q in (*self.inboxes.values(), self.outbox):
             q.cancel_join_thread()
             q.close()
