@@ -87,13 +87,17 @@ class RichProgress(_Counts):
 
     def advance(self, table, read=0, written=0):
         super().advance(table, read, written)
-        if table in self.tasks:
-            self._refresh(table)
+        if table not in self.tasks:
+            return
+        if written:  # measured up to the last batch: a finished table keeps its rate
+            elapsed = time.monotonic() - self.began[table]
+            self.bars.update(
+                self.tasks[table], rate=f"{self.written[table] / elapsed:>9,.0f} rows/s"
+            )
+        self._refresh(table)
 
     def _refresh(self, table):
         expected, written = self.expected.get(table), self.written.get(table, 0)
-        elapsed = time.monotonic() - self.began[table]
-        rate = f"{written / elapsed:>9,.0f} rows/s" if elapsed > 0 and written else ""
         if expected is not None and expected.position is not None:
             completed = expected.position()
             done = f"{_amount(completed, expected)}/{_amount(expected.total, expected)}"
@@ -102,7 +106,7 @@ class RichProgress(_Counts):
             completed = written
             total = f"/{expected.total:,}" if expected and expected.total is not None else ""
             done = f"{written:,}{total} rows"
-        self.bars.update(self.tasks[table], completed=completed, done=done, rate=rate)
+        self.bars.update(self.tasks[table], completed=completed, done=done)
 
 
 def _amount(value, expected):
