@@ -154,7 +154,7 @@ class Gate:
                 self.watch.check()
                 if time.monotonic() > deadline:
                     raise ParentsTooSlow(
-                        f"waited {self.limit:.0f} s for {table} batch {count} to be committed "
+                        f"waited {self.limit:g} s for {table} batch {count} to be committed "
                         f"({self.committed[table].value} committed so far); "
                         f"is another process holding the {table} database?"
                     )

@@ -21,6 +21,7 @@ only the kernel's part off (``=prctl``) the checks in the writers' waits still e
 import contextlib
 import glob
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -31,7 +32,12 @@ import time
 import psycopg
 import pytest
 
-from tests.conftest import ROOT
+from core import pipeline, pool
+from core.integrity import check_integrity
+from core.pool import Aborted, Gate, Orphaned, ParentsTooSlow, ParentWatch
+from core.sources import SyntheticSource
+from core.writers import BulkWriter
+from tests.conftest import ROOT, all_databases
 from tests.test_postgres import VARIABLES, pg_databases, postgres_server  # noqa: F401
 
 SIZE = {"users": 20_000, "products": 2_000, "orders": 150_000}
@@ -287,3 +293,54 @@ def test_negative_control_without_the_parent_watch_writers_outlive_the_run(sqlit
     wait_until_gone(writers, 5)
     print(f"\nnegative control: {len(left)} of {len(writers)} writers outlived kill -9 by 2 s")
     assert left == writers
+
+
+# --- the bounds of the wait for parents, in one process ---------------------------------------
+
+
+def gate(limit, watch=None):
+    committed = {"users": multiprocessing.Value("q", 0, lock=False)}
+    made = Gate(committed, {}, multiprocessing.Event(), watch, limit=limit)
+    made.needs = {"users": 1}
+    return made
+
+
+def test_the_wait_for_parents_ends_in_a_clear_error_after_its_bound():
+    began = time.monotonic()
+    with pytest.raises(ParentsTooSlow, match=r"waited 0.3 s for users batch 1 to be committed"):
+        gate(0.3).wait_for_parents()
+    assert 0.3 <= time.monotonic() - began < 2
+
+
+def test_the_wait_for_parents_stops_when_the_main_process_is_gone():
+    """A watch for a parent that is not ours any more (we were re-parented) stops the wait."""
+    not_our_parent = ParentWatch(os.getppid() + 1)
+    with pytest.raises(Orphaned):
+        gate(60, not_our_parent).wait_for_parents()
+
+
+def test_the_wait_for_parents_stops_when_the_run_is_aborted():
+    stopping = gate(60)
+    stopping.abort.set()
+    with pytest.raises(Aborted):
+        stopping.wait_for_parents()
+
+
+@all_databases
+def test_a_parent_writer_that_hangs_fails_the_run_with_that_error(monkeypatch):
+    """The orders writer gives up on a stuck users writer, in its own transaction, cleanly."""
+    original = BulkWriter.write
+    calls = []
+
+    def write(self, rows, lines):
+        if self.table == "users":
+            calls.append(1)
+            if len(calls) == 2:
+                time.sleep(3)  # the second users batch hangs past the orders writer's bound
+        return original(self, rows, lines)
+
+    monkeypatch.setattr(BulkWriter, "write", write)
+    monkeypatch.setattr(pool, "PARENT_WAIT_SECONDS", 0.5)  # the writers are forked: inherited
+    with pytest.raises(pipeline.LoadError, match=r"orders writer .*: waited 0.5 s for users batch"):
+        pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    assert check_integrity().ok
