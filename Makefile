@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CHECKSUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Two installs: the demo needs the project alone; lint, test, soak and bench add the dev tools.
+STAMP := $(VENV)/.installed-dev-$(CHECKSUM)
+DEMO_STAMP := $(VENV)/.installed-demo-$(CHECKSUM)
 MANAGE := $(BIN)/python manage.py
 
 .PHONY: demo test lint format migrate bench soak serve clean
@@ -13,13 +16,18 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	rm -f $(VENV)/.installed-* && touch $@
+	rm -f $(VENV)/.installed-* && touch $@ $(DEMO_STAMP)
 
-demo: $(STAMP)  ## migrate every database and load the demo data
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	rm -f $(VENV)/.installed-demo-* && touch $@
+
+demo: $(DEMO_STAMP)  ## migrate every database and load the demo data (installs no dev tools)
 	$(MANAGE) migrate_all
 	$(MANAGE) insert_data
 
-migrate: $(STAMP)
+migrate: $(DEMO_STAMP)
 	$(MANAGE) migrate_all
 
 lint: $(STAMP)
@@ -30,7 +38,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint  ## lint, then the whole test suite
+test: lint  ## install the dev tools, lint, then the whole test suite
 	$(BIN)/pytest
 
 soak: $(STAMP)  ## long loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS writers, MULTIDS_SOAK_SECONDS of checker per backend
@@ -42,7 +50,7 @@ clean:
 bench: $(STAMP)  ## 1.11M rows: insert_data vs plain sqlite3 vs the naive ORM loop
 	$(BIN)/python -m bench $(ARGS)
 
-serve: $(STAMP)  ## the admin on http://127.0.0.1:8000/admin/ with the demo data (see the README)
+serve: $(DEMO_STAMP)  ## the admin on http://127.0.0.1:8000/admin/ with the demo data (see the README)
 	$(MANAGE) migrate_all
 	$(MANAGE) insert_data --no-progress
 	@echo "First time? Create the admin user in another terminal: $(BIN)/python manage.py createsuperuser"

@@ -9,11 +9,30 @@ it may commit (``Job.after``); ``Gate.wait_for_parents`` blocks on exactly that.
 ``make_writer(table, gate)`` builds the object that writes in the child; its
 ``write(job)`` commits one batch and returns a ``Written``; its optional ``finish()`` runs
 after the last job, before the writer reports that it is done.
+
+Writers die with their run. A writer holds a database open and, while it waits for its
+parents, an open transaction (SQLite's write lock); one that outlived a killed main process
+would block every later load. So each writer asks the kernel to kill it when the main
+process dies (``PR_SET_PDEATHSIG`` on Linux), and every wait it makes (for a job, for its
+parents) also checks that the main process is still its parent, so it stops within
+``POLL_SECONDS`` where prctl does not exist. The wait for parents is bounded too
+(``PARENT_WAIT_SECONDS``), so no transaction is held open for ever. Writers ignore SIGINT
+(Ctrl-C reaches the whole process group; the main process stops them) and keep SIGTERM's
+default action.
+
+``MULTIDS_TEST_NO_PARENT_WATCH=1`` switches the parent watch off (``=prctl`` switches off
+only the kernel's part, leaving the checks in the waits). It exists only so the test suite
+can show what each part does (tests/test_processes.py); never set it otherwise.
 """
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
+import os
 import queue
+import signal
+import sys
 import time
 from typing import NamedTuple
 
@@ -23,6 +42,11 @@ log = logging.getLogger(__name__)
 
 QUEUE_BATCHES = 2  # batches waiting per writer; bounds memory whatever the input size
 POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 0.5  # for writers to notice an abort before they are terminated
+PARENT_WAIT_SECONDS = 600.0  # a parent batch commits in about a second; this is a hang
+NO_PARENT_WATCH = "MULTIDS_TEST_NO_PARENT_WATCH"  # test-only: see the module docstring
+PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class LoadError(Exception):
@@ -62,21 +86,78 @@ class Aborted(Exception):
     """The run is being stopped; the writer leaves its open transaction uncommitted."""
 
 
+class Orphaned(Aborted):
+    """The main process is gone; nobody reads this writer's reports any more."""
+
+
+class ParentsTooSlow(RuntimeError):
+    """A parent batch was not committed within PARENT_WAIT_SECONDS."""
+
+
+def _watch_disabled(part="all"):
+    """Whether the test-only switch turns off part ("all" or "prctl") of the parent watch."""
+    value = os.environ.get(NO_PARENT_WATCH)
+    return value == "1" or (part == "prctl" and value == "prctl")
+
+
+def die_with_parent():
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux only).
+
+    Return whether it was arranged. The kernel then ends the writer even while it is blocked
+    inside the database (a busy wait, a lock wait), which no check in Python can.
+    """
+    if not sys.platform.startswith("linux") or _watch_disabled("prctl"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class ParentWatch:
+    """Whether the process that started this writer is still alive (it is our parent)."""
+
+    def __init__(self, parent_pid):
+        self.parent_pid = parent_pid
+        self.enabled = not _watch_disabled()
+
+    def check(self):
+        """Raise Orphaned if the main process has died (we were re-parented)."""
+        if self.enabled and os.getppid() != self.parent_pid:
+            raise Orphaned
+
+
 class Gate:
     """What a writer may know of the others: their committed batches and their flags."""
 
-    def __init__(self, committed, flagged, abort):
+    def __init__(self, committed, flagged, abort, watch=None, limit=None):
         self.committed = committed
         self.flagged = flagged
         self.abort = abort
+        self.watch = watch or ParentWatch(os.getppid())
+        self.limit = PARENT_WAIT_SECONDS if limit is None else limit
         self.needs = {}
 
     def wait_for_parents(self):
-        """Return once every parent batch the current job needs is committed."""
+        """Return once every parent batch the current job needs is committed.
+
+        The caller holds an open transaction, so the wait is bounded three ways: the run
+        is stopped (``Aborted``), the main process died (``Orphaned``), or the parents took
+        longer than ``limit`` seconds (``ParentsTooSlow``, which fails the run).
+        """
+        deadline = time.monotonic() + self.limit
         for table, count in self.needs.items():
             while self.committed[table].value < count:
                 if self.abort.is_set():
                     raise Aborted
+                self.watch.check()
+                if time.monotonic() > deadline:
+                    raise ParentsTooSlow(
+                        f"waited {self.limit:g} s for {table} batch {count} to be committed "
+                        f"({self.committed[table].value} committed so far); "
+                        f"is another process holding the {table} database?"
+                    )
                 time.sleep(0.002)
 
     def any_flagged(self, tables):
@@ -84,12 +165,35 @@ class Gate:
         return any(self.flagged[t].value for t in tables if t in self.flagged)
 
 
-def _writer_main(table, make_writer, describe, inbox, outbox, committed, flagged, abort):
+def _next_job(inbox, abort, watch):
+    """Return the next job, or None at the end; never block for more than POLL_SECONDS
+    without checking that the run goes on and the main process lives."""
+    while True:
+        try:
+            return inbox.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if abort.is_set():
+                raise Aborted from None
+            watch.check()
+
+
+def _writer_main(
+    table, make_writer, describe, inbox, outbox, committed, flagged, abort, parent_pid
+):
     """Body of one writer process: commit jobs in order, report each, then exit."""
-    gate = Gate(committed, flagged, abort)
+    # Started with SIGINT and SIGTERM blocked (WriterPool.start): set this process's own
+    # dispositions before anything can be delivered, so the main process's handlers
+    # never run here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    watch = ParentWatch(parent_pid)
+    die_with_parent()
+    gate = Gate(committed, flagged, abort, watch)
     try:
+        watch.check()  # the main process may have died before prctl took effect
         writer = make_writer(table, gate)
-        while (job := inbox.get()) is not None:
+        while (job := _next_job(inbox, abort, watch)) is not None:
             gate.needs = job.after
             started = time.time()
             written = writer.write(job)
@@ -100,6 +204,10 @@ def _writer_main(table, make_writer, describe, inbox, outbox, committed, flagged
         finish = getattr(writer, "finish", None)
         if finish is not None:  # e.g. build the indexes a load deferred
             finish()
+    except Orphaned:
+        log.info("%s writer: the main process is gone; rolled back and stopped", table)
+        outbox.cancel_join_thread()  # nobody will read what is still in the queue
+        return
     except Aborted:
         outbox.put(Report("aborted", table))
     except (DatabaseError, OSError, RuntimeError) as exc:
@@ -133,6 +241,17 @@ class WriterPool:
 
     def start(self):
         connections.close_all()
+        # Block SIGINT/SIGTERM while forking: a child inherits the mask and unblocks them
+        # only after replacing the main process's handlers with its own.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self._start_processes()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _start_processes(self):
+        # PR_SET_PDEATHSIG fires when the forking *thread* ends: start the pool from the
+        # thread that runs the load (the main thread for the command).
         for table in self.tables:
             process = self.context.Process(
                 target=_writer_main,
@@ -146,6 +265,7 @@ class WriterPool:
                     self.committed,
                     self.flagged,
                     self.abort,
+                    os.getpid(),
                 ),
                 daemon=True,
             )
@@ -216,13 +336,17 @@ class WriterPool:
 
     def close(self):
         """Stop every writer (called once, in finally): after finish() they have exited;
-        after a failure they are aborted."""
+        after a failure or a stop they are aborted, and those still busy after
+        STOP_GRACE_SECONDS (in the middle of a batch) are terminated."""
         self.abort.set()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in self.processes.values():
-            process.join(timeout=1)
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in self.processes.values():
             if process.is_alive():
-                process.terminate()
-                process.join()
+                process.terminate()  # mid-batch: its transaction dies uncommitted with it
+        for process in self.processes.values():
+            process.join()
         for q in (*self.inboxes.values(), self.outbox):
             q.cancel_join_thread()
             q.close()

@@ -1,18 +1,124 @@
-from django.core.management.base import BaseCommand, CommandError
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+
+from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
 
 from core import pipeline, report, sources
-from core.console import progress_for, render, summary_table
+from core.console import concurrency_line, progress_for, render, summary_table, totals_line
 from core.databases import NotReady, check_ready
-from core.tables import TABLES, alias
+from core.tables import TABLES, alias, fields
+
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+def _epilog():
+    formats = "\n".join(f"  {t + '.csv':<14}{','.join(fields(t))}" for t in TABLES)
+    return f"""\
+examples:
+  insert_data                          load the built-in demo data
+  insert_data --from DIR               load the files below from DIR
+  insert_data --users 1000 --products 100 --orders 10000 --seed 7
+  insert_data --from DIR --rejects rejects.csv --report run.json
+  insert_data --from rejects.csv       feed the rejected rows back once fixed
+
+file formats (in DIR, each optional; a header row names the columns, in any
+order; extra columns are ignored):
+{formats}
+  *.jsonl       instead of .csv: one JSON object per line, same field names:
+                {{"id": 1, "name": "Ann", "email": "ann@example.com"}}
+
+exit status: 0 when the run completed, whatever was rejected; 1 when an error
+stopped it; 130 after Ctrl-C; 143 after SIGTERM. Committed batches are kept:
+run the same command again to finish (stored rows count as already present).
+"""
+
+
+class _HelpFormatter(DjangoHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Django's option order, with the examples and file formats laid out as written."""
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM reached the main process: stop cleanly and say what was kept."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Turn the first SIGINT or SIGTERM into Stopped; ignore any later one during cleanup."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (call_command in a thread)
+        return
+
+    def stop(signum, _frame):
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _input_paths(source):
+    """The files source reads (``source.input_paths()``, or what older sources expose)."""
+    input_paths = getattr(source, "input_paths", None)
+    if input_paths is not None:
+        return list(input_paths())
+    # Until every source has input_paths(): a directory source's files, a rejects file.
+    files = getattr(source, "files", None)
+    paths = list(files().values()) if files is not None else []
+    return [*paths, source.path] if getattr(source, "path", None) else paths
 
 
 class Command(BaseCommand):
     help = (
-        "Validate rows and store them concurrently in users_db, products_db and orders_db. "
-        "With no options, load the built-in demo data. Every row is stored, recognised as "
-        "already present, or rejected with a reason; orders are committed only after the "
-        "users and products they name. Exit 0 when the run completes, whatever was rejected."
+        "Validate rows and store them concurrently in users_db, products_db and orders_db.\n"
+        "With no options, load the built-in demo data. Every row is stored, recognised as\n"
+        "already present, or rejected with a reason; orders are committed only after the\n"
+        "users and products they name."
     )
+
+    stopped = False  # set when a signal stopped the run
+
+    def run_from_argv(self, argv):
+        """Run as Django does; after a stop by signal, exit without the interpreter's teardown.
+
+        By then the writers are gone, every connection is closed and the message is out;
+        unloading Django and psycopg would only make the person wait (about a second here,
+        more on a busy machine) after pressing Ctrl-C.
+        """
+        try:
+            super().run_from_argv(argv)
+        except SystemExit as exc:
+            if not self.stopped:
+                raise
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("epilog", _epilog())
+        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser):
         src = parser.add_argument_group("input (default: the built-in demo data)")
@@ -29,14 +135,15 @@ class Command(BaseCommand):
         src.add_argument(
             "--seed", type=int, default=0, metavar="S", help="seed for generated data (default 0)"
         )
-        out = parser.add_argument_group("output")
-        out.add_argument(
+        load = parser.add_argument_group("loading")
+        load.add_argument(
             "--batch-size",
             type=int,
             default=pipeline.DEFAULT_BATCH_SIZE,
             metavar="N",
             help=f"rows per transaction (default {pipeline.DEFAULT_BATCH_SIZE:,})",
         )
+        out = parser.add_argument_group("output")
         out.add_argument("--rejects", metavar="FILE", help="write every rejected row to FILE (CSV)")
         out.add_argument("--report", metavar="FILE", help="write a JSON summary of the run to FILE")
         out.add_argument(
@@ -53,26 +160,39 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["batch_size"] < 1:
             raise CommandError(f"--batch-size must be at least 1 (got {options['batch_size']})")
+        progress = progress_for(self.stdout, not options["no_progress"])
+        with stop_on_signals():
+            try:
+                source = self.prepare(options)
+                with progress:
+                    result = pipeline.load(
+                        source, batch_size=options["batch_size"], progress=progress
+                    )
+                self.save(result, options)
+                self.print_result(result, options["show"])
+            except pipeline.LoadError as exc:
+                raise CommandError(
+                    f"{exc}. Batches committed before the failure are kept; "
+                    "run the same command again to finish."
+                ) from exc
+            except (Stopped, KeyboardInterrupt) as exc:
+                signum = getattr(exc, "signum", signal.SIGINT)
+                self.stopped = True
+                message = self.stopped_message(signum, progress)
+                raise CommandError(message, returncode=128 + signum) from None
+
+    def prepare(self, options):
+        """Build the source and check everything that must stop the run before it starts."""
         try:
             source = self.source_from(options)
             source.check()
             check_ready(["default", *(alias(t) for t in TABLES)])
         except (sources.SourceError, NotReady) as exc:
             raise CommandError(str(exc)) from exc
-        with progress_for(self.stdout, not options["no_progress"]) as progress:
-            try:
-                result = pipeline.load(source, batch_size=options["batch_size"], progress=progress)
-            except pipeline.LoadError as exc:
-                raise CommandError(
-                    f"{exc}. Batches committed before the failure are kept; "
-                    "run the same command again to finish."
-                ) from exc
-            except KeyboardInterrupt:
-                raise CommandError(
-                    "interrupted. Committed batches are kept; run the same command again to finish."
-                ) from None
-        self.save(result, options)
-        self.print_result(result, options["show"])
+        self.refuse_overwriting_input(source, options)
+        for warning in getattr(source, "warnings", list)():
+            self.stderr.write(f"warning: {warning}")
+        return source
 
     def source_from(self, options):
         generated = any(options[k] for k in ("users", "products", "orders"))
@@ -86,6 +206,32 @@ class Command(BaseCommand):
             )
         return sources.demo_source()
 
+    def refuse_overwriting_input(self, source, options):
+        """Refuse --rejects/--report naming an input file (or each other) before loading."""
+        inputs = _input_paths(source)
+        for option in ("rejects", "report"):
+            target = options[option]
+            if target and any(_same_file(target, path) for path in inputs):
+                raise CommandError(
+                    f"--{option} {target} is one of the input files; "
+                    "writing it would overwrite the input. Choose another file name."
+                )
+        if options["rejects"] and options["report"]:
+            if _same_file(options["rejects"], options["report"]):
+                raise CommandError(
+                    f"--rejects and --report both name {options['report']}; give two files"
+                )
+
+    @staticmethod
+    def stopped_message(signum, progress):
+        done = progress.written_so_far()
+        kept = ", ".join(f"{t} {done[t]:,}" for t in TABLES if t in done)
+        kept = f"so far {kept} rows handled" if kept else "no batch was committed yet"
+        return (
+            f"stopped by {STOP_SIGNALS.get(signum, f'signal {signum}')}: committed batches "
+            f"are kept ({kept}); run the same command again to finish."
+        )
+
     def save(self, result, options):
         try:
             if options["rejects"]:
@@ -97,17 +243,10 @@ class Command(BaseCommand):
         report.record(result)
 
     def print_result(self, result, show):
+        self.stdout.write(f"insert_data: {result.source}")
         render(summary_table(result), self.stdout)
-        totals = result.totals()
-        self.stdout.write(
-            f"{totals['stored']:,} stored, {totals['present']:,} already present, "
-            f"{totals['rejected']:,} rejected in {result.seconds:.2f}s"
-            + (
-                f"; writers busy at the same time: {', '.join(result.overlaps())}"
-                if result.overlaps()
-                else ""
-            )
-        )
+        self.stdout.write(totals_line(result))
+        self.stdout.write(concurrency_line(result))
         rejections = result.sorted_rejections()
         if rejections:
             self.stdout.write("\nRejected rows:")
