@@ -7,6 +7,7 @@ from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 
 from core.databases import location
+from core.models import ReferenceGuard
 
 WIDTH = 80
 
@@ -21,6 +22,9 @@ def _where(alias):
 
 def _tables(alias):
     return {t for t in connections[alias].introspection.table_names() if t != "django_migrations"}
+
+
+GUARD_TABLE = ReferenceGuard._meta.db_table
 
 
 class Command(BaseCommand):
@@ -59,5 +63,7 @@ class Command(BaseCommand):
         if not plan:
             return "up to date"
         if created:
+            # the domain tables first; the guard's counters are bookkeeping beside them
+            created = sorted(created, key=lambda t: (t == GUARD_TABLE, t))
             return f"created: {', '.join(created)}"
         return f"updated ({len(plan)} migration(s) applied, no new table)"
