@@ -66,8 +66,9 @@ def _count(data_dir):
     return total
 
 
-def sqlite_rows(workload_dir, orders):
-    """[(label, kind, Measured, rows stored)] for SQLite; kind "floor" marks the floor."""
+def sqlite_rows(workload_dir, orders, on_row):
+    """Measure each SQLite row; on_row(label, kind, Measured, rows stored) as each ends
+    (kind "floor" marks the floor, which comes first)."""
     from bench.postgres import _insert_data_args
 
     schema = fresh_databases("schema")
@@ -107,12 +108,10 @@ def sqlite_rows(workload_dir, orders):
                 fresh_databases,
             )
         )
-    results = []
     for index, (label, kind, step, prepare) in enumerate(steps):
         data_dir = prepare(f"sqlite-{index}")
         measured = step(data_dir)
-        results.append((label, kind, measured, _count(data_dir)))
-    return results
+        on_row(label, kind, measured, _count(data_dir))
 
 
 def naive_row(count):
@@ -126,26 +125,37 @@ def naive_row(count):
     return measured._replace(seconds=seconds), _count(data_dir)
 
 
-def table(rows, floor=None):
-    """Markdown rows: approach, rows, seconds, rows/s, ratio to the floor, peak memory."""
-    floor_rate = floor
-    for _label, kind, measured, stored in rows:
-        if kind == "floor":
-            floor_rate = stored / measured.seconds
-    lines = []
-    for label, _kind, measured, stored in rows:
-        rate = stored / measured.seconds
-        lines.append(
-            f"| {label} | {stored:,} | {measured.seconds:.2f} | {rate:,.0f} | "
-            f"{rate / floor_rate:.2f} | {measured.peak_pss / 2**20:,.0f} MB |"
-        )
-    return lines, floor_rate
-
-
 HEADER = [
-    "| approach | rows | seconds | rows/s | ratio to its floor | peak memory (PSS, tree) |",
-    "| --- | ---: | ---: | ---: | ---: | ---: |",
+    "| approach | rows | seconds | rows/s | ratio to its floor | peak memory (PSS, tree) "
+    "| CPU s (client + server) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
+
+
+class Table:
+    """Prints one markdown row per measurement as it ends; a floor row sets the rate the
+    rows after it are compared with. A row that stored the wrong count stops the run."""
+
+    def __init__(self, expected, header=True):
+        self.expected = expected
+        self.floor_rate = None
+        if header:
+            print("\n".join(HEADER), flush=True)
+
+    def add(self, label, kind, measured, stored, check=True):
+        if check and stored != self.expected:
+            raise measure.BenchFailed(f"{label} stored {stored:,} rows, expected {self.expected:,}")
+        rate = stored / measured.seconds
+        cpu = f"{measured.cpu:.1f}"
+        if measured.server_cpu is not None:
+            cpu += f" + {measured.server_cpu:.1f}"
+        if kind == "floor":
+            self.floor_rate = rate
+        print(
+            f"| {label} | {stored:,} | {measured.seconds:.2f} | {rate:,.0f} | "
+            f"{rate / self.floor_rate:.2f} | {measured.peak_pss / 2**20:,.0f} MB | {cpu} |",
+            flush=True,
+        )
 
 
 def main():
@@ -167,38 +177,42 @@ def main():
     workload_dir = workload.build(OUT / "workload", sizes)
     total = sum(sizes.values())
 
+    print(f"load average before: {_load_average()}", flush=True)
+    rows = Table(total)
     try:
-        rows = sqlite_rows(workload_dir, args.orders)
+        sqlite_rows(workload_dir, args.orders, rows.add)
+        naive, naive_rows = naive_row(args.naive_orders)
+        rows.add(
+            "SQLite: naive thread pool, `objects.create()` per row (loop only)",
+            "",
+            naive,
+            naive_rows,
+            check=False,
+        )
     except measure.BenchFailed as exc:
         sys.exit(f"bench: {exc}")
-    for label, _kind, _measured, stored in rows:
-        if stored != total:
-            sys.exit(f"bench: {label} stored {stored:,} rows, expected {total:,}")
-    lines, sqlite_floor = table(rows)
-    naive, naive_rows = naive_row(args.naive_orders)
-    naive_line, _ = table(
-        [
-            (
-                "SQLite: naive thread pool, `objects.create()` per row (loop only)",
-                "",
-                naive,
-                naive_rows,
-            )
-        ],
-        floor=sqlite_floor,
-    )
-    print("\n".join([*HEADER, *lines, *naive_line]), flush=True)
     if args.no_postgres:
+        print(f"load average after: {_load_average()}")
         return
+    pg = Table(total, header=False)
     try:
-        pg_rows = postgres.run_postgres_bench(workload_dir, args.orders, OUT / "postgres")
+        postgres.run_postgres_bench(
+            workload_dir,
+            args.orders,
+            OUT / "postgres",
+            lambda label, *rest: pg.add(f"PostgreSQL: {label}", *rest),
+        )
     except (postgres.BenchError, measure.BenchFailed, postgres.psycopg.Error) as exc:
         sys.exit(
             f"bench: PostgreSQL not measured: {str(exc).strip().splitlines()[0]} "
             "(make bench ARGS=--no-postgres measures SQLite only)"
         )
-    pg_lines, _ = table([(f"PostgreSQL: {label}", k, m, s) for label, k, m, s in pg_rows])
-    print("\n".join(pg_lines))
+    print(f"load average after: {_load_average()}")
+
+
+def _load_average():
+    """The machine's 1-minute load average: a shared machine makes every figure slower."""
+    return f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)"
 
 
 if __name__ == "__main__":

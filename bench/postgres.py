@@ -158,6 +158,10 @@ def bare_plan(databases, path):
     return path
 
 
+def _tag(databases):
+    return databases.names["orders"].rsplit("_", 1)[0]  # multids_bench_<label>_<random>
+
+
 def _reference(kind, workload_dir, databases, plan_path):
     plan_path = Path(plan_path)
     if not plan_path.exists():
@@ -167,19 +171,19 @@ def _reference(kind, workload_dir, databases, plan_path):
     return measure.run(
         ["-m", "bench.references", kind, str(workload_dir), str(plan_path)],
         label=f"the {kind} reference",
+        server_tag=_tag(databases),
     )
 
 
-def run_postgres_bench(workload_dir, orders, scratch):
+def run_postgres_bench(workload_dir, orders, scratch, on_row):
     """Measure the floor, today's reference and insert_data (file and synthetic) on
-    PostgreSQL; return [(label, kind, Measured, rows)] with kind "floor" for the floor.
+    PostgreSQL; on_row(label, kind, Measured, rows stored) as each ends, kind "floor" first.
 
     Raises BenchError (one line) when the server is unreachable or a count is wrong.
     """
     expected = expected_rows(workload_dir)
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    results = []
     steps = [
         ("floor", "COPY into bare tables, then the indexes, one connection each (floor)"),
         ("today", "plain COPY into the migrated schema (today's reference)"),
@@ -199,12 +203,12 @@ def run_postgres_bench(workload_dir, orders, scratch):
                     *_insert_data_args(kind, workload_dir, orders),
                     env=databases.env,
                     label="insert_data on PostgreSQL",
+                    server_tag=_tag(databases),
                 )
             stored = databases.count()
         if stored != expected:
             raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
-        results.append((label, "floor" if kind == "floor" else "", measured, stored))
-    return results
+        on_row(label, "floor" if kind == "floor" else "", measured, stored)
 
 
 def _insert_data_args(kind, workload_dir, orders):
@@ -236,15 +240,14 @@ def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.exit("usage: python -m bench.postgres WORKLOAD_DIR")
-    from bench.__main__ import HEADER, OUT, table
+    from bench.__main__ import OUT, Table
     from bench.workload import SIZES
 
+    rows = Table(expected_rows(args[0]))
     try:
-        rows = run_postgres_bench(args[0], SIZES["orders"], OUT / "postgres")
+        run_postgres_bench(args[0], SIZES["orders"], OUT / "postgres", rows.add)
     except (BenchError, measure.BenchFailed, OSError, psycopg.Error) as exc:
         sys.exit(f"bench.postgres: {str(exc).strip().splitlines()[0]}")
-    lines, _floor = table(rows)
-    print("\n".join([*HEADER, *lines]))
 
 
 if __name__ == "__main__":
