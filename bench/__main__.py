@@ -174,7 +174,7 @@ def main():
     args = parser.parse_args()
     sizes = dict(workload.SIZES, orders=args.orders)
     print(f"building workload {sizes} ...", flush=True)
-    workload_dir = workload.build(OUT / "workload", sizes)
+    workload_dir = workload.build(OUT / f"workload-{args.orders}", sizes)
     total = sum(sizes.values())
 
     print(f"load average before: {_load_average()}", flush=True)

@@ -58,7 +58,7 @@ def sqlite_child(mode, batch_size):
     from core.models import Order
     from core.writers import BulkWriter
 
-    rows = _orders(OUT / "workload")
+    rows = _orders(OUT / "workload-1000000")
     started = time.perf_counter()
     if "deferred" in mode:
         indexes.drop_for_load("orders_db", Order)
@@ -124,7 +124,7 @@ def pg_child(label):
     batch_size, copy_format, async_commit, deferred, parallel, memory = PG_MODES[label]
     indexes.PARALLEL_BUILDS["postgresql"] = parallel
     indexes.BUILD_SETTINGS_SQL["postgresql"] = [f"SET LOCAL maintenance_work_mem = '{memory}'"]
-    rows = _orders(OUT / "workload")
+    rows = _orders(OUT / "workload-1000000")
     started = time.perf_counter()
     if deferred:
         indexes.drop_for_load("orders_db", Order)
