@@ -126,7 +126,9 @@ def test_every_step_is_idempotent(restore_indexes):
 
 
 def test_repair_costs_one_query_per_table_when_nothing_is_missing():
-    contexts = {a: CaptureQueriesContext(connections[a]) for a in ("users_db", "products_db", ORDERS)}
+    contexts = {
+        a: CaptureQueriesContext(connections[a]) for a in ("users_db", "products_db", ORDERS)
+    }
     for context in contexts.values():
         context.__enter__()
     try:
