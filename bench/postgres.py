@@ -1,19 +1,22 @@
-"""The PostgreSQL half of the benchmark: insert_data against plain COPY, in the same run.
+"""The PostgreSQL half of the benchmark: the floor, today's reference and insert_data.
 
     python -m bench.postgres WORKLOAD_DIR      (users.csv, products.csv, orders.csv)
 
-``run_postgres_bench(workload_dir)`` creates fresh databases on the server named by
+``run_postgres_bench`` creates fresh databases on the server named by
 ``MULTIDS_POSTGRES_ADMIN_URL`` (default ``postgresql://multids@127.0.0.1:5432/postgres``,
 the role ``.ci/setup-postgres.sh`` creates), one per table as if each lived on its own
-server, migrates them (not measured), then measures:
+server, migrates them (not measured), then measures, each as one whole process:
 
-* the reference: each CSV file streamed with psycopg 3 COPY straight into its migrated
-  table (same indexes and constraints), no validation, one transaction per file;
-* ``manage.py insert_data --from DIR --no-progress`` with ``USERS_DATABASE_URL``,
-  ``ORDERS_DATABASE_URL`` and ``PRODUCTS_DATABASE_URL`` pointing at a second set of fresh
-  databases, timed as the whole process (start-up included, as a user waits for it).
+* the floor: the migrated tables made bare (``bare_plan``: constraints and indexes dropped,
+  their definitions kept), each CSV COPYed in, then every index of the real schema built,
+  one connection per index, at once (``bench.references.pg_floor``);
+* today's reference: each CSV COPYed into its migrated table, indexes in place;
+* ``manage.py insert_data --from DIR`` and the synthetic source of the same size, with
+  ``USERS_DATABASE_URL``, ``ORDERS_DATABASE_URL`` and ``PRODUCTS_DATABASE_URL`` pointing at
+  fresh databases.
 
-Both are counted from the databases afterwards; the databases are dropped at the end.
+Each is counted from its databases afterwards, which are dropped at the end. The server's
+CPU (its backends for those databases, from /proc) is reported beside the client's.
 """
 
 import json
