@@ -47,7 +47,7 @@ soak: $(STAMP)  ## long loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS wr
 clean:
 	rm -rf $(VENV) *.db *.db-wal *.db-shm bench-data
 
-bench: $(STAMP)  ## 1.11M rows: insert_data vs plain sqlite3 vs the naive ORM loop
+bench: $(STAMP)  ## 1.11M rows on SQLite and PostgreSQL: the floors, plain-code references, insert_data (--from and synthetic)
 	$(BIN)/python -m bench $(ARGS)
 
 serve: $(DEMO_STAMP)  ## the admin on http://127.0.0.1:8000/admin/ with the demo data (see the README)

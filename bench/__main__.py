@@ -1,39 +1,39 @@
-"""Run the benchmark and print, from one run, each approach as rows/s and as a ratio to the
-reference: plain sqlite3 ``executemany`` of the same CSV files, with no validation.
+"""Run the benchmark and print, from one run, each approach as rows/s, as a ratio to its
+backend's floor, and its peak memory.
 
     python -m bench [--orders N] [--naive-orders N] [--no-postgres]
 
-Start-up is included for insert_data (the whole ``manage.py`` process), because that is
-what a user waits for. Peak memory is the summed PSS of insert_data and its writer processes.
-The PostgreSQL half (``bench.postgres``) follows, against plain psycopg COPY; it needs the
-server ``.ci/setup-postgres.sh`` starts, and says so in one line when it cannot reach it.
+The floor is the workload stored with the real schema's indexes as cheaply as plain code
+can (``bench.references``: bare tables, one transaction per table, indexes built after the
+data, no validation). Every row is one whole process, start-up included, because that is
+what a user waits for; peak memory is the summed PSS of its process tree (insert_data and
+its writers). The PostgreSQL half (``bench.postgres``) follows; it needs the server
+``.ci/setup-postgres.sh`` starts, and says so in one line when it cannot reach it.
 """
 
 import argparse
-import csv
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import django
 
-from bench.memory import PeakMemory
+from bench import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-data"
+TABLES = ("users", "products", "orders")
 
 
 def manage(data_dir, *args, env=None):
-    environment = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
-    environment |= {"MULTIDS_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "multids.settings"}
-    environment |= env or {}
+    """Start manage.py against the SQLite files in data_dir (used by bench.experiments)."""
+    import subprocess
+
     return subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), *args],
-        env=environment,
+        env=measure.clean_environment({"MULTIDS_DATA_DIR": str(data_dir)} | (env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -41,11 +41,16 @@ def manage(data_dir, *args, env=None):
     )
 
 
-def fresh_databases(name):
-    """A migrated data directory; migration is not part of any measurement."""
+def fresh_dir(name):
     data_dir = OUT / name
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
+    return data_dir
+
+
+def fresh_databases(name):
+    """A migrated data directory; migration is not part of any measurement."""
+    data_dir = fresh_dir(name)
     process = manage(data_dir, "migrate_all")
     _out, err = process.communicate()
     if process.returncode:
@@ -53,63 +58,104 @@ def fresh_databases(name):
     return data_dir
 
 
-def reference(workload_dir, data_dir, cache_mb=None):
-    """Plain sqlite3: each CSV straight into its table, one executemany, same journal PRAGMAs
-    (and, for the second reference, the page cache insert_data's writers use)."""
-    started = time.perf_counter()
-    rows = 0
-    for table in ("users", "products", "orders"):
-        db = sqlite3.connect(data_dir / f"{table}.db", isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        if cache_mb:
-            db.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
-        with open(workload_dir / f"{table}.csv", newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader)
-            placeholders = ", ".join("?" * len(header))
-            db.execute("BEGIN IMMEDIATE")
-            cursor = db.executemany(
-                f"INSERT INTO {table} ({', '.join(header)}) VALUES ({placeholders})", reader
+def _count(data_dir):
+    total = 0
+    for table in TABLES:
+        with sqlite3.connect(Path(data_dir) / f"{table}.db") as db:
+            total += db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return total
+
+
+def sqlite_rows(workload_dir, orders, on_row):
+    """Measure each SQLite row; on_row(label, kind, Measured, rows stored) as each ends
+    (kind "floor" marks the floor, which comes first)."""
+    from bench.postgres import _insert_data_args
+
+    schema = fresh_databases("schema")
+    steps = [
+        (
+            "SQLite: bare rowid tables, indexes built after (floor)",
+            "floor",
+            lambda d: measure.run(
+                ["-m", "bench.references", "sqlite-floor", str(workload_dir), str(d), str(schema)],
+                label="the SQLite floor",
+            ),
+            fresh_dir,
+        ),
+        (
+            "SQLite: plain sqlite3 executemany into the migrated schema (today's reference)",
+            "",
+            lambda d: measure.run(
+                ["-m", "bench.references", "sqlite-today", str(workload_dir), str(d)],
+                label="the SQLite reference",
+            ),
+            fresh_databases,
+        ),
+    ]
+    for kind, label in (
+        ("from", "`insert_data --from` CSV"),
+        ("synthetic", "`insert_data` synthetic"),
+    ):
+        steps.append(
+            (
+                f"SQLite: {label} (today's loader)",
+                "",
+                lambda d, kind=kind: measure.manage(
+                    *_insert_data_args(kind, workload_dir, orders),
+                    env={"MULTIDS_DATA_DIR": str(d)},
+                    label=f"insert_data ({kind})",
+                ),
+                fresh_databases,
             )
-            rows += cursor.rowcount
-            db.execute("COMMIT")
-        db.close()
-    return rows, time.perf_counter() - started
+        )
+    for index, (label, kind, step, prepare) in enumerate(steps):
+        data_dir = prepare(f"sqlite-{index}")
+        measured = step(data_dir)
+        on_row(label, kind, measured, _count(data_dir))
 
 
-def insert_data(workload_dir, data_dir):
-    started = time.perf_counter()
-    process = manage(data_dir, "insert_data", "--from", str(workload_dir), "--no-progress")
-    with PeakMemory(process.pid) as memory:
-        out, err = process.communicate()
-    seconds = time.perf_counter() - started
-    if process.returncode:
-        sys.exit(f"bench: insert_data failed: {err.strip()}")
-    stored = sum(_count(data_dir / f"{t}.db", t) for t in ("users", "products", "orders"))
-    return stored, seconds, memory, out
-
-
-def naive(count, data_dir):
-    process = manage(data_dir, "shell", "-c", "pass")  # warm the import cache
-    process.communicate()
-    environment = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
-    environment["MULTIDS_DATA_DIR"] = str(data_dir)
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.naive", str(count)],
-        env=environment,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+def naive_row(count):
+    data_dir = fresh_databases("naive")
+    measured = measure.run(
+        ["-m", "bench.naive", str(count)],
+        env={"MULTIDS_DATA_DIR": str(data_dir)},
+        label="the naive loader",
     )
-    if result.returncode:
-        sys.exit(f"bench: naive loader failed: {result.stderr.strip()[-500:]}")
-    return _count(data_dir / "orders.db", "orders"), float(result.stdout.strip())
+    seconds = float(measured.stdout.strip())  # the loop alone, without start-up
+    return measured._replace(seconds=seconds), _count(data_dir)
 
 
-def _count(path, table):
-    with sqlite3.connect(path) as db:
-        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+HEADER = [
+    "| approach | rows | seconds | rows/s | ratio to its floor | peak memory (PSS, tree) "
+    "| CPU s (client + server) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+
+
+class Table:
+    """Prints one markdown row per measurement as it ends; a floor row sets the rate the
+    rows after it are compared with. A row that stored the wrong count stops the run."""
+
+    def __init__(self, expected, header=True):
+        self.expected = expected
+        self.floor_rate = None
+        if header:
+            print("\n".join(HEADER), flush=True)
+
+    def add(self, label, kind, measured, stored, check=True):
+        if check and stored != self.expected:
+            raise measure.BenchFailed(f"{label} stored {stored:,} rows, expected {self.expected:,}")
+        rate = stored / measured.seconds
+        cpu = f"{measured.cpu:.1f}"
+        if measured.server_cpu is not None:
+            cpu += f" + {measured.server_cpu:.1f}"
+        if kind == "floor":
+            self.floor_rate = rate
+        print(
+            f"| {label} | {stored:,} | {measured.seconds:.2f} | {rate:,.0f} | "
+            f"{rate / self.floor_rate:.2f} | {measured.peak_pss / 2**20:,.0f} MB | {cpu} |",
+            flush=True,
+        )
 
 
 def main():
@@ -128,51 +174,45 @@ def main():
     args = parser.parse_args()
     sizes = dict(workload.SIZES, orders=args.orders)
     print(f"building workload {sizes} ...", flush=True)
-    workload_dir = workload.build(OUT / "workload", sizes)
+    workload_dir = workload.build(OUT / f"workload-{args.orders}", sizes)
     total = sum(sizes.values())
 
-    ref_rows, ref_seconds = reference(workload_dir, fresh_databases("reference"))
-    if ref_rows != total:
-        sys.exit(f"bench: the reference stored {ref_rows} rows, expected {total}")
-    ref_rate = ref_rows / ref_seconds
-    from django.conf import settings
-
-    cache_mb = settings.SQLITE_WRITER_CACHE_MB
-    tuned_rows, tuned_seconds = reference(workload_dir, fresh_databases("tuned"), cache_mb)
-    tuned_rate = tuned_rows / tuned_seconds
-
-    stored, seconds, memory, _out = insert_data(workload_dir, fresh_databases("insert_data"))
-    if stored != total:
-        sys.exit(f"bench: insert_data stored {stored} rows, expected {total}")
-    rate = stored / seconds
-
-    naive_rows, naive_seconds = naive(args.naive_orders, fresh_databases("naive"))
-    naive_rate = naive_rows / naive_seconds
-
-    lines = [
-        "| approach | rows | seconds | rows/s | ratio to reference | peak memory |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| plain sqlite3 executemany, no validation (reference) | {ref_rows:,} | "
-        f"{ref_seconds:.2f} | {ref_rate:,.0f} | 1.00 | |",
-        f"| the same with `cache_size` {cache_mb} MB, as insert_data's writers | {tuned_rows:,} | "
-        f"{tuned_seconds:.2f} | {tuned_rate:,.0f} | {tuned_rate / ref_rate:.2f} | |",
-        f"| `insert_data --from` (validated, whole process) | {stored:,} | {seconds:.2f} | "
-        f"{rate:,.0f} | {rate / ref_rate:.2f} | {memory.peak_total / 2**20:,.0f} MB in all, "
-        f"{memory.peak_single / 2**20:,.0f} MB largest process |",
-        f"| naive thread pool, `objects.create()` per row | {naive_rows:,} | "
-        f"{naive_seconds:.2f} | {naive_rate:,.0f} | {naive_rate / ref_rate:.3f} | |",
-    ]
-    print("\n".join(lines), flush=True)
-    if args.no_postgres:
-        return
+    print(f"load average before: {_load_average()}", flush=True)
+    rows = Table(total)
     try:
-        figures = postgres.run_postgres_bench(workload_dir)
-    except (postgres.BenchError, postgres.psycopg.Error) as exc:
+        sqlite_rows(workload_dir, args.orders, rows.add)
+        naive, naive_rows = naive_row(args.naive_orders)
+        rows.add(
+            "SQLite: naive thread pool, `objects.create()` per row (loop only)",
+            "",
+            naive,
+            naive_rows,
+            check=False,
+        )
+    except measure.BenchFailed as exc:
+        sys.exit(f"bench: {exc}")
+    if args.no_postgres:
+        print(f"load average after: {_load_average()}")
+        return
+    pg = Table(total, header=False)
+    try:
+        postgres.run_postgres_bench(
+            workload_dir,
+            args.orders,
+            OUT / "postgres",
+            lambda label, *rest: pg.add(f"PostgreSQL: {label}", *rest),
+        )
+    except (postgres.BenchError, measure.BenchFailed, postgres.psycopg.Error) as exc:
         sys.exit(
             f"bench: PostgreSQL not measured: {str(exc).strip().splitlines()[0]} "
             "(make bench ARGS=--no-postgres measures SQLite only)"
         )
-    print("\n".join(postgres.table_rows(figures, prefix="PostgreSQL: ")))
+    print(f"load average after: {_load_average()}")
+
+
+def _load_average():
+    """The machine's 1-minute load average: a shared machine makes every figure slower."""
+    return f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)"
 
 
 if __name__ == "__main__":

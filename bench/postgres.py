@@ -1,25 +1,28 @@
-"""The PostgreSQL half of the benchmark: insert_data against plain COPY, in the same run.
+"""The PostgreSQL half of the benchmark: the floor, today's reference and insert_data.
 
     python -m bench.postgres WORKLOAD_DIR      (users.csv, products.csv, orders.csv)
 
-``run_postgres_bench(workload_dir)`` creates fresh databases on the server named by
+``run_postgres_bench`` creates fresh databases on the server named by
 ``MULTIDS_POSTGRES_ADMIN_URL`` (default ``postgresql://multids@127.0.0.1:5432/postgres``,
 the role ``.ci/setup-postgres.sh`` creates), one per table as if each lived on its own
-server, migrates them (not measured), then measures:
+server, migrates them (not measured), then measures, each as one whole process:
 
-* the reference: each CSV file streamed with psycopg 3 COPY straight into its migrated
-  table (same indexes and constraints), no validation, one transaction per file;
-* ``manage.py insert_data --from DIR --no-progress`` with ``USERS_DATABASE_URL``,
-  ``ORDERS_DATABASE_URL`` and ``PRODUCTS_DATABASE_URL`` pointing at a second set of fresh
-  databases, timed as the whole process (start-up included, as a user waits for it).
+* the floor: the migrated tables made bare (``bare_plan``: constraints and indexes dropped,
+  their definitions kept), each CSV COPYed in, then every index of the real schema built,
+  one connection per index, at once (``bench.references.pg_floor``);
+* today's reference: each CSV COPYed into its migrated table, indexes in place;
+* ``manage.py insert_data --from DIR`` and the synthetic source of the same size, with
+  ``USERS_DATABASE_URL``, ``ORDERS_DATABASE_URL`` and ``PRODUCTS_DATABASE_URL`` pointing at
+  fresh databases.
 
-Both are counted from the databases afterwards; the databases are dropped at the end.
+Each is counted from its databases afterwards, which are dropped at the end. The server's
+CPU (its backends for those databases, from /proc) is reported beside the client's.
 """
 
+import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,8 +30,11 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
+from bench import measure
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = "postgresql://multids@127.0.0.1:5432/postgres"
+MAINTENANCE_WORK_MEM = "256MB"  # for the floor's index builds, as core.indexes uses
 TABLES = ("users", "products", "orders")
 ALIAS_VARIABLES = {
     "users": "USERS_DATABASE_URL",
@@ -114,32 +120,115 @@ class FreshDatabases:
         return total
 
 
-def reference(workload_dir, databases):
-    """Plain psycopg COPY of each CSV into its table: no validation, no parsing in Python."""
-    started = time.perf_counter()
+def bare_plan(databases, path):
+    """Make the migrated tables bare (no constraint, no index) and write, to path, the
+    statements that give them the real schema's indexes back: the floor's plan."""
+    builds = {}
     for table in TABLES:
-        path = Path(workload_dir) / f"{table}.csv"
-        with (
-            open(path, "rb") as handle,
-            psycopg.connect(database_url(databases.names[table])) as db,
-        ):
-            header = handle.readline().decode().strip().split(",")
-            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-                sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, header))
+        with psycopg.connect(database_url(databases.names[table]), autocommit=True) as db:
+            indexes = db.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s", (table,)
+            ).fetchall()
+            constraints = db.execute(
+                "SELECT conname, contype FROM pg_constraint "
+                "WHERE conrelid = %s::regclass ORDER BY contype",
+                (table,),
+            ).fetchall()
+            primary = {name for name, kind in constraints if kind == "p"}
+            for name, _kind in constraints:
+                db.execute(
+                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        sql.Identifier(table), sql.Identifier(name)
+                    )
+                )
+            for name, _definition in indexes:
+                db.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
+        builds[table] = [
+            [definition]
+            + (
+                [f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" PRIMARY KEY USING INDEX "{name}"']
+                if name in primary
+                else []
             )
-            with db.cursor() as cursor, cursor.copy(statement) as copy:
-                while block := handle.read(1 << 20):
-                    copy.write(block)
-    return time.perf_counter() - started
+            for name, definition in indexes
+        ]
+    plan = {
+        "urls": {t: database_url(databases.names[t]) for t in TABLES},
+        "builds": builds,
+        "maintenance_work_mem": MAINTENANCE_WORK_MEM,
+    }
+    Path(path).write_text(json.dumps(plan))
+    return path
 
 
-def insert_data(workload_dir, databases):
-    started = time.perf_counter()
-    result = _manage("insert_data", "--from", str(workload_dir), "--no-progress", env=databases.env)
-    seconds = time.perf_counter() - started
-    if result.returncode:
-        raise BenchError(f"insert_data failed: {result.stderr.strip()[-500:]}")
-    return seconds
+def _tag(databases):
+    return databases.names["orders"].rsplit("_", 1)[0]  # multids_bench_<label>_<random>
+
+
+def _reference(kind, workload_dir, databases, plan_path):
+    plan_path = Path(plan_path)
+    if not plan_path.exists():
+        plan_path.write_text(
+            json.dumps({"urls": {t: database_url(databases.names[t]) for t in TABLES}})
+        )
+    return measure.run(
+        ["-m", "bench.references", kind, str(workload_dir), str(plan_path)],
+        label=f"the {kind} reference",
+        server_tag=_tag(databases),
+    )
+
+
+def run_postgres_bench(workload_dir, orders, scratch, on_row):
+    """Measure the floor, today's reference and insert_data (file and synthetic) on
+    PostgreSQL; on_row(label, kind, Measured, rows stored) as each ends, kind "floor" first.
+
+    Raises BenchError (one line) when the server is unreachable or a count is wrong.
+    """
+    expected = expected_rows(workload_dir)
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    steps = [
+        ("floor", "COPY into bare tables, then the indexes, one connection each (floor)"),
+        ("today", "plain COPY into the migrated schema (today's reference)"),
+        ("from", "`insert_data --from` CSV (today's loader)"),
+        ("synthetic", "`insert_data` synthetic (today's loader)"),
+    ]
+    for kind, label in steps:
+        with FreshDatabases(kind) as databases:
+            if kind == "floor":
+                plan = bare_plan(databases, scratch / "floor-plan.json")
+                measured = _reference("pg-floor", workload_dir, databases, plan)
+            elif kind == "today":
+                plan = scratch / f"today-plan-{uuid.uuid4().hex[:6]}.json"
+                measured = _reference("pg-today", workload_dir, databases, plan)
+            else:
+                measured = measure.manage(
+                    *_insert_data_args(kind, workload_dir, orders),
+                    env=databases.env,
+                    label="insert_data on PostgreSQL",
+                    server_tag=_tag(databases),
+                )
+            stored = databases.count()
+        if stored != expected:
+            raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
+        on_row(label, "floor" if kind == "floor" else "", measured, stored)
+
+
+def _insert_data_args(kind, workload_dir, orders):
+    from bench.workload import SIZES
+
+    if kind == "from":
+        return ("insert_data", "--from", str(workload_dir), "--no-progress")
+    return (
+        "insert_data",
+        "--users",
+        str(SIZES["users"]),
+        "--products",
+        str(SIZES["products"]),
+        "--orders",
+        str(orders),
+        "--no-progress",
+    )
 
 
 def expected_rows(workload_dir):
@@ -150,61 +239,17 @@ def expected_rows(workload_dir):
     return total
 
 
-def run_postgres_bench(workload_dir):
-    """Measure the reference COPY and insert_data on PostgreSQL; return rows/s and the ratio.
-
-    Raises BenchError (one line) when the server is unreachable or a count is wrong.
-    """
-    expected = expected_rows(workload_dir)
-    with FreshDatabases("reference") as databases:
-        ref_seconds = reference(workload_dir, databases)
-        ref_rows = databases.count()
-    with FreshDatabases("insert_data") as databases:
-        seconds = insert_data(workload_dir, databases)
-        rows = databases.count()
-    for label, stored in (("the reference", ref_rows), ("insert_data", rows)):
-        if stored != expected:
-            raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
-    ref_rate, rate = ref_rows / ref_seconds, rows / seconds
-    return {
-        "rows": expected,
-        "reference_seconds": round(ref_seconds, 2),
-        "reference_rows_per_s": round(ref_rate),
-        "insert_data_seconds": round(seconds, 2),
-        "insert_data_rows_per_s": round(rate),
-        "ratio": round(rate / ref_rate, 2),
-    }
-
-
-def table_rows(figures, prefix=""):
-    """The two result lines, as markdown table rows (a sixth, empty memory column)."""
-    return [
-        f"| {prefix}plain psycopg COPY, no validation (reference) | {figures['rows']:,} | "
-        f"{figures['reference_seconds']:.2f} | {figures['reference_rows_per_s']:,} | 1.00 | |",
-        f"| {prefix}`insert_data --from` (validated, whole process) | {figures['rows']:,} | "
-        f"{figures['insert_data_seconds']:.2f} | {figures['insert_data_rows_per_s']:,} | "
-        f"{figures['ratio']:.2f} | |",
-    ]
-
-
-def markdown(figures):
-    """The PostgreSQL table on its own."""
-    return "\n".join(
-        [
-            "| approach (PostgreSQL) | rows | seconds | rows/s | ratio to reference | |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-            *table_rows(figures),
-        ]
-    )
-
-
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.exit("usage: python -m bench.postgres WORKLOAD_DIR")
+    from bench.__main__ import OUT, Table
+    from bench.workload import SIZES
+
+    rows = Table(expected_rows(args[0]))
     try:
-        print(markdown(run_postgres_bench(args[0])))
-    except (BenchError, OSError, psycopg.Error) as exc:
+        run_postgres_bench(args[0], SIZES["orders"], OUT / "postgres", rows.add)
+    except (BenchError, measure.BenchFailed, OSError, psycopg.Error) as exc:
         sys.exit(f"bench.postgres: {str(exc).strip().splitlines()[0]}")
 
 

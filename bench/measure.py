@@ -1,0 +1,116 @@
+"""Time one whole process and sample the peak memory of its process tree."""
+
+import contextlib
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from bench.memory import PeakMemory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchFailed(Exception):
+    """A measured process failed; the message is its last error line."""
+
+
+class Measured(NamedTuple):
+    seconds: float
+    peak_pss: int  # bytes, summed over the process tree
+    peak_single: int  # bytes, the largest single RSS
+    stdout: str
+    cpu: float = 0.0  # CPU seconds of the process tree (user + system)
+    server_cpu: float | None = None  # CPU seconds of the PostgreSQL backends it used
+
+
+def clean_environment(extra=None):
+    """This environment without any *_DATABASE_URL (each measurement names its own)."""
+    environment = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    environment["DJANGO_SETTINGS_MODULE"] = "multids.settings"
+    return environment | (extra or {})
+
+
+def run(args, env=None, label="a measured process", server_tag=None):
+    """Run python with args as one process (start-up included); return Measured.
+
+    server_tag: also count the CPU of the PostgreSQL backends whose database name
+    contains it (the server's share of the work, invisible in the client's tree)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = ServerCPU(server_tag) if server_tag else contextlib.nullcontext()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        env=clean_environment(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    with server, PeakMemory(process.pid) as memory:
+        out, err = process.communicate()
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    if process.returncode:
+        last = (err.strip().splitlines() or [f"exit {process.returncode}"])[-1]
+        raise BenchFailed(f"{label} failed: {last}")
+    server_cpu = server.seconds if server_tag else None
+    return Measured(seconds, memory.peak_total, memory.peak_single, out, cpu, server_cpu)
+
+
+def manage(*args, env=None, label=None, server_tag=None):
+    """Run manage.py args as one measured process."""
+    label = label or f"manage.py {args[0]}"
+    return run([str(ROOT / "manage.py"), *args], env=env, label=label, server_tag=server_tag)
+
+
+def _cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCPU:
+    """CPU seconds used by the PostgreSQL backends serving databases whose name contains
+    tag (read from /proc; the server must run on this machine). A backend's counters are
+    sampled until it exits, so at most one interval of its work is missed."""
+
+    def __init__(self, tag, interval=0.05):
+        import threading
+
+        self.tag, self.interval = tag, interval
+        self.used = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def seconds(self):
+        return sum(self.used.values())
+
+    def _sample(self):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().decode(errors="replace")
+                if command.startswith("postgres:") and self.tag in command:
+                    self.used[entry.name] = _cpu_seconds(entry.name)
+            except OSError:
+                continue
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
