@@ -262,3 +262,9 @@ def repair(aliases_and_models=None):
         for name in rebuild(alias, model):
             repaired.append((alias, model._meta.db_table, name))
     return repaired
+
+
+def repair_and_say(stdout):
+    """``repair()`` for a command: one line per index rebuilt, nothing when none was."""
+    for alias, table, name in repair():
+        stdout.write(f"{alias}: rebuilt index {name} on {table} (a load was interrupted)")

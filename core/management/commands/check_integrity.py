@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core import integrity
 from core.databases import NotReady, check_ready
+from core.indexes import repair_and_say as repair_indexes
 from core.tables import SPECS
 
 
@@ -45,6 +46,7 @@ class Command(BaseCommand):
             raise CommandError(f"--show must be 0 or more (got {options['show']})")
         try:
             check_ready([s.alias for s in SPECS.values()])
+            repair_indexes(self.stdout)
         except NotReady as exc:
             raise CommandError(str(exc)) from exc
         result = integrity.check_integrity(

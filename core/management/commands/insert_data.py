@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, DjangoHelpFor
 from core import pipeline, report, sources
 from core.console import concurrency_line, progress_for, render, summary_table, totals_line
 from core.databases import NotReady, check_ready
+from core.indexes import repair_and_say as repair_indexes
 from core.tables import TABLES, alias, fields
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
@@ -187,6 +188,7 @@ class Command(BaseCommand):
             source = self.source_from(options)
             source.check()
             check_ready(["default", *(alias(t) for t in TABLES)])
+            repair_indexes(self.stdout)
         except (sources.SourceError, NotReady) as exc:
             raise CommandError(str(exc)) from exc
         self.refuse_overwriting_input(source, options)

@@ -7,6 +7,7 @@ from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 
 from core.databases import location
+from core.indexes import repair_and_say as repair_indexes
 from core.models import ReferenceGuard
 
 WIDTH = 80
@@ -55,6 +56,10 @@ class Command(BaseCommand):
                 head = " " * 4
             for number, part in enumerate(textwrap.wrap(state, WIDTH - len(head))):
                 self.stdout.write((head if number == 0 else " " * len(head)) + part)
+        try:
+            repair_indexes(self.stdout)
+        except DatabaseError as exc:
+            raise CommandError(f"rebuilding a missing index failed: {exc}") from exc
         self.stdout.write(self.style.SUCCESS("All databases migrated."))
 
     @staticmethod
