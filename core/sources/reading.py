@@ -99,17 +99,25 @@ class Opened:
     def line_blocks(self):
         """Yield iterables of complete lines, about BLOCK characters at a time.
 
-        The iterable is an ``io.StringIO`` with ``newline=""``, which splits lines exactly
-        as the file object does (``\\n``, ``\\r\\n`` or ``\\r``), so line numbers agree.
+        Lines are split on ``\\n``, ``\\r\\n`` and ``\\r`` only, as the file object splits
+        them, so line numbers agree (see ``_split``). ``in_quotes`` follows whether the text
+        so far ends inside a quoted field (an odd count of ``"``; doubled quotes inside a
+        field count twice), so that a field running on into a block without quotes keeps
+        its line breaks.
         """
         carry = ""
+        in_quotes = False
         while block := self.read(BLOCK):
             if carry:
                 block = carry + block
             cut = (block.rfind("\n") + 1) or (block.rfind("\r") + 1)
             if cut:
                 carry = block[cut:]
-                yield _split(block[:cut])
+                text = block[:cut]
+                quoted = '"' in text
+                yield _split(text, quoted or in_quotes)
+                if quoted and text.count('"') % 2:
+                    in_quotes = not in_quotes
             elif len(block) > MAX_RECORD:
                 carry = self._skip_rest_of_line()
                 yield ("\n",)  # stands for the long line, numbered in self.overlong
@@ -137,19 +145,18 @@ class Opened:
 OTHER_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
 
-def _split(text):
-    """Return text's lines, split on \\n, \\r\\n and \\r only, as the file object does.
+def _split(text, quotes):
+    """Return text's lines as the csv module must see them, as cheaply as possible.
 
-    The cheapest split that gives the csv module the same records, measured per row:
-    without quotes, ``str.split("\\n")`` (a line's missing ``\\n`` changes nothing when no
-    quoted field can span it, and the csv module ends a line at the end of the string,
-    after a CR or not); else ``str.splitlines``, unless the block holds a break only
-    splitlines knows (a form feed belongs inside a field); else ``io.StringIO``. One
-    difference is left, on purpose: in a block of LF or CRLF lines, a stray CR inside a
-    line is the csv module's "new-line character seen in unquoted field" for that line,
-    where the file object would have made two lines of it.
+    Measured per row: with no quoted field in play, ``str.split("\\n")`` (the csv module
+    ends a line at the end of each string, so the dropped ``\\n`` changes nothing outside
+    quotes); else ``str.splitlines``, which keeps the breaks a quoted field holds, unless
+    the block has a break only splitlines knows (a form feed belongs inside a field); else
+    ``io.StringIO``, the slowest. One difference is left, on purpose: a stray CR inside a
+    line of an LF or CRLF block is the csv module's "new-line character seen in unquoted
+    field" for that line, where the file object would have made two lines of it.
     """
-    if '"' not in text and ("\r\n" in text or "\r" not in text):
+    if not quotes and ("\r\n" in text or "\r" not in text):
         lines = text.split("\n")
         lines.pop()  # the empty string after the last \n
         return lines
@@ -241,8 +248,8 @@ def rewritten(record, delimiter):
     reader saw it: a quote left open shows as the swallowed lines inside one quoted field.
     """
     out = io.StringIO()
-    csv.writer(out, delimiter=delimiter, lineterminator="").writerow(record)
-    return out.getvalue()
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n").writerow(record)
+    return out.getvalue()[:-2]  # the terminator makes fields holding CR or LF quoted
 
 
 def _picker(positions, width):
@@ -292,8 +299,9 @@ def _spanning(first, last):
 
 def _malformed(header, record, first, last):
     if last > first:
-        broken = next(i for i, f in enumerate(record) if "\n" in f or "\r" in f)
-        reason = f"{header.label(broken)} contains a line break (an unbalanced quote?)"
+        broken = next((i for i, f in enumerate(record) if "\n" in f or "\r" in f), None)
+        what = "a field" if broken is None else header.label(broken)
+        reason = f"{what} contains a line break (an unbalanced quote?)"
     else:
         reason = f"expected {len(header.names)} fields, got {len(record)}"
     return _spanning(first, last), Malformed(reason, rewritten(record, header.delimiter))
@@ -378,11 +386,12 @@ def _json_record(text):
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         column = exc.pos + 1  # the line is the whole document: position counts from its start
-        if exc.pos >= len(text.rstrip()):
+        at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
             if exc.msg == "Expecting value":
                 return f"not valid JSON (the line ends where a value should be, at column {column})"
-            return f"not valid JSON (the line ends early: {exc.msg} at column {column})"
-        return f"not valid JSON ({exc.msg} at column {column})"
+            return f"not valid JSON (the line ends early: {exc.msg}{at} column {column})"
+        return f"not valid JSON ({exc.msg}{at} column {column})"
     except ValueError as exc:  # e.g. a number with more digits than Python converts
         return f"not valid JSON ({exc})"
     except RecursionError:
