@@ -262,7 +262,7 @@ def test_jsonl_lines_that_cannot_be_split_say_why_and_keep_their_text(tmp_path):
         (5, "expected a JSON object, got null"),
         (6, "not valid JSON (nested too deeply)"),
         (7, "not valid JSON (the line ends early: Unterminated string starting at column 35)"),
-        (8, "not valid JSON (the line ends where a value should be, at column 20)"),
+        (8, "not valid JSON (the line ends where a value should be, at column 19)"),
         (9, "not valid JSON (the line ends early: Expecting ',' delimiter at column 9)"),
     ]
     assert rows(tmp_path, "users")[2][1].raw == lines[2]
