@@ -497,3 +497,11 @@ def test_the_demo_then_the_readme_synthetic_example_reports_no_conflict(run_comm
     )
     assert "2,340 stored, 0 already present, 0 rejected" in out
     assert User.objects.count() == 8 + 300
+
+
+def test_order_i_is_the_same_row_whatever_the_number_of_orders():
+    """Concurrent loads of growing --orders counts rely on it (tests/test_reliability.py)."""
+    short = list(SyntheticSource(40, 9, 70_011, seed=4).rows("orders"))
+    longer = list(SyntheticSource(40, 9, 123_456, seed=4).rows("orders"))
+    assert len(short) == 70_011 and len(longer) == 123_456
+    assert longer[: len(short)] == short

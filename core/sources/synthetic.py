@@ -110,8 +110,10 @@ class SyntheticSource:
         return rows
 
     def _orders(self, rng, start, count):
-        users = _ids_below(rng, count, self.counts["users"])
-        products = _ids_below(rng, count, self.counts["products"])
-        quantities = rng.randbytes(count).translate(QUANTITIES)
-        rows = zip(range(start, start + count), users, products, quantities, strict=True)
-        return zip(repeat(None), rows, strict=False)  # repeat() never ends
+        """One chunk of orders; a short last chunk draws a whole one and keeps its start,
+        so order i is the same row whatever --orders says (concurrent loads rely on it)."""
+        users = _ids_below(rng, CHUNK, self.counts["users"])
+        products = _ids_below(rng, CHUNK, self.counts["products"])
+        quantities = rng.randbytes(CHUNK).translate(QUANTITIES)
+        rows = zip(range(start, start + count), users, products, quantities, strict=False)
+        return zip(repeat(None), rows, strict=False)  # both stop at the range's end
