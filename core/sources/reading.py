@@ -31,7 +31,7 @@ from core.rows import Lines, Malformed
 
 ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
 MAX_RECORD = 1 << 20  # characters in one line, one CSV field or one JSONL record
-BLOCK = 1 << 18  # characters read at a time
+BLOCK = 1 << 16  # characters read at a time: the peak memory of reading is a few blocks
 DELIMITERS = (",", ";", "\t")  # tried on the header line; the one naming most fields wins
 READ_ERRORS = (OSError, EOFError, zlib.error)  # a damaged .gz fails mid-stream
 csv.field_size_limit(MAX_RECORD)
