@@ -9,12 +9,47 @@ import codecs
 import csv
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from core.rows import Lines
 from core.tables import TABLES, fields
 
-REJECTS_COLUMNS = ("table", "line", "id", "reason") + tuple(
-    dict.fromkeys(f for t in TABLES for f in fields(t) if f != "id")
-)
+
+def rejects_columns(tables=TABLES):
+    """The rejects file's header for rows of tables: what, where, why, every field, raw."""
+    return (
+        ("table", "line", "id", "reason")
+        + tuple(dict.fromkeys(f for t in TABLES if t in tables for f in fields(t) if f != "id"))
+        + ("raw",)
+    )
+
+
+REJECTS_COLUMNS = rejects_columns()  # every table's fields: what a rejects file may hold
+# What a spreadsheet may run as a formula (OWASP, CSV injection), and the escape itself.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def safe_cell(value):
+    """Return value as a rejects-file cell no spreadsheet runs: ``'`` before a formula start.
+
+    ``'`` itself is escaped too, so ``unsafe_cell`` can drop exactly one leading ``'`` and
+    every value reads back as it was (``-1`` -> ``'-1`` -> ``-1``).
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def unsafe_cell(text):
+    """Undo ``safe_cell``, as a spreadsheet does: one leading ``'`` marks text."""
+    return text[1:] if text.startswith("'") else text
+
+
+def iso(timestamp):
+    """An epoch time as ISO 8601 in UTC, to the millisecond, or None."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 def _raw_bytes(error):
@@ -43,8 +78,11 @@ codecs.register_error("multids-raw", _raw_bytes)
 
 @dataclass(frozen=True)
 class Rejection:
+    """One rejected row: where it was, why, its values as read, and its raw text when the
+    source could not split it into fields (``core.rows.Malformed.raw``)."""
+
     table: str
-    line: int | None
+    line: int | None  # an int, a core.rows.Lines for a record over several lines, or None
     id: object
     reason: str
     values: dict
@@ -53,7 +91,11 @@ class Rejection:
     @property
     def where(self):
         label = f"{self.table} #{self.id}" if self.id is not None else self.table
-        return f"{label} (line {self.line})" if self.line is not None else label
+        if self.line is None:  # synthetic rows: there is no file to look in
+            return label
+        if isinstance(self.line, Lines) and self.line.last > self.line:
+            return f"{label} (lines {self.line})"
+        return f"{label} (line {self.line})"
 
     def __str__(self):
         return f"{self.where}: {self.reason}"
@@ -90,8 +132,8 @@ class TableResult:
             "rejected": self.rejected,
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows_per_second, 1),
-            "writer_started": self.started,
-            "writer_finished": self.finished,
+            "writer_started": iso(self.started),
+            "writer_finished": iso(self.finished),
         }
 
 
@@ -124,9 +166,9 @@ class LoadResult:
 
     @property
     def writers_overlapped(self):
-        """True when all the writers that wrote were busy at one common moment."""
-        spans = [(t.started, t.finished) for t in self.tables.values() if t.started and t.finished]
-        return len(spans) > 1 and max(s for s, _ in spans) < min(e for _, e in spans)
+        """True when at least two writers were busy at the same moment: ``overlaps()`` is
+        not empty. One notion, so the report cannot say false beside a list of pairs."""
+        return bool(self.overlaps())
 
     def sorted_rejections(self):
         return sorted(self.rejections, key=Rejection.sort_key)
@@ -139,8 +181,8 @@ class LoadResult:
         totals = self.totals()
         return {
             "source": self.source,
-            "started": self.started,
-            "finished": self.finished,
+            "started": iso(self.started),
+            "finished": iso(self.finished),
             "seconds": round(self.seconds, 3),
             "error": self.error,
             "writers_overlapped": self.writers_overlapped,
@@ -171,21 +213,24 @@ class LoadResult:
         """Write every rejection as a CSV row that can be fixed and fed back with ``--from``.
 
         The ``id`` column holds the id as it was read (``abc`` when that is the problem), not
-        the parsed one, so the person sees what to fix.
+        the parsed one, so the person sees what to fix. A record that could not be split
+        into fields has its text in ``raw``. ``line`` is ``3`` or ``3-7`` (a record over
+        several lines), empty for synthetic rows. Every cell goes through ``safe_cell``.
         """
         with open(path, "w", encoding="utf-8", errors="multids-raw", newline="") as handle:
-            writer = csv.DictWriter(handle, REJECTS_COLUMNS, extrasaction="ignore")
+            # the columns of the tables this run read, so the file is no wider than its input
+            columns = rejects_columns(self.tables)
+            writer = csv.DictWriter(handle, columns, extrasaction="ignore")
             writer.writeheader()
             for r in self.sorted_rejections():
-                writer.writerow(
-                    {"table": r.table, "line": r.line, "id": r.id, "reason": r.reason} | r.values
-                )
+                row = {"table": r.table, "line": r.line, "id": r.id, "reason": r.reason}
+                row |= r.values
+                row["raw"] = r.raw
+                writer.writerow({k: safe_cell(v) for k, v in row.items()})
 
 
 def record(result):
     """Keep the run's summary in the default database for the overview page."""
-    from datetime import UTC, datetime
-
     from core.models import LoadRun
 
     LoadRun.objects.create(

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 class Lines(int):
     """A record that starts on line ``int(self)`` and ends on line ``self.last``."""
 
-    __slots__ = ("last",)
+    # No __slots__: CPython refuses a non-empty one on an int subclass ("nonempty __slots__
+    # not supported for subtype of 'int'"), so `last` lives in the instance __dict__.
 
     def __new__(cls, first, last):
         value = super().__new__(cls, first)

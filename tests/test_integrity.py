@@ -8,7 +8,7 @@ from django.core.management import CommandError
 from core import deletion, integrity, pipeline
 from core.integrity import HasOrders, check_integrity, count_orders_for, delete_parent
 from core.models import Order, Product, User
-from core.sources import SyntheticSource, demo_source
+from core.sources import FIRST_ID, SyntheticSource, demo_source
 from tests.conftest import all_databases, behind_the_guards_back
 
 # The demo data plus order 50 (user 1, product 1): 8 orders, two each for user 1 and product 1.
@@ -49,14 +49,15 @@ def test_an_order_whose_user_was_deleted_behind_our_back_is_an_orphan():
 def test_orphans_are_found_across_batches_and_only_the_first_few_are_kept():
     """Keyset batches of 7 over 500 orders see every order once; keep caps the list only."""
     pipeline.load(SyntheticSource(users=50, products=50, orders=500))
-    behind_the_guards_back("products_db", "DELETE FROM products WHERE id <= 10")
-    expected = Order.objects.filter(product_id__lte=10).count()
+    last = FIRST_ID + 9  # the first ten generated products
+    behind_the_guards_back("products_db", "DELETE FROM products WHERE id <= %s", [last])
+    expected = Order.objects.filter(product_id__lte=last).count()
     assert expected > 10
     result = check_integrity(batch_size=7, keep=3)
     assert result.orders_checked == 500
     assert result.orphan_count == expected
     assert [o.id for o in result.orphans] == list(
-        Order.objects.filter(product_id__lte=10).order_by("pk").values_list("pk", flat=True)[:3]
+        Order.objects.filter(product_id__lte=last).order_by("pk").values_list("pk", flat=True)[:3]
     )
     assert check_integrity(batch_size=10_000).orphan_count == expected
 

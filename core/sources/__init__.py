@@ -1,0 +1,56 @@
+"""Where rows come from: the built-in demo files, a directory of CSV/JSONL files (maybe
+gzipped), a rejects file fed back, or a deterministic synthetic stream.
+
+Every source has the same methods, so the loader never asks which one it has:
+
+* ``tables()``: the tables it has rows for, in commit order;
+* ``check()``: raise ``SourceError`` for anything that must stop the run (a missing
+  directory, file or column) before anything is written;
+* ``rows(table)``: ``(line, values)`` pairs in the shape of ``core.rows``, streamed;
+* ``warnings()``: one line per input that looks meant for a table but is not read;
+* ``input_paths()``: the resolved files it reads, so outputs never overwrite them;
+* ``expected(table)``: a ``core.rows.Expected`` for progress bars and their ETA.
+
+Modules: ``reading`` (bytes to records, in bounded memory), ``files`` (a directory),
+``rejects`` (the rejects file), ``synthetic`` (generated rows).
+"""
+
+from pathlib import Path
+
+from core.sources.files import FileSource, is_data_file_name
+from core.sources.reading import MAX_RECORD, SourceError
+from core.sources.rejects import RejectsFileSource
+from core.sources.synthetic import FIRST_ID, SyntheticSource
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_data"
+
+__all__ = [
+    "DEMO_DIR",
+    "FIRST_ID",
+    "MAX_RECORD",
+    "FileSource",
+    "RejectsFileSource",
+    "SourceError",
+    "SyntheticSource",
+    "demo_source",
+    "source_for_path",
+]
+
+
+def demo_source():
+    """The built-in demo data: ten rows per table with known rejections."""
+    source = FileSource(DEMO_DIR)
+    source.label = "demo data"
+    return source
+
+
+def source_for_path(path):
+    """A directory of files, or a rejects CSV being fed back."""
+    path = Path(path)
+    if path.is_file() and is_data_file_name(path.name):
+        raise SourceError(
+            f"--from {path}: give the directory that holds it, not the file: --from {path.parent}"
+        )
+    if path.is_file():
+        return RejectsFileSource(path)
+    return FileSource(path)

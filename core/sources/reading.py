@@ -1,0 +1,409 @@
+"""From a file's bytes to records, in bounded memory: CSV records and JSONL lines.
+
+Every reader yields ``(line, values)`` in the shape of ``core.rows``: ``values`` is a tuple
+of raw values in ``core.tables.fields`` order, or a ``Malformed`` for a record that cannot
+be split into fields. Three rules hold for any input, however hostile:
+
+* Nothing is held whole. Text is read ``BLOCK`` characters at a time and cut into complete
+  lines; a line longer than ``MAX_RECORD`` is skipped chunk by chunk and stands in the
+  stream as a blank line whose number is remembered, so the 200 MB line costs no more
+  memory than a short one. One CSV field is capped at ``MAX_RECORD`` by the csv module.
+* A CSV record whose field contains a line break is malformed: in files people write that
+  is almost always a quote left open, which would otherwise swallow the following rows
+  into one field. Only our own rejects file, whose quotes we wrote, may hold line breaks.
+* A ``.gz`` file is decompressed as it is read; progress is counted in compressed bytes.
+
+The CSV hot loop is one ``for`` over ``csv.reader`` fed by ``itertools.chain`` of
+``io.StringIO`` blocks, so the per-line work stays in C: measured at 1M orders, this is as
+fast as iterating the file object directly, which could not cap a line's length.
+"""
+
+import csv
+import gzip
+import io
+import json
+import os
+import zlib
+from itertools import chain
+from operator import itemgetter
+
+from core.rows import Lines, Malformed
+
+ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
+MAX_RECORD = 1 << 20  # characters in one line, one CSV field or one JSONL record
+BLOCK = 1 << 16  # characters read at a time: the peak memory of reading is a few blocks
+DELIMITERS = (",", ";", "\t")  # tried on the header line; the one naming most fields wins
+READ_ERRORS = (OSError, EOFError, zlib.error)  # a damaged .gz fails mid-stream
+csv.field_size_limit(MAX_RECORD)
+
+
+class SourceError(Exception):
+    """A problem with the input as a whole; the run stops before writing anything."""
+
+
+def too_long(what="line"):
+    return f"the {what} is longer than {MAX_RECORD:,} characters"
+
+
+class Opened:
+    """A file open for reading as text, and how far into its bytes (compressed, for .gz)."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.raw = open(path, "rb")  # noqa: SIM115 - closed by close(), after streaming
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read ({exc.strerror})") from exc
+        binary = self.raw
+        if path.name.endswith(".gz"):
+            binary = gzip.GzipFile(fileobj=self.raw, mode="rb")
+        # surrogateescape keeps undecodable bytes, so the validator rejects only that row
+        self.text = io.TextIOWrapper(
+            binary, encoding=ENCODING, errors="surrogateescape", newline=""
+        )
+        self.overlong = set()  # numbers of the lines replaced by a blank line
+        self.counter = None  # the csv reader, whose line_num numbers the lines handed out
+        self.final = None  # the position when it was closed
+
+    def position(self):
+        if self.final is not None:
+            return self.final
+        try:
+            return self.raw.tell()
+        except (OSError, ValueError):
+            return 0
+
+    def close(self):
+        self.final = self.position()
+        self.text.close()
+        self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def read(self, size):
+        try:
+            return self.text.read(size)
+        except READ_ERRORS as exc:
+            raise SourceError(f"{self.path}: cannot read ({exc})") from exc
+
+    def readline(self, size):
+        try:
+            return self.text.readline(size)
+        except READ_ERRORS as exc:
+            raise SourceError(f"{self.path}: cannot read ({exc})") from exc
+
+    def line_blocks(self):
+        """Yield iterables of complete lines, about BLOCK characters at a time.
+
+        Lines are split on ``\\n``, ``\\r\\n`` and ``\\r`` only, as the file object splits
+        them, so line numbers agree (see ``_split``). ``in_quotes`` follows whether the text
+        so far ends inside a quoted field (an odd count of ``"``; doubled quotes inside a
+        field count twice), so that a field running on into a block without quotes keeps
+        its line breaks.
+        """
+        carry = ""
+        in_quotes = False
+        while block := self.read(BLOCK):
+            if carry:
+                block = carry + block
+            cut = (block.rfind("\n") + 1) or (block.rfind("\r") + 1)
+            if cut:
+                carry = block[cut:]
+                text = block[:cut]
+                quoted = '"' in text
+                yield _split(text, quoted or in_quotes)
+                if quoted and text.count('"') % 2:
+                    in_quotes = not in_quotes
+            elif len(block) > MAX_RECORD:
+                carry = self._skip_rest_of_line()
+                yield ("\n",)  # stands for the long line, numbered in self.overlong
+            else:
+                carry = block
+        if carry:
+            yield (carry,)
+
+    def _skip_rest_of_line(self):
+        """Read past the end of an overlong line; return what follows it in the last block."""
+        if self.counter is None:
+            raise SourceError(f"{self.path}: {too_long('header line')}")
+        self.overlong.add(self.counter.line_num + 1)
+        while block := self.read(BLOCK):
+            ends = [i for i in (block.find("\n"), block.find("\r")) if i >= 0]
+            if ends:
+                end = min(ends)
+                if block.startswith("\r\n", end):
+                    end += 1
+                return block[end + 1 :]
+        return ""
+
+
+# Line breaks to str.splitlines but not to the csv module or the file object.
+OTHER_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+def _split(text, quotes):
+    """Return text's lines as the csv module must see them, as cheaply as possible.
+
+    Measured per row: with no quoted field in play, ``str.split("\\n")`` (the csv module
+    ends a line at the end of each string, so the dropped ``\\n`` changes nothing outside
+    quotes); else ``str.splitlines``, which keeps the breaks a quoted field holds, unless
+    the block has a break only splitlines knows (a form feed belongs inside a field); else
+    ``io.StringIO``, the slowest. One difference is left, on purpose: a stray CR inside a
+    line of an LF or CRLF block is the csv module's "new-line character seen in unquoted
+    field" for that line, where the file object would have made two lines of it.
+    """
+    if not quotes and ("\r\n" in text or "\r" not in text):
+        lines = text.split("\n")
+        lines.pop()  # the empty string after the last \n
+        return lines
+    if any(c in text for c in OTHER_BREAKS):
+        return io.StringIO(text, newline="")
+    return text.splitlines(True)
+
+
+def normalized(name):
+    """Compare header names as people write them: any case, spaces or a BOM around them."""
+    return name.strip().lstrip("\ufeff").strip().casefold()
+
+
+class CsvHeader:
+    """Where each of a table's fields is in a file, and how the file is delimited."""
+
+    def __init__(self, path, names, delimiter, line):
+        self.path = path
+        self.names = names  # as written, stripped
+        self.delimiter = delimiter
+        self.line = line  # the header's line number
+        self.keys = [normalized(n) for n in names]
+
+    def positions(self, wanted, what=""):
+        """Return the index of each wanted field; raise SourceError if one is missing or twice."""
+        missing = [f for f in wanted if f not in self.keys]
+        if missing:
+            raise SourceError(
+                f"{self.path}: missing column(s) {', '.join(missing)}{what} "
+                f"(the header must name {','.join(wanted)}; found {self.shown()})"
+            )
+        twice = [f for f in wanted if self.keys.count(f) > 1]
+        if twice:
+            raise SourceError(
+                f"{self.path}: column(s) {', '.join(twice)} appear more than once; keep one"
+            )
+        return [self.keys.index(f) for f in wanted]
+
+    def shown(self):
+        text = self.delimiter.join(self.names)
+        return text if self.delimiter == "," else f"{text!r}, {DELIMITER_NAMES[self.delimiter]}"
+
+    def label(self, index):
+        return self.keys[index] if index < len(self.keys) else f"column {index + 1}"
+
+
+DELIMITER_NAMES = {",": "comma-separated", ";": "semicolon-separated", "\t": "tab-separated"}
+
+
+def open_csv(opened, wanted):
+    """Return (header, csv reader positioned after it); the reader numbers lines from 1."""
+    blocks = opened.line_blocks()
+    seen = []  # the lines read to find the header, handed to the reader again
+    for block in blocks:
+        rest = iter(block)
+        for text in rest:
+            seen.append(text)
+            if text.strip():
+                break
+        else:
+            continue
+        break
+    else:
+        raise SourceError(f"{opened.path}: the file is empty (expected a header row)")
+    header_text = seen[-1]
+    delimiter = max(DELIMITERS, key=lambda d: _fields_named(header_text, d, wanted))
+    reader = csv.reader(chain(seen, rest, chain.from_iterable(blocks)), delimiter=delimiter)
+    opened.counter = reader
+    try:
+        names = next(r for r in reader if r)
+    except csv.Error as exc:
+        raise SourceError(f"{opened.path}: the header row is not valid CSV ({exc})") from exc
+    return CsvHeader(opened.path, [n.strip() for n in names], delimiter, reader.line_num), reader
+
+
+def _fields_named(text, delimiter, wanted):
+    try:
+        names = next(csv.reader([text], delimiter=delimiter), [])
+    except csv.Error:
+        return 0
+    keys = {normalized(n) for n in names}
+    return sum(f in keys for f in wanted)
+
+
+def rewritten(record, delimiter):
+    """The record as one CSV text, for the rejects file's ``raw`` column.
+
+    The csv module hands over fields, not the text it split, so this is the record as the
+    reader saw it: a quote left open shows as the swallowed lines inside one quoted field.
+    """
+    out = io.StringIO()
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n").writerow(record)
+    return out.getvalue()[:-2]  # the terminator makes fields holding CR or LF quoted
+
+
+def _picker(positions, width):
+    """Return a C-level function taking a record to the tuple of the wanted fields."""
+    if positions == list(range(width)):
+        return tuple
+    if len(positions) == 1:
+        get = itemgetter(positions[0])
+        return lambda record: (get(record),)
+    return itemgetter(*positions)
+
+
+def csv_rows(path, wanted, track=None):
+    """Yield (line, values) per record of a data file after its header; skip blank lines.
+
+    One generator, no wrapper: a second generator layer costs a measurable share of the
+    reading time at a million rows. ``track(opened)`` is told the open file (for progress).
+    """
+    with Opened(path) as opened:
+        if track is not None:
+            track(opened)
+        header, reader = open_csv(opened, wanted)
+        pick = _picker(header.positions(wanted), len(header.names))
+        width = len(header.names)
+        overlong = opened.overlong
+        line = header.line
+        while True:
+            try:
+                for record in reader:
+                    first = line + 1
+                    line = reader.line_num
+                    if line == first and len(record) == width:
+                        yield line, pick(record)
+                    elif record:
+                        yield _malformed(header, record, first, line)
+                    elif line in overlong:  # else a blank line
+                        yield line, Malformed(too_long())
+                return
+            except csv.Error as exc:  # the reader goes on at the next line
+                first, line = line + 1, reader.line_num
+                yield _spanning(first, line), _csv_error(exc)
+
+
+def _spanning(first, last):
+    return Lines(first, last) if last > first else last
+
+
+def _malformed(header, record, first, last):
+    if last > first:
+        broken = next((i for i, f in enumerate(record) if "\n" in f or "\r" in f), None)
+        what = "a field" if broken is None else header.label(broken)
+        reason = f"{what} contains a line break (an unbalanced quote?)"
+    else:
+        reason = f"expected {len(header.names)} fields, got {len(record)}"
+    return _spanning(first, last), Malformed(reason, rewritten(record, header.delimiter))
+
+
+def _csv_error(exc):
+    if "field larger than field limit" in str(exc):
+        return Malformed(too_long("field"))
+    return Malformed(f"not valid CSV ({exc})")
+
+
+def csv_records(opened, wanted):
+    """Return (header, records) for our own CSV file: records yields (line, fields, problem).
+
+    For the rejects file, whose quoted cells may hold line breaks (we wrote them) and whose
+    rows the caller sorts by their ``table`` column before picking fields. ``fields`` is the
+    record's list of cells (None when the csv module could not split it); ``problem`` is a
+    ``Malformed`` or None.
+    """
+    header, reader = open_csv(opened, wanted)
+    return header, _records(opened, header, reader)
+
+
+def _records(opened, header, reader):
+    width = len(header.names)
+    line = header.line
+    while True:
+        try:
+            for record in reader:
+                first, line = line + 1, reader.line_num
+                where = _spanning(first, line)
+                if len(record) == width:
+                    yield where, record, None
+                elif record:
+                    reason = f"expected {width} fields, got {len(record)}"
+                    yield where, record, Malformed(reason, rewritten(record, header.delimiter))
+                elif line in opened.overlong:
+                    yield line, None, Malformed(too_long())
+            return
+        except csv.Error as exc:
+            first, line = line + 1, reader.line_num
+            yield _spanning(first, line), None, _csv_error(exc)
+
+
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+def jsonl_rows(path, wanted, track=None):
+    """Yield (line, values) per non-blank line, reading at most MAX_RECORD characters of it."""
+    with Opened(path) as opened:
+        if track is not None:
+            track(opened)
+        yield from _jsonl_rows(opened, wanted)  # json.loads dwarfs the extra generator
+
+
+def _jsonl_rows(opened, wanted):
+    number = 0
+    while text := opened.readline(MAX_RECORD + 1):
+        number += 1
+        if len(text) > MAX_RECORD and not text.endswith(("\n", "\r")):
+            while (rest := opened.readline(MAX_RECORD)) and not rest.endswith(("\n", "\r")):
+                pass
+            yield number, Malformed(too_long())
+            continue
+        text = text.rstrip("\r\n")  # else an early end is reported on "line 2, column 1"
+        if not text.strip():
+            continue
+        record = _json_record(text)
+        if isinstance(record, str):
+            yield number, Malformed(record, text)
+            continue
+        missing = [n for n in wanted if n not in record]
+        if missing:
+            yield number, Malformed(f"missing field(s) {', '.join(missing)}", text)
+            continue
+        yield number, tuple(record[n] for n in wanted)
+
+
+def _json_record(text):
+    """Return the object on one line, or a str saying why it is not one."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        column = exc.pos + 1  # the line is the whole document: position counts from its start
+        at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+            if exc.msg == "Expecting value":
+                return f"not valid JSON (the line ends where a value should be, at column {column})"
+            return f"not valid JSON (the line ends early: {exc.msg}{at} column {column})"
+        return f"not valid JSON ({exc.msg}{at} column {column})"
+    except ValueError as exc:  # e.g. a number with more digits than Python converts
+        return f"not valid JSON ({exc})"
+    except RecursionError:
+        return "not valid JSON (nested too deeply)"
+    if not isinstance(record, dict):
+        kind = "null" if record is None else JSON_TYPES.get(type(record), "true/false")
+        return f"expected a JSON object, got {kind}"
+    return record
+
+
+def file_size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None

@@ -1,0 +1,119 @@
+"""Deterministic synthetic rows, generated as fast as the CSV reader reads them.
+
+Ids start at ``FIRST_ID`` (1001), clear of the demo data's ids 1-10, so ``make demo``
+followed by a synthetic load reports no conflicts; the same seed gives the same rows, so
+running the same command twice stores nothing twice. Rows carry no line (``None``).
+
+Orders are generated a chunk at a time from ``randbytes``: ``zip`` and ``map`` over arrays
+of random numbers build every row tuple in C, and ``rows()`` returns a ``chain`` of those
+iterators, with no Python frame per row. Measured in-process at 1M orders: the chain takes
+less time than ``FileSource`` takes to read the same orders from CSV.
+"""
+
+import array
+import random
+import sys
+from decimal import Decimal
+from itertools import chain, repeat
+from operator import add, mod
+
+from core.rows import Expected
+from core.sources.reading import SourceError
+from core.tables import TABLES
+
+FIRST_ID = 1001
+CHUNK = 50_000  # rows generated at once: large enough to amortise, small enough to stream
+QUANTITY_MAX = 5
+# byte -> quantity 1..5; 256 % 5 == 1, so 1 is drawn 52 times in 256 instead of 51.2
+QUANTITIES = bytes(b % QUANTITY_MAX + 1 for b in range(256))
+
+FIRST_NAMES = (
+    "Alice Bob Charlie David Eve Frank Grace Henry Ivy Jack Karen Liam Mia Noah Olivia "
+    "Paul Quinn Rosa Sam Tara Umar Vera Will Xena Yusuf Zoe"
+).split()
+LAST_NAMES = (
+    "Smith Jones Garcia Miller Davis Martin Lopez Clark Lewis Walker Young King Wright "
+    "Scott Green Baker Adams Nelson Hill Ramirez Campbell Mitchell Roberts Carter"
+).split()
+PRODUCT_ADJECTIVES = "Compact Deluxe Ergonomic Portable Smart Wireless Classic Pro".split()
+PRODUCT_NOUNS = (
+    "Laptop Phone Headphones Monitor Keyboard Mouse Watch Chair Speaker Camera Tablet Lamp"
+).split()
+
+
+def _uint32s(rng, count):
+    """count random 32-bit numbers, the same on every machine for one rng state."""
+    numbers = array.array("I")
+    if numbers.itemsize != 4:
+        numbers = array.array("L")
+    numbers.frombytes(rng.randbytes(4 * count))
+    if sys.byteorder == "big":
+        numbers.byteswap()
+    return numbers
+
+
+def _ids_below(rng, count, n):
+    """count ids in FIRST_ID .. FIRST_ID + n - 1 (bias n / 2**32: none worth a rejection loop)."""
+    return map(add, map(mod, _uint32s(rng, count), repeat(n)), repeat(FIRST_ID))
+
+
+class SyntheticSource:
+    """Realistic-looking rows generated on the fly; the same seed gives the same rows."""
+
+    def __init__(self, users=0, products=0, orders=0, seed=0):
+        for name, count in (("users", users), ("products", products), ("orders", orders)):
+            if count < 0:
+                raise SourceError(f"--{name} must be 0 or more (got {count})")
+        if orders and not (users and products):
+            raise SourceError("--orders needs --users and --products to reference")
+        self.counts = {"users": users, "products": products, "orders": orders}
+        self.seed = seed
+        self.label = f"synthetic (users={users}, products={products}, orders={orders}, seed={seed})"
+
+    def check(self):
+        pass
+
+    def warnings(self):
+        return []
+
+    def input_paths(self):
+        return []
+
+    def tables(self):
+        return [t for t in TABLES if self.counts.get(t)]
+
+    def expected(self, table):
+        return Expected(self.counts[table], "rows")
+
+    def rows(self, table):
+        # One generator per table, seeded from (seed, table): each table is reproducible alone.
+        rng = random.Random(f"{self.seed}:{table}")
+        count = self.counts[table]
+        starts = range(FIRST_ID, FIRST_ID + count, CHUNK)
+        make = getattr(self, f"_{table}")
+        return chain.from_iterable(
+            make(rng, start, min(CHUNK, FIRST_ID + count - start)) for start in starts
+        )
+
+    def _users(self, rng, start, count):
+        rows = []
+        for i in range(start, start + count):
+            first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+            rows.append((None, (i, f"{first} {last}", f"{first}.{last}.{i}@example.com".lower())))
+        return rows
+
+    def _products(self, rng, start, count):
+        rows = []
+        for i in range(start, start + count):
+            name = f"{rng.choice(PRODUCT_ADJECTIVES)} {rng.choice(PRODUCT_NOUNS)}"
+            rows.append((None, (i, name, Decimal(rng.randrange(100, 200_000)).scaleb(-2))))
+        return rows
+
+    def _orders(self, rng, start, count):
+        """One chunk of orders; a short last chunk draws a whole one and keeps its start,
+        so order i is the same row whatever --orders says (concurrent loads rely on it)."""
+        users = _ids_below(rng, CHUNK, self.counts["users"])
+        products = _ids_below(rng, CHUNK, self.counts["products"])
+        quantities = rng.randbytes(CHUNK).translate(QUANTITIES)
+        rows = zip(range(start, start + count), users, products, quantities, strict=False)
+        return zip(repeat(None), rows, strict=False)  # both stop at the range's end

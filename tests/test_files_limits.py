@@ -1,0 +1,165 @@
+"""Records that must not be stored or held: a 200 MB line, and a quote left open.
+
+The memory test measures, in a subprocess, the kernel's peak resident size while a source
+reads one 200 MB line, against the same program reading a small file: before records were
+capped, the whole line was read (442 MB at peak).
+"""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core.rows import Lines, Malformed
+from core.sources import FileSource
+from tests.conftest import ROOT, all_databases
+
+LINE_MB = 200
+SLACK_MB = 40  # a 1 MB record cap, 256k-character blocks, allocator noise
+
+READ_ALL = """\
+import os, resource, sys
+import django
+django.setup()
+from core.sources import FileSource
+source = FileSource(sys.argv[1])
+source.check()
+rows = list(source.rows(sys.argv[2]))
+print(len(rows), type(rows[0][1]).__name__, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_kb(directory, table):
+    """Read table from directory in a fresh process; return (rows, first kind, peak RSS KB)."""
+    done = subprocess.run(
+        [sys.executable, "-c", READ_ALL, str(directory), table],
+        cwd=ROOT,
+        env={"DJANGO_SETTINGS_MODULE": "multids.settings", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows, kind, peak = done.stdout.split()
+    return int(rows), kind, int(peak)
+
+
+def _write_long_line(path, head, tail, opener=open):
+    chunk = "x" * (1 << 20)
+    with opener(path, "wt", encoding="utf-8", newline="") as handle:
+        handle.write(head)
+        for _ in range(LINE_MB):
+            handle.write(chunk)
+        handle.write(tail)
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "tail", "opener"),
+    [
+        ("users.csv", "id,name,email\n1,", ",a@example.com\n2,Bob,b@example.com\n", open),
+        (
+            "users.jsonl",
+            '{"id": 1, "name": "',
+            '", "email": "a@example.com"}\n{"id": 2, "name": "Bob", "email": "b@example.com"}\n',
+            open,
+        ),
+        (
+            "users.csv.gz",
+            "id,name,email\n1,",
+            ",a@example.com\n2,Bob,b@example.com\n",
+            lambda p, *a, **k: gzip.open(p, *a, compresslevel=1, **k),
+        ),
+    ],
+)
+def test_a_200_mb_line_is_rejected_in_small_memory(tmp_path, name, head, tail, opener):
+    small = tmp_path / "small"
+    small.mkdir()
+    big = tmp_path / "big"
+    big.mkdir()
+    (small / "users.csv").write_text("id,name,email\n1,Ann,a@example.com\n2,Bob,b@example.com\n")
+    _write_long_line(big / name, head, tail, opener)
+    rows, kind, peak = _peak_kb(big, "users")
+    (big / name).unlink()
+    _rows, _kind, baseline = _peak_kb(small, "users")
+    figures = f"{name}: peak {peak // 1024} MB reading the {LINE_MB} MB line, {baseline // 1024} MB"
+    print(figures)
+    assert (rows, kind) == (2, "Malformed")
+    assert peak < baseline + SLACK_MB * 1024, figures
+
+
+def test_the_long_line_is_named_and_the_next_row_is_read(tmp_path):
+    _write_long_line(tmp_path / "users.csv", "id,name,email\n1,", ",a@example.com\n2,Bob,b@x.com\n")
+    source = FileSource(tmp_path)
+    assert list(source.rows("users")) == [
+        (2, Malformed("the line is longer than 1,048,576 characters")),
+        (3, ("2", "Bob", "b@x.com")),
+    ]
+
+
+UNBALANCED = (
+    "id,name,email\n"
+    "1,Ann,ann@example.com\n"
+    '2,"Bob 12in,bob@example.com\n'
+    "3,Cy,cy@example.com\n"
+    "4,Dee,dee@example.com\n"
+    "5,Eve,eve@example.com\n"
+    '6,"Fay" ,fay@example.com\n'
+    "7,Gus,gus@example.com\n"
+)
+
+
+def test_a_quote_left_open_is_one_malformed_record_naming_the_field_and_lines(tmp_path):
+    """The quote swallows lines 3-7 (up to the next quote); none of them is a row."""
+    (tmp_path / "users.csv").write_text(UNBALANCED)
+    got = list(FileSource(tmp_path).rows("users"))
+    assert got[0] == (2, ("1", "Ann", "ann@example.com"))
+    line, malformed = got[1]
+    assert (type(line), int(line), line.last, str(line)) == (Lines, 3, 7, "3-7")
+    assert malformed.reason == "name contains a line break (an unbalanced quote?)"
+    assert "3,Cy,cy@example.com\n4,Dee" in malformed.raw
+    assert got[2:] == [(8, ("7", "Gus", "gus@example.com"))]
+
+
+def test_a_quote_left_open_in_a_semicolon_file_is_found_the_same_way(tmp_path):
+    (tmp_path / "users.csv").write_text(
+        ' ID ; Email;NAME\n1;"ann@example.com;Ann\n2;b@example.com;Bob\n', encoding="utf-8"
+    )
+    ((line, malformed),) = list(FileSource(tmp_path).rows("users"))
+    assert (int(line), line.last) == (2, 3)
+    assert malformed == Malformed(
+        "email contains a line break (an unbalanced quote?)",
+        '1;"ann@example.com;Ann\n2;b@example.com;Bob\n"',
+    )
+
+
+def test_a_quote_left_open_in_a_file_much_longer_than_a_block_keeps_every_line_break(tmp_path):
+    """The swallowed text runs into blocks without quotes; its line breaks are still there."""
+    rest = "".join(f"{i},N{i},n{i}@example.com\n" for i in range(3, 20_000))
+    (tmp_path / "users.csv").write_text(
+        'id,name,email\n1,Ann,a@example.com\n2,"Bob,b@x.com\n' + rest
+    )
+    ((line, malformed),) = list(FileSource(tmp_path).rows("users"))[1:]
+    assert (int(line), line.last) == (3, 20_000)
+    assert malformed.raw.count("\n") == 20_000 - 3 + 1  # lines 3 to 20,000, each ended
+
+
+@all_databases
+@pytest.mark.usefixtures("run_command")
+def test_nothing_of_a_quote_left_open_is_stored(tmp_path, run_command):
+    from core.models import User
+
+    (tmp_path / "users.csv").write_text(UNBALANCED)
+    out = run_command("insert_data", "--from", str(tmp_path), "--no-progress")
+    assert "users (lines 3-7): name contains a line break (an unbalanced quote?)" in out
+    assert list(User.objects.order_by("pk").values_list("pk", flat=True)) == [1, 7]
+
+
+def test_json_lines_report_the_column_where_the_line_ends(tmp_path):
+    text = json.dumps({"id": 1, "name": "Ann", "email": "a@example.com"})
+    (tmp_path / "users.jsonl").write_text(text[:-1] + "\n")
+    ((line, malformed),) = list(FileSource(tmp_path).rows("users"))
+    assert malformed.reason == (
+        f"not valid JSON (the line ends early: Expecting ',' delimiter at column {len(text)})"
+    )
