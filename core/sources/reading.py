@@ -383,7 +383,9 @@ def _jsonl_rows(opened, wanted):
 def _json_record(text):
     """Return the object on one line, or a str saying why it is not one."""
     try:
-        record = json.loads(text)
+        # Decimals keep the text they were written as, so 1e2 meets the same rule as in a
+        # CSV file (no exponent) instead of arriving as the float 100.0
+        record = json.loads(text, parse_float=str)
     except json.JSONDecodeError as exc:
         column = exc.pos + 1  # the line is the whole document: position counts from its start
         at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"

@@ -171,7 +171,8 @@ class Command(BaseCommand):
                     )
                 self.save(result, options)
                 self.print_result(result, options["show"])
-            except pipeline.LoadError as exc:
+            except (pipeline.LoadError, sources.SourceError) as exc:
+                # a database that failed, or a file that broke off mid-way (a damaged .gz)
                 raise CommandError(
                     f"{exc}. Batches committed before the failure are kept; "
                     "run the same command again to finish."
