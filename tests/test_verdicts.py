@@ -21,6 +21,7 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connections
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
@@ -44,30 +45,13 @@ FORMATS = ("csv", "jsonl", "rejects")
 
 # --- Inputs -------------------------------------------------------------------------------
 
-IDS = ["1", "2", "3", "4", "5", "6", "1", "2", "3", "5.0", " 3 ", "0", "-1", "x", "", "1e2"]
-PARENT_IDS = IDS + ["9"]  # 9: never stored, never loaded
-NAMES = [
-    "Ann",
-    "Bob",
-    "Zoë",
-    " Ann ",
-    "Ann\tLee",
-    "Lee, Ann",
-    'Ann "A" Lee',
-    "=1+2",
-    "A" * 200,
-    "A" * 201,
-    "",
-    "  ",
-    "\t",
-    "Ann\nLee",
-    "Ann\rLee",
-    "Ann\u2028Lee",
-    "Ann\x00",
-    "Ann\x1b",
-    "Ann\x7f",
-]
-LOCALS = ["ann", "ANN", "änn", "ÄNN", "a\u0308nn", "straße", "STRASSE", "Strasse", "bob", "ﬀ"]
+IDS = ["1", "2", "3", "4", "5", "6", "7", "8", "5.0", " 3 ", "2.00"]
+BAD_IDS = ["0", "-1", "x", "", "1e2", "2,0"]
+NAMES = ["Ann", "Bob", "Zoë", " Ann ", "Ann\tLee", "Lee, Ann", 'Ann "A" Lee', "=1+2", "A" * 200]
+BAD_NAMES = ["A" * 201, "", "  ", "\t", "Ann\nLee", "Ann\rLee", "Ann\u2028Lee", "Ann\x00"]
+BAD_NAMES += ["Ann\x1b", "Ann\x7f"]
+CASED = ["ann", "ANN", "änn", "ÄNN", "a\u0308nn", "straße", "STRASSE", "Strasse", "ﬀ", "FF"]
+LOCALS = CASED + ["bob", "cy", "dee", "eve", "fay", "gus", "hal", "ida", "jo", "kim"]
 DOMAINS = ["example.com", "EXAMPLE.com"]
 BAD_EMAILS = ["ann", "ann@example", "a nn@example.com", "ann@@example.com", "", "ann@x.com\n"]
 PRICES = ["1.5", "1.50", "1.500", "2", "0.01", ".5", "5.", " 2.5 ", "9999999999.99"]
@@ -75,20 +59,27 @@ BAD_PRICES = ["0", "0.00", "-1", "1e2", "1E2", "1.555", "1,000", "$5", "abc", ""
 QUANTITIES = ["1", "3", "3.0", "3.00", " 4 ", "2147483647"]
 BAD_QUANTITIES = ["0", "-1", "3.5", "1e1", "", "x", "2147483648", "\u0663"]  # ٣: Arabic 3
 
-ids = st.sampled_from(IDS)
-parent_ids = st.sampled_from(PARENT_IDS)
-names = st.sampled_from(NAMES)
-emails = st.one_of(
+
+def mostly(valid, invalid):
+    """Six values in seven from valid: rows with one bad field are common, not the rule."""
+    valid = st.sampled_from(valid) if isinstance(valid, list) else valid
+    return st.integers(0, 6).flatmap(lambda n: st.sampled_from(invalid) if n == 0 else valid)
+
+
+ids = mostly(IDS, BAD_IDS)
+parent_ids = mostly(IDS, BAD_IDS + ["9"] * 3)  # 9: never stored, never loaded
+names = mostly(NAMES, BAD_NAMES)
+emails = mostly(
     st.builds(
-        lambda local, domain, pad: f"{pad}{local}@{domain}{pad}",
+        lambda pad, local, domain: f"{pad}{local}@{domain}{pad}",
+        st.sampled_from(["", "", " "]),
         st.sampled_from(LOCALS),
         st.sampled_from(DOMAINS),
-        st.sampled_from(["", "", " "]),
     ),
-    st.sampled_from(BAD_EMAILS),
+    BAD_EMAILS,
 )
-prices = st.one_of(st.sampled_from(PRICES), st.sampled_from(BAD_PRICES))
-quantities = st.one_of(st.sampled_from(QUANTITIES), st.sampled_from(BAD_QUANTITIES))
+prices = mostly(PRICES, BAD_PRICES)
+quantities = mostly(QUANTITIES, BAD_QUANTITIES)
 ROWS = {
     "users": st.tuples(ids, names, emails),
     "products": st.tuples(ids, names, prices),
@@ -131,20 +122,36 @@ def stored_rows(draw):
         row = rules.clean("products", values)
         if row and row[0] not in stored["products"]:
             stored["products"][row[0]] = row
-    for values in draw(st.lists(ROWS["orders"], max_size=3)):
-        row = rules.clean("orders", values)
-        if row and row[1] in stored["users"] and row[2] in stored["products"]:
-            stored["orders"].setdefault(row[0], row)
+    if stored["users"] and stored["products"]:
+        order = st.tuples(
+            ids,
+            st.sampled_from(sorted(str(pk) for pk in stored["users"])),
+            st.sampled_from(sorted(str(pk) for pk in stored["products"])),
+            quantities,
+        )
+        for values in draw(st.lists(order, max_size=3)):
+            row = rules.clean("orders", values)
+            if row:
+                stored["orders"].setdefault(row[0], row)
     return {t: list(rows.values()) for t, rows in stored.items()}
 
 
-cases = st.fixed_dictionaries(
-    {
-        "rows": st.fixed_dictionaries({t: table_rows(ROWS[t]) for t in FIELDS}),
-        "stored": st.one_of(st.just({}), stored_rows()),
-        "batch_size": st.sampled_from([1, 2, 3, 50]),
-    }
-)
+@st.composite
+def cases(draw):
+    """Rows for the three tables, rows stored before the load, and a batch size. Orders
+    mostly name ids the case's users and products use (accepted, rejected or stored), the
+    rest a bad id or one nobody has."""
+    stored = draw(st.one_of(st.just({}), stored_rows()))
+    rows = {t: draw(table_rows(ROWS[t])) for t in ("users", "products")}
+
+    def parents(table):
+        named = {values[0] for values in rows[table]} | {str(r[0]) for r in stored.get(table, ())}
+        return mostly(sorted(named), BAD_IDS + ["9"] * 3) if named else parent_ids
+
+    rows["orders"] = draw(
+        table_rows(st.tuples(ids, parents("users"), parents("products"), quantities))
+    )
+    return {"rows": rows, "stored": stored, "batch_size": draw(st.sampled_from([1, 2, 3, 50]))}
 
 
 # --- Writing one input in each format -----------------------------------------------------
@@ -357,7 +364,7 @@ def verdict_property(case_dir, **overrides):
     with a patched loader, by the negative controls)."""
 
     @settings(PROPERTY, **overrides)
-    @given(case=cases)
+    @given(case=cases())
     def run(case):
         assume(not any(known(case) for known in KNOWN_DIVERGENCES))
         check_one_verdict(case, case_dir())
@@ -372,7 +379,12 @@ def test_every_format_gives_the_verdicts_of_the_rules(case_dir):
 
 # --- Negative controls: a divergent fast path makes the property fail --------------------
 
-NEGATIVE = {"derandomize": True, "max_examples": 30, "phases": [Phase.explicit, Phase.generate]}
+NEGATIVE = {
+    "derandomize": True,  # the same examples every run, so the control cannot pass by luck
+    "max_examples": 30,
+    "phases": [Phase.generate],  # the first counterexample is enough; no shrinking
+    "report_multiple_bugs": False,
+}
 
 
 @all_databases
@@ -559,3 +571,27 @@ def test_a_rejection_for_an_email_names_the_user_who_has_it(tmp_path):
         "email 'ÄNN@example.com' is already used by user 1",
         "email 'a\u0308nn@example.com' is already used by user 1",
     ]
+
+
+LONG_KEY = "ß" * 200 + "@example.com"  # 212 characters; its key, "ss" * 200 + ..., has 412
+
+
+ON_POSTGRES = "postgresql" in django_settings.DATABASES["users_db"]["ENGINE"]
+
+
+@all_databases
+@pytest.mark.xfail(
+    ON_POSTGRES,
+    strict=True,
+    reason="users.email_key is varchar(254) like the email, but NFKC and casefold can make "
+    "the key longer: a valid 212-character email 'ßß…ß@example.com' has a 412-character key, "
+    "and on PostgreSQL the whole load stops with LoadError 'value too long for type "
+    "character varying(254)' (SQLite does not enforce the length); by the rules both users "
+    "are stored",
+)
+def test_an_email_whose_key_is_longer_than_the_email_is_stored(tmp_path):
+    rows = {"users": [("1", "Sepp", LONG_KEY), ("2", "Bob", "bob@example.com")]}
+    dumped, reasons = load_rows("csv", rows, tmp_path)
+    assert stored_ids(dumped)["users"] == [1, 2]
+    assert dumped["users"][1][3] == rules.email_key(LONG_KEY)
+    assert reasons == []
