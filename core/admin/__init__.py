@@ -32,7 +32,7 @@ The modules: ``base`` (the model's database in every query; the URL as input), `
 from django.contrib import admin
 from django.urls import reverse_lazy
 
-from core.admin import orders, parents  # noqa: F401  (registers the three ModelAdmins)
+from core.admin import catalog, orders  # noqa: F401  (registers the three ModelAdmins)
 
 admin.site.site_header = "multids administration"
 admin.site.site_title = "multids"
