@@ -11,7 +11,6 @@ from core.models import Order
 
 @admin.register(Order)
 class OrderAdmin(ReferencingAdmin):
-    search_fields = ("id",)  # shows the search box; get_search_results does the work
     search_help_text = "Search orders by order, user or product id, or by the user's email."
     list_filter = (QuantityFilter,)  # and one filter per reference: ?user_id=, ?product_id=
     ordering = ("-id",)

@@ -60,6 +60,24 @@ class ReferencingAdmin(TableAdmin):
     """The admin of a table with references: columns, links, filters, search and the save
     refused by the guard, all from the declarations."""
 
+    search_fields = ("id",)  # shows the search box; get_search_results does the work
+
+    def __init__(self, model, admin_site):
+        super().__init__(model, admin_site)
+        if self.search_help_text is None:
+            self.search_help_text = self.default_search_help_text()
+
+    def default_search_help_text(self):
+        """ "Search reviews by id, by user or product id, or by the user's email"."""
+        nouns = " or ".join(dict.fromkeys(r.noun for r in self.spec.references))
+        text = f"Search {self.opts.verbose_name_plural} by id, by {nouns} id"
+        keyed = [
+            f"the {r.noun}'s {key.source}"
+            for r in self.spec.references
+            for key in tables.spec(r.parent).keys
+        ]
+        return text + (f", or by {' or '.join(keyed)}." if keyed else ".")
+
     def generated_attributes(self):
         attributes = dict(super().generated_attributes())
         for reference in self.spec.references:
