@@ -5,13 +5,14 @@ products only through core.deletion."""
 from decimal import Decimal
 
 import pytest
-from django.contrib.admin.models import DELETION, LogEntry
+from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.contrib.messages import get_messages
 from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from core import tables
+from core.admin.forms import ValidatedForm
 from core.admin.referencing import attach_parents
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES, behind_the_guards_back
@@ -272,6 +273,24 @@ def test_an_order_form_shows_every_problem_at_once(admin_client, rows):
         "product_id": ["product 99 does not exist"],
     }
     assert not Order.objects.filter(pk=4).exists()
+
+
+def test_an_order_the_guard_refuses_is_shown_again_not_stored(admin_client, rows, monkeypatch):
+    """The validate-then-save race: the form's checks pass (patched here, as if user 99
+    existed when they ran), the guard refuses the save inside its transaction, and the
+    admin shows the form again with the guard's words: no 500, no order, no log entry."""
+    monkeypatch.setattr(ValidatedForm, "check_references", lambda self, values, valid: None)
+    monkeypatch.setattr(Order, "clean", lambda self: None)
+    response = admin_client.post(
+        f"{ORDERS}add/", {"id": "4", "user_id": "99", "product_id": "1", "quantity": "1"}
+    )
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.non_field_errors()) == [
+        "Not saved: order 4: user 99 does not exist in users_db; store the user first"
+    ]
+    assert 'value="99"' in response.content.decode()  # the input is kept
+    assert not Order.objects.filter(pk=4).exists()
+    assert not LogEntry.objects.filter(action_flag=ADDITION).exists()
 
 
 def test_a_valid_row_is_cleaned_and_stored_in_its_own_database(admin_client, rows):
