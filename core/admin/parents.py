@@ -24,6 +24,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html
 
 from core import deletion, tables
 from core.admin.base import TableAdmin, admin_url, may
@@ -100,6 +101,7 @@ class ParentAdmin(TableAdmin):
         """The child's list filtered to the children of parent pk (None if it would be a
         403), through the reference's list filter."""
         url = admin_url(request, self.admin_site, self.child_model(child), "changelist")
+        # A table naming this one in two columns would link by the first (its count adds both).
         field = next(r.field for r in self.spec.children if r.child == child)
         return f"{url}?{field}={pk}" if url else None
 
@@ -115,8 +117,6 @@ class ParentAdmin(TableAdmin):
         return (*super().trailing_columns(), *(f"{c}_count" for c in self.child_tables()))
 
     def _count_column(self, child):
-        from django.utils.html import format_html
-
         @admin.display(description=self.child_model(child)._meta.verbose_name_plural)
         def count(row):
             n = row.child_counts.get(child, 0)
