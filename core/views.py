@@ -1,13 +1,13 @@
 """The databases overview: what each database is, how full it is, whether it is sound, and
 the recent ``insert_data`` runs with a chart of rows per second per table.
 
-Who may see it: staff with view permission on users, products and orders (the page shows
+Who may see it: staff with view permission on every registered table (the page shows
 their counts and file paths, and can scan every order); anyone else logged in as staff gets
 403, everyone else the admin login. Responses are ``never_cache``: they hold live counts.
 
 The page reads counts and runs ``core.integrity.file_check`` (``PRAGMA integrity_check``) on
-every SQLite file each time it is shown. Checking every order against its user and product
-(``core.integrity.check_integrity``) streams the whole orders table, so it runs only on a
+every SQLite file each time it is shown. Checking every reference against its parent
+(``core.integrity.check_integrity``) streams every child table, so it runs only on a
 POST (CSRF-protected like every form), at most once per ``FULL_CHECK_INTERVAL`` seconds for
 the whole site (``core.security.Throttle``); the page shows when the last one ran, how long
 it took and what it found.
@@ -57,7 +57,8 @@ def overview_permission_required(view):
     def checked(request, *args, **kwargs):
         if not request.user.has_perms(overview_permissions()):
             raise PermissionDenied(
-                "the overview needs view permission on users, products and orders"
+                "the overview needs view permission on "
+                + listed(m._meta.verbose_name_plural for m in tables.MODELS.values())
             )
         return view(request, *args, **kwargs)
 
@@ -195,10 +196,35 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
     }
 
 
+def listed(words):
+    """ "a", "a and b", "a, b and c"."""
+    words = [str(w) for w in words]
+    return ", ".join(words[:-1]) + f" and {words[-1]}" if len(words) > 1 else "".join(words)
+
+
+def reference_words():
+    """What the full check covers, from the registry: the tables holding references (by
+    their plural) and the tables they reference (by their noun)."""
+    children = [s for s in tables.SPECS.values() if s.references]
+    parents = dict.fromkeys(r.noun for s in children for r in s.references)
+    parent_tables = dict.fromkeys(r.parent for s in children for r in s.references)
+    return {
+        "children": listed(s.name for s in children),
+        "parent_tables": listed(parent_tables),
+        "parents": listed(parents),
+        "parents_or": " or ".join(parents),
+    }
+
+
 def full_check():
-    """Check every order's user and product; return what the page shows, as JSON data."""
+    """Check every reference of every table; return what the page shows, as JSON data."""
     result = integrity.check_integrity()
-    return result.as_dict() | {"orphan_lines": [str(o) for o in result.orphans]}
+    checked = listed(f"{n:,} {table}" for table, n in result.rows_checked.items())
+    return result.as_dict() | {
+        "orphan_lines": [str(o) for o in result.orphans],
+        "checked_words": checked or "nothing",
+        "rows_checked_total": result.orders_checked,
+    }
 
 
 def last_full_check():
@@ -219,7 +245,7 @@ def last_full_check():
 @never_cache
 @require_http_methods(["GET", "POST"])
 def overview(request):
-    """Show every database and the recent runs; on POST also check every order's parents."""
+    """Show every database and the recent runs; on POST also check every reference."""
     status, refused_for = 200, 0
     if request.method == "POST":
         ran, _state = full_check_throttle.run(full_check)
@@ -235,5 +261,6 @@ def overview(request):
         "check": last_full_check(),
         "check_refused_for": refused_for,
         "check_interval": FULL_CHECK_INTERVAL,
+        "references": reference_words(),
     }
     return render(request, "core/overview.html", context, status=status)

@@ -1,19 +1,21 @@
 """The admin reads and writes each model in its own database, validates through
 core.validation, fetches an order page's parents once per database, and deletes users and
-products only through core.integrity.delete_parent."""
+products only through core.deletion."""
 
 from decimal import Decimal
 
 import pytest
-from django.contrib.admin.models import DELETION, LogEntry
+from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.contrib.messages import get_messages
 from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from core.admin.orders import attach_parents
+from core import tables
+from core.admin.forms import ValidatedForm
+from core.admin.referencing import attach_parents
 from core.models import Order, Product, User
-from tests.conftest import ALL_DATABASES
+from tests.conftest import ALL_DATABASES, behind_the_guards_back
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -22,9 +24,9 @@ USERS = "/admin/core/user/"
 PRODUCTS = "/admin/core/product/"
 
 REFUSAL = (
-    "User 1 was not deleted: it has 2 orders in orders_db. To delete it with its orders, "
-    "open it and choose “Delete”, or select it in this list and choose the action "
-    "“Delete selected users with their orders”."
+    "Customer 1 was not deleted: it has 2 orders in orders_db. To delete it with its "
+    "children, open it and choose “Delete”, or select it in this list and choose the action "
+    "“Delete selected customers with their orders and reviews”."
 )
 
 
@@ -106,25 +108,29 @@ def test_order_list_reads_users_and_products_once_per_page(admin_client, rows):
 
 
 def test_attach_parents_fills_the_accessors_without_more_queries(rows):
-    orders = attach_parents(Order.objects.order_by("pk"))
     with CaptureQueriesContext(connections["users_db"]) as users:
-        assert [o.user.name for o in orders] == ["Alice", "Alice", "Bob"]
-    assert [o.product.name for o in orders] == ["Laptop", "Headphones", "Headphones"]
-    assert len(users) == 0
+        orders = attach_parents(Order.objects.order_by("pk"), tables.spec(Order))
+        assert [o.parents["user_id"].name for o in orders] == ["Alice", "Alice", "Bob"]
+    assert [o.parents["product_id"].name for o in orders] == ["Laptop", "Headphones", "Headphones"]
+    assert len(users) == 1
 
 
 def test_an_order_whose_user_is_missing_says_so(admin_client, rows):
-    Order.objects.create(id=9, user_id=99, product_id=1, quantity=1)
-    assert "user 99 not found" in text(admin_client.get(ORDERS))
+    behind_the_guards_back(
+        "orders_db", "INSERT INTO orders (id, user_id, product_id, quantity) VALUES (9, 99, 1, 1)"
+    )
+    page = text(admin_client.get(ORDERS))
+    assert '<strong class="errornote">user 99 not found</strong>' in page
+    assert "user 99 not found" in text(admin_client.get(f"{ORDERS}9/change/"))
 
 
 def test_user_and_product_lists_count_orders_in_one_query(admin_client, rows):
     response, queries = queries_per_alias(admin_client, USERS)
-    counts = {u.pk: u.order_count for u in response.context["cl"].result_list}
+    counts = {u.pk: u.child_counts.get("orders", 0) for u in response.context["cl"].result_list}
     assert counts == {1: 2, 2: 1, 3: 0}
     assert len(queries["orders_db"]) == 1
     products = admin_client.get(PRODUCTS).context["cl"].result_list
-    assert {p.pk: p.order_count for p in products} == {1: 1, 2: 2, 3: 0}
+    assert {p.pk: p.child_counts.get("orders", 0) for p in products} == {1: 1, 2: 2, 3: 0}
 
 
 @pytest.mark.parametrize(
@@ -179,8 +185,8 @@ def test_the_order_count_has_a_thousands_separator(admin_client, rows):
 @pytest.mark.parametrize(
     ("url", "column", "expected"),
     [
-        (ORDERS, "user_name", [2, 1, 3]),  # by user id: user 1 (newest order first), user 2
-        (ORDERS, "product_name", [1, 3, 2]),
+        (ORDERS, "user", [2, 1, 3]),  # by user id: user 1 (newest order first), user 2
+        (ORDERS, "product", [1, 3, 2]),
         (ORDERS, "quantity", [2, 1, 3]),
         (USERS, "name", [1, 2, 3]),
         (USERS, "email", [1, 2, 3]),
@@ -196,16 +202,22 @@ def test_columns_the_database_can_sort_are_sortable(admin_client, rows, url, col
     assert [r.pk for r in result] == expected
 
 
-def test_columns_from_other_databases_are_not_sortable(admin_client, rows):
-    cl = admin_client.get(ORDERS).context["cl"]
-    for column in ("user_email", "product_price"):
-        assert column not in cl.sortable_by
+def test_counts_from_other_databases_are_not_sortable(admin_client, rows):
+    """The count columns come from other databases: the header offers no sorting."""
+    page = admin_client.get(USERS).content.decode()
+    cl = admin_client.get(USERS).context["cl"]
+    assert cl.sortable_by == ["id", "name", "email"]
+    assert cl.list_display[-2:] == ["orders_count", "reviews_count"] or cl.list_display[-2:] == (
+        "orders_count",
+        "reviews_count",
+    )
+    assert "sortable column-orders_count" not in page
 
 
 def test_order_detail_shows_user_and_product(admin_client, rows):
     page = text(admin_client.get(f"{ORDERS}2/change/"))
     assert "Alice &lt;alice@example.com&gt;" in page
-    assert "Headphones, 150.00" in page
+    assert "Headphones (150.00)" in page
 
 
 # --- Forms: one set of rules with insert_data -----------------------------------------------
@@ -263,6 +275,24 @@ def test_an_order_form_shows_every_problem_at_once(admin_client, rows):
     assert not Order.objects.filter(pk=4).exists()
 
 
+def test_an_order_the_guard_refuses_is_shown_again_not_stored(admin_client, rows, monkeypatch):
+    """The validate-then-save race: the form's checks pass (patched here, as if user 99
+    existed when they ran), the guard refuses the save inside its transaction, and the
+    admin shows the form again with the guard's words: no 500, no order, no log entry."""
+    monkeypatch.setattr(ValidatedForm, "check_references", lambda self, values, valid: None)
+    monkeypatch.setattr(Order, "clean", lambda self: None)
+    response = admin_client.post(
+        f"{ORDERS}add/", {"id": "4", "user_id": "99", "product_id": "1", "quantity": "1"}
+    )
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.non_field_errors()) == [
+        "Not saved: order 4: user 99 does not exist in users_db; store the user first"
+    ]
+    assert 'value="99"' in response.content.decode()  # the input is kept
+    assert not Order.objects.filter(pk=4).exists()
+    assert not LogEntry.objects.filter(action_flag=ADDITION).exists()
+
+
 def test_a_valid_row_is_cleaned_and_stored_in_its_own_database(admin_client, rows):
     response = admin_client.post(f"{PRODUCTS}add/", {"id": "4", "name": "  Pen ", "price": "2.5"})
     assert response.status_code == 302
@@ -292,6 +322,8 @@ def test_deleting_a_user_with_orders_opens_one_page_with_the_two_choices(admin_c
     assert response.templates[0].name == "admin/core/delete_parent.html"
     assert "Are you sure" not in page and not messages_of(response)
     assert f'<a id="orders-link" href="{ORDERS}?user_id=1">2 orders in orders_db</a>' in page
+    assert "they keep it from being deleted alone" in page
+    assert 'name="with_children" value="yes"' in page
     assert 'value="Delete it with its 2 orders"' in page
     assert f'<a href="{USERS}1/change/" id="keep-it" class="button cancel-link">Keep it</a>' in (
         page
@@ -311,11 +343,11 @@ def test_a_plain_delete_post_of_a_user_with_orders_deletes_nothing(admin_client,
 
 
 def test_delete_it_with_its_orders_deletes_and_logs_every_row(admin_client, rows):
-    response = admin_client.post(f"{USERS}1/delete/", {"post": "yes", "with_orders": "yes"})
+    response = admin_client.post(f"{USERS}1/delete/", {"post": "yes", "with_children": "yes"})
     assert response.status_code == 302 and response["Location"] == USERS
     assert messages_of(response) == [
         "Its 2 orders were deleted first.",
-        "The user “Alice <alice@example.com>” was deleted successfully.",
+        "The customer “Alice <alice@example.com>” was deleted successfully.",
     ]
     assert not User.objects.filter(pk=1).exists()
     assert not Order.objects.filter(user_id=1).exists()
@@ -338,7 +370,7 @@ def test_djangos_delete_selected_is_not_offered(admin_client, rows):
     for url in (USERS, PRODUCTS):
         actions = dict(admin_client.get(url).context["action_form"].fields["action"].choices)
         assert "delete_selected" not in actions
-        assert "delete_selected_with_orders" in actions
+        assert "delete_selected_with_children" in actions
 
 
 def test_the_safe_action_deletes_those_without_orders_and_refuses_the_others(admin_client, rows):
@@ -347,14 +379,14 @@ def test_the_safe_action_deletes_those_without_orders_and_refuses_the_others(adm
     assert "kept: it has orders" in text(confirm)
     assert User.objects.count() == 3  # nothing happens before the confirmation
     response = admin_client.post(USERS, selected | {"post": "yes"})
-    assert messages_of(response) == ["Deleted 1 user and 0 orders.", REFUSAL]
+    assert messages_of(response) == ["Deleted 1 customer.", REFUSAL]
     assert sorted(User.objects.values_list("pk", flat=True)) == [1, 2]
 
 
 def test_delete_with_orders_deletes_the_orders_then_the_product(admin_client, rows):
-    selected = {"action": "delete_selected_with_orders", "_selected_action": ["2"]}
+    selected = {"action": "delete_selected_with_children", "_selected_action": ["2"]}
     confirm = text(admin_client.post(PRODUCTS, selected))
-    assert "deleted together with their 2 orders in orders_db" in confirm
+    assert "deleted together with their children: 2 orders in orders_db" in confirm
     response = admin_client.post(PRODUCTS, selected | {"post": "yes"})
     assert messages_of(response) == ["Deleted 1 product and 2 orders."]
     assert not Product.objects.filter(pk=2).exists()

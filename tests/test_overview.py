@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import pytest
 from django.conf import settings
 
-from core import pipeline
-from core.models import LoadRun, Order
+from core import pipeline, tables
+from core.models import LoadRun
 from core.report import record
 from core.sources import demo_source
 from core.views import database_status, rows_per_second_chart
-from tests.conftest import ALL_DATABASES, all_databases
+from tests.conftest import ALL_DATABASES, all_databases, behind_the_guards_back
 
 
 @pytest.fixture(autouse=True)
@@ -54,17 +54,21 @@ def test_overview_shows_every_database_and_the_recent_loads(admin_client):
         assert f"{row} <td><code>{location}</code></td>" in page
     assert "users: 8" in page and "products: 9" in page and "orders: 7" in page
     assert "load_runs: 1" in page
-    assert page.count('<td class="status-ok">ok</td>') == 4
-    assert len(re.findall(r"<rect class=\"(users|products|orders)\"", page)) == 3
+    assert page.count('<td class="status-ok">ok</td>') == len(ALL_DATABASES)
+    # One bar per registered table (the fourth, reviews, too) for the one run.
+    assert re.findall(r"<rect class=\"(\w+)\"", page) == list(tables.TABLES)
     assert "<td>24</td> <td>0</td> <td>6</td>" in page  # stored, already present, rejected
 
 
 @all_databases
 def test_the_full_check_reports_orphans(admin_client):
     pipeline.load(demo_source())
-    Order.objects.create(id=50, user_id=404, product_id=1, quantity=1)
+    behind_the_guards_back(
+        "orders_db", "INSERT INTO orders (id, user_id, product_id, quantity) VALUES (50, 404, 1, 1)"
+    )
     page = squeezed(admin_client.post("/overview/"))
-    assert "8 orders checked: 1 name a missing user or product" in page
+    assert "Orders and reviews against their users and products" in page
+    assert "8 orders and 0 reviews checked: 1 names a missing user or product" in page
     assert "<li>order 50: user 404 not found</li>" in page
 
 
@@ -86,7 +90,8 @@ def test_the_chart_puts_the_oldest_run_left_and_scales_to_the_fastest_table():
     runs = [run(200, users=50, products=25, orders=100), run(100, users=10, products=0, orders=0)]
     chart = rows_per_second_chart(runs)
     plot_height = chart["base"] - 12
-    oldest, newest = chart["bars"][:3], chart["bars"][3:]  # users, products, orders each
+    n = len(tables.TABLES)  # users, products, orders, then the test settings' reviews
+    oldest, newest = chart["bars"][:n][:3], chart["bars"][n:][:3]
     assert [b["table"] for b in newest] == ["users", "products", "orders"]
     assert [b["height"] for b in newest] == [plot_height / 2, plot_height / 4, plot_height]
     assert oldest[1]["height"] == 0
@@ -139,8 +144,8 @@ def test_the_page_promises_only_what_the_full_check_does(admin_client):
     pipeline.load(demo_source())
     before = squeezed(admin_client.get("/overview/"))
     assert "a few seconds" not in before
-    assert "its time grows with the orders table" in before
+    assert "its time grows with those tables" in before
     assert "Last full check" not in before
     after = squeezed(admin_client.post("/overview/"))
     assert re.search(r"Last full check: \S+ \S+ UTC, took \d+\.\d s\.", after)
-    assert re.search(r"\(the last one: 7 orders in \d+\.\d s\)", after)
+    assert re.search(r"\(the last one: 7 rows in \d+\.\d s\)", after)

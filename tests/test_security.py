@@ -11,7 +11,7 @@ import pytest
 from django.views.debug import ExceptionReporter
 
 from core.security import hide_url_passwords
-from tests.conftest import ROOT, manage
+from tests.conftest import ALL_DATABASES, ROOT, manage
 
 NO_ISSUES = "System check identified no issues (0 silenced)."
 
@@ -214,7 +214,7 @@ def test_hide_url_passwords_keeps_the_rest_of_the_url():
 # --- Content-Security-Policy -----------------------------------------------------------------
 
 
-@pytest.mark.django_db(databases=["default", "users_db", "orders_db", "products_db"])
+@pytest.mark.django_db(databases=ALL_DATABASES)
 @pytest.mark.parametrize("url", ["/admin/login/", "/overview/", "/admin/core/user/"])
 def test_every_page_sends_a_content_security_policy(client, admin_user, url):
     client.force_login(admin_user)

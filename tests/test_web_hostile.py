@@ -9,10 +9,16 @@ import pytest
 from core.admin.base import parse_id
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES
+from tests.reviews.models import Review
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
-CHANGELISTS = ("/admin/core/user/", "/admin/core/product/", "/admin/core/order/")
+CHANGELISTS = (
+    "/admin/core/user/",
+    "/admin/core/product/",
+    "/admin/core/order/",
+    "/admin/reviews/review/",  # the fourth table, declared only in the test settings
+)
 HUGE = "99999999999999999999999999"
 
 HOSTILE_QUERIES = [
@@ -99,6 +105,9 @@ def rows():
     Order.objects.bulk_create(
         Order(id=n, user_id=n % 30 + 1, product_id=1, quantity=n % 7 + 1) for n in range(1, 61)
     )
+    Review.objects.bulk_create(
+        Review(id=n, user_id=n % 30 + 1, product_id=1, rating=n % 5 + 1) for n in range(1, 21)
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -130,6 +139,7 @@ def test_no_object_id_gives_a_server_error(admin_client, rows, url):
                     failures.append((object_id, page, method.__name__, status))
     assert failures == []
     assert User.objects.count() == 30 and Order.objects.count() == 60
+    assert Review.objects.count() == 20
 
 
 def test_undeclared_lookups_are_refused_not_run(admin_client, rows):

@@ -24,16 +24,18 @@ USERS, PRODUCTS, ORDERS = "/admin/core/user/", "/admin/core/product/", "/admin/c
 ACCOUNTS = {
     "non_staff": (False, []),
     "staff": (True, []),
-    "view_only": (True, ["view_user", "view_product", "view_order"]),
+    "view_only": (True, ["view_user", "view_product", "view_order", "view_review"]),
     "view_change": (
         True,
         [
             "view_user",
             "view_product",
             "view_order",
+            "view_review",
             "change_user",
             "change_product",
             "change_order",
+            "change_review",
         ],
     ),
     "delete_parents": (True, ["view_user", "view_product", "delete_user", "delete_product"]),
@@ -43,9 +45,11 @@ ACCOUNTS = {
             "view_user",
             "view_product",
             "view_order",
+            "view_review",
             "delete_user",
             "delete_product",
             "delete_order",
+            "delete_review",
         ],
     ),
 }
@@ -93,7 +97,9 @@ def login(django_user_model, db):
         is_staff, permissions = ACCOUNTS[account]
         user, _ = django_user_model.objects.get_or_create(username=account, is_staff=is_staff)
         user.user_permissions.set(
-            Permission.objects.filter(content_type__app_label="core", codename__in=permissions)
+            Permission.objects.filter(
+                content_type__app_label__in=["core", "reviews"], codename__in=permissions
+            )
         )
         assert user.user_permissions.count() == len(permissions)
         client.force_login(user)
@@ -151,13 +157,13 @@ def test_the_full_check_runs_at_most_once_per_interval(login, rows, monkeypatch)
     first = client.post("/overview/")
     assert first.status_code == 200 and len(runs) == 1
     page = " ".join(first.content.decode().split())
-    assert "3 orders checked: every order's user and product exist." in page
+    assert "3 orders and 0 reviews checked: every user or product they name exists." in page
     assert "Last full check: " in page and " UTC, took " in page
     second = client.post("/overview/")
     assert second.status_code == 429 and len(runs) == 1
     page = " ".join(second.content.decode().split())
     assert "Not run: the full check may run once every 30 seconds for the whole site" in page
-    assert "3 orders checked" in page  # the last result is still shown
+    assert "3 orders and 0 reviews checked" in page  # the last result is still shown
     # Another account, another session: the limit is the site's, not the session's.
     assert login("view_change").post("/overview/").status_code == 429
     assert len(runs) == 1
@@ -176,9 +182,9 @@ def test_the_full_check_may_run_again_after_the_interval(login, rows, monkeypatc
 
 
 def test_the_cascade_action_is_offered_only_with_delete_permission_on_orders(login, rows):
-    assert "delete_selected_with_orders" not in actions_offered(login("delete_parents"), USERS)
+    assert "delete_selected_with_children" not in actions_offered(login("delete_parents"), USERS)
     assert "delete_selected_safely" in actions_offered(login("delete_parents"), USERS)
-    assert "delete_selected_with_orders" in actions_offered(login("delete_all"), PRODUCTS)
+    assert "delete_selected_with_children" in actions_offered(login("delete_all"), PRODUCTS)
     assert actions_offered(login("view_change"), USERS) == set()
 
 
@@ -186,7 +192,7 @@ def test_the_cascade_action_is_offered_only_with_delete_permission_on_orders(log
 def test_a_forced_cascade_post_without_order_permission_gets_403(login, rows, confirmed):
     client = login("delete_parents")
     assert client.get(ORDERS).status_code == 403  # it may not even list the orders
-    post = {"action": "delete_selected_with_orders", "_selected_action": ["1"]}
+    post = {"action": "delete_selected_with_children", "_selected_action": ["1"]}
     response = client.post(USERS, post | ({"post": "yes"} if confirmed else {}))
     assert response.status_code == 403
     assert User.objects.filter(pk=1).exists() and Order.objects.count() == 3
@@ -195,18 +201,18 @@ def test_a_forced_cascade_post_without_order_permission_gets_403(login, rows, co
 
 def test_the_delete_page_offers_deleting_orders_only_to_who_may(login, rows):
     page = login("delete_parents").get(f"{USERS}1/delete/").content.decode()
-    assert 'id="delete-with-orders"' not in page
-    assert "is named by 2 orders in orders_db" in " ".join(page.split())
+    assert 'id="delete-with-children"' not in page
+    assert "2 orders in orders_db" in " ".join(page.split())
     assert 'id="orders-link"' not in page  # it may not open the order list
-    assert "needs permission to delete orders, which this account does not have" in page
+    assert "needs permission to delete each of them, which this account does not have" in page
     assert 'id="keep-it"' in page
     page = login("delete_all").get(f"{USERS}1/delete/").content.decode()
-    assert 'id="delete-with-orders"' in page
+    assert 'id="delete-with-children"' in page
 
 
 def test_a_forced_delete_with_orders_post_without_permission_gets_403(login, rows):
     client = login("delete_parents")
-    response = client.post(f"{USERS}1/delete/", {"post": "yes", "with_orders": "yes"})
+    response = client.post(f"{USERS}1/delete/", {"post": "yes", "with_children": "yes"})
     assert response.status_code == 403
     assert User.objects.filter(pk=1).exists() and Order.objects.count() == 3
     # The safe delete of a user without orders stays open to this account.
@@ -218,14 +224,18 @@ def test_a_forced_delete_with_orders_post_without_permission_gets_403(login, row
 def test_accounts_without_delete_permission_delete_nothing(login, rows, account):
     client = login(account)
     assert client.post(f"{USERS}3/delete/", {"post": "yes"}).status_code == 403
-    post = {"action": "delete_selected_with_orders", "_selected_action": ["1"], "post": "yes"}
+    post = {"action": "delete_selected_with_children", "_selected_action": ["1"], "post": "yes"}
     assert client.post(USERS, post).status_code == 403
     assert User.objects.count() == 3 and Order.objects.count() == 3
 
 
 def test_a_cascade_logs_the_parent_and_each_order(login, rows):
     client = login("delete_all")
-    post = {"action": "delete_selected_with_orders", "_selected_action": ["1", "3"], "post": "yes"}
+    post = {
+        "action": "delete_selected_with_children",
+        "_selected_action": ["1", "3"],
+        "post": "yes",
+    }
     response = client.post(USERS, post)
     assert response.status_code == 302
     assert sorted(User.objects.values_list("pk", flat=True)) == [2]
@@ -240,7 +250,7 @@ def test_a_cascade_logs_the_parent_and_each_order(login, rows):
 def test_a_large_cascade_logs_one_summary_entry_for_its_orders(login, rows, monkeypatch):
     monkeypatch.setattr(parent_admin, "LOG_EACH_MAX", 1)
     response = login("delete_all").post(
-        f"{PRODUCTS}2/delete/", {"post": "yes", "with_orders": "yes"}
+        f"{PRODUCTS}2/delete/", {"post": "yes", "with_children": "yes"}
     )
     assert response.status_code == 302
     assert deletions_logged() == {
@@ -271,8 +281,8 @@ def test_the_order_list_links_to_users_and_products_for_who_may_open_them(
     login, rows, django_user_model
 ):
     page = login("view_only").get(ORDERS).content.decode()
-    assert f'<a href="{USERS}1/change/">#1 Alice</a>' in page
-    assert f'<a href="{PRODUCTS}2/change/">#2 Mouse</a>' in page
+    assert f'<a href="{USERS}1/change/">#1 Alice &lt;alice@example.com&gt;</a>' in page
+    assert f'<a href="{PRODUCTS}2/change/">#2 Mouse (30.00)</a>' in page
     orders_only = django_user_model.objects.create_user("orders_only", is_staff=True)
     orders_only.user_permissions.set(Permission.objects.filter(codename="view_order"))
     client = Client()

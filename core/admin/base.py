@@ -1,12 +1,18 @@
-"""What every ModelAdmin of core shares: the model's own database, named in every query, and
-the URL treated as input (declared filters only, ids parsed strictly, search bounded)."""
+"""What every ModelAdmin of a registered table shares: the model's own database, named in
+every query; the URL treated as input (declared filters only, ids parsed strictly, search
+bounded); the one form (``core.admin.forms``); and ``TableAdmin``, which reads everything
+else off the table's spec (``core.tables``) so the parent and referencing admins add only
+what the declarations ask for."""
 
 import unicodedata
 
 from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
+from django.urls import NoReverseMatch, reverse
 
-from core import validation
+from core import tables, validation
+from core.admin.forms import ValidatedForm
 from core.routers import database_for
 
 MAX_SEARCH_TERMS = 10  # each term is one more OR (or one more query on users_db)
@@ -87,3 +93,81 @@ class NextIdMixin:
         """Freeze the id of a stored row: changing it would store a second row."""
         readonly = tuple(super().get_readonly_fields(request, obj))
         return readonly + ("id",) if obj is not None else readonly
+
+
+def admin_url(request, site, model, view, *args):
+    """The URL of model's admin ``view`` ("change", "changelist"), or None if the account
+    may not open it or the model has no admin (a link would only lead to a 403 or 404)."""
+    if not site.is_registered(model):
+        return None
+    if not (may(request, "view", model) or may(request, "change", model)):
+        return None
+    opts = model._meta
+    try:
+        return reverse(
+            f"admin:{opts.app_label}_{opts.model_name}_{view}", args=args, current_app=site.name
+        )
+    except NoReverseMatch:
+        return None
+
+
+class TableChangeList(ChangeList):
+    """A changelist that lets the admin annotate the page's rows in one pass (a few queries
+    per page, never one per row)."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        self.result_list = self.model_admin.annotate_results(request, list(self.result_list))
+
+
+class TableAdmin(NextIdMixin, MultiDBModelAdmin):
+    """The admin of one registered table, derived from its spec.
+
+    The list shows the table's fields in row order; subclasses replace a field by a column
+    of their own (``column_for``) or add columns after them (``trailing_columns``), and
+    define those columns as attributes of the instance (``generated_attributes``), since
+    they depend on the model the admin is registered for. A subclass that sets
+    ``list_display`` itself keeps it.
+    """
+
+    form = ValidatedForm
+
+    def __init__(self, model, admin_site):
+        self.spec = tables.spec(model)
+        super().__init__(model, admin_site)
+        for name, value in self.generated_attributes().items():
+            setattr(self, name, value)
+        if self.list_display == admin.ModelAdmin.list_display:
+            self.list_display = self.default_list_display()
+
+    def generated_attributes(self):
+        """{name: display function} for the columns and read-only fields of this table."""
+        return {}
+
+    def column_for(self, field):
+        return field
+
+    def trailing_columns(self):
+        return ()
+
+    def default_list_display(self):
+        return (*(self.column_for(f) for f in self.spec.fields), *self.trailing_columns())
+
+    def get_sortable_by(self, request):
+        """The columns this table's own database can sort: its fields, and the columns that
+        name one (a reference column sorts by the id it shows first)."""
+        if self.sortable_by is not None:
+            return self.sortable_by
+        fields = {f.name for f in self.model._meta.concrete_fields}
+        return [
+            c
+            for c in self.get_list_display(request)
+            if c in fields or getattr(getattr(self, c, None), "admin_order_field", None)
+        ]
+
+    def get_changelist(self, request, **kwargs):
+        return TableChangeList
+
+    def annotate_results(self, request, rows):
+        """Return the rows of a changelist page, with whatever their columns need."""
+        return rows

@@ -58,10 +58,11 @@ class RangeFilter(admin.SimpleListFilter):
 
 
 class ParentIdFilter(admin.SimpleListFilter):
-    """The orders of one user or product (``?user_id=7``), shown only while it is in use.
+    """The children of one parent (``?user_id=7``), shown only while it is in use.
 
-    The delete page of a user or product links here; the filter is how the URL may name
-    that column at all, since ``lookup_allowed`` accepts no lookup of its own.
+    The delete page of a parent links here; the filter is how the URL may name that
+    column at all, since ``lookup_allowed`` accepts no lookup of its own. One subclass per
+    declared reference, made by ``reference_filter``.
     """
 
     def lookups(self, request, model_admin):
@@ -77,14 +78,20 @@ class ParentIdFilter(admin.SimpleListFilter):
         return queryset.filter(**{self.parameter_name: pk})
 
 
-class UserIdFilter(ParentIdFilter):
-    title = "user"
-    parameter_name = "user_id"
+_REFERENCE_FILTERS = {}
 
 
-class ProductIdFilter(ParentIdFilter):
-    title = "product"
-    parameter_name = "product_id"
+def reference_filter(reference):
+    """Return the ParentIdFilter of one declared reference (``?user_id=7``), made once."""
+    key = (reference.child, reference.field)
+    if key not in _REFERENCE_FILTERS:
+        name = "".join(part.title() for part in reference.field.split("_")) + "Filter"
+        _REFERENCE_FILTERS[key] = type(
+            name,
+            (ParentIdFilter,),
+            {"title": reference.noun, "parameter_name": reference.field, "__module__": __name__},
+        )
+    return _REFERENCE_FILTERS[key]
 
 
 class PriceFilter(RangeFilter):

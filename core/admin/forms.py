@@ -1,26 +1,27 @@
-"""Admin forms whose rules and messages all come from ``core.validation``, as for
-``insert_data``; the checks that need other rows (unique email, existing user and product)
-run in the same pass, so a form shows every problem at once."""
+"""One admin form for every registered table, with the rules and words of ``insert_data``.
+
+Everything a form checks comes from the table's spec (``core.tables``): the field rules
+(``core.validation``), the unique comparison keys (``email_key``) and the declared references.
+The checks that need other rows run in the same pass as the rules, so a form shows every
+problem at once.
+"""
 
 from django import forms
 
 from core import tables, validation
 from core.lookups import missing_ids
-from core.models import User
-from core.routers import database_for
 
 
 class ValidatedForm(forms.ModelForm):
-    """A ModelForm whose rules and messages all come from ``core.validation``.
+    """A ModelForm whose rules and messages all come from the table's spec.
 
     Django's form and model fields would check types first, in their own words, and the
     model's clean() would then repeat the same problem in ours. So every field is plain
     text here, the row is cleaned by the same function as a row of ``insert_data``, and
-    the model step (``Order.clean()``'s existence checks, primary key uniqueness) runs only
-    on a row that passed.
+    the model step (primary key uniqueness) runs only on a row that passed.
     """
 
-    table = None  # "users", "products" or "orders"
+    refused = None  # the guard's reason, when it refused this form's save (ReferencingAdmin)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -33,64 +34,68 @@ class ValidatedForm(forms.ModelForm):
                 widget=forms.TextInput(attrs={"class": "vTextField"}),
             )
 
+    @property
+    def spec(self):
+        return tables.spec(self._meta.model)
+
     def clean(self):
         cleaned_data = super().clean()
-        names = tables.fields(self.table)
+        names = self.spec.fields
         raw = tuple(
             cleaned_data.get(n) if n in self.fields else getattr(self.instance, n) for n in names
         )
-        values, problems = tables.spec(self.table).clean(raw)
+        row, problems = self.spec.clean(raw)
         for problem in problems:
             self.add_error(problem.field if problem.field in self.fields else None, problem.message)
-        for name, value in zip(names, values, strict=True):
-            if name in cleaned_data and value is not None:
-                cleaned_data[name] = value
-        self.check_other_rows(cleaned_data, valid=set(names) - {p.field for p in problems})
+        values = dict(zip(self.spec.columns, row, strict=True))
+        for name in names:
+            if name in cleaned_data and values[name] is not None:
+                cleaned_data[name] = values[name]
+        valid = set(names) - {p.field for p in problems}
+        self.check_keys(values, valid)
+        self.check_references(values, valid)
+        if self.refused:
+            self.add_error(None, self.refused)
         return cleaned_data
 
-    def check_other_rows(self, cleaned_data, valid):
-        """Add problems that need other rows of the database, for the fields in valid."""
+    def check_keys(self, values, valid):
+        """Refuse a value whose comparison key another row has, in the loader's words."""
+        model = self._meta.model
+        pk = values.get("id") if values.get("id") is not None else self.instance.pk
+        for key in self.spec.keys:
+            if key.source not in valid or values[key.column] is None:
+                continue
+            owner = (
+                model.objects.using(self.spec.alias)
+                .filter(**{key.column: values[key.column]})
+                .exclude(pk=pk)
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if owner is not None:
+                shown = validation.shown(values[key.source])
+                self.add_error(
+                    key.source if key.source in self.fields else None,
+                    f"{key.source} {shown} is already used by {self.spec.noun} {owner}",
+                )
+
+    def check_references(self, values, valid):
+        """Say which of the row's parents do not exist, with its other problems.
+
+        This is the friendly check; the guard checks again inside the save's transaction
+        (``core.guard``), and a parent deleted in between is reported by the admin's
+        ``save_model`` (``ReferencingAdmin``) on this same form.
+        """
+        for reference in self.spec.references:
+            pk = values.get(reference.field)
+            if reference.field in valid and pk is not None and missing_ids(reference.parent, [pk]):
+                problem = validation.parent_problem(reference.field, reference.noun, pk)
+                self.add_error(
+                    problem.field if problem.field in self.fields else None, problem.message
+                )
 
     def _post_clean(self):
         # The problems core.validation found are on the form already; Model.full_clean()
         # would report each again, in Django's words and then in ours.
         if not self._errors:
             super()._post_clean()
-
-
-class UserForm(ValidatedForm):
-    table = "users"
-
-    def check_other_rows(self, cleaned_data, valid):
-        """Refuse an email another user has, in the words ``insert_data`` uses."""
-        if "email" not in valid:
-            return
-        email = cleaned_data["email"]
-        pk = cleaned_data.get("id", self.instance.pk)
-        owner = (
-            User.objects.using(database_for(User))
-            .filter(email_key=validation.email_key(email))
-            .exclude(pk=pk)
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if owner is not None:
-            self.add_error(
-                "email", f"email {validation.shown(email)} is already used by user {owner}"
-            )
-
-
-class ProductForm(ValidatedForm):
-    table = "products"
-
-
-class OrderForm(ValidatedForm):
-    table = "orders"
-
-    def check_other_rows(self, cleaned_data, valid):
-        """Say which of the row's parents do not exist, with its other problems."""
-        for reference in tables.spec(self.table).references:
-            pk = cleaned_data.get(reference.field)
-            if reference.field in valid and not missing_ids(reference.parent, [pk]) == set():
-                problem = validation.parent_problem(reference.field, reference.noun, pk)
-                self.add_error(problem.field, problem.message)

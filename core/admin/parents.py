@@ -1,66 +1,163 @@
-"""The user and product admins: every delete goes through ``core.integrity.delete_parent``.
+"""The admin of any table other tables reference (users, products, ...): counts and deletes.
 
-A parent with orders gets one page with their count, a link to them and the two choices
-(delete it with its orders, keep it). Deleting orders with it needs delete permission on
-orders as well; without it the choice is not offered and a forced POST gets 403. Every row
-deleted gets an admin log entry (one summary entry for the orders of a large cascade).
+Everything comes from the references to the table (``spec.children``), so a new child table
+needs no change here:
+
+* a list column per child table with the row's number of children (one query per child
+  table and page), linked to that child's list filtered by the reference;
+* every delete goes through ``core.deletion.delete``. Deleting a row that has children opens
+  one page listing each child table's count (linked to those rows), what a delete does to
+  them (``CASCADE``: deleted with it; ``PROTECT``: kept, so the delete needs the explicit
+  choice) and the choices "delete it with its children" and "keep it". A row whose only
+  children are ``CASCADE`` ones may be deleted with the plain delete;
+* deleting child rows, by cascade or by choice, needs delete permission on each child model
+  whose rows go (Django's own delete asks the same); without it the choice is not offered
+  and a forced POST gets 403. Every deleted row gets its admin log entry (one summary entry
+  per child table when a cascade deletes more than ``LOG_EACH_MAX`` of its rows).
 """
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.admin.options import csrf_protect_m
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html
 
-from core import integrity, tables
-from core.admin.base import MultiDBModelAdmin, NextIdMixin, may
-from core.admin.filters import EmailDomainFilter, PriceFilter, ProductIdFilter, UserIdFilter
-from core.admin.forms import ProductForm, UserForm
-from core.models import Order, Product, User
-from core.routers import database_for
+from core import deletion, tables
+from core.admin.base import TableAdmin, admin_url, may
+from core.references import CASCADE
 
 PARENT_ACTIONS_TEMPLATE = "admin/core/delete_parents.html"
 PARENT_DELETE_TEMPLATE = "admin/core/delete_parent.html"
-LOG_EACH_MAX = 100  # cascades up to this many orders log each order; larger ones, a summary
+LOG_EACH_MAX = 100  # a cascade logs each child row up to this many per table, else a summary
+SAFE_ACTION = "delete_selected_safely"
+CASCADE_ACTION = "delete_selected_with_children"
 
 
-class OrderCountChangeList(ChangeList):
-    def get_results(self, request):
-        super().get_results(request)
-        rows = list(self.result_list)
-        counts = integrity.count_orders_for(self.model_admin.table, [r.pk for r in rows])
+def counted(n, model):
+    """ "1 order", "2,000 orders": a count with the model's own noun."""
+    opts = model._meta
+    return f"{n:,} {opts.verbose_name if n == 1 else opts.verbose_name_plural}"
+
+
+def listed(words):
+    """ "a", "a and b", "a, b and c"."""
+    words = [str(w) for w in words]
+    return ", ".join(words[:-1]) + f" and {words[-1]}" if len(words) > 1 else "".join(words)
+
+
+class ParentAdmin(TableAdmin):
+    """The admin of a table with children; every delete goes through ``core.deletion``."""
+
+    actions = [SAFE_ACTION, CASCADE_ACTION]
+
+    # --- What the declarations say -----------------------------------------------------
+
+    def child_tables(self):
+        """The tables holding references to this one, each once, in declaration order."""
+        return tuple(dict.fromkeys(r.child for r in self.spec.children))
+
+    def child_model(self, child):
+        return tables.spec(child).model
+
+    def cascading(self, child):
+        """Whether a plain delete of a parent deletes this child table's rows too."""
+        return all(r.on_delete == CASCADE for r in self.spec.children if r.child == child)
+
+    def counts_of(self, pks):
+        """{pk: {child table: count}} for the given parents, one query per reference."""
+        counts = {pk: {} for pk in pks}
+        for (child, pk), n in deletion.count_children(self.spec.name, list(pks)).items():
+            counts.setdefault(pk, {})[child] = n
+        return counts
+
+    def deleted_with(self, counts, with_children):
+        """The child tables whose rows a delete of a parent with these counts removes."""
+        return [
+            c for c in self.child_tables() if counts.get(c) and (with_children or self.cascading(c))
+        ]
+
+    def protected(self, counts):
+        """The child tables whose rows keep a plain delete from happening."""
+        return [c for c in self.child_tables() if counts.get(c) and not self.cascading(c)]
+
+    def may_delete_rows_of(self, request, children):
+        return all(may(request, "delete", self.child_model(c)) for c in children)
+
+    def has_delete_with_children_permission(self, request, obj=None):
+        """Deleting with the children may delete rows of every child model: every permission."""
+        return self.has_delete_permission(request, obj) and self.may_delete_rows_of(
+            request, self.child_tables()
+        )
+
+    def children_words(self, children=None):
+        children = self.child_tables() if children is None else children
+        return listed(self.child_model(c)._meta.verbose_name_plural for c in children)
+
+    def children_url(self, request, child, pk):
+        """The child's list filtered to the children of parent pk (None if it would be a
+        403), through the reference's list filter."""
+        url = admin_url(request, self.admin_site, self.child_model(child), "changelist")
+        # A table naming this one in two columns would link by the first (its count adds both).
+        field = next(r.field for r in self.spec.children if r.child == child)
+        return f"{url}?{field}={pk}" if url else None
+
+    # --- The list ----------------------------------------------------------------------
+
+    def generated_attributes(self):
+        attributes = dict(super().generated_attributes())
+        for child in self.child_tables():
+            attributes[f"{child}_count"] = self._count_column(child)
+        return attributes
+
+    def trailing_columns(self):
+        return (*super().trailing_columns(), *(f"{c}_count" for c in self.child_tables()))
+
+    def _count_column(self, child):
+        @admin.display(description=self.child_model(child)._meta.verbose_name_plural)
+        def count(row):
+            n = row.child_counts.get(child, 0)
+            url = row.children_urls.get(child)
+            return format_html('<a href="{}">{}</a>', url, f"{n:,}") if n and url else f"{n:,}"
+
+        return count
+
+    def annotate_results(self, request, rows):
+        rows = super().annotate_results(request, rows)
+        counts = self.counts_of([r.pk for r in rows])
         for row in rows:
-            row.order_count = counts.get(row.pk, 0)
-        self.result_list = rows
-
-
-class ParentAdmin(NextIdMixin, MultiDBModelAdmin):
-    """A user or product admin whose every delete goes through ``delete_parent``."""
-
-    table = None  # "users" or "products"
-    orders_column = None  # the column of Order naming this table: the orders list's filter
-    actions = ["delete_selected_safely", "delete_selected_with_orders"]
-
-    def get_changelist(self, request, **kwargs):
-        return OrderCountChangeList
-
-    @admin.display(description="orders")
-    def order_count(self, obj):
-        return obj.order_count
+            row.child_counts = counts.get(row.pk, {})
+            row.children_urls = {
+                c: self.children_url(request, c, row.pk) for c in self.child_tables()
+            }
+        return rows
 
     def get_actions(self, request):
-        """Drop Django's delete_selected: it would delete parents without their orders."""
+        """Drop Django's delete_selected (it would delete parents without their children)
+        and name the child tables in the two actions' descriptions."""
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)
+        for name in (SAFE_ACTION, CASCADE_ACTION):
+            if name in actions:
+                actions[name] = (actions[name][0], name, self.action_description(name))
         return actions
 
-    def has_delete_with_orders_permission(self, request, obj=None):
-        """Deleting a parent with its orders deletes rows of both models: both permissions."""
-        return self.has_delete_permission(request, obj) and may(request, "delete", Order)
+    def action_description(self, name):
+        """ "Delete selected customers with their reviews (kept if they have orders)"."""
+        plural = self.opts.verbose_name_plural
+        if name == CASCADE_ACTION:
+            return f"Delete selected {plural} with their {self.children_words()}"
+        protected = [c for c in self.child_tables() if not self.cascading(c)]
+        cascading = [c for c in self.child_tables() if self.cascading(c)]
+        description = f"Delete selected {plural}"
+        if cascading:
+            description += f" with their {self.children_words(cascading)}"
+        if protected:
+            description += f" (kept if they have {self.children_words(protected)})"
+        return description
 
     @csrf_protect_m
     def changelist_view(self, request, extra_context=None):
@@ -70,203 +167,259 @@ class ParentAdmin(NextIdMixin, MultiDBModelAdmin):
             raise PermissionDenied(f"{action} is not permitted for this account")
         return super().changelist_view(request, extra_context)
 
+    # --- Deleting ------------------------------------------------------------------------
+
     def delete_model(self, request, obj):
-        integrity.delete_parent(self.table, obj.pk)
+        deletion.delete(self.spec.name, [obj.pk])
 
     def delete_queryset(self, request, queryset):
-        for pk in queryset.values_list("pk", flat=True):
-            integrity.delete_parent(self.table, pk)
+        deletion.delete(self.spec.name, list(queryset.values_list("pk", flat=True)))
 
-    def orders_url(self, request, pk):
-        """The order list filtered to the orders of parent pk (None if it would be a 403)."""
-        if not (may(request, "view", Order) or may(request, "change", Order)):
-            return None
-        opts = Order._meta
-        name = f"admin:{opts.app_label}_{opts.model_name}_changelist"
-        return f"{reverse(name, current_app=self.admin_site.name)}?{self.orders_column}={pk}"
+    def change_url(self, obj):
+        return reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=[obj.pk],
+            current_app=self.admin_site.name,
+        )
 
     @csrf_protect_m
     def delete_view(self, request, object_id, extra_context=None):
-        """Delete one user or product through ``delete_parent``, or offer the two choices.
+        """Delete one row through ``core.deletion``, or show its children and the choices.
 
-        Without orders this is Django's confirmation page. With orders, one page says how
-        many (with a link to them) and offers "delete it with its orders" (only to those who
-        may delete orders) and "keep it". Django would run the deletion inside one
-        transaction on this model's database; ``delete_parent`` commits the orders first.
+        Without children this is Django's confirmation page. With children, one page lists
+        each child table's count and offers "delete it with its children" (only to who may
+        delete every child model whose rows would go) and "keep it"; a row whose children
+        are all CASCADE ones may be deleted with the plain delete. Django would run the
+        deletion inside one transaction on this model's database; ``core.deletion`` commits
+        the children first.
         """
         obj = self.get_object(request, unquote(object_id))
         if obj is None or not self.has_delete_permission(request, obj):
             return super().delete_view(request, object_id, extra_context)
-        with_orders = request.method == "POST" and request.POST.get("with_orders") == "yes"
-        if with_orders and not self.has_delete_with_orders_permission(request, obj):
-            raise PermissionDenied("deleting orders needs delete permission on orders")
+        with_children = request.method == "POST" and request.POST.get("with_children") == "yes"
+        counts = self.counts_of([obj.pk])[obj.pk]
         if request.method != "POST":
-            count = integrity.count_orders_for(self.table, [obj.pk]).get(obj.pk, 0)
-            if not count:
+            if not counts:
                 return super().delete_view(request, object_id, extra_context)
-            return self.choose_delete(request, obj, count)
+            return self.choose_delete(request, obj, counts)
+        going = self.deleted_with(counts, with_children)
+        if not self.may_delete_rows_of(request, going):
+            raise PermissionDenied(
+                f"deleting {self.children_words(going)} needs delete permission on each of them"
+            )
         obj_display = str(obj)
-        _deleted, orders, refused = self.delete_parents_logged(
-            request, [obj], with_orders=with_orders
+        deleted, children, refused = self.delete_parents_logged(
+            request, [obj], with_children=with_children
         )
-        if refused:  # it has orders (some may have arrived since the page was shown)
-            return self.choose_delete(request, obj, refused[0].count)
-        if orders:
-            noun = "order was" if orders == 1 else "orders were"
-            self.message_user(request, f"Its {orders:,} {noun} deleted first.", messages.SUCCESS)
+        if refused:  # it has children a plain delete keeps (some may be new since the page)
+            return self.choose_delete(request, obj, self.counts_of([obj.pk])[obj.pk])
+        if not deleted:  # deleted by someone else meanwhile
+            return super().delete_view(request, object_id, extra_context)
+        if children:
+            words = listed(counted(n, self.child_model(c)) for c, n in children.items())
+            verb = "was" if sum(children.values()) == 1 else "were"
+            self.message_user(request, f"Its {words} {verb} deleted first.", messages.SUCCESS)
         return self.response_delete(request, obj_display, obj.pk)
 
-    def choose_delete(self, request, obj, count):
-        """The page for a parent that has orders: their count, a link, the two choices."""
+    def child_rows(self, request, pk, counts):
+        """What the delete page says of each child table: count, link, fate, permission."""
+        going = set(self.deleted_with(counts, True))
+        return [
+            {
+                "table": c,
+                "words": counted(counts[c], self.child_model(c)),
+                "alias": tables.alias(c),
+                "url": self.children_url(request, c, pk),
+                "cascade": self.cascading(c),
+                "may_delete": c not in going or may(request, "delete", self.child_model(c)),
+            }
+            for c in self.child_tables()
+            if counts.get(c)
+        ]
+
+    def choose_delete(self, request, obj, counts):
+        """The page for a row that has children: each table's count, a link, the choices."""
+        protected = self.protected(counts)
+        total = listed(
+            counted(counts[c], self.child_model(c)) for c in self.child_tables() if counts.get(c)
+        )
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{self.opts.verbose_name.capitalize()} {obj.pk} has {count:,} "
-            f"order{'s' if count != 1 else ''}",
+            "title": f"{self.opts.verbose_name.capitalize()} {obj.pk} has {total}",
             "opts": self.opts,
             "object": obj,
-            "count": count,
-            "orders_url": self.orders_url(request, obj.pk),
-            "orders_alias": tables.alias("orders"),
-            "may_delete_orders": self.has_delete_with_orders_permission(request, obj),
-            "change_url": reverse(
-                f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
-                args=[obj.pk],
-                current_app=self.admin_site.name,
+            "children": self.child_rows(request, obj.pk, counts),
+            "total": total,
+            "protected": protected,
+            "protected_words": self.children_words(protected) if protected else "",
+            # One button: with_children=yes when a PROTECT table has rows, else the plain
+            # delete (CASCADE children go with it); either needs delete permission on
+            # every child model whose rows would go.
+            "may_delete": self.may_delete_rows_of(
+                request, self.deleted_with(counts, bool(protected))
             ),
+            "change_url": self.change_url(obj),
         }
         return TemplateResponse(request, PARENT_DELETE_TEMPLATE, context)
 
-    def delete_parents_logged(self, request, parents, *, with_orders):
-        """Delete each parent through delete_parent and log every row deleted.
+    def delete_parents_logged(self, request, parents, *, with_children):
+        """Delete each parent through ``core.deletion`` and log every row deleted.
 
-        Returns (parents deleted, orders deleted, HasOrders refusals).
+        Returns (parents deleted, {child table: rows deleted}, refusals), where a refusal is
+        a ``HasChildren`` or the message of a permission this account lacks.
         """
-        deleted, orders_deleted, refused = [], 0, []
-        orders_alias = database_for(Order)
+        deleted, children_deleted, refused = [], {}, []
+        counts = self.counts_of([p.pk for p in parents])
         for parent in parents:
-            # The orders as they are now, to log each one; a load may add more meanwhile.
-            before = []
-            if with_orders:
-                before = list(
-                    Order.objects.using(orders_alias)
-                    .filter(**{self.orders_column: parent.pk})
-                    .order_by("pk")[: LOG_EACH_MAX + 1]
-                )
+            going = self.deleted_with(counts.get(parent.pk, {}), with_children)
+            lacking = [c for c in going if not may(request, "delete", self.child_model(c))]
+            if lacking:
+                refused.append(self.lacking_permission(parent, counts[parent.pk], lacking))
+                continue
+            # The children as they are now, to log each; a load may add more meanwhile.
+            before = {c: self.children_of(c, parent.pk) for c in going}
             try:
-                count, _ = integrity.delete_parent(self.table, parent.pk, with_orders=with_orders)
-            except integrity.HasOrders as exc:
+                result = deletion.delete(self.spec.name, [parent.pk], with_children=with_children)
+            except deletion.HasChildren as exc:
                 refused.append(exc)
                 continue
+            if not result.parents:
+                continue
             self.log_deletions(request, [parent])
-            self.log_orders_deleted(request, parent, before, count)
-            orders_deleted += count
+            for child, n in result.children.items():
+                if n:
+                    self.log_children_deleted(request, parent, child, before.get(child, []), n)
+                    children_deleted[child] = children_deleted.get(child, 0) + n
             deleted.append(parent)
-        return deleted, orders_deleted, refused
+        return deleted, children_deleted, refused
 
-    def log_orders_deleted(self, request, parent, before, count):
-        """One log entry per order when all are known and few, else one summary entry."""
-        if not count:
-            return
+    def children_of(self, child, pk):
+        """Up to LOG_EACH_MAX + 1 children of parent pk in one child table."""
+        child_spec = tables.spec(child)
+        rows = []
+        for reference in self.spec.children:
+            if reference.child == child:
+                rows += list(
+                    child_spec.model.objects.using(child_spec.alias)
+                    .filter(**{reference.field: pk})
+                    .order_by("pk")[: LOG_EACH_MAX + 1]
+                )
+        return rows
+
+    def log_children_deleted(self, request, parent, child, before, count):
+        """One log entry per child row when all are known and few, else one summary entry."""
+        model = self.child_model(child)
         reason = f"Deleted with {self.opts.verbose_name} {parent.pk}"
         if count == len(before) <= LOG_EACH_MAX:
             LogEntry.objects.log_actions(request.user.pk, before, DELETION, reason)
             return
         LogEntry.objects.create(
             user_id=request.user.pk,
-            content_type=ContentType.objects.get_for_model(Order),
+            content_type=ContentType.objects.get_for_model(model),
             object_id=None,
-            object_repr=f"{count:,} orders of {self.opts.verbose_name} {parent.pk}"[:200],
+            object_repr=f"{counted(count, model)} of {self.opts.verbose_name} {parent.pk}"[:200],
             action_flag=DELETION,
             change_message=reason,
         )
 
-    @admin.action(
-        description="Delete selected %(verbose_name_plural)s (refused for those with orders)",
-        permissions=["delete"],
-    )
+    @admin.action(description="Delete selected %(verbose_name_plural)s", permissions=["delete"])
     def delete_selected_safely(self, request, queryset):
-        return self.delete_parents(request, queryset, with_orders=False)
+        return self.delete_parents(request, queryset, with_children=False)
 
     @admin.action(
-        description="Delete selected %(verbose_name_plural)s with their orders",
-        permissions=["delete_with_orders"],
+        description="Delete selected %(verbose_name_plural)s with their children",
+        permissions=["delete_with_children"],
     )
-    def delete_selected_with_orders(self, request, queryset):
-        return self.delete_parents(request, queryset, with_orders=True)
+    def delete_selected_with_children(self, request, queryset):
+        return self.delete_parents(request, queryset, with_children=True)
 
-    def delete_parents(self, request, queryset, *, with_orders):
-        """Ask for confirmation with the order counts, then delete each through delete_parent."""
-        if with_orders and not self.has_delete_with_orders_permission(request):
-            raise PermissionDenied("deleting orders needs delete permission on orders")
+    def delete_parents(self, request, queryset, *, with_children):
+        """Ask for confirmation with the children's counts, then delete each parent."""
+        if with_children and not self.has_delete_with_children_permission(request):
+            raise PermissionDenied(
+                f"deleting {self.children_words()} needs delete permission on each of them"
+            )
         parents = list(queryset)
-        counts = integrity.count_orders_for(self.table, [p.pk for p in parents])
+        counts = self.counts_of([p.pk for p in parents])
         if request.POST.get("post") != "yes":
-            return self.confirm_delete(request, parents, counts, with_orders)
-        deleted, orders_deleted, refused = self.delete_parents_logged(
-            request, parents, with_orders=with_orders
+            return self.confirm_delete(request, parents, counts, with_children)
+        deleted, children, refused = self.delete_parents_logged(
+            request, parents, with_children=with_children
         )
         if deleted:
-            plural = self.opts.verbose_name if len(deleted) == 1 else self.opts.verbose_name_plural
-            self.message_user(
-                request,
-                f"Deleted {len(deleted)} {plural} and {orders_deleted:,} "
-                f"{'order' if orders_deleted == 1 else 'orders'}.",
-                messages.SUCCESS,
-            )
-        for exc in refused:
-            self.message_user(request, self.refusal(exc), messages.ERROR)
+            words = [counted(len(deleted), self.model)]
+            words += [counted(n, self.child_model(c)) for c, n in children.items()]
+            self.message_user(request, f"Deleted {listed(words)}.", messages.SUCCESS)
+        for refusal in refused:
+            self.message_user(request, self.refusal(refusal), messages.ERROR)
         return None
 
-    def refusal(self, exc):
-        """Say why a user or product was not deleted, and how to delete it with its orders."""
-        noun = "order" if exc.count == 1 else "orders"
+    def refusal(self, refusal):
+        """Say why a row was not deleted, and how to delete it with its children."""
+        if isinstance(refusal, str):
+            return refusal
+        kept = listed(
+            f"{counted(n, self.child_model(c))} in {tables.alias(c)}"
+            for (c, pk), n in refusal.counts.items()
+            if pk == refusal.pk
+        )
+        cascade = self.action_description(CASCADE_ACTION)
         return (
-            f"{self.opts.verbose_name.capitalize()} {exc.pk} was not deleted: it has "
-            f"{exc.count:,} {noun} in {tables.alias('orders')}. To delete it with its orders, "
-            f"open it and choose “Delete”, or select it in this list and choose the action "
-            f"“Delete selected {self.opts.verbose_name_plural} with their orders”."
+            f"{self.opts.verbose_name.capitalize()} {refusal.pk} was not deleted: it has {kept}. "
+            f"To delete it with its children, open it and choose “Delete”, or select it in "
+            f"this list and choose the action “{cascade}”."
         )
 
-    def confirm_delete(self, request, parents, counts, with_orders):
-        action = "delete_selected_with_orders" if with_orders else "delete_selected_safely"
+    def lacking_permission(self, parent, counts, lacking):
+        words = listed(f"{counted(counts[c], self.child_model(c))}" for c in lacking)
+        models = self.children_words(lacking)
+        return (
+            f"{self.opts.verbose_name.capitalize()} {parent.pk} was not deleted: its {words} "
+            f"would go with it, and this account may not delete {models}."
+        )
+
+    def confirm_delete(self, request, parents, counts, with_children):
+        action = CASCADE_ACTION if with_children else SAFE_ACTION
         noun = self.opts.verbose_name if len(parents) == 1 else self.opts.verbose_name_plural
+        rows = []
+        for parent in parents:
+            own = counts.get(parent.pk, {})
+            kept = not with_children and self.protected(own)
+            rows.append(
+                {
+                    "parent": parent,
+                    "children": [
+                        (
+                            counted(own[c], self.child_model(c)),
+                            self.children_url(request, c, parent.pk),
+                        )
+                        for c in self.child_tables()
+                        if own.get(c)
+                    ],
+                    "fate": f"kept: it has {self.children_words(kept)}"
+                    if kept
+                    else ("deleted with its children" if own else "deleted"),
+                }
+            )
+        totals = {c: sum(own.get(c, 0) for own in counts.values()) for c in self.child_tables()}
         context = {
             **self.admin_site.each_context(request),
             "title": f"Delete {len(parents)} {noun}?",
             "opts": self.opts,
             "action": action,
-            "with_orders": with_orders,
-            "rows": [(p, counts.get(p.pk, 0), self.orders_url(request, p.pk)) for p in parents],
-            "orders_total": sum(counts.values()),
-            "orders_alias": tables.alias("orders"),
+            "with_children": with_children,
+            "rows": rows,
+            "totals": listed(
+                f"{counted(n, self.child_model(c))} in {tables.alias(c)}"
+                for c, n in totals.items()
+                if n
+            ),
+            "protected_words": self.children_words(
+                [c for c in self.child_tables() if not self.cascading(c)]
+            ),
+            "cascading_words": self.children_words(
+                [c for c in self.child_tables() if self.cascading(c)]
+            ),
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, PARENT_ACTIONS_TEMPLATE, context)
-
-
-@admin.register(User)
-class UserAdmin(ParentAdmin):
-    table = "users"
-    orders_column = UserIdFilter.parameter_name
-    form = UserForm
-    list_display = ("id", "name", "email", "order_count")
-    list_display_links = ("id", "name")
-    search_fields = ("name", "email")
-    search_help_text = "Search users by name or email."
-    list_filter = (EmailDomainFilter,)
-    ordering = ("id",)
-    sortable_by = ("id", "name", "email")
-
-
-@admin.register(Product)
-class ProductAdmin(ParentAdmin):
-    table = "products"
-    orders_column = ProductIdFilter.parameter_name
-    form = ProductForm
-    list_display = ("id", "name", "price", "order_count")
-    list_display_links = ("id", "name")
-    search_fields = ("name",)
-    search_help_text = "Search products by name."
-    list_filter = (PriceFilter,)
-    ordering = ("id",)
-    sortable_by = ("id", "name", "price")
