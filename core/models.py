@@ -27,7 +27,8 @@ class User(GuardedModel):
     id = IdField(primary_key=True)
     name = models.CharField(max_length=200)
     email = models.EmailField(max_length=254)
-    email_key = ComparisonKey("email", max_length=254, unique=True)
+    # case folding can lengthen an address (ß -> ss), so the key has room beyond 254
+    email_key = ComparisonKey("email", max_length=1024, unique=True)
 
     class Meta:
         db_table = "users"

@@ -19,7 +19,9 @@ The rules for a run, one sentence each:
 * An id that appears twice: the first valid row with that id wins; a later row with the
   same id is already present (same data) or a conflict (different data), decided by the
   writer, and never makes the id "rejected".
-* A comparison key (an email) belongs to the first valid row that claims it in the run.
+* A comparison key (an email) belongs to the row stored first: a row already stored, else
+  the first row of the run that is stored (the writer decides, in input order, so a row
+  rejected as a conflict never takes a key from a later one).
 * A reference is satisfied by a parent accepted earlier in the run or committed in its
   database when the child's batch commits (looked up inside the guard, ``core.guard``).
 """
@@ -41,8 +43,9 @@ from core.lookups import existing_ids
 from core.pg import PostgresBulkWriter
 from core.pool import LoadError, WriterPool
 from core.report import LoadResult, Rejection, TableResult
+from core.rows import Lines
 from core.tables import PARENT_TABLES, SPECS, TABLES
-from core.validation import parent_problem, shown
+from core.validation import parent_problem
 from core.writers import BulkWriter
 
 log = logging.getLogger(__name__)
@@ -95,14 +98,13 @@ class Validated(NamedTuple):
 class RunValidator:
     """Validates batches in input order and remembers what it accepted for later references.
 
-    Memory grows with the number of parent rows (their ids) and comparison keys, never with
-    the number of children.
+    Memory grows with the number of parent rows (their ids), never with the number of
+    children. Comparison keys are the writer's to settle, against what is stored.
     """
 
     def __init__(self):
         self.accepted = {t: set() for t in PARENT_TABLES}
         self.rejected = {t: set() for t in PARENT_TABLES}
-        self.owners = {(s.name, k.column): {} for s in SPECS.values() for k in s.keys}
 
     def validate(self, table, batch):
         """Return a Validated for one batch of (line, raw values).
@@ -125,8 +127,6 @@ class RunValidator:
             problems_of = {i: list(spec.clean(values[i])[1]) for i in sorted(bad)}
         else:
             problems_of = {}
-        if spec.keys:
-            self._claim_keys(spec, rows, problems_of)
         good = [i for i in range(len(rows)) if i not in problems_of] if problems_of else None
         if good is not None:
             bad_rows = [(lines[i], values[i], rows[i], problems_of[i]) for i in problems_of]
@@ -178,21 +178,11 @@ class RunValidator:
             columns.append(converted)
         for key in spec.keys:
             source = columns[spec.fields.index(key.source)]
-            columns.append([None if v is None else key.normalize(v) for v in source])
+            keys = [None if v is None else key.normalize(v) for v in source]
+            if keys and max(map(len, filter(None, keys)), default=0) > key.max_length:
+                bad.update(i for i, k in enumerate(keys) if key.problem(k))
+            columns.append(keys)
         return columns, bad
-
-    def _claim_keys(self, spec, rows, problems_of):
-        """Give each comparison key to the first valid row that claims it in this run."""
-        keys = [
-            (spec.position(k.column), spec.position(k.source), self.owners[spec.name, k.column], k)
-            for k in spec.keys
-        ]
-        for index, row in enumerate(rows):
-            if index in problems_of:
-                continue
-            problems = self._key_problems(spec, row, keys)
-            if problems:
-                problems_of[index] = problems
 
     def _recheck(self, spec, rows):
         """Rows whose parent this run did not accept: the writer looks them up in the guard."""
@@ -206,19 +196,6 @@ class RunValidator:
         if not unresolved:
             return Recheck()
         return Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, unresolved))
-
-    def _key_problems(self, spec, row, keys):
-        problems = []
-        for column, source, owners, key in keys:
-            owner = owners.setdefault(row[column], row[0])
-            if owner != row[0]:
-                problems.append(
-                    (
-                        key.source,
-                        f"{key.source} {shown(row[source])} is already used by {spec.noun} {owner}",
-                    )
-                )
-        return problems
 
     def _reject(self, spec, bad):
         """Turn rows with problems into Rejections, naming missing parents too.
@@ -248,6 +225,8 @@ class RunValidator:
         out = []
         for line, values, row, problems in bad:
             reason = "; ".join(message for _field, message in problems)
+            if isinstance(line, Lines) and line.last > line and "contains a line break" in reason:
+                reason += " (an unbalanced quote?)"  # a record that ran over several lines
             raw_values = dict(zip(spec.fields, values, strict=False))
             out.append(Rejection(spec.name, line, row[0], reason, raw_values))
             if rejected is not None and row[0] is not None and row[0] not in accepted:

@@ -55,3 +55,16 @@ class Expected:
     total: int | None
     unit: str = "rows"
     position: object = None  # a callable returning an int, or None: count rows read
+
+
+class NumberText(str):
+    """A number as a JSON file wrote it (``1e2``, ``6.5``), kept as its text.
+
+    So a JSON number meets the same rules as the same number in a CSV file (no exponent,
+    at most 2 places), and a message shows it as written, unquoted, like any number.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return str.__str__(self)

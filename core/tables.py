@@ -46,6 +46,17 @@ class Key:
     column: str
     source: str
     normalize: object
+    max_length: int
+
+    def problem(self, key):
+        """The Problem for a key its column cannot hold, or None."""
+        if key is not None and len(key) > self.max_length:
+            return validation.Problem(
+                self.source,
+                f"{self.source} is too long to compare ({len(key)} characters once "
+                f"case-folded; at most {self.max_length})",
+            )
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +107,11 @@ class TableSpec:
             row, problems = validation.collect(values, self.converters, self.fields)
             return row + (None,) * len(self.keys), problems
         if self._key_steps:
-            row += tuple(normalize(row[i]) for i, normalize in self._key_steps)
+            keys = tuple(normalize(row[i]) for i, normalize in self._key_steps)
+            problems = [p for k, v in zip(self.keys, keys, strict=True) if (p := k.problem(v))]
+            row += keys
+            if problems:
+                return row, problems
         return row, validation.NO_PROBLEMS
 
     def comparable(self, row):
@@ -117,7 +132,7 @@ class TableSpec:
 
 def _spec(model):
     keys = tuple(
-        Key(f.attname, f.source, f.normalize)
+        Key(f.attname, f.source, f.normalize, f.max_length)
         for f in model._meta.concrete_fields
         if isinstance(f, ComparisonKey)
     )

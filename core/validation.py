@@ -47,8 +47,9 @@ EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 # One scan finds everything a text value may not contain: line breaks, control characters
-# other than tab, and lone surrogates (undecodable input bytes, kept by surrogateescape).
-FORBIDDEN_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")
+# (C0 other than tab, DEL, C1), and lone surrogates (undecodable input bytes, kept by
+# surrogateescape).
+FORBIDDEN_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 class Problem(NamedTuple):

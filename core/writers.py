@@ -194,6 +194,8 @@ class BulkWriter:
         fresh_lines = {row[0]: line for line, row in zip(lines, rows, strict=True)}
         fresh, more = self.reject_key_clashes(fresh, fresh_lines)
         rejections.extend(more)
+        fresh, more = self.reject_repeated_keys(fresh, fresh_lines)
+        rejections.extend(more)
         if not fresh:
             return 0, present, rejections
         try:
@@ -266,6 +268,31 @@ class BulkWriter:
                         f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}",
                     )
         return [r for r in rows if r[0] not in rejected], list(rejected.values())
+
+    def reject_repeated_keys(self, rows, lines):
+        """Within the batch, a comparison key goes to its first row; later ones are refused."""
+        if not self.spec.keys or not rows:
+            return rows, []
+        kept, rejections = [], []
+        owners = {key.column: {} for key in self.spec.keys}
+        for row in rows:
+            clash = None
+            for key in self.spec.keys:
+                value = row[self.spec.position(key.column)]
+                owner = owners[key.column].get(value)
+                if owner is not None and owner != row[0]:
+                    clash = (key, owner)
+                    break
+            if clash is None:
+                for key in self.spec.keys:
+                    owners[key.column].setdefault(row[self.spec.position(key.column)], row[0])
+                kept.append(row)
+                continue
+            key, owner = clash
+            value = row[self.spec.position(key.source)]
+            reason = f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}"
+            rejections.append(self._rejection(lines[row[0]], row, reason))
+        return kept, rejections
 
     def finish(self):
         """Build the indexes dropped for the load (a crash before this is repaired by the

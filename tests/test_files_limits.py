@@ -110,15 +110,16 @@ UNBALANCED = (
 )
 
 
-def test_a_quote_left_open_is_one_malformed_record_naming_the_field_and_lines(tmp_path):
-    """The quote swallows lines 3-7 (up to the next quote); none of them is a row."""
+def test_a_quote_left_open_is_one_record_naming_its_lines(tmp_path):
+    """The quote swallows lines 3-7 (up to the next quote): one record, not five rows; the
+    validator rejects its line break (see the end-to-end test below)."""
     (tmp_path / "users.csv").write_text(UNBALANCED)
     got = list(FileSource(tmp_path).rows("users"))
     assert got[0] == (2, ("1", "Ann", "ann@example.com"))
-    line, malformed = got[1]
+    line, values = got[1]
     assert (type(line), int(line), line.last, str(line)) == (Lines, 3, 7, "3-7")
-    assert malformed.reason == "name contains a line break (an unbalanced quote?)"
-    assert "3,Cy,cy@example.com\n4,Dee" in malformed.raw
+    assert values[0] == "2"
+    assert "3,Cy,cy@example.com\n4,Dee" in values[1]
     assert got[2:] == [(8, ("7", "Gus", "gus@example.com"))]
 
 
@@ -152,7 +153,7 @@ def test_nothing_of_a_quote_left_open_is_stored(tmp_path, run_command):
 
     (tmp_path / "users.csv").write_text(UNBALANCED)
     out = run_command("insert_data", "--from", str(tmp_path), "--no-progress")
-    assert "users (lines 3-7): name contains a line break (an unbalanced quote?)" in out
+    assert "users #2 (lines 3-7): name contains a line break (an unbalanced quote?)" in out
     assert list(User.objects.order_by("pk").values_list("pk", flat=True)) == [1, 7]
 
 

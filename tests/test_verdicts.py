@@ -9,9 +9,9 @@ input is loaded three times, into emptied tables, with a small batch size so row
 belong together land in different batches. Its negative controls patch a divergent fast
 path into the validator and show the property fails.
 
-Where the loader and the rules disagree, the example is written out below as a strict xfail
-naming the input, the verdict the rules give and the one the loader gives; the generator
-leaves those inputs out (``KNOWN_DIVERGENCES``) so the property keeps testing the rest.
+The examples at the end are the divergences this property found (C1 control characters, a
+conflicting row claiming an email, a rejection naming the wrong owner, an email key longer
+than its column); each is fixed in core and kept as a test.
 """
 
 import csv
@@ -21,9 +21,8 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import connections
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from core import pipeline, sources
@@ -320,29 +319,6 @@ def check_one_verdict(case, directory):
     assert counts["csv"] == want_counts, f"{where} (stored, present, rejected) per table"
 
 
-def conflicting_row_claims_an_email(case):
-    """Known divergence (test_a_conflicting_row_does_not_claim_its_email below): a users row
-    that loses its id to an earlier row yet takes a new email key another id wants later."""
-    rows, stored = case["rows"], case.get("stored") or {}
-    final, verdicts = rules.reference_load(rows, stored)
-    users = rows.get("users", [])
-    for index, values in enumerate(users):
-        row = rules.clean("users", values)
-        winner = final["users"].get(row[0]) if row else None
-        if winner is None or verdicts["users"][index] in ("stored", "present"):
-            continue
-        key = rules.email_key(row[2])
-        if key == winner[3]:
-            continue
-        for later in map(lambda v: rules.clean("users", v), users[index + 1 :]):
-            if later and later[0] != row[0] and rules.email_key(later[2]) == key:
-                return True
-    return False
-
-
-KNOWN_DIVERGENCES = (conflicting_row_claims_an_email,)
-
-
 @pytest.fixture
 def case_dir(tmp_path_factory):
     """A fresh directory per example (the property runs many examples in one test)."""
@@ -365,7 +341,6 @@ def verdict_property(case_dir, **overrides):
     @settings(PROPERTY, **overrides)
     @given(case=cases())
     def run(case):
-        assume(not any(known(case) for known in KNOWN_DIVERGENCES))
         check_one_verdict(case, case_dir())
 
     return run
@@ -555,16 +530,10 @@ def test_text_and_numbers_follow_one_rule_in_every_format(fmt, tmp_path):
     ]
 
 
-# --- Divergences: what the rules say, what the loader does --------------------------------
+# --- Cases where the loader once disagreed with the rules (fixed; kept as examples) -------
 
 
 @all_databases
-@pytest.mark.xfail(
-    strict=True,
-    reason="core.validation.FORBIDDEN_RE leaves out the C1 controls U+0080-U+009F (except "
-    "U+0085): users '1,Ann\\x9b,ann@example.com' is stored; the rule 'no control character "
-    "except tab' rejects it",
-)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_c1_control_character_in_a_name_is_rejected(fmt, tmp_path):
     rows = {"users": [("1", "Ann\x9b", "ann@example.com"), ("2", "Bob", "bob\x85@x.com")]}
@@ -577,13 +546,6 @@ def test_a_c1_control_character_in_a_name_is_rejected(fmt, tmp_path):
 
 
 @all_databases
-@pytest.mark.xfail(
-    strict=True,
-    reason="RunValidator._key_problems gives an email key to a row that then loses its id "
-    "to an earlier row (a conflict the writer rejects): users 5,Ann,ann@example.com; "
-    "5,Ann,bob@example.com; 6,Bob,bob@example.com store only user 5 and reject user 6 with "
-    "\"email 'bob@example.com' is already used by user 5\"; by the rules user 6 is stored",
-)
 @pytest.mark.parametrize("stored", [False, True], ids=["in-the-run", "stored-before"])
 def test_a_conflicting_row_does_not_claim_its_email(stored, tmp_path):
     users = [("5", "Ann", "bob@example.com"), ("6", "Bob", "bob@example.com")]
@@ -598,13 +560,6 @@ def test_a_conflicting_row_does_not_claim_its_email(stored, tmp_path):
 
 
 @all_databases
-@pytest.mark.xfail(
-    strict=True,
-    reason="the validator gives an email key to a row the writer then rejects against a "
-    "stored row: with user 1 änn@example.com stored, a run of 2,ÄNN@example.com and "
-    '3,a\\u0308nn@example.com rejects user 3 as "already used by user 2" (user 2 was '
-    "rejected); the rules name the owner, user 1",
-)
 def test_a_rejection_for_an_email_names_the_user_who_has_it(tmp_path):
     before = {"users": [(1, "Ann", "änn@example.com")]}
     dumped, reasons = load_rows("csv", {"users": CASE_FOLDED[1:3]}, tmp_path, before, 2)
@@ -618,19 +573,7 @@ def test_a_rejection_for_an_email_names_the_user_who_has_it(tmp_path):
 LONG_KEY = "ß" * 200 + "@example.com"  # 212 characters; its key, "ss" * 200 + ..., has 412
 
 
-ON_POSTGRES = "postgresql" in django_settings.DATABASES["users_db"]["ENGINE"]
-
-
 @all_databases
-@pytest.mark.xfail(
-    ON_POSTGRES,
-    strict=True,
-    reason="users.email_key is varchar(254) like the email, but NFKC and casefold can make "
-    "the key longer: a valid 212-character email 'ßß…ß@example.com' has a 412-character key, "
-    "and on PostgreSQL the whole load stops with LoadError 'value too long for type "
-    "character varying(254)' (SQLite does not enforce the length); by the rules both users "
-    "are stored",
-)
 def test_an_email_whose_key_is_longer_than_the_email_is_stored(tmp_path):
     rows = {"users": [("1", "Sepp", LONG_KEY), ("2", "Bob", "bob@example.com")]}
     dumped, reasons = load_rows("csv", rows, tmp_path)

@@ -8,9 +8,11 @@ be split into fields. Three rules hold for any input, however hostile:
   lines; a line longer than ``MAX_RECORD`` is skipped chunk by chunk and stands in the
   stream as a blank line whose number is remembered, so the 200 MB line costs no more
   memory than a short one. One CSV field is capped at ``MAX_RECORD`` by the csv module.
-* A CSV record whose field contains a line break is malformed: in files people write that
-  is almost always a quote left open, which would otherwise swallow the following rows
-  into one field. Only our own rejects file, whose quotes we wrote, may hold line breaks.
+* A CSV record over several lines keeps its fields and its line range (``Lines``): the
+  text rules reject a line break in any field, and the validator adds "(an unbalanced
+  quote?)" since in files people write that is almost always a quote left open swallowing
+  the rows after it. A record over several lines with the wrong number of fields is
+  ``Malformed``, with the same hint.
 * A ``.gz`` file is decompressed as it is read; progress is counted in compressed bytes.
 
 The CSV hot loop is one ``for`` over ``csv.reader`` fed by ``itertools.chain`` of
@@ -27,7 +29,7 @@ import zlib
 from itertools import chain
 from operator import itemgetter
 
-from core.rows import Lines, Malformed
+from core.rows import Lines, Malformed, NumberText
 
 ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
 MAX_RECORD = 1 << 20  # characters in one line, one CSV field or one JSONL record
@@ -281,8 +283,10 @@ def csv_rows(path, wanted, track=None):
                 for record in reader:
                     first = line + 1
                     line = reader.line_num
-                    if line == first and len(record) == width:
-                        yield line, pick(record)
+                    if len(record) == width:
+                        # a record over several lines keeps its fields: the validator
+                        # rejects the line break, naming the field and the lines
+                        yield (line if line == first else Lines(first, line)), pick(record)
                     elif record:
                         yield _malformed(header, record, first, line)
                     elif line in overlong:  # else a blank line
@@ -385,7 +389,7 @@ def _json_record(text):
     try:
         # Decimals keep the text they were written as, so 1e2 meets the same rule as in a
         # CSV file (no exponent) instead of arriving as the float 100.0
-        record = json.loads(text, parse_float=str)
+        record = json.loads(text, parse_float=NumberText)
     except json.JSONDecodeError as exc:
         column = exc.pos + 1  # the line is the whole document: position counts from its start
         at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"
