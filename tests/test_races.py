@@ -390,18 +390,9 @@ def test_negative_control_orm_saves_racing_a_cascading_delete_without_the_guard(
     assert facts["orphans"] > 0 and facts["integrity_exit"] == 1, facts["outcomes"]
 
 
-ADMIN_500 = pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 (PostgreSQL): the admin's add form validates the user, a cascading delete "
-    "commits, then save() raises MissingParent, which OrderAdmin.save_model lets through: the "
-    "admin answers 500 (no orphan is stored). On SQLite the admin's atomic view holds "
-    "orders.db's write lock from validation to save, so the delete waits.",
-)
-
-
 @pytest.mark.parametrize(
     "backend_factory",
-    ["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, ADMIN_500])],
+    ["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres])],
     indirect=True,
 )
 def test_admin_add_form_racing_a_cascading_delete_answers_with_a_form_error(backend_factory):
