@@ -123,10 +123,13 @@ class RunValidator:
             lines, values, rejections = self._split_malformed(spec, batch)
         columns, bad = self._convert_columns(spec, values)
         rows = list(zip(*columns, strict=True)) if values else []
-        if bad:
-            problems_of = {i: list(spec.clean(values[i])[1]) for i in sorted(bad)}
-        else:
-            problems_of = {}
+        problems_of = {}
+        for i in sorted(bad):
+            row, problems = spec.clean(values[i])
+            if problems:
+                problems_of[i] = list(problems)
+            else:  # a value the column pass set aside that its rule accepts on its own
+                rows[i] = row
         good = [i for i in range(len(rows)) if i not in problems_of] if problems_of else None
         if good is not None:
             bad_rows = [(lines[i], values[i], rows[i], problems_of[i]) for i in problems_of]

@@ -82,6 +82,8 @@ class Backend:
             "MULTIDS_TEST_DATA_DIR": str(self.data_dir),
             "PYTHONPATH": str(ROOT),
             "DJANGO_ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
+            # Django's test client is "testserver", not a local host: a key of its own
+            "DJANGO_SECRET_KEY": "multids-concurrency-tests-" + "k" * 40,
         }
         if not guard:
             environment["MULTIDS_TEST_NO_GUARD"] = "1"

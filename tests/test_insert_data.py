@@ -18,7 +18,7 @@ DEMO_REJECTIONS = [
     "users #8 (line 9): email 'alice@example.com' is already used by user 1",
     "users #10 (line 11): name is required",
     "products #10 (line 11): price must be greater than 0 (got -50.00)",
-    "orders #8 (line 9): quantity must be at least 1 (got 0); user 8 was rejected in this run",
+    "orders #8 (line 9): quantity must be at least 1 (got 0)",
     "orders #9 (line 10): quantity must be at least 1 (got -1)",
     "orders #10 (line 11): user 10 was rejected in this run; product 11 does not exist",
 ]

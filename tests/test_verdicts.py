@@ -25,11 +25,11 @@ from django.db import connections
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from core import pipeline, sources
+from core import pipeline
 from core.models import Order, Product, User
 from core.pipeline import RunValidator
 from core.report import REJECTS_COLUMNS, Rejection
-from core.sources import FileSource, RejectsFileSource
+from core.sources import FileSource, RejectsFileSource, files
 from core.tables import SPECS, TableSpec
 from core.validation import Problem
 from tests import reference_rules as rules
@@ -374,7 +374,16 @@ def test_a_fast_path_that_refuses_a_whole_quantity_fails_the_property(case_dir, 
                 return row, [Problem("quantity", "quantity must be a whole number (got '3.0')")]
         return row, problems
 
+    convert_columns = RunValidator._convert_columns
+
+    def refusing_columns(self, spec, values):  # the column path refuses those rows too
+        columns, bad = convert_columns(self, spec, values)
+        if spec.name == "orders":
+            bad |= {i for i, v in enumerate(values) if str(v[3]).strip() == "3.0"}
+        return columns, bad
+
     monkeypatch.setattr(TableSpec, "clean", clean)
+    monkeypatch.setattr(RunValidator, "_convert_columns", refusing_columns)
     with pytest.raises(AssertionError, match="every format differs from the reference rules"):
         verdict_property(case_dir, **NEGATIVE)()
 
@@ -384,10 +393,10 @@ def test_a_csv_only_fast_path_that_rejects_repeated_ids_fails_the_property(case_
     """CSV rows (lists, as csv.reader gives them) take a path that rejects every row whose
     id was seen before in the run, as the path the issue found did: the formats disagree."""
     original = RunValidator.validate
-    csv_rows = sources._csv_rows
+    csv_rows = files.csv_rows
 
-    def as_lists(path, table):  # CSV rows stay lists even if the reader comes to give tuples
-        for line, values in csv_rows(path, table):
+    def as_lists(path, wanted, track=None):  # CSV rows as lists, as csv.reader gives them
+        for line, values in csv_rows(path, wanted, track):
             yield line, list(values) if isinstance(values, tuple) else values
 
     def validate(self, table, batch):
@@ -404,7 +413,7 @@ def test_a_csv_only_fast_path_that_rejects_repeated_ids_fails_the_property(case_
             validated.rejections.append(Rejection(table, line, pk, f"id {pk} is repeated", {}))
         return validated
 
-    monkeypatch.setattr(sources, "_csv_rows", as_lists)
+    monkeypatch.setattr(files, "csv_rows", as_lists)
     monkeypatch.setattr(RunValidator, "validate", validate)
     with pytest.raises(AssertionError, match="the formats disagree: csv and jsonl"):
         verdict_property(case_dir, **NEGATIVE)()
@@ -517,10 +526,12 @@ def test_text_and_numbers_follow_one_rule_in_every_format(fmt, tmp_path):
     assert dumped["users"] == {1: (1, "Ann\tLee", "ann@example.com", "ann@example.com")}
     assert dumped["products"] == {1: (1, "Pen", Decimal("1.50")), 5: (5, "Nib", Decimal("0.50"))}
     assert dumped["orders"] == {7: (7, 1, 5, 3)}
+    # a CSV record over several lines (CSV and the rejects file quote the break) gets a hint
+    hint = "" if fmt == "jsonl" else " (an unbalanced quote?)"
     assert reasons == [
         "name contains a control character (U+0000)",
         "email contains a control character (U+0000)",
-        "name contains a line break",
+        "name contains a line break" + hint,
         "email contains a line break",
         "price must be written without an exponent (got '1e2')",
         "price must be a plain number (got '1,000'): remove the thousands separators",
