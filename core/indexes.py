@@ -136,6 +136,9 @@ def drop_for_load(alias, model):
     A table that already has rows keeps its indexes: building them again would cost more
     than the load saves.
     """
+    candidates = deferrable(model, alias)
+    if not candidates:  # nothing to gain: take no lock (a users writer must not wait here)
+        return []
     connection = connections[alias]
     qn = connection.ops.quote_name
     table = model._meta.db_table
@@ -148,7 +151,7 @@ def drop_for_load(alias, model):
             return []
         present = existing_index_names(alias, table)
         dropped = []
-        for index in deferrable(model, alias):
+        for index in candidates:
             if index.name in present:
                 cursor.execute(index.drop_sql)
                 dropped.append(index.name)

@@ -339,12 +339,12 @@ def test_a_parent_writer_that_hangs_fails_the_run_with_that_error(monkeypatch):
     original = BulkWriter.write
     calls = []
 
-    def write(self, rows, lines):
+    def write(self, job):
         if self.table == "users":
             calls.append(1)
             if len(calls) == 2:
                 time.sleep(3)  # the second users batch hangs past the orders writer's bound
-        return original(self, rows, lines)
+        return original(self, job)
 
     monkeypatch.setattr(BulkWriter, "write", write)
     monkeypatch.setattr(pool, "PARENT_WAIT_SECONDS", 0.5)  # the writers are forked: inherited
