@@ -821,6 +821,8 @@ def saver_main(args):
         staff = get_user_model().objects.create_superuser("racer", "racer@example.com", "pw-racer")
         client = Client(raise_request_exception=False)
         client.force_login(staff)
+    from core.sources import FIRST_ID  # the first generated product's id
+
     mine = []  # orders this process stored and may re-point
     next_id = args.id_base
     deadline = time.time() + args.seconds
@@ -838,8 +840,8 @@ def saver_main(args):
         n = log.begin(path, table="orders", id=pk, user=target)
         try:
             if path == "create":
-                Order(id=pk, user_id=target, product_id=1, quantity=1).full_clean()
-                Order.objects.create(id=pk, user_id=target, product_id=1, quantity=1)
+                Order(id=pk, user_id=target, product_id=FIRST_ID, quantity=1).full_clean()
+                Order.objects.create(id=pk, user_id=target, product_id=FIRST_ID, quantity=1)
                 mine.append(pk)
             elif path == "repoint":
                 order = Order.objects.filter(pk=pk).first()
@@ -853,7 +855,7 @@ def saver_main(args):
             else:
                 response = client.post(
                     "/admin/core/order/add/",
-                    {"id": pk, "user_id": target, "product_id": 1, "quantity": 1},
+                    {"id": pk, "user_id": target, "product_id": FIRST_ID, "quantity": 1},
                 )
                 if response.status_code == 302:
                     mine.append(pk)

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from core.sources import SyntheticSource
+from core.sources import FIRST_ID, SyntheticSource
 from tests.concurrency import (
     ROOT,
     Log,
@@ -192,7 +192,7 @@ def delete_during_load(backend, processes, *, user, with_orders, fire, guard=Tru
                 f"user {user} was deleted while this load ran",
                 f"user {user} does not exist",
             ), row
-        assert set(orders) == set(range(1, ORDERS + 1)) - mine
+        assert set(orders) == set(range(FIRST_ID, FIRST_ID + ORDERS)) - mine
     else:
         # refused (PROTECT with committed orders) or fired before the user was committed
         assert f"user {user} has" in delete.stderr or "does not exist" in delete.stderr, (
