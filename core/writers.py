@@ -178,24 +178,40 @@ class BulkWriter:
         return Rejection(self.table, line, row[0], reason, values)
 
     def _classify_and_insert(self, rows, lines):
+        """Settle each row in input order against what is stored and what came before it.
+
+        An id stored or taken by an earlier row of the batch makes the row already present
+        (same data) or a conflict; else a comparison key (an email) stored or claimed by an
+        earlier accepted row makes it a rejection naming the owner; else it is inserted. So
+        a row that is rejected never takes an id or a key from a later one.
+        """
         rejections = []
         stored = stored_rows(self.spec, self.connection, self.alias, [r[0] for r in rows])
+        owners = self._stored_key_owners(rows)
         present = 0
-        pending = {}
+        taken = {}  # id -> the row of this batch that will be inserted
+        claimed = {key.column: {} for key in self.spec.keys}
+        fresh_lines = {}
         for line, row in zip(lines, rows, strict=True):
-            earlier = stored.get(row[0]) or pending.get(row[0])
-            if earlier is None:
-                pending[row[0]] = row
-            elif self.spec.comparable(earlier) == self.spec.comparable(row):
-                present += 1  # stored before, or twice in this run
-            else:
-                rejections.append(self._conflict(line, row, earlier))
-        fresh = list(pending.values())
-        fresh_lines = {row[0]: line for line, row in zip(lines, rows, strict=True)}
-        fresh, more = self.reject_key_clashes(fresh, fresh_lines)
-        rejections.extend(more)
-        fresh, more = self.reject_repeated_keys(fresh, fresh_lines)
-        rejections.extend(more)
+            earlier = stored.get(row[0]) or taken.get(row[0])
+            if earlier is not None:
+                if self.spec.comparable(earlier) == self.spec.comparable(row):
+                    present += 1  # stored before, or twice in this run
+                else:
+                    rejections.append(self._conflict(line, row, earlier))
+                continue
+            clash = self._key_owner(row, claimed, owners)
+            if clash is not None:
+                key, owner = clash
+                value = row[self.spec.position(key.source)]
+                reason = f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}"
+                rejections.append(self._rejection(line, row, reason))
+                continue
+            taken[row[0]] = row
+            fresh_lines[row[0]] = line
+            for key in self.spec.keys:
+                claimed[key.column][row[self.spec.position(key.column)]] = row[0]
+        fresh = list(taken.values())
         if not fresh:
             return 0, present, rejections
         try:
@@ -206,6 +222,31 @@ class BulkWriter:
         except _Redo:
             stored_count, settled_present, settled = self._insert_one_by_one(fresh, fresh_lines)
             return stored_count, present + settled_present, rejections + settled
+
+    def _stored_key_owners(self, rows):
+        """{key column: {key value: id of the stored row that has it}} for the rows' keys."""
+        manager = self.model.objects.using(self.alias)
+        owners = {}
+        for key in self.spec.keys:
+            position = self.spec.position(key.column)
+            found = {}
+            for chunk in query_chunks(self.connection, {r[position] for r in rows}):
+                found.update(
+                    manager.filter(**{f"{key.column}__in": chunk}).values_list(key.column, "pk")
+                )
+            owners[key.column] = found
+        return owners
+
+    def _key_owner(self, row, claimed, owners):
+        """(key, owner id) for the first key of row that another row owns, or None."""
+        for key in self.spec.keys:
+            value = row[self.spec.position(key.column)]
+            owner = claimed[key.column].get(value)
+            if owner is None:
+                owner = owners[key.column].get(value)
+            if owner is not None and owner != row[0]:
+                return key, owner
+        return None
 
     def _insert_one_by_one(self, rows, lines):
         """Insert rows singly and classify each that does not go in by what is stored now.
@@ -243,56 +284,6 @@ class BulkWriter:
         )
         reason = f"id {row[0]} is already stored with different data ({stored})"
         return self._rejection(line, row, reason)
-
-    def reject_key_clashes(self, rows, lines):
-        """Reject rows whose comparison key (an email) another stored row already has."""
-        if not self.spec.keys or not rows:
-            return rows, []
-        rejected = {}
-        manager = self.model.objects.using(self.alias)
-        for key in self.spec.keys:
-            position = self.spec.position(key.column)
-            wanted = {r[position] for r in rows}
-            owners = {}
-            for chunk in query_chunks(self.connection, wanted):
-                owners.update(
-                    manager.filter(**{f"{key.column}__in": chunk}).values_list(key.column, "pk")
-                )
-            for row in rows:
-                owner = owners.get(row[position])
-                if owner is not None and owner != row[0] and row[0] not in rejected:
-                    value = row[self.spec.position(key.source)]
-                    rejected[row[0]] = self._rejection(
-                        lines[row[0]],
-                        row,
-                        f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}",
-                    )
-        return [r for r in rows if r[0] not in rejected], list(rejected.values())
-
-    def reject_repeated_keys(self, rows, lines):
-        """Within the batch, a comparison key goes to its first row; later ones are refused."""
-        if not self.spec.keys or not rows:
-            return rows, []
-        kept, rejections = [], []
-        owners = {key.column: {} for key in self.spec.keys}
-        for row in rows:
-            clash = None
-            for key in self.spec.keys:
-                value = row[self.spec.position(key.column)]
-                owner = owners[key.column].get(value)
-                if owner is not None and owner != row[0]:
-                    clash = (key, owner)
-                    break
-            if clash is None:
-                for key in self.spec.keys:
-                    owners[key.column].setdefault(row[self.spec.position(key.column)], row[0])
-                kept.append(row)
-                continue
-            key, owner = clash
-            value = row[self.spec.position(key.source)]
-            reason = f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}"
-            rejections.append(self._rejection(lines[row[0]], row, reason))
-        return kept, rejections
 
     def finish(self):
         """Build the indexes dropped for the load (a crash before this is repaired by the

@@ -182,7 +182,9 @@ def test_a_clash_only_the_database_sees_becomes_a_rejection_not_a_crash(monkeypa
     """If the email rules in Python and in the database's unique index ever disagree, the
     index wins and the row is rejected with a reason; the rest of the batch is stored."""
     User.objects.create(id=1, name="Ann", email="ann@example.com")
-    monkeypatch.setattr(BulkWriter, "reject_key_clashes", lambda self, rows, lines: (rows, []))
+    monkeypatch.setattr(
+        BulkWriter, "_stored_key_owners", lambda self, rows: {k.column: {} for k in self.spec.keys}
+    )
     (tmp_path / "users.csv").write_text(
         "id,name,email\n2,Other Ann,ANN@example.com\n3,Bo,bo@example.com\n"
     )
