@@ -49,10 +49,11 @@ INDEX_NAMES_SQL = {
 
 # Taken before checking that a table is empty, so no writer can add a row between the
 # check and the drop. SQLite: the project opens every transaction with BEGIN IMMEDIATE,
-# which already holds the write lock. PostgreSQL: a mode that conflicts with writers
-# (ROW EXCLUSIVE) and with itself, but not with readers.
+# which already holds the write lock. PostgreSQL: DROP INDEX needs ACCESS EXCLUSIVE, so that
+# is taken first. A weaker lock first and DROP INDEX later is a lock upgrade, and deadlocks
+# with any transaction that read the table and then writes to it (a loader's batch, a save).
 LOCK_FOR_DROP_SQL = {
-    "postgresql": "LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE",
+    "postgresql": "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
 }
 
 # Per backend: whether index builds may run at once on separate connections. SQLite has
@@ -130,11 +131,12 @@ def missing(alias, model):
 def drop_for_load(alias, model):
     """Drop model's deferrable indexes if its table is empty; return the names dropped.
 
-    One transaction: the write lock first, then the emptiness check, then the drops, so a
-    row another writer commits meanwhile either comes before the check (nothing dropped)
-    or after the drop (it lands without index maintenance and is indexed by ``rebuild``).
-    A table that already has rows keeps its indexes: building them again would cost more
-    than the load saves.
+    One transaction: the lock first, then the emptiness check, then the drops, so a row
+    another writer commits meanwhile either comes before the check (nothing dropped) or
+    after the drop (it lands without index maintenance and is indexed by ``rebuild``). A
+    table that already has rows keeps its indexes: building them again would cost more
+    than the load saves. That is checked once without a lock, so a load into a table that
+    has rows never waits for, or blocks, anyone here.
     """
     candidates = deferrable(model, alias)
     if not candidates:  # nothing to gain: take no lock (a users writer must not wait here)
@@ -142,6 +144,10 @@ def drop_for_load(alias, model):
     connection = connections[alias]
     qn = connection.ops.quote_name
     table = model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {qn(table)} LIMIT 1")
+        if cursor.fetchone() is not None:
+            return []
     with transaction.atomic(using=alias), connection.cursor() as cursor:
         lock = LOCK_FOR_DROP_SQL.get(connection.vendor)
         if lock:

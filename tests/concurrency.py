@@ -665,7 +665,7 @@ def judge(run):
         if outcome in ("error",):
             violations.append(f"{op['op']} raised: {op.get('error', '')[-500:]}")
         if outcome == "failed":
-            violations.append(f"{op['op']} failed: {op.get('error', '')[-300:]}")
+            violations.append(f"{op['op']} failed: {op.get('error', '')[:1500]}")
         if outcome == "refused":
             refusals += 1
             if not (op.get("reason") or "").strip():

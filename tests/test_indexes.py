@@ -10,10 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from core import indexes, tables
@@ -163,7 +164,7 @@ from django.conf import settings
 settings.DATABASES.update(json.loads(sys.argv[1]))
 import django
 django.setup()
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 from core import indexes
 from core.models import Order
 dropped = indexes.drop_for_load("orders_db", Order)
@@ -223,6 +224,51 @@ def test_parallel_builds_close_their_connections(restore_indexes):
     while backends() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert backends() == before
+
+
+def test_dropping_for_a_load_never_deadlocks_a_transaction_that_reads_then_writes(
+    restore_indexes,
+):
+    """A batch or a save that read orders and then writes must never meet a deadlock.
+
+    The drop waits for the reader instead; the reader's row then keeps the indexes. Taking a
+    weaker lock first and DROP INDEX's ACCESS EXCLUSIVE later was a lock upgrade, which
+    PostgreSQL broke with "deadlock detected" in the checker's runs.
+    """
+    connection = connections[ORDERS]
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's BEGIN IMMEDIATE takes the one write lock first: no upgrade")
+    outcome = {}
+
+    def drop():
+        try:
+            outcome["dropped"] = indexes.drop_for_load(ORDERS, Order)
+        except DatabaseError as exc:
+            outcome["error"] = exc
+        finally:
+            connections[ORDERS].close()
+
+    def waiting_for_a_lock():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'orders'::regclass AND NOT granted"
+            )
+            return cursor.fetchone()[0] > 0
+
+    with transaction.atomic(using=ORDERS):
+        assert not Order.objects.using(ORDERS).exists()  # holds ACCESS SHARE until commit
+        thread = threading.Thread(target=drop)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not waiting_for_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert waiting_for_a_lock(), "the drop never waited for the reader"
+        _insert_orders(1)  # ROW EXCLUSIVE: the write after the read
+        time.sleep(1.5)  # past deadlock_timeout (1 s), when PostgreSQL would break a cycle
+    thread.join(timeout=30)
+    assert "error" not in outcome, outcome
+    assert outcome == {"dropped": []}
+    assert indexes.missing(ORDERS, Order) == []
 
 
 def _plan(query):
