@@ -1,11 +1,18 @@
-"""The approach many projects use: a thread pool calling Model.objects.create() per row."""
+"""The approach many projects use: a thread pool calling Model.objects.create() per row.
+
+The users and products the orders name are stored first, outside the timed loop: the
+reference guard refuses an order whose parents do not exist.
+"""
 
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 
 import django
+
+USERS, PRODUCTS = 1000, 100
 
 
 def main(count):
@@ -13,11 +20,21 @@ def main(count):
     django.setup()
     from django.db import connections
 
-    from core.models import Order
+    from core.models import Order, Product, User
+
+    User.objects.bulk_create(
+        User(id=i, name=f"user {i}", email=f"user{i}@example.com") for i in range(1, USERS + 1)
+    )
+    Product.objects.bulk_create(
+        Product(id=i, name=f"product {i}", price=Decimal("1.00")) for i in range(1, PRODUCTS + 1)
+    )
+    connections.close_all()
 
     def create(i):
         try:
-            Order.objects.create(id=i, user_id=1 + i % 1000, product_id=1 + i % 100, quantity=1)
+            Order.objects.create(
+                id=i, user_id=1 + i % USERS, product_id=1 + i % PRODUCTS, quantity=1
+            )
         finally:
             connections.close_all()
 

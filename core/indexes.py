@@ -22,6 +22,7 @@ that column scan the table instead (measured in tests/test_indexes.py).
 """
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
@@ -60,9 +61,18 @@ LOCK_FOR_DROP_SQL = {
 # one writer per file, so parallel builds would only queue on its lock.
 PARALLEL_BUILDS = {"postgresql": True}
 
-# Session settings for one index build, run inside its transaction.
+# Session settings for one index build, run inside its transaction. SQLite sorts an index
+# build within cache_size: the writer's 64 MB cache (good for inserts into a unique index)
+# made building the orders indexes slower than the 2 MB default (about 2.0 s against 1.4 s
+# for a million rows, measured alone), and a second sorter thread takes about 0.1 s more off.
+SQLITE_BUILD_CACHE_KB = 2000
+SQLITE_SORTER_THREADS = min(os.cpu_count() or 1, 4)
 BUILD_SETTINGS_SQL = {
     "postgresql": [f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"],
+    "sqlite": [
+        f"PRAGMA cache_size = -{SQLITE_BUILD_CACHE_KB}",
+        f"PRAGMA threads = {SQLITE_SORTER_THREADS}",
+    ],
 }
 
 

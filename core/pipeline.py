@@ -32,6 +32,7 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -67,13 +68,9 @@ class NullProgress:
 
 
 def chunks(iterable, size):
-    batch = []
-    for item in iterable:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    """Lists of up to size items; ``islice`` fills each in C, with no Python step per row."""
+    iterator = iter(iterable)
+    while batch := list(islice(iterator, size)):
         yield batch
 
 
@@ -138,11 +135,12 @@ class RunValidator:
             rejections.extend(self._reject(spec, bad_rows))
         accepted = self.accepted.get(table)
         if accepted is not None and rows:
-            ids = [r[0] for r in rows]
+            ids = [r[0] for r in rows] if bad else columns[0]
             accepted.update(ids)
             self.rejected[table].difference_update(ids)
         rejections.sort(key=lambda r: r.line or 0)
-        return Validated(rows, lines, rejections, self._recheck(spec, rows))
+        recheck = self._recheck(spec, rows, None if bad else columns)
+        return Validated(rows, lines, rejections, recheck)
 
     def _split_malformed(self, spec, batch):
         """Set aside what the source could not split into fields (``core.rows.Malformed``)."""
@@ -187,15 +185,22 @@ class RunValidator:
             columns.append(keys)
         return columns, bad
 
-    def _recheck(self, spec, rows):
-        """Rows whose parent this run did not accept: the writer looks them up in the guard."""
+    def _recheck(self, spec, rows, columns=None):
+        """Rows whose parent this run did not accept: the writer looks them up in the guard.
+
+        columns, when given, are rows by column (the validator's own, when every value took
+        the column pass): one ``issuperset`` per reference settles the common case in C.
+        """
         unresolved = set()
         for reference in spec.references:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
-            found = list(map(parents.__contains__, map(itemgetter(position), rows)))
-            if not all(found):
-                unresolved.update(i for i, ok in enumerate(found) if not ok)
+            if columns is not None:
+                named = columns[position]
+            else:
+                named = list(map(itemgetter(position), rows))
+            if not parents.issuperset(named):
+                unresolved.update(i for i, pk in enumerate(named) if pk not in parents)
         if not unresolved:
             return Recheck()
         return Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, unresolved))
