@@ -167,7 +167,7 @@ def main():
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=workload.SIZES["orders"])
-    parser.add_argument("--naive-orders", type=int, default=10_000)
+    parser.add_argument("--naive-orders", type=int, default=2_000)
     parser.add_argument(
         "--no-postgres",
         action="store_true",

@@ -15,9 +15,10 @@ be split into fields. Three rules hold for any input, however hostile:
   ``Malformed``, with the same hint.
 * A ``.gz`` file is decompressed as it is read; progress is counted in compressed bytes.
 
-The CSV hot loop is one ``for`` over ``csv.reader`` fed by ``itertools.chain`` of
-``io.StringIO`` blocks, so the per-line work stays in C: measured at 1M orders, this is as
-fast as iterating the file object directly, which could not cap a line's length.
+``csv.reader`` is fed by ``itertools.chain`` over blocks of lines, so the per-line work
+stays in C: measured at 1M orders, this is as fast as iterating the file object directly,
+which could not cap a line's length. Records go out in runs (``csv_rows``), with no Python
+step per row when every record of a run is one line of the right width.
 """
 
 import csv
@@ -26,7 +27,8 @@ import io
 import json
 import os
 import zlib
-from itertools import chain
+from collections import deque
+from itertools import chain, islice
 from operator import itemgetter
 
 from core.rows import Lines, Malformed, NumberText
@@ -208,8 +210,12 @@ class CsvHeader:
 DELIMITER_NAMES = {",": "comma-separated", ";": "semicolon-separated", "\t": "tab-separated"}
 
 
-def open_csv(opened, wanted):
-    """Return (header, csv reader positioned after it); the reader numbers lines from 1."""
+def open_csv(opened, wanted, log=None):
+    """Return (header, csv reader positioned after it); the reader numbers lines from 1.
+
+    log, a ``LineLog``, is given every line the reader is handed, numbered as it numbers
+    them (``csv_rows`` needs them again for runs it splits one record at a time).
+    """
     blocks = opened.line_blocks()
     seen = []  # the lines read to find the header, handed to the reader again
     for block in blocks:
@@ -225,7 +231,11 @@ def open_csv(opened, wanted):
         raise SourceError(f"{opened.path}: the file is empty (expected a header row)")
     header_text = seen[-1]
     delimiter = max(DELIMITERS, key=lambda d: _fields_named(header_text, d, wanted))
-    reader = csv.reader(chain(seen, rest, chain.from_iterable(blocks)), delimiter=delimiter)
+    if log is None:
+        lines = chain(seen, rest, chain.from_iterable(blocks))
+    else:
+        lines = chain.from_iterable(log.record([*seen, *rest], blocks))
+    reader = csv.reader(lines, delimiter=delimiter)
     opened.counter = reader
     try:
         names = next(r for r in reader if r)
@@ -264,37 +274,126 @@ def _picker(positions, width):
     return itemgetter(*positions)
 
 
-def csv_rows(path, wanted, track=None):
-    """Yield (line, values) per record of a data file after its header; skip blank lines.
+FAST_RECORDS = 256  # records the csv module splits at once before they are checked
 
-    One generator, no wrapper: a second generator layer costs a measurable share of the
-    reading time at a million rows. ``track(opened)`` is told the open file (for progress).
+
+def csv_rows(path, wanted, track=None):
+    """Return an iterator of (line, values) per record of a data file after its header;
+    blank lines are skipped. ``track(opened)`` is told the open file (for progress).
+
+    The csv module splits ``FAST_RECORDS`` records at a time, in C. A run where every record
+    is one line of the right width (line numbers then follow from the count) goes out as one
+    ``zip``, with no Python step per row; any other run (a blank line, a record over several
+    lines, a wrong field count, a csv error) is split again, one record at a time, from the
+    same lines (``LineLog``), so both ways give the same verdicts.
     """
+    return chain.from_iterable(_csv_runs(path, wanted, track))
+
+
+def _csv_runs(path, wanted, track):
     with Opened(path) as opened:
         if track is not None:
             track(opened)
-        header, reader = open_csv(opened, wanted)
+        log = LineLog()
+        header, reader = open_csv(opened, wanted, log)
         pick = _picker(header.positions(wanted), len(header.names))
         width = len(header.names)
-        overlong = opened.overlong
-        line = header.line
+        line = header.line  # the last line the reader has handed out
         while True:
+            log.forget_before(line + 1)
             try:
-                for record in reader:
-                    first = line + 1
-                    line = reader.line_num
-                    if len(record) == width:
-                        # a record over several lines keeps its fields: the validator
-                        # rejects the line break, naming the field and the lines
-                        yield (line if line == first else Lines(first, line)), pick(record)
-                    elif record:
-                        yield _malformed(header, record, first, line)
-                    elif line in overlong:  # else a blank line
-                        yield line, Malformed(too_long())
+                records = list(islice(reader, FAST_RECORDS))
+            except csv.Error:
+                records = None
+            end = reader.line_num
+            if records is not None:
+                if not records:
+                    return
+                if end - line == len(records) and set(map(len, records)) == {width}:
+                    yield zip(range(line + 1, end + 1), map(pick, records), strict=True)
+                    line = end
+                    continue
+            again = csv.reader(log.lines(line + 1, end), delimiter=header.delimiter)
+            yield list(_one_by_one(header, again, pick, line, opened.overlong))
+            line = end
+
+
+def _one_by_one(header, reader, pick, offset, overlong):
+    """Yield (line, values) per record of reader, whose line 1 is the file's offset + 1."""
+    width = len(header.names)
+    line = offset
+    while True:
+        try:
+            for record in reader:
+                first = line + 1
+                line = offset + reader.line_num
+                if len(record) == width:
+                    # a record over several lines keeps its fields: the validator
+                    # rejects the line break, naming the field and the lines
+                    yield (line if line == first else Lines(first, line)), pick(record)
+                elif record:
+                    yield _malformed(header, record, first, line)
+                elif line in overlong:  # else a blank line
+                    yield line, Malformed(too_long())
+            return
+        except csv.Error as exc:  # the reader goes on at the next line
+            first, line = line + 1, offset + reader.line_num
+            yield _spanning(first, line), _csv_error(exc)
+
+
+class LineLog:
+    """The blocks of lines handed to a csv reader, numbered, while a caller may need them.
+
+    ``csv_rows`` splits records in runs and, for a run that is not plain, splits the same
+    lines again one record at a time; this keeps them, from the first line of the current
+    run on (a run's lines, never the file).
+    """
+
+    def __init__(self):
+        self.blocks = deque()  # (number of the first line, [lines])
+        self.next = 1
+        self.keep_from = 1  # the first line of the current run
+
+    def record(self, first, blocks):
+        """Pass first, then blocks, of lines through, remembering each with its first line
+        number. A block the reader has finished keeps only the current run's lines."""
+        yield self._remember(first)
+        del first  # not held for the whole file by this frame
+        while True:
+            self._trim()  # before the next block is read and split, not after
+            block = next(blocks, None)
+            if block is None:
                 return
-            except csv.Error as exc:  # the reader goes on at the next line
-                first, line = line + 1, reader.line_num
-                yield _spanning(first, line), _csv_error(exc)
+            yield self._remember(block)
+            block = None  # nor by this one, while the next block is split
+
+    def _remember(self, block):
+        lines = block if isinstance(block, list) else list(block)
+        self.blocks.append((self.next, lines))
+        self.next += len(lines)
+        return lines
+
+    def _trim(self):
+        if not self.blocks:
+            return
+        start, lines = self.blocks[-1]
+        if self.keep_from > start:
+            self.blocks[-1] = (self.keep_from, lines[self.keep_from - start :])
+
+    def lines(self, first, last):
+        """The text of lines first to last (1-based, inclusive)."""
+        out = []
+        for start, lines in self.blocks:
+            if start + len(lines) > first and start <= last:
+                out.extend(lines[max(first - start, 0) : last - start + 1])
+        return out
+
+    def forget_before(self, first):
+        """Let go of the lines before first, where the next run begins."""
+        self.keep_from = first
+        blocks = self.blocks
+        while blocks and blocks[0][0] + len(blocks[0][1]) <= first:
+            blocks.popleft()
 
 
 def _spanning(first, last):
