@@ -1,7 +1,7 @@
 """Run the benchmark and print, from one run, each approach as rows/s, as a ratio to its
 backend's floor, and its peak memory.
 
-    python -m bench [--orders N] [--naive-orders N] [--no-postgres]
+    python -m bench [--orders N] [--naive-orders N] [--repeat N] [--no-postgres]
 
 The floor is the workload stored with the real schema's indexes as cheaply as plain code
 can (``bench.references``: bare tables, one transaction per table, indexes built after the
@@ -66,9 +66,9 @@ def _count(data_dir):
     return total
 
 
-def sqlite_rows(workload_dir, orders, on_row):
-    """Measure each SQLite row; on_row(label, kind, Measured, rows stored) as each ends
-    (kind "floor" marks the floor, which comes first)."""
+def sqlite_rows(workload_dir, orders, on_row, repeat=1):
+    """Measure each SQLite row repeat times, the approaches in turn; on_row(label, kind,
+    median Measured, rows stored) per row at the end (kind "floor" marks the floor, first)."""
     from bench.postgres import _insert_data_args
 
     schema = fresh_databases("schema")
@@ -108,10 +108,22 @@ def sqlite_rows(workload_dir, orders, on_row):
                 fresh_databases,
             )
         )
-    for index, (label, kind, step, prepare) in enumerate(steps):
-        data_dir = prepare(f"sqlite-{index}")
-        measured = step(data_dir)
-        on_row(label, kind, measured, _count(data_dir))
+    runs = [[] for _ in steps]
+    stored = [set() for _ in steps]
+    for round_ in range(1, repeat + 1):
+        measure.say_round("SQLite", round_, repeat)
+        for index, (_label, _kind, step, prepare) in enumerate(steps):
+            data_dir = prepare(f"sqlite-{index}")
+            runs[index].append(step(data_dir))
+            stored[index].add(_count(data_dir))
+    for index, (label, kind, _step, _prepare) in enumerate(steps):
+        counts = stored[index]
+        on_row(
+            label,
+            kind,
+            measure.median(runs[index]),
+            min(counts) if len(counts) > 1 else max(counts),
+        )
 
 
 def naive_row(count):
@@ -169,11 +181,19 @@ def main():
     parser.add_argument("--orders", type=int, default=workload.SIZES["orders"])
     parser.add_argument("--naive-orders", type=int, default=2_000)
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each approach, taken in turn; each row shows the median (default 3)",
+    )
+    parser.add_argument(
         "--no-postgres",
         action="store_true",
         help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh)",
     )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be 1 or more")
     sizes = dict(workload.SIZES, orders=args.orders)
     print(f"building workload {sizes} ...", flush=True)
     workload_dir = workload.build(OUT / f"workload-{args.orders}", sizes)
@@ -182,7 +202,7 @@ def main():
     print(f"load average before: {_load_average()}", flush=True)
     rows = Table(total)
     try:
-        sqlite_rows(workload_dir, args.orders, rows.add)
+        sqlite_rows(workload_dir, args.orders, rows.add, args.repeat)
         naive, naive_rows = naive_row(args.naive_orders)
         rows.add(
             "SQLite: naive thread pool, `objects.create()` per row (loop only)",
@@ -203,6 +223,7 @@ def main():
             args.orders,
             OUT / "postgres",
             lambda label, *rest: pg.add(f"PostgreSQL: {label}", *rest),
+            args.repeat,
         )
     except (postgres.BenchError, measure.BenchFailed, postgres.psycopg.Error) as exc:
         sys.exit(

@@ -27,6 +27,29 @@ class Measured(NamedTuple):
     server_cpu: float | None = None  # CPU seconds of the PostgreSQL backends it used
 
 
+def say_round(backend, round_, repeat):
+    """Rounds run every approach in turn, so a machine that slows down slows them all."""
+    if repeat > 1:
+        print(f"{backend}: round {round_} of {repeat} ...", file=sys.stderr, flush=True)
+
+
+def median(measurements):
+    """One Measured for several runs of the same approach: the median time and CPU, the
+    largest peak memory (the bound a user must have), the last run's output."""
+    import statistics
+
+    runs = list(measurements)
+    servers = [m.server_cpu for m in runs if m.server_cpu is not None]
+    return Measured(
+        statistics.median(m.seconds for m in runs),
+        max(m.peak_pss for m in runs),
+        max(m.peak_single for m in runs),
+        runs[-1].stdout,
+        statistics.median(m.cpu for m in runs),
+        statistics.median(servers) if servers else None,
+    )
+
+
 def clean_environment(extra=None):
     """This environment without any *_DATABASE_URL (each measurement names its own)."""
     environment = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}

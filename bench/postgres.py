@@ -178,9 +178,10 @@ def _reference(kind, workload_dir, databases, plan_path):
     )
 
 
-def run_postgres_bench(workload_dir, orders, scratch, on_row):
+def run_postgres_bench(workload_dir, orders, scratch, on_row, repeat=1):
     """Measure the floor, today's reference and insert_data (file and synthetic) on
-    PostgreSQL; on_row(label, kind, Measured, rows stored) as each ends, kind "floor" first.
+    PostgreSQL, repeat times each, in turn; on_row(label, kind, median Measured, rows
+    stored) per row at the end, kind "floor" first.
 
     Raises BenchError (one line) when the server is unreachable or a count is wrong.
     """
@@ -193,25 +194,35 @@ def run_postgres_bench(workload_dir, orders, scratch, on_row):
         ("from", "`insert_data --from` CSV (today's loader)"),
         ("synthetic", "`insert_data` synthetic (today's loader)"),
     ]
+    runs = {kind: [] for kind, _label in steps}
+    for round_ in range(1, repeat + 1):
+        measure.say_round("PostgreSQL", round_, repeat)
+        for kind, label in steps:
+            runs[kind].append(_measure_once(kind, label, workload_dir, orders, scratch, expected))
     for kind, label in steps:
-        with FreshDatabases(kind) as databases:
-            if kind == "floor":
-                plan = bare_plan(databases, scratch / "floor-plan.json")
-                measured = _reference("pg-floor", workload_dir, databases, plan)
-            elif kind == "today":
-                plan = scratch / f"today-plan-{uuid.uuid4().hex[:6]}.json"
-                measured = _reference("pg-today", workload_dir, databases, plan)
-            else:
-                measured = measure.manage(
-                    *_insert_data_args(kind, workload_dir, orders),
-                    env=databases.env,
-                    label="insert_data on PostgreSQL",
-                    server_tag=_tag(databases),
-                )
-            stored = databases.count()
-        if stored != expected:
-            raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
-        on_row(label, "floor" if kind == "floor" else "", measured, stored)
+        on_row(label, "floor" if kind == "floor" else "", measure.median(runs[kind]), expected)
+
+
+def _measure_once(kind, label, workload_dir, orders, scratch, expected):
+    """One run of one approach into fresh databases; BenchError if it stored a wrong count."""
+    with FreshDatabases(kind) as databases:
+        if kind == "floor":
+            plan = bare_plan(databases, scratch / "floor-plan.json")
+            measured = _reference("pg-floor", workload_dir, databases, plan)
+        elif kind == "today":
+            plan = scratch / f"today-plan-{uuid.uuid4().hex[:6]}.json"
+            measured = _reference("pg-today", workload_dir, databases, plan)
+        else:
+            measured = measure.manage(
+                *_insert_data_args(kind, workload_dir, orders),
+                env=databases.env,
+                label="insert_data on PostgreSQL",
+                server_tag=_tag(databases),
+            )
+        stored = databases.count()
+    if stored != expected:
+        raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
+    return measured
 
 
 def _insert_data_args(kind, workload_dir, orders):
