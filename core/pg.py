@@ -34,6 +34,8 @@ as existing only once a transaction that created it has committed.
 """
 
 import re
+import struct
+from itertools import repeat, starmap
 
 import psycopg
 from django.db import transaction
@@ -41,6 +43,36 @@ from django.db import transaction
 from core.writers import BulkWriter, _Redo
 
 SAVEPOINT = "multids_copy"
+
+# PostgreSQL's binary COPY stream: signature, flags, header extension length; then per row
+# the field count and each field as its length and its big-endian bytes; then -1.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+COPY_TRAILER = b"\xff\xff"
+FIXED_WIDTH = {"bigint": ("q", 8), "integer": ("i", 4), "smallint": ("h", 2)}
+
+
+def packed_rows(types, rows):
+    """rows as binary COPY tuples, packed by one ``struct.pack`` call; None when a column
+    is not a fixed-width integer or holds a NULL (psycopg's ``write_row`` does those).
+
+    ``write_row`` costs three Python calls per row, about a second per million orders in
+    the orders writer; this builds the same bytes in C-level passes (``starmap`` over one
+    ``struct.Struct`` per row shape).
+    """
+    codes = [FIXED_WIDTH.get(name) for name in types]
+    if not rows or None in codes:
+        return None
+    columns = list(zip(*rows, strict=True))
+    if any(None in column for column in columns):
+        return None
+    parts = [repeat(len(types))]
+    for (_code, size), column in zip(codes, columns, strict=True):
+        parts += [repeat(size), column]
+    row = struct.Struct(">h" + "".join(f"i{code}" for code, _size in codes))
+    try:
+        return b"".join(starmap(row.pack, zip(*parts, strict=False)))  # repeats never end
+    except struct.error:  # a value beyond its column's range: let PostgreSQL say so
+        return None
 
 
 def _copy_type(field, connection):
@@ -101,7 +133,11 @@ class PostgresBulkWriter(BulkWriter):
             return inserted
 
     def _copy(self, raw, statement, rows):
+        packed = packed_rows(self.copy_types, rows)
         with raw.copy(statement) as copy:
+            if packed is not None:
+                copy.write(COPY_SIGNATURE + packed + COPY_TRAILER)
+                return
             copy.set_types(self.copy_types)
             for row in rows:
                 copy.write_row(row)
