@@ -12,6 +12,7 @@ use the same key. It is filled on every ``save()``, ``create()`` and ``bulk_crea
 """
 
 from django.db import models
+from django.utils.functional import cached_property
 from django.utils.module_loading import import_string
 
 
@@ -44,8 +45,10 @@ class ComparisonKey(models.CharField):
         kwargs.pop("editable", None)
         return name, "core.fields.ComparisonKey", args, kwargs
 
-    def normalize(self, value):
-        return import_string(self.normalize_path)(value)
+    @cached_property
+    def normalize(self):
+        """The function that computes the key (imported once: a load calls it per row)."""
+        return import_string(self.normalize_path)
 
     def pre_save(self, model_instance, add):
         """Compute the key from the source field, so no write path can store a stale one."""
