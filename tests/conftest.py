@@ -58,3 +58,33 @@ def behind_the_guards_back(alias, sql, params=()):
     with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
+
+
+CUSTOMERS = (
+    (1, "Alice", "alice@example.com"),
+    (2, "Bob", "bob@example.org"),
+    (3, "Carol", "carol@example.com"),
+)
+
+
+def store_customers():
+    """Alice, Bob and Carol (users 1-3), the admin and web tests' customers."""
+    from core.models import User
+
+    User.objects.bulk_create(User(id=i, name=n, email=e) for i, n, e in CUSTOMERS)
+
+
+def store_products(*named):
+    """Products 1, 2, ... from (name, price) pairs, prices as text ("30.00")."""
+    from decimal import Decimal
+
+    from core.models import Product
+
+    Product.objects.bulk_create(
+        Product(id=i, name=name, price=Decimal(price)) for i, (name, price) in enumerate(named, 1)
+    )
+
+
+def page_text(response):
+    """The page with runs of whitespace squeezed, so sentences split by templates match."""
+    return " ".join(response.content.decode().split())

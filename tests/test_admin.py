@@ -15,7 +15,13 @@ from core import tables
 from core.admin.forms import ValidatedForm
 from core.admin.referencing import attach_parents
 from core.models import Order, Product, User
-from tests.conftest import ALL_DATABASES, behind_the_guards_back
+from tests.conftest import (
+    ALL_DATABASES,
+    behind_the_guards_back,
+    page_text,
+    store_customers,
+    store_products,
+)
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -39,20 +45,8 @@ def fast_passwords(settings):
 @pytest.fixture
 def rows():
     """Alice (2 orders), Bob (1 order), Carol (none); three products; three orders."""
-    User.objects.bulk_create(
-        [
-            User(id=1, name="Alice", email="alice@example.com"),
-            User(id=2, name="Bob", email="bob@example.org"),
-            User(id=3, name="Carol", email="carol@example.com"),
-        ]
-    )
-    Product.objects.bulk_create(
-        [
-            Product(id=1, name="Laptop", price=Decimal("1000.00")),
-            Product(id=2, name="Headphones", price=Decimal("150.00")),
-            Product(id=3, name="Mouse", price=Decimal("30.00")),
-        ]
-    )
+    store_customers()
+    store_products(("Laptop", "1000.00"), ("Headphones", "150.00"), ("Mouse", "30.00"))
     Order.objects.bulk_create(
         [
             Order(id=1, user_id=1, product_id=1, quantity=2),
@@ -60,11 +54,6 @@ def rows():
             Order(id=3, user_id=2, product_id=2, quantity=5),
         ]
     )
-
-
-def text(response):
-    """The page with runs of whitespace squeezed, so sentences split by templates match."""
-    return " ".join(response.content.decode().split())
 
 
 def messages_of(response):
@@ -86,7 +75,7 @@ def queries_per_alias(client, url):
 
 
 def test_order_list_shows_each_orders_user_and_product_from_their_databases(admin_client, rows):
-    page = text(admin_client.get(ORDERS))
+    page = page_text(admin_client.get(ORDERS))
     assert "alice@example.com" in page and "Alice" in page
     assert "Headphones" in page and "150.00" in page
     assert "bob@example.org" in page
@@ -119,9 +108,9 @@ def test_an_order_whose_user_is_missing_says_so(admin_client, rows):
     behind_the_guards_back(
         "orders_db", "INSERT INTO orders (id, user_id, product_id, quantity) VALUES (9, 99, 1, 1)"
     )
-    page = text(admin_client.get(ORDERS))
+    page = page_text(admin_client.get(ORDERS))
     assert '<strong class="errornote">user 99 not found</strong>' in page
-    assert "user 99 not found" in text(admin_client.get(f"{ORDERS}9/change/"))
+    assert "user 99 not found" in page_text(admin_client.get(f"{ORDERS}9/change/"))
 
 
 def test_user_and_product_lists_count_orders_in_one_query(admin_client, rows):
@@ -176,10 +165,10 @@ def test_the_order_count_has_a_thousands_separator(admin_client, rows):
     Order.objects.bulk_create(
         Order(id=n, user_id=1, product_id=1, quantity=1) for n in range(4, 1238)
     )
-    page = text(admin_client.get(ORDERS))
+    page = page_text(admin_client.get(ORDERS))
     assert "1,237 orders" in page and "1237 orders" not in page
     assert "Select all 1,237 orders" in page and "All 1,237 selected" in page
-    assert "1,236 results" in text(admin_client.get(ORDERS, {"q": "1"}))  # all but order 3
+    assert "1,236 results" in page_text(admin_client.get(ORDERS, {"q": "1"}))  # all but order 3
 
 
 @pytest.mark.parametrize(
@@ -215,7 +204,7 @@ def test_counts_from_other_databases_are_not_sortable(admin_client, rows):
 
 
 def test_order_detail_shows_user_and_product(admin_client, rows):
-    page = text(admin_client.get(f"{ORDERS}2/change/"))
+    page = page_text(admin_client.get(f"{ORDERS}2/change/"))
     assert "Alice &lt;alice@example.com&gt;" in page
     assert "Headphones (150.00)" in page
 
@@ -318,7 +307,7 @@ def test_the_add_form_offers_the_next_id_and_the_change_form_freezes_it(admin_cl
 
 def test_deleting_a_user_with_orders_opens_one_page_with_the_two_choices(admin_client, rows):
     response = admin_client.get(f"{USERS}1/delete/")
-    page = text(response)
+    page = page_text(response)
     assert response.templates[0].name == "admin/core/delete_parent.html"
     assert "Are you sure" not in page and not messages_of(response)
     assert f'<a id="orders-link" href="{ORDERS}?user_id=1">2 orders in orders_db</a>' in page
@@ -376,7 +365,7 @@ def test_djangos_delete_selected_is_not_offered(admin_client, rows):
 def test_the_safe_action_deletes_those_without_orders_and_refuses_the_others(admin_client, rows):
     selected = {"action": "delete_selected_safely", "_selected_action": ["1", "3"]}
     confirm = admin_client.post(USERS, selected)
-    assert "kept: it has orders" in text(confirm)
+    assert "kept: it has orders" in page_text(confirm)
     assert User.objects.count() == 3  # nothing happens before the confirmation
     response = admin_client.post(USERS, selected | {"post": "yes"})
     assert messages_of(response) == ["Deleted 1 customer.", REFUSAL]
@@ -385,7 +374,7 @@ def test_the_safe_action_deletes_those_without_orders_and_refuses_the_others(adm
 
 def test_delete_with_orders_deletes_the_orders_then_the_product(admin_client, rows):
     selected = {"action": "delete_selected_with_children", "_selected_action": ["2"]}
-    confirm = text(admin_client.post(PRODUCTS, selected))
+    confirm = page_text(admin_client.post(PRODUCTS, selected))
     assert "deleted together with their children: 2 orders in orders_db" in confirm
     response = admin_client.post(PRODUCTS, selected | {"post": "yes"})
     assert messages_of(response) == ["Deleted 1 product and 2 orders."]

@@ -3,8 +3,6 @@ no change to core: ``tests/reviews/admin.py`` registers ``Review`` with the gene
 referencing admin, and the user and product admins learn of it from its declarations
 (``Review.user_id`` CASCADE, ``Review.product_id`` PROTECT)."""
 
-from decimal import Decimal
-
 import pytest
 from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.contrib.auth.models import Permission
@@ -16,7 +14,7 @@ from core import deletion
 from core.admin.forms import ValidatedForm
 from core.admin.referencing import ReferencingAdmin
 from core.models import Order, Product, User
-from tests.conftest import ALL_DATABASES
+from tests.conftest import ALL_DATABASES, page_text, store_customers, store_products
 from tests.reviews.models import Review
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
@@ -34,20 +32,8 @@ def fast_passwords(settings):
 def rows():
     """Alice: 1 order, 2 reviews. Bob: 1 review, no order. Carol: nothing.
     Laptop: 1 order, 1 review. Mouse: 2 reviews, no order. Pen: nothing."""
-    User.objects.bulk_create(
-        [
-            User(id=1, name="Alice", email="alice@example.com"),
-            User(id=2, name="Bob", email="bob@example.org"),
-            User(id=3, name="Carol", email="carol@example.com"),
-        ]
-    )
-    Product.objects.bulk_create(
-        [
-            Product(id=1, name="Laptop", price=Decimal("1000.00")),
-            Product(id=2, name="Mouse", price=Decimal("30.00")),
-            Product(id=3, name="Pen", price=Decimal("2.00")),
-        ]
-    )
+    store_customers()
+    store_products(("Laptop", "1000.00"), ("Mouse", "30.00"), ("Pen", "2.00"))
     Order.objects.create(id=1, user_id=1, product_id=1, quantity=1)
     Review.objects.bulk_create(
         [
@@ -56,10 +42,6 @@ def rows():
             Review(id=3, user_id=2, product_id=2, rating=4),
         ]
     )
-
-
-def text(response):
-    return " ".join(response.content.decode().split())
 
 
 def form_errors(response):
@@ -96,7 +78,7 @@ def test_the_review_list_links_each_review_to_its_user_and_product(admin_client,
         CaptureQueriesContext(connections["products_db"]) as products,
     ):
         response = admin_client.get(REVIEWS)
-    page = text(response)
+    page = page_text(response)
     assert f'<a href="{USERS}1/change/">#1 Alice &lt;alice@example.com&gt;</a>' in page
     assert f'<a href="{PRODUCTS}2/change/">#2 Mouse (30.00)</a>' in page
     assert len(users) == 1 and len(products) == 1  # one query per parent table and page
@@ -133,7 +115,7 @@ def test_the_add_form_refuses_a_missing_product_in_the_loaders_words(admin_clien
 
 
 def test_the_review_form_names_its_user_and_product(admin_client, rows):
-    page = text(admin_client.get(f"{REVIEWS}3/change/"))
+    page = page_text(admin_client.get(f"{REVIEWS}3/change/"))
     assert "User (users_db)" in page and "Bob &lt;bob@example.org&gt;" in page
     assert "Product (products_db)" in page and "Mouse (30.00)" in page
 
@@ -187,14 +169,14 @@ def test_the_user_and_product_lists_count_reviews_too(admin_client, rows):
         2: {"reviews": 1},
         3: {},
     }
-    page = text(admin_client.get(USERS))
+    page = page_text(admin_client.get(USERS))
     assert f'<a href="{REVIEWS}?user_id=1">2</a>' in page
     products = admin_client.get(PRODUCTS).context["cl"].result_list
     assert {p.pk: p.child_counts.get("reviews", 0) for p in products} == {1: 1, 2: 2, 3: 0}
 
 
 def test_a_user_with_orders_gets_the_choice_and_its_reviews_would_go_with_it(admin_client, rows):
-    page = text(admin_client.get(f"{USERS}1/delete/"))
+    page = page_text(admin_client.get(f"{USERS}1/delete/"))
     assert f'<a id="orders-link" href="{ORDERS}?user_id=1">1 order in orders_db</a>' in page
     assert "they keep it from being deleted alone" in page
     assert f'<a id="reviews-link" href="{REVIEWS}?user_id=1">2 reviews in reviews_db</a>' in page
@@ -216,7 +198,7 @@ def test_a_user_with_orders_gets_the_choice_and_its_reviews_would_go_with_it(adm
 
 def test_a_user_with_only_reviews_is_deleted_with_them_by_the_plain_delete(admin_client, rows):
     """CASCADE: the page lists the reviews and offers the plain delete, which takes them."""
-    page = text(admin_client.get(f"{USERS}2/delete/"))
+    page = page_text(admin_client.get(f"{USERS}2/delete/"))
     assert "1 review in reviews_db</a>: deleted with it" in page
     assert 'value="Delete it with its 1 review"' in page
     assert 'name="with_children"' not in page
@@ -228,7 +210,7 @@ def test_a_user_with_only_reviews_is_deleted_with_them_by_the_plain_delete(admin
 
 def test_cascading_to_reviews_needs_delete_permission_on_reviews(django_user_model, rows):
     client = staff(django_user_model, "no_reviews", "view_user", "delete_user")
-    page = text(client.get(f"{USERS}2/delete/"))
+    page = page_text(client.get(f"{USERS}2/delete/"))
     assert "(this account may not delete them)" in page
     assert 'id="delete-with-children"' not in page
     assert client.post(f"{USERS}2/delete/", {"post": "yes"}).status_code == 403
@@ -253,7 +235,7 @@ def test_cascading_to_reviews_needs_delete_permission_on_reviews(django_user_mod
 
 def test_a_product_with_reviews_is_refused_and_offered_the_choice(admin_client, rows):
     """PROTECT: Mouse has reviews and no order; the plain delete keeps it."""
-    page = text(admin_client.get(f"{PRODUCTS}2/delete/"))
+    page = page_text(admin_client.get(f"{PRODUCTS}2/delete/"))
     assert f'<a id="reviews-link" href="{REVIEWS}?product_id=2">2 reviews in reviews_db</a>' in (
         page
     )

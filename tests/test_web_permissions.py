@@ -4,7 +4,6 @@ delete on users and products, nothing on orders: the account of issue 11 that de
 user's orders it could not even list)."""
 
 import json
-from decimal import Decimal
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
@@ -13,8 +12,8 @@ from django.test import Client
 
 from core import integrity, views
 from core.admin import parents as parent_admin
-from core.models import Order, Product, User
-from tests.conftest import ALL_DATABASES
+from core.models import Order, User
+from tests.conftest import ALL_DATABASES, store_customers, store_products
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -64,19 +63,8 @@ def own_data_dir(settings, tmp_path):
 @pytest.fixture
 def rows():
     """Alice (2 orders), Bob (1 order), Carol (none); two products."""
-    User.objects.bulk_create(
-        [
-            User(id=1, name="Alice", email="alice@example.com"),
-            User(id=2, name="Bob", email="bob@example.org"),
-            User(id=3, name="Carol", email="carol@example.com"),
-        ]
-    )
-    Product.objects.bulk_create(
-        [
-            Product(id=1, name="Laptop", price=Decimal("1000.00")),
-            Product(id=2, name="Mouse", price=Decimal("30.00")),
-        ]
-    )
+    store_customers()
+    store_products(("Laptop", "1000.00"), ("Mouse", "30.00"))
     Order.objects.bulk_create(
         [
             Order(id=1, user_id=1, product_id=1, quantity=2),
