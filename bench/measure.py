@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from bench.memory import PeakMemory
+from bench.memory import PeakMemory, Sampler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,33 +96,25 @@ def _cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class ServerCPU:
+class ServerCPU(Sampler):
     """CPU seconds used by the PostgreSQL backends serving databases whose name contains
     tag (read from /proc; the server must run on this machine). A backend's counters are
     sampled until it exits, so at most one interval of its work is missed."""
 
     def __init__(self, tag, interval=0.05):
-        import threading
-
-        self.tag, self.interval = tag, interval
+        super().__init__(interval)
+        self.tag = tag
         self.used = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+        super().__exit__(*exc)
+        self.sample()  # the last counters of backends still alive
 
     @property
     def seconds(self):
         return sum(self.used.values())
 
-    def _sample(self):
+    def sample(self):
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -132,8 +124,3 @@ class ServerCPU:
                     self.used[entry.name] = _cpu_seconds(entry.name)
             except OSError:
                 continue
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)

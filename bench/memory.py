@@ -38,14 +38,11 @@ def _pss(pid):
     return 0
 
 
-class PeakMemory:
-    """Samples the memory of a process and its descendants until stopped: the summed PSS
-    (the tree's real footprint) and the largest single RSS."""
+class Sampler:
+    """Calls sample() on a thread every interval seconds while the with-block runs."""
 
-    def __init__(self, pid, interval=0.02):
-        self.pid, self.interval = pid, interval
-        self.peak_total = 0
-        self.peak_single = 0
+    def __init__(self, interval):
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -57,9 +54,26 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
 
+    def sample(self):
+        raise NotImplementedError
+
     def _run(self):
         while not self._stop.is_set():
-            pids = _tree(self.pid)
-            self.peak_total = max(self.peak_total, sum(_pss(p) for p in pids))
-            self.peak_single = max([self.peak_single, *(_rss(p) for p in pids)])
+            self.sample()
             self._stop.wait(self.interval)
+
+
+class PeakMemory(Sampler):
+    """Samples the memory of a process and its descendants until stopped: the summed PSS
+    (the tree's real footprint) and the largest single RSS."""
+
+    def __init__(self, pid, interval=0.02):
+        super().__init__(interval)
+        self.pid = pid
+        self.peak_total = 0
+        self.peak_single = 0
+
+    def sample(self):
+        pids = _tree(self.pid)
+        self.peak_total = max(self.peak_total, sum(_pss(p) for p in pids))
+        self.peak_single = max([self.peak_single, *(_rss(p) for p in pids)])
