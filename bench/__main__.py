@@ -23,7 +23,7 @@ import django
 from bench import measure
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench-data"
+OUT = measure.OUT
 TABLES = ("users", "products", "orders")
 
 
@@ -139,39 +139,6 @@ def naive_row(count):
     return measured._replace(seconds=seconds), orders  # its parents are set-up, not timed
 
 
-HEADER = [
-    "| approach | rows | seconds | rows/s | ratio to its floor | peak memory (PSS, tree) "
-    "| CPU s (client + server) |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-]
-
-
-class Table:
-    """Prints one markdown row per measurement as it ends; a floor row sets the rate the
-    rows after it are compared with. A row that stored the wrong count stops the run."""
-
-    def __init__(self, expected, header=True):
-        self.expected = expected
-        self.floor_rate = None
-        if header:
-            print("\n".join(HEADER), flush=True)
-
-    def add(self, label, kind, measured, stored, check=True):
-        if check and stored != self.expected:
-            raise measure.BenchFailed(f"{label} stored {stored:,} rows, expected {self.expected:,}")
-        rate = stored / measured.seconds
-        cpu = f"{measured.cpu:.1f}"
-        if measured.server_cpu is not None:
-            cpu += f" + {measured.server_cpu:.1f}"
-        if kind == "floor":
-            self.floor_rate = rate
-        print(
-            f"| {label} | {stored:,} | {measured.seconds:.2f} | {rate:,.0f} | "
-            f"{rate / self.floor_rate:.2f} | {measured.peak_pss / 2**20:,.0f} MB | {cpu} |",
-            flush=True,
-        )
-
-
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "multids.settings")
     django.setup()  # the workload comes from core.sources, which needs the models
@@ -200,7 +167,7 @@ def main():
     total = sum(sizes.values())
 
     print(f"load average before: {_load_average()}", flush=True)
-    rows = Table(total)
+    rows = measure.Table(total)
     try:
         sqlite_rows(workload_dir, args.orders, rows.add, args.repeat)
         naive, naive_rows = naive_row(args.naive_orders)
@@ -216,7 +183,7 @@ def main():
     if args.no_postgres:
         print(f"load average after: {_load_average()}")
         return
-    pg = Table(total, header=False)
+    pg = measure.Table(total, header=False)
     try:
         postgres.run_postgres_bench(
             workload_dir,

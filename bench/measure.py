@@ -12,6 +12,7 @@ from typing import NamedTuple
 from bench.memory import PeakMemory, Sampler
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench-data"  # the workload and every measured database
 
 
 class BenchFailed(Exception):
@@ -124,3 +125,36 @@ class ServerCPU(Sampler):
                     self.used[entry.name] = _cpu_seconds(entry.name)
             except OSError:
                 continue
+
+
+HEADER = [
+    "| approach | rows | seconds | rows/s | ratio to its floor | peak memory (PSS, tree) "
+    "| CPU s (client + server) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+
+
+class Table:
+    """Prints one markdown row per measurement as it ends; a floor row sets the rate the
+    rows after it are compared with. A row that stored the wrong count stops the run."""
+
+    def __init__(self, expected, header=True):
+        self.expected = expected
+        self.floor_rate = None
+        if header:
+            print("\n".join(HEADER), flush=True)
+
+    def add(self, label, kind, measured, stored, check=True):
+        if check and stored != self.expected:
+            raise BenchFailed(f"{label} stored {stored:,} rows, expected {self.expected:,}")
+        rate = stored / measured.seconds
+        cpu = f"{measured.cpu:.1f}"
+        if measured.server_cpu is not None:
+            cpu += f" + {measured.server_cpu:.1f}"
+        if kind == "floor":
+            self.floor_rate = rate
+        print(
+            f"| {label} | {stored:,} | {measured.seconds:.2f} | {rate:,.0f} | "
+            f"{rate / self.floor_rate:.2f} | {measured.peak_pss / 2**20:,.0f} MB | {cpu} |",
+            flush=True,
+        )

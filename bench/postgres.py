@@ -254,12 +254,11 @@ def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.exit("usage: python -m bench.postgres WORKLOAD_DIR")
-    from bench.__main__ import OUT, Table
     from bench.workload import SIZES
 
-    rows = Table(expected_rows(args[0]))
+    rows = measure.Table(expected_rows(args[0]))
     try:
-        run_postgres_bench(args[0], SIZES["orders"], OUT / "postgres", rows.add)
+        run_postgres_bench(args[0], SIZES["orders"], measure.OUT / "postgres", rows.add)
     except (BenchError, measure.BenchFailed, OSError, psycopg.Error) as exc:
         sys.exit(f"bench.postgres: {str(exc).strip().splitlines()[0]}")
 

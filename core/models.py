@@ -4,21 +4,20 @@ Django has no foreign keys across databases, so ``Order.user_id`` and ``Order.pr
 are ``CrossDatabaseReference`` columns: plain integers that declare what they point at and
 what a delete of the parent does. Everything that keeps those links true reads the
 declarations (``core.tables``): the loader, the guard that every save, create, update and
-delete of a ``GuardedModel`` goes through (``core.guard``), ``check_integrity``, the safe
-deletes and the admin. The CHECK constraints are a backstop for writes that bypass
-``core.validation`` (raw SQL, another program).
+delete of a ``GuardedModel`` goes through (``core.guarded``, ``core.guard``),
+``check_integrity``, the safe deletes and the admin. The CHECK constraints are a backstop
+for writes that bypass ``core.validation`` (raw SQL, another program).
 """
 
 from functools import cached_property
 
-from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models.functions import Length, Trim
 from django.db.models.lookups import GreaterThan
 
 from core.fields import ComparisonKey, IdField
-from core.guard import GuardedModel
+from core.guarded import GuardedModel
 from core.references import CASCADE, PROTECT, CrossDatabaseReference  # noqa: F401
 from core.validation import Positive
 
@@ -129,12 +128,3 @@ class LoadRun(models.Model):
 
     def __str__(self):
         return f"{self.source} at {self.started_at:%Y-%m-%d %H:%M:%S}"
-
-
-def raise_for(problems):
-    """Turn validation problems into a Django ValidationError keyed by field."""
-    if problems:
-        errors = {}
-        for problem in problems:
-            errors.setdefault(problem.field or "__all__", []).append(problem.message)
-        raise ValidationError(errors)

@@ -29,6 +29,7 @@ import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.deconstruct import deconstructible
@@ -364,3 +365,12 @@ def parent_problem(field, noun, pk, *, rejected_in_run=False, deleted=False):
     if deleted:
         return Problem(field, f"{noun} {pk} was deleted while this load ran")
     return Problem(field, f"{noun} {pk} does not exist")
+
+
+def raise_for(problems):
+    """Turn validation problems into a Django ValidationError keyed by field."""
+    if problems:
+        errors = {}
+        for problem in problems:
+            errors.setdefault(problem.field or "__all__", []).append(problem.message)
+        raise ValidationError(errors)

@@ -4,7 +4,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from core.fields import IdField
-from core.guard import GuardedModel
+from core.guarded import GuardedModel
 from core.references import CASCADE, PROTECT, CrossDatabaseReference
 
 
