@@ -15,10 +15,13 @@ parents, an open transaction (SQLite's write lock); one that outlived a killed m
 would block every later load. So each writer asks the kernel to kill it when the main
 process dies (``PR_SET_PDEATHSIG`` on Linux), and every wait it makes (for a job, for its
 parents) also checks that the main process is still its parent, so it stops within
-``POLL_SECONDS`` where prctl does not exist. The wait for parents is bounded too
-(``PARENT_WAIT_SECONDS``), so no transaction is held open for ever. Writers ignore SIGINT
-(Ctrl-C reaches the whole process group; the main process stops them) and keep SIGTERM's
-default action.
+``POLL_SECONDS`` where prctl does not exist. There a watchdog thread makes the same check
+as well, because one wait cannot make it: a main process killed while writing a job into
+the pipe leaves the writer blocked reading the rest, which never comes (every writer
+inherited the pipe's write end, so no end of file comes either). The wait for parents is
+bounded too (``PARENT_WAIT_SECONDS``), so no transaction is held open for ever. Writers
+ignore SIGINT (Ctrl-C reaches the whole process group; the main process stops them) and
+keep SIGTERM's default action.
 
 ``MULTIDS_TEST_NO_PARENT_WATCH=1`` switches the parent watch off (``=prctl`` switches off
 only the kernel's part, leaving the checks in the waits). It exists only so the test suite
@@ -33,6 +36,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from typing import NamedTuple
 
@@ -127,6 +131,19 @@ class ParentWatch:
         if self.enabled and os.getppid() != self.parent_pid:
             raise Orphaned
 
+    def start_watchdog(self, table):
+        """End this process within POLL_SECONDS of the main process's death, wherever the
+        writer is blocked: what PR_SET_PDEATHSIG does where it exists. The database rolls
+        back the open transaction, if any, as it does for a kill."""
+
+        def watch():
+            while os.getppid() == self.parent_pid:
+                time.sleep(POLL_SECONDS)
+            log.info("%s writer: the main process is gone; stopped", table)
+            os._exit(0)
+
+        threading.Thread(target=watch, name=f"multids-{table}-watchdog", daemon=True).start()
+
 
 class Gate:
     """What a writer may know of the others: their committed batches and their flags."""
@@ -167,7 +184,13 @@ class Gate:
 
 def _next_job(inbox, abort, watch):
     """Return the next job, or None at the end; never block for more than POLL_SECONDS
-    without checking that the run goes on and the main process lives."""
+    without checking that the run goes on and the main process lives.
+
+    The main process is checked before every job too: a writer whose queue is full when
+    the main process dies must not write out the whole queue first (without
+    PR_SET_PDEATHSIG that took more than 5 s once the main process filled queues faster).
+    """
+    watch.check()
     while True:
         try:
             return inbox.get(timeout=POLL_SECONDS)
@@ -188,7 +211,8 @@ def _writer_main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     watch = ParentWatch(parent_pid)
-    die_with_parent()
+    if not die_with_parent() and watch.enabled:
+        watch.start_watchdog(table)
     gate = Gate(committed, flagged, abort, watch)
     try:
         watch.check()  # the main process may have died before prctl took effect
