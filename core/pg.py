@@ -37,9 +37,11 @@ import re
 import struct
 from itertools import repeat, starmap
 
+import numpy as np
 import psycopg
 from django.db import transaction
 
+from core import columns
 from core.writers import BulkWriter, _Redo
 
 SAVEPOINT = "multids_copy"
@@ -107,7 +109,7 @@ class PostgresBulkWriter(BulkWriter):
 
     def insert_ignoring_conflicts(self, cursor, rows):
         """Insert rows, skipping any that clash with a unique key; return how many went in."""
-        if not rows:
+        if not len(rows):
             return 0
         raw = cursor.cursor  # the psycopg 3 cursor under Django's wrapper
         # COPY and the staging rows must share one transaction; savepoint=False joins the
@@ -133,7 +135,11 @@ class PostgresBulkWriter(BulkWriter):
             return inserted
 
     def _copy(self, raw, statement, rows):
-        packed = packed_rows(self.copy_types, rows)
+        if isinstance(rows, np.ndarray):  # a core.columns.Block's values
+            packed = columns.copy_payload(self.copy_types, rows)
+            rows = columns.tuples(rows) if packed is None else rows
+        else:
+            packed = packed_rows(self.copy_types, rows)
         with raw.copy(statement) as copy:
             if packed is not None:
                 copy.write(COPY_SIGNATURE + packed + COPY_TRAILER)

@@ -13,6 +13,10 @@ Because a child table is validated only after all its parents, no child can reac
 database before the rows it names, even if the process is killed. Queues are bounded, so a
 fast source waits for a slow writer instead of filling memory.
 
+A table of whole numbers (orders) may arrive as ``core.columns.Block`` batches, checked an
+array at a time; a Block the array checks cannot settle goes through the row path instead,
+so the verdicts are the same either way (``tests/test_verdicts.py``).
+
 The rules for a run, one sentence each:
 
 * A row is valid when every field passes its rule (``core.validation``).
@@ -32,13 +36,14 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, groupby, islice
 from operator import itemgetter
 from typing import NamedTuple
 
+import numpy as np
 from django.db import DatabaseError, connections
 
-from core import guard, validation
+from core import columns, guard, validation
 from core.databases import location
 from core.lookups import existing_ids
 from core.pool import LoadError, WriterPool
@@ -73,6 +78,20 @@ def chunks(iterable, size):
         yield batch
 
 
+def table_batches(source, table, size):
+    """table's rows in batches of up to size: lists of (line, values), and a
+    ``columns.Block`` for rows the source gives as blocks (``runs``), in input order."""
+    runs = getattr(source, "runs", None)
+    if runs is None:
+        yield from chunks(source.rows(table), size)
+        return
+    for is_block, group in groupby(runs(table), key=lambda run: isinstance(run, columns.Block)):
+        if is_block:
+            yield from columns.batches(group, size)
+        else:
+            yield from chunks(chain.from_iterable(group), size)
+
+
 @dataclass(frozen=True)
 class Recheck:
     """Rows of a batch whose parents the writer must look up inside the guard."""
@@ -101,6 +120,7 @@ class RunValidator:
     def __init__(self):
         self.accepted = {t: set() for t in PARENT_TABLES}
         self.rejected = {t: set() for t in PARENT_TABLES}
+        self._arrays = {}  # parent table -> its accepted ids as a columns.IdSet, for Blocks
 
     def validate(self, table, batch):
         """Return a Validated for one batch of (line, raw values).
@@ -111,14 +131,19 @@ class RunValidator:
         problem. The outcome is the same either way, row by row; only the cost differs.
         """
         spec = SPECS[table]
+        if isinstance(batch, columns.Block):
+            validated = self._validate_block(spec, batch)
+            if validated is not None:
+                return validated
+            batch = batch.rows()  # a value out of range: the rules below name it
         width = len(spec.fields)
         lines = list(map(itemgetter(0), batch))
         values = list(map(itemgetter(1), batch))
         rejections = []
         if set(map(type, values)) != {tuple} or set(map(len, values)) != {width}:
             lines, values, rejections = self._split_malformed(spec, batch)
-        columns, bad = self._convert_columns(spec, values)
-        rows = list(zip(*columns, strict=True)) if values else []
+        converted, bad = self._convert_columns(spec, values)
+        rows = list(zip(*converted, strict=True)) if values else []
         problems_of = {}
         for i in sorted(bad):
             row, problems = spec.clean(values[i])
@@ -134,12 +159,49 @@ class RunValidator:
             rejections.extend(self._reject(spec, bad_rows))
         accepted = self.accepted.get(table)
         if accepted is not None and rows:
-            ids = [r[0] for r in rows] if bad else columns[0]
+            ids = [r[0] for r in rows] if bad else converted[0]
             accepted.update(ids)
             self.rejected[table].difference_update(ids)
         rejections.sort(key=lambda r: r.line or 0)
-        recheck = self._recheck(spec, rows, None if bad else columns)
+        recheck = self._recheck(spec, rows, None if bad else converted)
         return Validated(rows, lines, rejections, recheck)
+
+    def _validate_block(self, spec, block):
+        """The Validated for a Block whose every value is in range, or None.
+
+        The same outcome as the row path: a Block holds only whole numbers, so a row is
+        valid when each lies in its rule's bounds; references and accepted ids are then
+        settled as in ``validate``, an array at a time.
+        """
+        values = block.values
+        for convert, column in zip(spec.converters, values.T, strict=True):
+            if not columns.within(column, *convert.bounds):
+                return None
+        accepted = self.accepted.get(spec.name)
+        if accepted is not None:
+            ids = values[:, 0].tolist()
+            accepted.update(ids)
+            self.rejected[spec.name].difference_update(ids)
+        unresolved = set()
+        for reference in spec.references:
+            named = values[:, spec.position(reference.field)]
+            known = self._accepted_ids(reference.parent).contains(named)
+            if not known.all():
+                unresolved.update(np.flatnonzero(~known).tolist())
+        recheck = Recheck()
+        if unresolved:
+            rows = {i: tuple(values[i].tolist()) for i in unresolved}
+            recheck = Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, rows))
+        return Validated(values, block.lines, [], recheck)
+
+    def _accepted_ids(self, table):
+        """The ids of table accepted so far, as a ``columns.IdSet`` (rebuilt when they grow:
+        they only grow, so their count tells)."""
+        accepted = self.accepted[table]
+        cached = self._arrays.get(table)
+        if cached is None or len(cached) != len(accepted):
+            cached = self._arrays[table] = columns.IdSet(accepted)
+        return cached
 
     def _split_malformed(self, spec, batch):
         """Set aside what the source could not split into fields (``core.rows.Malformed``)."""
@@ -299,7 +361,7 @@ def _batches_in_commit_order(source, present, batch_size, progress):
     for table in present:
         progress.start(table, _expected(source, table))
     for level in _levels(present):
-        streams = {t: chunks(source.rows(t), batch_size) for t in level}
+        streams = {t: table_batches(source, t, batch_size) for t in level}
         while streams:
             for table, batches in list(streams.items()):
                 batch = next(batches, None)
@@ -380,7 +442,7 @@ def _load(source, batch_size, progress):
             for rejection in validated.rejections:
                 result.reject(rejection)
             progress.advance(table, read=len(batch), written=len(validated.rejections))
-            if validated.rows:
+            if len(validated.rows):
                 after = {p: pool.sent[p] for p in SPECS[table].parents if p in pool.sent}
                 pool.send(
                     table,

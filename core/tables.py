@@ -89,6 +89,11 @@ class TableSpec:
     def _key_steps(self):
         return tuple((self.fields.index(k.source), k.normalize) for k in self.keys)
 
+    @cached_property
+    def whole_numbers(self):
+        """Whether every input field is a whole number in a range (``core.columns``)."""
+        return not self.keys and all(hasattr(c, "bounds") for c in self.converters)
+
     def position(self, name):
         return self.columns.index(name)
 

@@ -198,6 +198,7 @@ def id_rule(field):
         raise Invalid(field, f"{field} must be at most {ID_MAX} (got {number})")
 
     convert.column = _whole_column(1, ID_MAX)
+    convert.bounds = (1, ID_MAX)  # for core.columns, which checks whole arrays
     return convert
 
 
@@ -218,6 +219,7 @@ def integer_rule(field, low, high, low_is_min=False):
         raise Invalid(field, f"{field} must be at most {high} (got {number})")
 
     convert.column = _whole_column(low, high)
+    convert.bounds = (low, high)
     return convert
 
 

@@ -27,13 +27,19 @@ import time
 from django.conf import settings
 from django.db import connections, transaction
 
-from core import guard, indexes
+from core import columns, guard, indexes
 from core.lookups import query_chunks, stored_rows
 from core.report import Rejection
 from core.tables import spec as spec_of
 from core.validation import parent_problem, shown
 
 log = logging.getLogger(__name__)
+
+
+def as_tuples(job):
+    """job with its rows as tuples and its lines as a list, for the careful path."""
+    rows = columns.tuples(job.rows)
+    return job._replace(rows=rows, lines=columns.line_list(job.lines, len(rows)))
 
 
 class _Redo(Exception):
@@ -85,7 +91,7 @@ class BulkWriter:
 
     def insert_ignoring_conflicts(self, cursor, rows):
         """Insert rows, skipping any that clash with a unique key; return how many went in."""
-        cursor.executemany(self.insert_sql, rows)
+        cursor.executemany(self.insert_sql, columns.tuples(rows))
         return cursor.rowcount
 
     def write(self, job):
@@ -107,7 +113,7 @@ class BulkWriter:
                 return Written(len(rows), 0, [])
             except _Redo:
                 pass
-        return Written(*self.write_carefully(job))
+        return Written(*self.write_carefully(as_tuples(job)))
 
     def _suspect_parents(self):
         """Parent tables whose rows may have gone since validation (read inside the guard)."""
@@ -202,10 +208,7 @@ class BulkWriter:
                 continue
             clash = self._key_owner(row, claimed, owners)
             if clash is not None:
-                key, owner = clash
-                value = row[self.spec.position(key.source)]
-                reason = f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}"
-                rejections.append(self._rejection(line, row, reason))
+                rejections.append(self._rejection(line, row, self._key_taken(row, *clash)))
                 continue
             taken[row[0]] = row
             fresh_lines[row[0]] = line
@@ -269,6 +272,10 @@ class BulkWriter:
                 else:
                     rejections.append(self._conflict(lines[row[0]], row, earlier))
         return stored, present, rejections
+
+    def _key_taken(self, row, key, owner):
+        value = row[self.spec.position(key.source)]
+        return f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}"
 
     def _unknown_clash(self, row):
         if self.spec.keys:

@@ -934,7 +934,7 @@ def crossload_main(args):
     def logged_write(self, job):
         began = time.time()
         written = write(self, job)
-        ids = [row[0] for row in job.rows]
+        ids = [int(row[0]) for row in job.rows]  # a Block's rows are numpy integers
         log.write(
             kind="batch",
             table=self.table,

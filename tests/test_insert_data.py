@@ -90,7 +90,7 @@ def _spy_on_orders(monkeypatch, log):
             time.sleep(0.3)
         outcome = original(self, job)
         if self.table == "orders":
-            named = {row[1] for row in job.rows}
+            named = {int(row[1]) for row in job.rows}
             with open(log, "a") as handle:
                 handle.write(f"{len(named - existing_ids('users', named))}\n")
         return outcome
@@ -233,3 +233,4 @@ def test_a_load_collects_garbage_rarely_and_then_restores_the_collector(monkeypa
     with pytest.raises(KeyboardInterrupt), pipeline.rare_collections():
         raise KeyboardInterrupt
     assert gc.get_threshold() == before
+

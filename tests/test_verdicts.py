@@ -25,7 +25,8 @@ from django.db import connections
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from core import pipeline
+from core import columns, pipeline
+from core.columns import Block
 from core.models import Order, Product, User
 from core.pipeline import RunValidator
 from core.report import REJECTS_COLUMNS, Rejection
@@ -59,6 +60,13 @@ QUANTITIES = ["1", "3", "3.0", "3.00", " 4 ", "2147483647"]
 BAD_QUANTITIES = ["0", "-1", "3.5", "1e1", "", "x", "2147483648", "\u0663"]  # ٣: Arabic 3
 
 
+# Orders written in plain digits only, valid or not, reach the validator as core.columns
+# Blocks when the whole CSV file is plain; the property then covers that path too.
+PLAIN_IDS_LIST = ["1", "2", "3", "4", "5", "6", "7", "8", "08"]
+PLAIN_QUANTITIES_LIST = ["1", "3", "04", "2147483647"]
+BAD_PLAIN = ["0", "2147483648", "9223372036854775807"]
+
+
 def mostly(valid, invalid):
     """Six values in seven from valid: rows with one bad field are common, not the rule."""
     valid = st.sampled_from(valid) if isinstance(valid, list) else valid
@@ -66,6 +74,9 @@ def mostly(valid, invalid):
 
 
 ids = mostly(IDS, BAD_IDS)
+PLAIN_IDS = mostly(PLAIN_IDS_LIST, BAD_PLAIN)
+PLAIN_PARENT_IDS = mostly(PLAIN_IDS_LIST, ["0", "9"])
+PLAIN_QUANTITIES = mostly(PLAIN_QUANTITIES_LIST, BAD_PLAIN)
 parent_ids = mostly(IDS, BAD_IDS + ["9"] * 3)  # 9: never stored, never loaded
 names = mostly(NAMES, BAD_NAMES)
 emails = mostly(
@@ -143,13 +154,22 @@ def cases(draw):
     stored = draw(st.one_of(st.just({}), stored_rows()))
     rows = {t: draw(table_rows(ROWS[t])) for t in ("users", "products")}
 
+    plain = draw(st.booleans())  # orders of plain digits only: core.columns' Blocks
+
     def parents(table):
         named = {values[0] for values in rows[table]} | {str(r[0]) for r in stored.get(table, ())}
+        if plain:
+            named = {n for n in named if n.isascii() and n.isdigit()}
+            return mostly(sorted(named), ["9"]) if named else PLAIN_PARENT_IDS
         return mostly(sorted(named), BAD_IDS + ["9"] * 3) if named else parent_ids
 
-    rows["orders"] = draw(
-        table_rows(st.tuples(ids, parents("users"), parents("products"), quantities))
-    )
+    order_fields = (PLAIN_IDS, parents("users"), parents("products"), PLAIN_QUANTITIES)
+    if plain and draw(st.booleans()):  # every value in range: whole batches stay Blocks
+        in_range = (st.sampled_from(PLAIN_IDS_LIST), st.sampled_from(PLAIN_QUANTITIES_LIST))
+        order_fields = (in_range[0], parents("users"), parents("products"), in_range[1])
+    if not plain:
+        order_fields = (ids, parents("users"), parents("products"), quantities)
+    rows["orders"] = draw(table_rows(st.tuples(*order_fields)))
     return {"rows": rows, "stored": stored, "batch_size": draw(st.sampled_from([1, 2, 3, 50]))}
 
 
@@ -393,14 +413,14 @@ def test_a_csv_only_fast_path_that_rejects_repeated_ids_fails_the_property(case_
     """CSV rows (lists, as csv.reader gives them) take a path that rejects every row whose
     id was seen before in the run, as the path the issue found did: the formats disagree."""
     original = RunValidator.validate
-    csv_rows = files.csv_rows
+    csv_runs = files.csv_runs
 
-    def as_lists(path, wanted, track=None):  # CSV rows as lists, as csv.reader gives them
-        for line, values in csv_rows(path, wanted, track):
-            yield line, list(values) if isinstance(values, tuple) else values
+    def as_lists(path, wanted, track=None, whole_numbers=False):  # as csv.reader gives them
+        for run in csv_runs(path, wanted, track):
+            yield [(line, list(v) if isinstance(v, tuple) else v) for line, v in run]
 
     def validate(self, table, batch):
-        if not batch or type(batch[0][1]) is not list:
+        if isinstance(batch, Block) or not batch or type(batch[0][1]) is not list:
             return original(self, table, batch)
         seen = self.__dict__.setdefault("seen_ids", {}).setdefault(table, set())
         kept, repeated = [], []
@@ -413,8 +433,22 @@ def test_a_csv_only_fast_path_that_rejects_repeated_ids_fails_the_property(case_
             validated.rejections.append(Rejection(table, line, pk, f"id {pk} is repeated", {}))
         return validated
 
-    monkeypatch.setattr(files, "csv_rows", as_lists)
+    monkeypatch.setattr(files, "csv_runs", as_lists)
     monkeypatch.setattr(RunValidator, "validate", validate)
+    with pytest.raises(AssertionError, match="the formats disagree: csv and jsonl"):
+        verdict_property(case_dir, **NEGATIVE)()
+
+
+@all_databases
+def test_a_block_path_that_numbers_lines_from_zero_fails_the_property(case_dir, monkeypatch):
+    """CSV orders of plain digits arrive as ``core.columns.Block``; one whose lines are
+    numbered one short names the wrong line in every rejection of its rows."""
+    parse = columns.parse
+
+    def numbered_from_zero(lines, delimiter, width, positions, first_line):
+        return parse(lines, delimiter, width, positions, first_line - 1)
+
+    monkeypatch.setattr(columns, "parse", numbered_from_zero)
     with pytest.raises(AssertionError, match="the formats disagree: csv and jsonl"):
         verdict_property(case_dir, **NEGATIVE)()
 

@@ -7,6 +7,8 @@ Every source has the same methods, so the loader never asks which one it has:
 * ``check()``: raise ``SourceError`` for anything that must stop the run (a missing
   directory, file or column) before anything is written;
 * ``rows(table)``: ``(line, values)`` pairs in the shape of ``core.rows``, streamed;
+* ``runs(table)``, optional: the same rows in runs, each an iterable of pairs or, for a
+  table of whole numbers, a ``core.columns.Block`` (the loader reads ``rows`` otherwise);
 * ``warnings()``: one line per input that looks meant for a table but is not read;
 * ``input_paths()``: the resolved files it reads, so outputs never overwrite them;
 * ``expected(table)``: a ``core.rows.Expected`` for progress bars and their ETA.

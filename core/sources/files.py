@@ -12,8 +12,16 @@ import stat
 from pathlib import Path
 
 from core.rows import Expected
-from core.sources.reading import Opened, SourceError, csv_rows, file_size, jsonl_rows, open_csv
-from core.tables import TABLES, fields
+from core.sources.reading import (
+    Opened,
+    SourceError,
+    csv_rows,
+    csv_runs,
+    file_size,
+    jsonl_rows,
+    open_csv,
+)
+from core.tables import SPECS, TABLES, fields
 
 SUFFIXES = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
 EXPECTED = "users, products or orders as .csv, .jsonl, .csv.gz or .jsonl.gz"
@@ -139,7 +147,18 @@ class FileSource:
     def rows(self, table):
         path = self._scan()[table]
         read = csv_rows if _is_csv(path) else jsonl_rows
-        return read(path, fields(table), track=lambda opened: self._reading.update({table: opened}))
+        return read(path, fields(table), track=self._tracker(table))
+
+    def runs(self, table):
+        path = self._scan()[table]
+        if not _is_csv(path):
+            return [self.rows(table)]
+        return csv_runs(
+            path, fields(table), self._tracker(table), whole_numbers=SPECS[table].whole_numbers
+        )
+
+    def _tracker(self, table):
+        return lambda opened: self._reading.update({table: opened})
 
 
 def _is_csv(path):

@@ -31,6 +31,7 @@ from collections import deque
 from itertools import chain, islice
 from operator import itemgetter
 
+from core import columns
 from core.rows import Lines, Malformed, NumberText
 
 ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
@@ -67,6 +68,8 @@ class Opened:
         )
         self.overlong = set()  # numbers of the lines replaced by a blank line
         self.counter = None  # the csv reader, whose line_num numbers the lines handed out
+        self.blocks = None  # the blocks of lines not yet handed to it (open_csv)
+        self.skipped = 0  # lines read past it, as whole-number blocks (csv_runs)
         self.final = None  # the position when it was closed
 
     def position(self):
@@ -76,6 +79,10 @@ class Opened:
             return self.raw.tell()
         except (OSError, ValueError):
             return 0
+
+    def lines_read(self):
+        """The number of the last line handed out, by the csv reader or past it."""
+        return self.counter.line_num + self.skipped
 
     def close(self):
         self.final = self.position()
@@ -134,7 +141,7 @@ class Opened:
         """Read past the end of an overlong line; return what follows it in the last block."""
         if self.counter is None:
             raise SourceError(f"{self.path}: {too_long('header line')}")
-        self.overlong.add(self.counter.line_num + 1)
+        self.overlong.add(self.lines_read() + 1)
         while block := self.read(BLOCK):
             ends = [i for i in (block.find("\n"), block.find("\r")) if i >= 0]
             if ends:
@@ -216,7 +223,7 @@ def open_csv(opened, wanted, log=None):
     log, a ``LineLog``, is given every line the reader is handed, numbered as it numbers
     them (``csv_rows`` needs them again for runs it splits one record at a time).
     """
-    blocks = opened.line_blocks()
+    blocks = opened.blocks = Pushback(opened.line_blocks())
     seen = []  # the lines read to find the header, handed to the reader again
     for block in blocks:
         rest = iter(block)
@@ -233,8 +240,11 @@ def open_csv(opened, wanted, log=None):
     delimiter = max(DELIMITERS, key=lambda d: _fields_named(header_text, d, wanted))
     if log is None:
         lines = chain(seen, rest, chain.from_iterable(blocks))
-    else:
-        lines = chain.from_iterable(log.record([*seen, *rest], blocks))
+    else:  # the header's block after the header is a block of its own (csv_runs)
+        after = list(rest)
+        if after:
+            blocks.push(after)
+        lines = chain.from_iterable(log.record(seen, blocks))
     reader = csv.reader(lines, delimiter=delimiter)
     opened.counter = reader
     try:
@@ -277,35 +287,80 @@ def _picker(positions, width):
 FAST_RECORDS = 256  # records the csv module splits at once before they are checked
 
 
+class Pushback:
+    """An iterator that can be handed back the item it last gave."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+        self.back = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.back.pop() if self.back else next(self.iterator)
+
+    def push(self, item):
+        self.back.append(item)
+
+
 def csv_rows(path, wanted, track=None):
     """Return an iterator of (line, values) per record of a data file after its header;
-    blank lines are skipped. ``track(opened)`` is told the open file (for progress).
+    blank lines are skipped. ``track(opened)`` is told the open file (for progress)."""
+    return chain.from_iterable(csv_runs(path, wanted, track))
+
+
+def csv_runs(path, wanted, track=None, whole_numbers=False):
+    """Return an iterator of runs of (line, values), in file order.
 
     The csv module splits ``FAST_RECORDS`` records at a time, in C. A run where every record
     is one line of the right width (line numbers then follow from the count) goes out as one
     ``zip``, with no Python step per row; any other run (a blank line, a record over several
     lines, a wrong field count, a csv error) is split again, one record at a time, from the
     same lines (``LineLog``), so both ways give the same verdicts.
+
+    With whole_numbers (a table of whole numbers, ``core.columns``), each block of lines
+    that starts where the csv module has finished every record before it is first offered
+    to ``columns.parse``; a block it takes goes out as one ``columns.Block``, never seen by
+    the csv module, and any other goes to the csv module as above.
     """
-    return chain.from_iterable(_csv_runs(path, wanted, track))
+    return _csv_runs(path, wanted, track, whole_numbers)
 
 
-def _csv_runs(path, wanted, track):
+def _csv_runs(path, wanted, track, whole_numbers):
     with Opened(path) as opened:
         if track is not None:
             track(opened)
         log = LineLog()
         header, reader = open_csv(opened, wanted, log)
-        pick = _picker(header.positions(wanted), len(header.names))
+        positions = header.positions(wanted)
+        pick = _picker(positions, len(header.names))
         width = len(header.names)
         line = header.line  # the last line the reader has handed out
         while True:
             log.forget_before(line + 1)
+            handed = log.next - 1  # lines given to the csv module so far
+            if whole_numbers and handed == line:  # it has split every line it was given
+                block = next(opened.blocks, None)
+                if block is None:
+                    return
+                parsed = None
+                if type(block) is list:
+                    parsed = columns.parse(block, header.delimiter, width, positions, line + 1)
+                if parsed is not None:
+                    log.skip(len(block))
+                    opened.skipped += len(block)
+                    line += len(block)
+                    yield parsed
+                    continue
+                opened.blocks.push(block)
+                handed += len(block) if type(block) is list else 0
+            run = min(FAST_RECORDS, handed - line) if handed > line else FAST_RECORDS
             try:
-                records = list(islice(reader, FAST_RECORDS))
+                records = list(islice(reader, run))
             except csv.Error:
                 records = None
-            end = reader.line_num
+            end = opened.lines_read()
             if records is not None:
                 if not records:
                     return
@@ -366,6 +421,11 @@ class LineLog:
                 return
             yield self._remember(block)
             block = None  # nor by this one, while the next block is split
+
+    def skip(self, count):
+        """Number past count lines the reader is not given."""
+        self.next += count
+        self.keep_from = self.next
 
     def _remember(self, block):
         lines = block if isinstance(block, list) else list(block)

@@ -17,6 +17,9 @@ from decimal import Decimal
 from itertools import chain, repeat
 from operator import add, mod
 
+import numpy as np
+
+from core import columns
 from core.rows import Expected
 from core.sources.reading import SourceError
 from core.tables import TABLES
@@ -57,6 +60,12 @@ def _ids_below(rng, count, n):
     return map(add, map(mod, _uint32s(rng, count), repeat(n)), repeat(FIRST_ID))
 
 
+def _ids_array(rng, n):
+    """The ids ``_ids_below(rng, CHUNK, n)`` gives, as an array."""
+    numbers = np.frombuffer(rng.randbytes(4 * CHUNK), dtype="<u4").astype(np.int64)
+    return numbers % n + FIRST_ID
+
+
 class SyntheticSource:
     """Realistic-looking rows generated on the fly; the same seed gives the same rows."""
 
@@ -94,6 +103,28 @@ class SyntheticSource:
         return chain.from_iterable(
             make(rng, start, min(CHUNK, FIRST_ID + count - start)) for start in starts
         )
+
+    def runs(self, table):
+        """The rows of rows(table) in runs; orders as ``core.columns.Block`` of the same rows."""
+        make = getattr(self, f"_{table}_block", None)
+        if make is None:
+            return [self.rows(table)]
+        rng = random.Random(f"{self.seed}:{table}")
+        count = self.counts[table]
+        starts = range(FIRST_ID, FIRST_ID + count, CHUNK)
+        return (make(rng, s, min(CHUNK, FIRST_ID + count - s)) for s in starts)
+
+    def _orders_block(self, rng, start, count):
+        """The chunk ``_orders`` gives, drawn the same way, as one array."""
+        users = _ids_array(rng, self.counts["users"])
+        products = _ids_array(rng, self.counts["products"])
+        quantities = np.frombuffer(rng.randbytes(CHUNK).translate(QUANTITIES), dtype=np.uint8)
+        values = np.empty((count, 4), dtype=np.int64)
+        values[:, 0] = np.arange(start, start + count)
+        values[:, 1] = users[:count]
+        values[:, 2] = products[:count]
+        values[:, 3] = quantities[:count]
+        return columns.Block(values)
 
     def _users(self, rng, start, count):
         rows = []
