@@ -266,12 +266,21 @@ class BulkWriter:
                     continue
                 earlier = stored_rows(self.spec, self.connection, self.alias, [row[0]]).get(row[0])
                 if earlier is None:
-                    rejections.append(self._rejection(lines[row[0]], row, self._unknown_clash(row)))
+                    reason = self._clash_reason(row)
+                    rejections.append(self._rejection(lines[row[0]], row, reason))
                 elif self.spec.comparable(earlier) == self.spec.comparable(row):
                     present += 1
                 else:
                     rejections.append(self._conflict(lines[row[0]], row, earlier))
         return stored, present, rejections
+
+    def _clash_reason(self, row):
+        """Why row, whose id is free, did not go in: the stored owner of one of its keys
+        (committed by another process a moment ago), else a unique value we cannot name."""
+        clash = self._key_owner(
+            row, {k.column: {} for k in self.spec.keys}, self._stored_key_owners([row])
+        )
+        return self._unknown_clash(row) if clash is None else self._key_taken(row, *clash)
 
     def _key_taken(self, row, key, owner):
         value = row[self.spec.position(key.source)]

@@ -12,7 +12,7 @@ from core.models import LoadRun, Order, Product, User
 from core.pool import Gate, WriterPool
 from core.sources import FileSource, SyntheticSource, demo_source
 from core.writers import BulkWriter
-from tests.conftest import all_databases, manage
+from tests.conftest import all_databases, manage, store_customers
 
 DEMO_REJECTIONS = [
     "users #8 (line 9): email 'alice@example.com' is already used by user 1",
@@ -234,3 +234,17 @@ def test_a_load_collects_garbage_rarely_and_then_restores_the_collector(monkeypa
         raise KeyboardInterrupt
     assert gc.get_threshold() == before
 
+
+@all_databases
+def test_a_row_that_clashes_only_at_insert_names_the_stored_owner_of_its_email():
+    """The careful path's last step (one row at a time) is reached when another process
+    committed a clashing email after the batch was read: the rejection still names the
+    user who has the email, not "another stored row"."""
+    store_customers()  # user 1 is alice@example.com
+    writer = BulkWriter("users", "users_db")
+    row = (7, "Alice again", "ALICE@example.com", "alice@example.com")
+    stored, present, rejections = writer._insert_one_by_one([row], {7: 12})
+    assert (stored, present) == (0, 0)
+    assert [(r.line, r.id, r.reason) for r in rejections] == [
+        (12, 7, "email 'ALICE@example.com' is already used by user 1")
+    ]
