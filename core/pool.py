@@ -61,8 +61,8 @@ class Job(NamedTuple):
     """One batch for one writer."""
 
     seq: int  # 1, 2, ... per table: the value ``committed`` takes once this batch is in
-    lines: list  # the input line of each row
-    rows: list  # cleaned rows, in the table's column order
+    lines: list  # the input line of each row (a Block's: an array, or None if generated)
+    rows: list  # cleaned rows in the table's column order (a Block's: one integer array)
     after: dict  # parent table -> batches of it that must be committed first
     recheck: frozenset = frozenset()  # indexes of rows whose parents must be looked up again
 
