@@ -120,7 +120,7 @@ class RunValidator:
     def __init__(self):
         self.accepted = {t: set() for t in PARENT_TABLES}
         self.rejected = {t: set() for t in PARENT_TABLES}
-        self._arrays = {}  # parent table -> its accepted ids as a columns.IdSet, for Blocks
+        self._id_sets = {}  # parent table -> its accepted ids as a columns.IdSet, for Blocks
 
     def validate(self, table, batch):
         """Return a Validated for one batch of (line, raw values).
@@ -198,9 +198,9 @@ class RunValidator:
         """The ids of table accepted so far, as a ``columns.IdSet`` (rebuilt when they grow:
         they only grow, so their count tells)."""
         accepted = self.accepted[table]
-        cached = self._arrays.get(table)
+        cached = self._id_sets.get(table)
         if cached is None or len(cached) != len(accepted):
-            cached = self._arrays[table] = columns.IdSet(accepted)
+            cached = self._id_sets[table] = columns.IdSet(accepted)
         return cached
 
     def _split_malformed(self, spec, batch):
