@@ -1,5 +1,7 @@
 """The command line as a new user meets it: help, refusals, migrate_all, `test`, make demo."""
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -138,6 +140,35 @@ def test_the_summary_title_is_one_line_and_every_line_fits_80_columns(migrated_d
     assert lines[0] == "insert_data: synthetic (users=100000, products=10000, orders=10, seed=7)"
     assert all(len(line) <= 80 for line in lines), lines
     assert lines[-1].startswith("Writers at the same time: ")
+
+
+LAST_RUN_STORED = (
+    "from core.models import LoadRun; print(LoadRun.objects.latest('finished_at')"
+    ".summary['totals']['stored'])"
+)
+
+
+def test_a_run_that_ends_at_once_still_leaves_every_output_whole(migrated_dir, tmp_path):
+    """insert_data skips the interpreter's teardown: nothing it wrote may be cut short
+    (stdout to a pipe is block-buffered unless PYTHONUNBUFFERED is set, as it is here)."""
+    rejects, run_json = tmp_path / "rejects.csv", tmp_path / "run.json"
+    done = manage(
+        "insert_data",
+        "--no-progress",
+        f"--rejects={rejects}",
+        f"--report={run_json}",
+        data_dir=migrated_dir,
+        env={"PYTHONUNBUFFERED": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("  "), done.stdout  # the rejected rows
+    assert "Writers at the same time: " in done.stdout
+    summary = json.loads(run_json.read_text())
+    with open(rejects, newline="", encoding="utf-8") as handle:
+        rejected = list(csv.DictReader(handle))
+    assert summary["totals"]["rejected"] == len(rejected) > 0
+    history = manage("shell", "--no-imports", "-c", LAST_RUN_STORED, data_dir=migrated_dir)
+    assert history.stdout.split() == [str(summary["totals"]["stored"])], history.stderr
 
 
 # --- migrate_all ----------------------------------------------------------------------------
