@@ -3,8 +3,9 @@
 ``load(source)`` runs in the calling process and does the validation itself, one batch at a
 time, in input order, so the outcome never depends on timing. Each table's valid batches go
 to its own writer process (``core.pool``: its own connection, its own CPU core), which
-commits them in order, one transaction per batch (``core.writers``). The writers run at the
-same time.
+commits them in order, one transaction per batch (``core.writers``; a child writer waiting
+for its parents writes the batches queued meanwhile into the same transaction). The writers
+run at the same time.
 
 Commit order is what keeps the databases consistent without cross-database transactions:
 tables are read in the registry's order (``core.tables.TABLES``: parents before children),

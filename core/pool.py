@@ -4,11 +4,13 @@ The pool knows nothing of what a table holds. It starts one process per table, s
 its jobs in order, and shares two facts per table between the processes: how many batches
 the table's writer has committed (``committed``) and whether it has rejected rows at write
 time (``flagged``). A job names the batches of other tables that must be committed before
-it may commit (``Job.after``); ``Gate.wait_for_parents`` blocks on exactly that.
+it may commit (``Job.after``); ``Gate.wait_for_parents`` blocks on exactly that, and lets
+the jobs queued meanwhile join the waiting transaction, which then commits them all.
 
 ``make_writer(table, gate)`` builds the object that writes in the child; its
-``write(job)`` commits one batch and returns a ``Written``; its optional ``finish()`` runs
-after the last job, before the writer reports that it is done.
+``write(job)`` commits one batch and returns a ``Written`` (or, when jobs joined it, a list
+of (job, Written) in order); its optional ``finish()`` runs after the last job, before the
+writer reports that it is done.
 
 Writers die with their run. A writer holds a database open and, while it waits for its
 parents, an open transaction (SQLite's write lock); one that outlived a killed main process
@@ -45,6 +47,7 @@ from django.db import DatabaseError, connections
 log = logging.getLogger(__name__)
 
 QUEUE_BATCHES = 2  # batches waiting per writer; bounds memory whatever the input size
+JOIN_LIMIT = 8  # jobs one transaction may hold while its parents commit (Gate)
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 0.5  # for writers to notice an abort before they are terminated
 PARENT_WAIT_SECONDS = 600.0  # a parent batch commits in about a second; this is a hang
@@ -148,56 +151,114 @@ class ParentWatch:
 class Gate:
     """What a writer may know of the others: their committed batches and their flags."""
 
-    def __init__(self, committed, flagged, abort, watch=None, limit=None):
+    def __init__(self, committed, flagged, abort, watch=None, limit=None, inbox=None):
         self.committed = committed
         self.flagged = flagged
         self.abort = abort
         self.watch = watch or ParentWatch(os.getppid())
         self.limit = PARENT_WAIT_SECONDS if limit is None else limit
+        self.inbox = inbox  # this writer's Inbox: the jobs queued after the current one
         self.needs = {}
 
-    def wait_for_parents(self):
+    def parents_committed(self):
+        """Whether every parent batch the current job needs is committed."""
+        return all(self.committed[t].value >= count for t, count in self.needs.items())
+
+    def wait_for_parents(self, join=None):
         """Return once every parent batch the current job needs is committed.
 
         The caller holds an open transaction, so the wait is bounded three ways: the run
         is stopped (``Aborted``), the main process died (``Orphaned``), or the parents took
         longer than ``limit`` seconds (``ParentsTooSlow``, which fails the run).
+
+        join(job), if given, is offered each job queued meanwhile (up to JOIN_LIMIT in all):
+        it writes the job into the same open transaction and returns True, or returns False
+        and the job stays next in the queue. The wait then also covers the joined jobs'
+        parents, so the transaction commits them all once every parent is committed. It
+        keeps a child writer busy while its parents commit (the orders writer while users
+        load) instead of holding one batch and sleeping.
         """
         deadline = time.monotonic() + self.limit
-        for table, count in self.needs.items():
-            while self.committed[table].value < count:
-                if self.abort.is_set():
-                    raise Aborted
-                self.watch.check()
-                if time.monotonic() > deadline:
-                    raise ParentsTooSlow(
-                        f"waited {self.limit:g} s for {table} batch {count} to be committed "
-                        f"({self.committed[table].value} committed so far); "
-                        f"is another process holding the {table} database?"
-                    )
+        joined = 1
+        while not self.parents_committed():
+            if self.abort.is_set():
+                raise Aborted
+            self.watch.check()
+            if time.monotonic() > deadline:
+                table, count = next(
+                    (t, c) for t, c in self.needs.items() if self.committed[t].value < c
+                )
+                raise ParentsTooSlow(
+                    f"waited {self.limit:g} s for {table} batch {count} to be committed "
+                    f"({self.committed[table].value} committed so far); "
+                    f"is another process holding the {table} database?"
+                )
+            if join is None or joined >= JOIN_LIMIT or self.inbox is None:
                 time.sleep(0.002)
+                continue
+            job = self.inbox.queued(timeout=0.002)
+            if job is None:
+                continue
+            if not join(job):
+                self.inbox.put_back(job)
+                join = None
+                continue
+            joined += 1
+            for table, count in job.after.items():
+                self.needs[table] = max(self.needs.get(table, 0), count)
 
     def any_flagged(self, tables):
         """Whether a writer of one of tables rejected rows at write time."""
         return any(self.flagged[t].value for t in tables if t in self.flagged)
 
 
-def _next_job(inbox, abort, watch):
-    """Return the next job, or None at the end; never block for more than POLL_SECONDS
-    without checking that the run goes on and the main process lives.
+class Inbox:
+    """A writer's queue of jobs, read so that a wait never outlives the run or the main
+    process, with room to put one job back (``Gate.wait_for_parents``)."""
 
-    The main process is checked before every job too: a writer whose queue is full when
-    the main process dies must not write out the whole queue first (without
-    PR_SET_PDEATHSIG that took more than 5 s once the main process filled queues faster).
-    """
-    watch.check()
-    while True:
+    _EMPTY = object()
+
+    def __init__(self, queue_, abort, watch):
+        self.queue = queue_
+        self.abort = abort
+        self.watch = watch
+        self.back = self._EMPTY
+
+    def next(self):
+        """Return the next job, or None at the end; never block for more than POLL_SECONDS
+        without checking that the run goes on and the main process lives.
+
+        The main process is checked before every job too: a writer whose queue is full
+        when the main process dies must not write out the whole queue first (without
+        PR_SET_PDEATHSIG that took more than 5 s once the main process filled queues
+        faster).
+        """
+        self.watch.check()
+        if self.back is not self._EMPTY:
+            job, self.back = self.back, self._EMPTY
+            return job
+        while True:
+            try:
+                return self.queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if self.abort.is_set():
+                    raise Aborted from None
+                self.watch.check()
+
+    def queued(self, timeout):
+        """The next job if one arrives within timeout, else None (the end stays queued)."""
+        if self.back is not self._EMPTY:
+            return None
         try:
-            return inbox.get(timeout=POLL_SECONDS)
+            job = self.queue.get(timeout=timeout)
         except queue.Empty:
-            if abort.is_set():
-                raise Aborted from None
-            watch.check()
+            return None
+        if job is None:
+            self.back = None
+        return job
+
+    def put_back(self, job):
+        self.back = job
 
 
 def _writer_main(
@@ -213,18 +274,21 @@ def _writer_main(
     watch = ParentWatch(parent_pid)
     if not die_with_parent() and watch.enabled:
         watch.start_watchdog(table)
-    gate = Gate(committed, flagged, abort, watch)
+    jobs = Inbox(inbox, abort, watch)
+    gate = Gate(committed, flagged, abort, watch, inbox=jobs)
     try:
         watch.check()  # the main process may have died before prctl took effect
         writer = make_writer(table, gate)
-        while (job := _next_job(inbox, abort, watch)) is not None:
-            gate.needs = job.after
+        while (job := jobs.next()) is not None:
+            gate.needs = dict(job.after)
             started = time.time()
             written = writer.write(job)
-            if written.rejections:
-                flagged[table].value = 1  # before the watermark moves: children re-check
-            committed[table].value = job.seq
-            outbox.put(Report("batch", table, written, started, time.time()))
+            finished = time.time()
+            for done, result in [(job, written)] if isinstance(written, Written) else written:
+                if result.rejections:
+                    flagged[table].value = 1  # before the watermark moves: children re-check
+                committed[table].value = done.seq
+                outbox.put(Report("batch", table, result, started, finished))
         finish = getattr(writer, "finish", None)
         if finish is not None:  # e.g. build the indexes a load deferred
             finish()

@@ -13,6 +13,9 @@ A child table's writer (one holding references, ``core.tables``) also:
 
 * waits, inside its transaction, until every parent batch dispatched before its batch is
   committed (``Gate.wait_for_parents``), so no child reaches its database before its parents;
+  the batches queued meanwhile are written into the same transaction, so the wait costs no
+  time, and it commits them all once their parents are in (a batch that needs a second look
+  rolls them all back, and each is then written carefully on its own);
 * holds the guard (``core.guard.share``) from its first statement to its commit;
 * looks its rows' parents up again, inside the guard, when a parent writer rejected rows at
   write time, when a parent delete has committed since the run began (the guard's counter
@@ -49,7 +52,7 @@ class _Redo(Exception):
 class _NoGate:
     """For a writer used outside the pool: no parent writers to wait for."""
 
-    def wait_for_parents(self):
+    def wait_for_parents(self, join=None):
         pass
 
     def any_flagged(self, tables):
@@ -95,25 +98,43 @@ class BulkWriter:
         return cursor.rowcount
 
     def write(self, job):
-        """Commit one job's rows; return a core.pool.Written."""
+        """Commit one job's rows, and those of the jobs that joined its transaction while it
+        waited for its parents (``Gate.wait_for_parents``); return a core.pool.Written, or
+        a list of (job, Written) when jobs joined."""
         from core.pool import Written
 
-        rows = job.rows
+        if not self._may_take_fast_path(job):
+            return Written(*self.write_carefully(as_tuples(job)))
+        joined = [job]
+
+        def join(later):
+            if not self._may_take_fast_path(later):
+                return False
+            joined.append(later)
+            if self.insert_ignoring_conflicts(cursor, later.rows) != len(later.rows):
+                raise _Redo
+            return True
+
+        try:
+            with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
+                guard.share(self.alias, self.parents)
+                if self.insert_ignoring_conflicts(cursor, job.rows) != len(job.rows):
+                    raise _Redo
+                # Inserted but not yet committed: wait for the parents, holding the guard
+                # (and writing the jobs queued meanwhile into this transaction).
+                self.gate.wait_for_parents(join)
+                if self._suspect_parents():
+                    raise _Redo
+        except _Redo:  # every joined job is rolled back with it: each goes carefully
+            done = [(j, Written(*self.write_carefully(as_tuples(j)))) for j in joined]
+        else:
+            done = [(j, Written(len(j.rows), 0, [])) for j in joined]
+        return done[0][1] if len(done) == 1 else done
+
+    def _may_take_fast_path(self, job):
+        """Whether job may be written without looking anything up first."""
         recheck = job.recheck
-        if not (recheck and recheck.rows) and not self.gate.any_flagged(self.parents):
-            try:
-                with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
-                    guard.share(self.alias, self.parents)
-                    if self.insert_ignoring_conflicts(cursor, rows) != len(rows):
-                        raise _Redo
-                    # Inserted but not yet committed: wait for the parents, holding the guard.
-                    self.gate.wait_for_parents()
-                    if self._suspect_parents():
-                        raise _Redo
-                return Written(len(rows), 0, [])
-            except _Redo:
-                pass
-        return Written(*self.write_carefully(as_tuples(job)))
+        return not (recheck and recheck.rows) and not self.gate.any_flagged(self.parents)
 
     def _suspect_parents(self):
         """Parent tables whose rows may have gone since validation (read inside the guard)."""

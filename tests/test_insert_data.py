@@ -9,10 +9,10 @@ import pytest
 from core import pipeline
 from core.lookups import existing_ids
 from core.models import LoadRun, Order, Product, User
-from core.pool import Gate, WriterPool
+from core.pool import Gate, WriterPool, Written
 from core.sources import FileSource, SyntheticSource, demo_source
 from core.writers import BulkWriter
-from tests.conftest import all_databases, manage, store_customers
+from tests.conftest import all_databases, behind_the_guards_back, manage, store_customers
 
 DEMO_REJECTIONS = [
     "users #8 (line 9): email 'alice@example.com' is already used by user 1",
@@ -89,10 +89,12 @@ def _spy_on_orders(monkeypatch, log):
         if self.table == "users":
             time.sleep(0.3)
         outcome = original(self, job)
-        if self.table == "orders":
-            named = {int(row[1]) for row in job.rows}
+        if self.table == "orders":  # the jobs committed: this one and those that joined it
+            jobs = [job] if isinstance(outcome, Written) else [done for done, _ in outcome]
+            named = {int(row[1]) for done in jobs for row in done.rows}
             with open(log, "a") as handle:
-                handle.write(f"{len(named - existing_ids('users', named))}\n")
+                orphans = len(named - existing_ids("users", named))
+                handle.write(f"{orphans} {sum(len(done.rows) for done in jobs)} {len(jobs)}\n")
         return outcome
 
     monkeypatch.setattr(BulkWriter, "write", write)
@@ -102,10 +104,12 @@ def _spy_on_orders(monkeypatch, log):
 def test_no_order_is_committed_before_its_user(monkeypatch, tmp_path):
     log = tmp_path / "orphans"
     _spy_on_orders(monkeypatch, log)
-    pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
-    counts = [int(n) for n in log.read_text().split()]
-    assert len(counts) == 10
-    assert sum(counts) == 0
+    result = pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    commits = [[int(n) for n in line.split()] for line in log.read_text().splitlines()]
+    assert sum(rows for _orphans, rows, _jobs in commits) == 2000 == result.tables["orders"].stored
+    assert sum(orphans for orphans, _rows, _jobs in commits) == 0
+    # the slow users writer left the orders writer time to join batches in one transaction
+    assert max(jobs for _orphans, _rows, jobs in commits) > 1
 
 
 @all_databases
@@ -113,9 +117,46 @@ def test_the_ordering_check_catches_a_writer_that_does_not_wait(monkeypatch, tmp
     """Negative control: without the wait for parents the spy above must see orphans."""
     log = tmp_path / "orphans"
     _spy_on_orders(monkeypatch, log)
-    monkeypatch.setattr(Gate, "wait_for_parents", lambda self: None)
+    monkeypatch.setattr(Gate, "wait_for_parents", lambda self, join=None: None)
     pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
-    assert sum(int(n) for n in log.read_text().split()) > 0
+    assert sum(int(line.split()[0]) for line in log.read_text().splitlines()) > 0
+
+
+@all_databases
+def test_joined_batches_that_must_be_redone_are_each_written_as_if_alone(monkeypatch, tmp_path):
+    """A clash in any batch of a joined transaction rolls all of them back; each is then
+    written carefully on its own, so the verdicts are those of batches that never joined."""
+    source = SyntheticSource(users=400, products=10, orders=2000)
+    clashing = list(source.rows("orders"))[450][1]  # in the third orders batch
+    behind_the_guards_back(
+        "orders_db",
+        "INSERT INTO orders (id, user_id, product_id, quantity) VALUES (%s, %s, %s, %s)",
+        (*clashing[:3], clashing[3] + 1),
+    )
+    original = BulkWriter.write
+    log = tmp_path / "joined"
+
+    def write(self, job):
+        if self.table == "users":
+            time.sleep(0.3)
+        outcome = original(self, job)
+        if self.table == "orders" and not isinstance(outcome, Written):  # in the writer process
+            with open(log, "a") as handle:
+                handle.write(" ".join(f"{done.seq}:{written.stored}" for done, written in outcome))
+                handle.write("\n")
+        return outcome
+
+    monkeypatch.setattr(BulkWriter, "write", write)
+    result = pipeline.load(source, batch_size=200)
+    orders = result.tables["orders"]
+    assert (orders.stored, orders.present, orders.rejected) == (1999, 0, 1)
+    assert [r.reason for r in result.sorted_rejections()] == [
+        f"id {clashing[0]} is already stored with different data "
+        f"(user_id {clashing[1]}, product_id {clashing[2]}, quantity {clashing[3] + 1})"
+    ]
+    groups = [line.split() for line in log.read_text().splitlines()]
+    assert any("3:199" in group for group in groups), groups  # batch 3 joined others
+    assert Order.objects.count() == 2000
 
 
 def test_insert_data_before_migrate_all_says_what_to_run_and_writes_nothing(tmp_path):

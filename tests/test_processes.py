@@ -29,6 +29,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg
@@ -331,6 +332,78 @@ def test_the_wait_for_parents_stops_when_the_run_is_aborted():
     stopping.abort.set()
     with pytest.raises(Aborted):
         stopping.wait_for_parents()
+
+
+def queued(*jobs):
+    """An Inbox holding jobs, then the end of the run."""
+    inbox = multiprocessing.Queue()
+    for job in (*jobs, None):
+        inbox.put(job)
+    time.sleep(0.05)  # the queue's feeder thread has put them in the pipe
+    return pool.Inbox(inbox, multiprocessing.Event(), ParentWatch(os.getppid()))
+
+
+def job(seq, users_batches):
+    return pool.Job(seq, [], [(seq,)], {"users": users_batches})
+
+
+def commit_users_after(waiting, seconds, batches, then=()):
+    """From a thread: after `seconds`, `batches` users batches are committed in waiting's
+    view; then, for each (seconds, batches) of then, so many more after so long."""
+
+    def commit():
+        for pause, count in ((seconds, batches), *then):
+            time.sleep(pause)
+            waiting.committed["users"].value = count
+
+    thread = threading.Thread(target=commit)
+    thread.start()
+    return thread
+
+
+def test_jobs_queued_while_the_parents_commit_join_the_wait_and_extend_it():
+    """Each queued job is offered to the open transaction; the wait then also covers its
+    parents, so it ends only once the last joined job's parents are committed."""
+    waiting = gate(10)
+    waiting.inbox = queued(job(2, 2), job(3, 3))
+    offered = []
+    committer = commit_users_after(waiting, 0.3, 2, then=[(0.5, 3)])
+    waiting.wait_for_parents(lambda j: offered.append(j.seq) or True)
+    assert offered == [2, 3]
+    assert waiting.needs == {"users": 3}
+    assert waiting.committed["users"].value == 3  # it waited past batch 2 for batch 3
+    committer.join()
+
+
+def test_a_job_refused_by_the_transaction_stays_next_and_none_joins_after_it():
+    waiting = gate(10)
+    waiting.inbox = queued(job(2, 1), job(3, 1))
+    offered = []
+    committer = commit_users_after(waiting, 0.3, 1)
+    waiting.wait_for_parents(lambda j: offered.append(j.seq) and False)
+    committer.join()
+    assert offered == [2]
+    assert [waiting.inbox.next().seq, waiting.inbox.next().seq, waiting.inbox.next()] == [
+        2,
+        3,
+        None,
+    ]
+
+
+def test_no_job_joins_once_the_parents_are_committed_and_at_most_join_limit_share_one():
+    ready = gate(10)
+    ready.committed["users"].value = 1
+    ready.inbox = queued(job(2, 1))
+    ready.wait_for_parents(lambda j: pytest.fail("joined although the parents were committed"))
+    assert ready.inbox.next().seq == 2
+    waiting = gate(10)
+    waiting.inbox = queued(*(job(seq, 1) for seq in range(2, pool.JOIN_LIMIT + 5)))
+    offered = []
+    committer = commit_users_after(waiting, 0.5, 1)
+    waiting.wait_for_parents(lambda j: offered.append(j.seq) or True)
+    committer.join()
+    assert len(offered) == pool.JOIN_LIMIT - 1  # the current job and JOIN_LIMIT - 1 more
+    assert waiting.inbox.next().seq == pool.JOIN_LIMIT + 1
 
 
 @all_databases

@@ -222,7 +222,7 @@ def _users_writer_dies_at_second_batch(monkeypatch):
 def test_negative_control_orders_committed_before_parents_are_caught(monkeypatch):
     """A writer that does not wait for parents leaves orphans when a parent writer dies."""
     _users_writer_dies_at_second_batch(monkeypatch)
-    monkeypatch.setattr(Gate, "wait_for_parents", lambda self: None)
+    monkeypatch.setattr(Gate, "wait_for_parents", lambda self, join=None: None)
     with pytest.raises(pipeline.LoadError, match="the users writer stopped unexpectedly"):
         pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     result = check_integrity()
