@@ -1,6 +1,6 @@
 import argparse
+import atexit
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -41,9 +41,11 @@ run the same command again to finish (stored rows count as already present).
 
 
 def _exit_now(code):
-    """Close what is open, flush what is buffered, and end the process with code."""
+    """End the process with code, after what ``sys.exit`` would run but the interpreter's
+    teardown: connections closed, the functions registered with atexit (logging's flush
+    among them), the output flushed."""
     connections.close_all()
-    logging.shutdown()
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
