@@ -160,9 +160,9 @@ class Gate:
         self.inbox = inbox  # this writer's Inbox: the jobs queued after the current one
         self.needs = {}
 
-    def parents_committed(self):
-        """Whether every parent batch the current job needs is committed."""
-        return all(self.committed[t].value >= count for t, count in self.needs.items())
+    def _waiting_for(self):
+        """The (table, batch) pairs the current job needs that are not committed yet."""
+        return [(t, c) for t, c in self.needs.items() if self.committed[t].value < c]
 
     def wait_for_parents(self, join=None):
         """Return once every parent batch the current job needs is committed.
@@ -173,21 +173,20 @@ class Gate:
 
         join(job), if given, is offered each job queued meanwhile (up to JOIN_LIMIT in all):
         it writes the job into the same open transaction and returns True, or returns False
-        and the job stays next in the queue. The wait then also covers the joined jobs'
-        parents, so the transaction commits them all once every parent is committed. It
-        keeps a child writer busy while its parents commit (the orders writer while users
-        load) instead of holding one batch and sleeping.
+        and the job stays next in the queue. The wait covers a job's parents before it is
+        offered, so the transaction commits every job it holds once every parent of each is
+        committed (also when join raises: a careful rewrite waits as long). It keeps a child
+        writer busy while its parents commit (the orders writer while users load) instead
+        of holding one batch and sleeping.
         """
         deadline = time.monotonic() + self.limit
         joined = 1
-        while not self.parents_committed():
+        while waiting := self._waiting_for():
             if self.abort.is_set():
                 raise Aborted
             self.watch.check()
             if time.monotonic() > deadline:
-                table, count = next(
-                    (t, c) for t, c in self.needs.items() if self.committed[t].value < c
-                )
+                table, count = waiting[0]
                 raise ParentsTooSlow(
                     f"waited {self.limit:g} s for {table} batch {count} to be committed "
                     f"({self.committed[table].value} committed so far); "
@@ -199,13 +198,21 @@ class Gate:
             job = self.inbox.queued(timeout=0.002)
             if job is None:
                 continue
-            if not join(job):
-                self.inbox.put_back(job)
-                join = None
-                continue
-            joined += 1
+            before = dict(self.needs)
             for table, count in job.after.items():
                 self.needs[table] = max(self.needs.get(table, 0), count)
+            if join(job):
+                joined += 1
+            else:
+                self.needs = before
+                self.inbox.put_back(job)
+                join = None
+
+    def give_back(self, current, jobs):
+        """Put jobs back at the front of the queue, to be written again after current,
+        which the wait covers alone again."""
+        self.needs = dict(current.after)
+        self.inbox.put_back(*jobs)
 
     def any_flagged(self, tables):
         """Whether a writer of one of tables rejected rows at write time."""
@@ -214,15 +221,13 @@ class Gate:
 
 class Inbox:
     """A writer's queue of jobs, read so that a wait never outlives the run or the main
-    process, with room to put one job back (``Gate.wait_for_parents``)."""
-
-    _EMPTY = object()
+    process, with room to put jobs back at its front (``Gate.wait_for_parents``)."""
 
     def __init__(self, queue_, abort, watch):
         self.queue = queue_
         self.abort = abort
         self.watch = watch
-        self.back = self._EMPTY
+        self.back = []  # jobs (or the end, None) put back, to be read before the queue
 
     def next(self):
         """Return the next job, or None at the end; never block for more than POLL_SECONDS
@@ -234,9 +239,8 @@ class Inbox:
         faster).
         """
         self.watch.check()
-        if self.back is not self._EMPTY:
-            job, self.back = self.back, self._EMPTY
-            return job
+        if self.back:
+            return self.back.pop(0)
         while True:
             try:
                 return self.queue.get(timeout=POLL_SECONDS)
@@ -246,19 +250,23 @@ class Inbox:
                 self.watch.check()
 
     def queued(self, timeout):
-        """The next job if one arrives within timeout, else None (the end stays queued)."""
-        if self.back is not self._EMPTY:
+        """The next job if there is one within timeout, else None once timeout has passed;
+        the end of the run is never taken: it stays next."""
+        if self.back and self.back[0] is not None:
+            return self.back.pop(0)
+        if self.back:  # the end: nothing can come after it
+            time.sleep(timeout)
             return None
         try:
             job = self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
         if job is None:
-            self.back = None
+            self.back.append(None)
         return job
 
-    def put_back(self, job):
-        self.back = job
+    def put_back(self, *jobs):
+        self.back[:0] = jobs
 
 
 def _writer_main(

@@ -15,7 +15,7 @@ A child table's writer (one holding references, ``core.tables``) also:
   committed (``Gate.wait_for_parents``), so no child reaches its database before its parents;
   the batches queued meanwhile are written into the same transaction, so the wait costs no
   time, and it commits them all once their parents are in (a batch that needs a second look
-  rolls them all back, and each is then written carefully on its own);
+  rolls them all back: the first is written carefully, the others go back to the queue);
 * holds the guard (``core.guard.share``) from its first statement to its commit;
 * looks its rows' parents up again, inside the guard, when a parent writer rejected rows at
   write time, when a parent delete has committed since the run began (the guard's counter
@@ -125,11 +125,15 @@ class BulkWriter:
                 self.gate.wait_for_parents(join)
                 if self._suspect_parents():
                     raise _Redo
-        except _Redo:  # every joined job is rolled back with it: each goes carefully
-            done = [(j, Written(*self.write_carefully(as_tuples(j)))) for j in joined]
-        else:
-            done = [(j, Written(len(j.rows), 0, [])) for j in joined]
-        return done[0][1] if len(done) == 1 else done
+        except _Redo:
+            # Every joined job was rolled back with it: they go back to the queue, to be
+            # written again after this one, which is written carefully on its own.
+            if len(joined) > 1:
+                self.gate.give_back(job, joined[1:])
+            return Written(*self.write_carefully(as_tuples(job)))
+        if len(joined) == 1:
+            return Written(len(job.rows), 0, [])
+        return [(j, Written(len(j.rows), 0, [])) for j in joined]
 
     def _may_take_fast_path(self, job):
         """Whether job may be written without looking anything up first."""

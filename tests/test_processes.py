@@ -406,6 +406,43 @@ def test_no_job_joins_once_the_parents_are_committed_and_at_most_join_limit_shar
     assert waiting.inbox.next().seq == pool.JOIN_LIMIT + 1
 
 
+def test_a_wait_with_the_end_of_the_run_queued_sleeps_instead_of_spinning():
+    waiting = gate(10)
+    waiting.inbox = queued()  # only the end of the run
+    committer = commit_users_after(waiting, 0.5, 1)
+    cpu = time.process_time()
+    waiting.wait_for_parents(lambda j: pytest.fail("the end of the run was offered"))
+    used = time.process_time() - cpu
+    committer.join()
+    assert used < 0.25, f"{used:.2f} CPU seconds in a 0.5 s wait"
+    assert waiting.inbox.next() is None
+
+
+@all_databases
+def test_a_joining_job_that_needs_a_second_look_waits_for_its_own_parents():
+    """Job 2 joins job 1's transaction, then clashes (an id twice): everything rolls back,
+    job 1 is written on its own and job 2 goes back to the queue, never committed while
+    users batch 2, which it names, is not."""
+    from core.models import Order
+
+    committed = {
+        "users": multiprocessing.Value("q", 0, lock=False),
+        "products": multiprocessing.Value("q", 1, lock=False),
+    }
+    first = pool.Job(1, [1], [(1, 1, 1, 1)], {"users": 1, "products": 1})
+    clashing = pool.Job(2, [2, 3], [(2, 1, 1, 1), (2, 1, 1, 1)], {"users": 2, "products": 1})
+    waiting = Gate(committed, {}, multiprocessing.Event(), limit=10, inbox=queued(clashing))
+    waiting.needs = dict(first.after)
+    writer = pipeline.writer_for("orders", "orders_db", waiting, {})
+    committer = commit_users_after(waiting, 0.3, 1)  # users batch 2 never commits
+    written = writer.write(first)
+    committer.join()
+    assert sorted(Order.objects.values_list("id", flat=True)) == [1]
+    assert written == pool.Written(1, 0, [])
+    assert waiting.needs == first.after
+    assert waiting.inbox.next() == clashing
+
+
 @all_databases
 def test_a_parent_writer_that_hangs_fails_the_run_with_that_error(monkeypatch):
     """The orders writer gives up on a stuck users writer, in its own transaction, cleanly."""
