@@ -107,6 +107,7 @@ def sqlite_rows(workload_dir, orders, on_row, repeat=1):
     ]
     for kind, label in (
         ("from", "`insert_data --from` CSV"),
+        ("jsonl", "`insert_data --from` JSONL"),
         ("synthetic", "`insert_data` synthetic"),
     ):
         steps.append(
@@ -177,6 +178,7 @@ def main():
     sizes = dict(workload.SIZES, orders=args.orders)
     print(f"building workload {sizes} ...", flush=True)
     workload_dir = workload.build(OUT / f"workload-{args.orders}", sizes)
+    workload.as_jsonl(workload_dir)  # the same rows as JSONL, for the JSONL rows
     total = sum(sizes.values())
     cache_bytecode()
 

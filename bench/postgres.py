@@ -11,9 +11,9 @@ server, migrates them (not measured), then measures, each as one whole process:
   their definitions kept), each CSV COPYed in, then every index of the real schema built,
   one connection per index, at once (``bench.references.pg_floor``);
 * today's reference: each CSV COPYed into its migrated table, indexes in place;
-* ``manage.py insert_data --from DIR`` and the synthetic source of the same size, with
-  ``USERS_DATABASE_URL``, ``ORDERS_DATABASE_URL`` and ``PRODUCTS_DATABASE_URL`` pointing at
-  fresh databases.
+* ``manage.py insert_data --from DIR`` (the CSV files, then the same rows as JSONL) and the
+  synthetic source of the same size, with ``USERS_DATABASE_URL``, ``ORDERS_DATABASE_URL``
+  and ``PRODUCTS_DATABASE_URL`` pointing at fresh databases.
 
 Each is counted from its databases afterwards, which are dropped at the end. The server's
 CPU (its backends for those databases, from /proc) is reported beside the client's.
@@ -192,6 +192,7 @@ def run_postgres_bench(workload_dir, orders, scratch, on_row, repeat=1):
         ("floor", "COPY into bare tables, then the indexes, one connection each (floor)"),
         ("today", "plain COPY into the migrated schema (today's reference)"),
         ("from", "`insert_data --from` CSV (today's loader)"),
+        ("jsonl", "`insert_data --from` JSONL (today's loader)"),
         ("synthetic", "`insert_data` synthetic (today's loader)"),
     ]
     runs = {kind: [] for kind, _label in steps}
@@ -226,10 +227,12 @@ def _measure_once(kind, label, workload_dir, orders, scratch, expected):
 
 
 def _insert_data_args(kind, workload_dir, orders):
-    from bench.workload import SIZES
+    from bench.workload import SIZES, as_jsonl
 
     if kind == "from":
         return ("insert_data", "--from", str(workload_dir), "--no-progress")
+    if kind == "jsonl":  # the same rows as JSONL files (bench.workload.as_jsonl)
+        return ("insert_data", "--from", str(as_jsonl(workload_dir)), "--no-progress")
     return (
         "insert_data",
         "--users",

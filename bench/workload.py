@@ -1,6 +1,8 @@
-"""Write the benchmark workload as CSV files, from the same generator insert_data uses."""
+"""Write the benchmark workload as CSV files, from the same generator insert_data uses, and
+the same rows as JSONL files (``as_jsonl``), as a person exporting them would write them."""
 
 import csv
+import json
 from pathlib import Path
 
 from core.sources import SyntheticSource
@@ -26,5 +28,38 @@ def build(directory, sizes=SIZES, seed=1):
             # insert_data ignores the extra column and computes the key itself
             writer.writerow(spec.columns)
             writer.writerows(spec.clean(values)[0] for _line, values in source.rows(table))
+    stamp.write_text(wanted)
+    return directory
+
+
+def as_jsonl(csv_dir):
+    """The rows of csv_dir's files as JSONL in a sibling directory, made once: whole numbers
+    as JSON numbers, the price as a JSON number, text as strings, without the
+    computed email key (a file from elsewhere would not have it)."""
+    csv_dir = Path(csv_dir)
+    directory = csv_dir.with_name(csv_dir.name + "-jsonl")
+    stamp = directory / "SIZES"
+    wanted = (csv_dir / "SIZES").read_text()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    for table in TABLES:
+        spec = SPECS[table]
+        numbers = set(spec.fields) if spec.whole_numbers else {"id"}
+        with (
+            open(csv_dir / f"{table}.csv", newline="", encoding="utf-8") as source,
+            open(directory / f"{table}.jsonl", "w", encoding="utf-8") as out,
+        ):
+            for row in csv.DictReader(source):
+                record = {}
+                for name in spec.fields:
+                    value = row[name]
+                    if name in numbers:
+                        record[name] = int(value)
+                    elif name == "price":
+                        record[name] = float(value)  # a JSON number: repr keeps every cent
+                    else:
+                        record[name] = value
+                out.write(json.dumps(record) + "\n")
     stamp.write_text(wanted)
     return directory

@@ -3,22 +3,28 @@
 ``parse`` may take a block of lines only when the csv module splits it into the same
 fields, which the property below checks against ``csv.reader`` on lines drawn from an
 alphabet full of the characters that change a split (quotes, signs, spaces, CR, other
-delimiters). The rest checks the pieces the loader joins: batches of the right size in
-order, the COPY bytes, membership, and that a CSV file's blocks reach the loader as Blocks
-(so the verdict property of tests/test_verdicts.py runs through them).
+delimiters). ``parse_jsonl`` likewise, against the JSONL row path (``json.loads`` per line)
+on files of lines written in many ways, with a negative control. The rest checks the
+pieces the loader joins: batches of the right size in order, the COPY bytes, membership,
+that a CSV file's blocks reach the loader as Blocks (so the verdict property of
+tests/test_verdicts.py runs through them), and that a JSONL load stores and rejects the same
+rows with its Blocks as without.
 """
 
 import csv
+import json
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core import columns
+from core import columns, pipeline
 from core.pg import packed_rows
-from core.sources import FileSource, SyntheticSource
+from core.sources import FileSource, SyntheticSource, reading
 from core.sources.reading import BLOCK
+from tests.conftest import all_databases
 
 FIELD = st.one_of(
     st.text("0123456789", min_size=1, max_size=4),
@@ -157,3 +163,205 @@ def test_generated_orders_come_as_blocks_of_the_same_rows():
     runs = list(source.runs("orders"))
     assert all(isinstance(r, columns.Block) for r in runs)
     assert [row for run in runs for row in run.rows()] == list(source.rows("orders"))
+
+
+# --- JSONL ------------------------------------------------------------------------------
+
+ORDER_KEYS = ("id", "user_id", "product_id", "quantity")
+PLAIN_NUMBER = st.one_of(
+    st.integers(0, 10**18 - 1).map(str), st.sampled_from(["0", "1", "999999999999999999"])
+)
+ODD_NUMBER = st.sampled_from(
+    ["007", "-1", "-0", "+1", "1.0", "1e2", '"5"', "null", "true", "9" * 19, "[1]", "0x1"]
+)
+STYLES = [(", ", ": "), (",", ":"), (" , ", " : "), (",\t", ":\t")]
+
+
+@st.composite
+def jsonl_files(draw):
+    """Lines of one JSONL orders file: most written alike with plain numbers (so runs of
+    them take the Block path), the rest in every way the row path must decide."""
+    order = draw(st.permutations(ORDER_KEYS))
+    style = draw(st.sampled_from(STYLES))
+    lines = []
+    for _ in range(draw(st.integers(1, 14))):
+        kind = draw(st.integers(0, 9))
+        keys, (comma, colon) = list(order), style
+        numbers = [draw(PLAIN_NUMBER) for _ in keys]
+        if kind == 1:
+            numbers[draw(st.integers(0, 3))] = draw(ODD_NUMBER)
+        elif kind == 2:
+            keys = list(draw(st.permutations(ORDER_KEYS)))
+        elif kind == 3:
+            comma, colon = draw(st.sampled_from(STYLES))
+        elif kind == 4:
+            change = draw(st.sampled_from(["drop", "extra", "repeat", "digit key"]))
+            if change == "drop":
+                del keys[-1], numbers[-1]
+            elif change == "extra":
+                keys, numbers = keys + ["x"], numbers + ["1"]
+            elif change == "repeat":
+                keys, numbers = keys + [keys[0]], numbers + ["2"]
+            else:
+                keys[0] = keys[0] + "2"
+        members = comma.join(f'"{k}"{colon}{n}' for k, n in zip(keys, numbers, strict=True))
+        line = "{" + members + "}"
+        if kind == 5:
+            line = draw(st.sampled_from([" ", "", "\t", "{", "x", " " + line, line + " "]))
+        elif kind == 6:
+            line = line.replace(" ", "\xa0").replace(",", ",\u2003", 1)
+        elif kind == 7:
+            line = line.replace('"id"', '"\\u0069d"')
+        end = draw(st.sampled_from(["\n"] * 6 + ["\r\n", "\r"]))
+        lines.append(line + end)
+    return lines
+
+
+def runs_and_rows(tmp_path, lines, run_size):
+    """(the rows the JSONL runs give, Block rows flattened; the row path's rows; Blocks)."""
+    path = tmp_path / "orders.jsonl"
+    path.write_text("".join(lines), encoding="utf-8", newline="")
+    with mock.patch.object(reading, "JSONL_RUN", run_size):
+        runs = list(reading.jsonl_runs(path, ORDER_KEYS, whole_numbers=True))
+    flattened = [r for run in runs for r in (run.rows() if isinstance(run, columns.Block) else run)]
+    blocks = [run for run in runs if isinstance(run, columns.Block)]
+    return flattened, list(reading.jsonl_rows(path, ORDER_KEYS)), blocks
+
+
+def jsonl_property(tmp_path_factory, **overrides):
+    @settings(settings(max_examples=300, deadline=None), **overrides)
+    @given(lines=jsonl_files(), run_size=st.sampled_from([1, 2, 3, 5, 4096]))
+    def run(lines, run_size):
+        flattened, rows, _blocks = runs_and_rows(tmp_path_factory.mktemp("jsonl"), lines, run_size)
+        assert flattened == rows, "".join(lines)
+
+    return run
+
+
+def test_jsonl_runs_give_the_rows_of_the_row_path(tmp_path_factory):
+    jsonl_property(tmp_path_factory)()
+
+
+def test_a_jsonl_block_path_that_keeps_the_files_key_order_fails_the_property(
+    tmp_path_factory, monkeypatch
+):
+    """The negative control: Blocks whose columns stay in the file's key order."""
+    original = columns.parse_jsonl
+
+    def file_order(lines, numbers, wanted):
+        template = columns.json_template(lines[0]) if lines else None
+        return original(lines, numbers, template[0] if template else wanted)
+
+    monkeypatch.setattr(columns, "parse_jsonl", file_order)
+    with pytest.raises(AssertionError):
+        jsonl_property(tmp_path_factory, derandomize=True, max_examples=200)()
+
+
+def test_plain_jsonl_lines_become_one_block_in_the_tables_field_order(tmp_path):
+    lines = ['{"quantity": 4, "id": 1, "product_id": 3, "user_id": 2}\n'] * 3
+    lines.append('{"quantity": 1, "id": 123456789012345678, "product_id": 0, "user_id": 2}\n')
+    flattened, rows, blocks = runs_and_rows(tmp_path, lines, 4096)
+    assert len(blocks) == 1 and flattened == rows
+    assert blocks[0].values.tolist() == [[1, 2, 3, 4]] * 3 + [[123456789012345678, 2, 0, 1]]
+    assert blocks[0].lines.tolist() == [1, 2, 3, 4]
+
+
+def test_keys_holding_digits_are_not_read_as_numbers():
+    block = columns.parse_jsonl(
+        ['{"k1": 11, "k22": 0}', '{"k1": 300, "k22": 7}'], [5, 6], ("k22", "k1")
+    )
+    assert block.rows() == [(5, (0, 11)), (6, (7, 300))]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"id": 1, "user_id": 2, "product_id": 3, "quantity": 04}',  # invalid JSON
+        '{"id": -1, "user_id": 2, "product_id": 3, "quantity": 4}',  # a sign: the rules say
+        '{"id": 1, "user_id": 2, "product_id": 3}',  # a key missing
+        '{"id": 1, "user_id": 2, "product_id": 3, "quantity": 4, "x": 1}',  # one more
+        '{"id": 1, "id": 2, "user_id": 2, "product_id": 3, "quantity": 4}',  # json keeps 2
+        '{"id": 1, "user_id": 2, "product_id": 3, "quantity": "4"}',
+        '{"id": 1, "user_id": 2, "product_id": 3, "quantity": 4.0}',
+        '{"id":\xa01, "user_id": 2, "product_id": 3, "quantity": 4}',  # not JSON's space
+        '{"id": 1234567890123456789, "user_id": 2, "product_id": 3, "quantity": 4}',
+        ' {"id": 1, "user_id": 2, "product_id": 3, "quantity": 4}',
+    ],
+)
+def test_any_other_jsonl_line_is_left_to_the_row_path(line):
+    plain = '{"id": 1, "user_id": 2, "product_id": 3, "quantity": 4}'
+    assert columns.parse_jsonl([plain], [1], ORDER_KEYS) is not None
+    assert columns.parse_jsonl([line], [1], ORDER_KEYS) is None
+    assert columns.parse_jsonl([plain, line], [1, 2], ORDER_KEYS) is None
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(dict(r)) + "\n" for r in rows), encoding="utf-8")
+
+
+@all_databases
+def test_a_jsonl_load_stores_and_rejects_the_same_with_blocks_as_without(tmp_path):
+    from tests.test_verdicts import dump, empty_tables
+
+    _jsonl(
+        tmp_path / "users.jsonl",
+        [{"id": i, "name": f"U{i}", "email": f"u{i}@x.org"} for i in range(1, 40)],
+    )
+    _jsonl(
+        tmp_path / "products.jsonl",
+        [{"id": i, "name": f"P{i}", "price": "2.50"} for i in range(1, 9)],
+    )
+    orders = [
+        {"id": i, "user_id": i % 45 + 1, "product_id": i % 10 + 1, "quantity": i % 4}
+        for i in range(1, 3000)
+    ]  # missing users and products, quantity 0
+    orders[100]["quantity"] = 2**31  # beyond the column: its batch goes through the rules
+    orders[200] = {"quantity": 1, "id": 5, "user_id": 1, "product_id": 1}  # id 5 again
+    orders[300]["id"] = "301"  # a string: the row path
+    _jsonl(tmp_path / "orders.jsonl", orders)
+    outcomes, blocks = [], []
+    parse = columns.parse_jsonl
+
+    def spy(*args):
+        blocks.append(parse(*args))
+        return blocks[-1]
+
+    for fast in (True, False):
+        empty_tables()
+        with (
+            mock.patch.object(columns, "parse_jsonl", spy if fast else lambda *a: None),
+            mock.patch.object(reading, "JSONL_RUN", 250),  # the odd lines' runs, and others
+        ):
+            result = pipeline.load(FileSource(tmp_path), batch_size=700)
+        reasons = [(r.table, r.line, r.id, r.reason) for r in result.sorted_rejections()]
+        counts = {t: (v.stored, v.present, v.rejected) for t, v in result.tables.items()}
+        outcomes.append((dump(), reasons, counts))
+    assert any(b is not None for b in blocks), "the fast path was taken"
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][1], "the case has rejections"
+
+
+def test_jsonl_runs_of_long_lines_hold_few_of_them(tmp_path):
+    """Runs are bounded in characters too, so a file of long lines is not held 4096 at a
+    time (each 50,000-character line here goes to the row path, as its extra key says)."""
+    note = "x" * 50_000
+    lines = [
+        json.dumps({"id": i, "user_id": 1, "product_id": 1, "quantity": 1, "note": note}) + "\n"
+        for i in range(1, 41)
+    ]
+    (tmp_path / "orders.jsonl").write_text("".join(lines), encoding="utf-8")
+    runs = list(reading.jsonl_runs(tmp_path / "orders.jsonl", ORDER_KEYS, whole_numbers=True))
+    assert max(map(len, runs)) <= reading.JSONL_RUN_CHARS // 50_000 + 1
+    assert [r for run in runs for r in run] == list(
+        reading.jsonl_rows(tmp_path / "orders.jsonl", ORDER_KEYS)
+    )
+
+
+def test_a_long_first_line_is_no_template():
+    """Valid JSON spaced out to 100,000 characters goes the row way, without compiling a
+    regular expression of that size (about 2 s per line, found by a review)."""
+    before = columns._json_lines_re.cache_info().misses
+    line = '{"id":' + " " * 100_000 + '1,"user_id":2,"product_id":3,"quantity":4}'
+    assert columns.parse_jsonl([line], [1], ORDER_KEYS) is None
+    assert columns._json_lines_re.cache_info().misses == before
+    assert columns.parse_jsonl([line.replace(" " * 100_000, "")], [1], ORDER_KEYS) is not None

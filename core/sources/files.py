@@ -19,6 +19,7 @@ from core.sources.reading import (
     csv_runs,
     file_size,
     jsonl_rows,
+    jsonl_runs,
     open_csv,
 )
 from core.tables import SPECS, TABLES, fields
@@ -151,9 +152,8 @@ class FileSource:
 
     def runs(self, table):
         path = self._scan()[table]
-        if not _is_csv(path):
-            return [self.rows(table)]
-        return csv_runs(
+        read = csv_runs if _is_csv(path) else jsonl_runs
+        return read(
             path, fields(table), self._tracker(table), whole_numbers=SPECS[table].whole_numbers
         )
 

@@ -19,9 +19,16 @@ be split into fields. Three rules hold for any input, however hostile:
 stays in C: measured at 1M orders, this is as fast as iterating the file object directly,
 which could not cap a line's length. Records go out in runs (``csv_rows``), with no Python
 step per row when every record of a run is one line of the right width.
+
+JSONL is read a line at a time (``readline`` capped at ``MAX_RECORD``), and each line is
+one ``json.loads``. For a table of whole numbers (``jsonl_runs``), runs of lines are first
+offered to ``columns.parse_jsonl``, which takes a run only when every line is written like
+its first with plain numbers, and reads it in a few numpy passes: 1M orders in about 1.6 s
+of Python instead of about 9 s, with the very rows the line-by-line path gives.
 """
 
 import csv
+import functools
 import gzip
 import io
 import json
@@ -521,26 +528,77 @@ def jsonl_rows(path, wanted, track=None):
 
 
 def _jsonl_rows(opened, wanted):
-    number = 0
-    while text := opened.readline(MAX_RECORD + 1):
-        number += 1
-        if len(text) > MAX_RECORD and not text.endswith(("\n", "\r")):
-            while (rest := opened.readline(MAX_RECORD)) and not rest.endswith(("\n", "\r")):
-                pass
-            yield number, Malformed(too_long())
-            continue
-        text = text.rstrip("\r\n")  # else an early end is reported on "line 2, column 1"
-        if not text.strip():
-            continue
-        record = _json_record(text)
-        if isinstance(record, str):
-            yield number, Malformed(record, text)
-            continue
-        missing = [n for n in wanted if n not in record]
-        if missing:
-            yield number, Malformed(f"missing field(s) {', '.join(missing)}", text)
-            continue
-        yield number, tuple(record[n] for n in wanted)
+    for number, text in _jsonl_lines(opened):
+        yield _jsonl_row(number, text, wanted)
+
+
+def _jsonl_lines(opened):
+    """(number, text) per non-blank line, without its line end; an overlong line comes as
+    (number, None) once the rest of it has been read past."""
+    readline = functools.partial(opened.text.readline, MAX_RECORD + 1)
+    try:
+        for number, text in enumerate(iter(readline, ""), start=1):
+            if len(text) > MAX_RECORD and not text.endswith(("\n", "\r")):
+                while (rest := opened.readline(MAX_RECORD)) and not rest.endswith(("\n", "\r")):
+                    pass
+                yield number, None
+                continue
+            text = text.rstrip("\r\n")  # else an early end is reported on "line 2, column 1"
+            if text.strip():
+                yield number, text
+    except READ_ERRORS as exc:
+        raise SourceError(f"{opened.path}: cannot read ({exc})") from exc
+
+
+def _jsonl_row(number, text, wanted):
+    if text is None:
+        return number, Malformed(too_long())
+    record = _json_record(text)
+    if isinstance(record, str):
+        return number, Malformed(record, text)
+    missing = [n for n in wanted if n not in record]
+    if missing:
+        return number, Malformed(f"missing field(s) {', '.join(missing)}", text)
+    return number, tuple(record[n] for n in wanted)
+
+
+JSONL_RUN = 4096  # lines offered to columns.parse_jsonl at once
+JSONL_RUN_CHARS = 4 * BLOCK  # and at most about this many characters of them
+
+
+def jsonl_runs(path, wanted, track=None, whole_numbers=False):
+    """Return an iterator of runs of (line, values), in file order, as ``jsonl_rows`` reads
+    them; with whole_numbers, each ``JSONL_RUN`` lines (fewer when they are long) are first
+    offered to ``columns.parse_jsonl``, and a run it takes goes out as one
+    ``columns.Block``."""
+    if not whole_numbers:
+        return [jsonl_rows(path, wanted, track)]
+    return _jsonl_runs(path, wanted, track)
+
+
+def _jsonl_runs(path, wanted, track):
+    with Opened(path) as opened:
+        if track is not None:
+            track(opened)
+        run, size = [], 0
+        for number, text in _jsonl_lines(opened):
+            run.append((number, text))
+            size += len(text) if text is not None else JSONL_RUN_CHARS
+            if len(run) >= JSONL_RUN or size >= JSONL_RUN_CHARS:
+                yield _jsonl_run(run, wanted)
+                run, size = [], 0
+        if run:
+            yield _jsonl_run(run, wanted)
+
+
+def _jsonl_run(run, wanted):
+    """One run of (number, text) lines as a Block, or as rows one line at a time."""
+    texts = list(map(itemgetter(1), run))
+    if None not in texts:  # no overlong line
+        block = columns.parse_jsonl(texts, list(map(itemgetter(0), run)), wanted)
+        if block is not None:
+            return block
+    return [_jsonl_row(number, text, wanted) for number, text in run]
 
 
 def _json_record(text):
