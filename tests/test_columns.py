@@ -365,3 +365,91 @@ def test_a_long_first_line_is_no_template():
     assert columns.parse_jsonl([line], [1], ORDER_KEYS) is None
     assert columns._json_lines_re.cache_info().misses == before
     assert columns.parse_jsonl([line.replace(" " * 100_000, "")], [1], ORDER_KEYS) is not None
+
+
+USER_KEYS = ("id", "name", "email")
+JSON_VALUE = st.one_of(
+    st.integers(-(10**20), 10**20),
+    st.text(max_size=4),
+    st.sampled_from([None, True, 1.5, [1], {"a": 1}]),
+)
+
+
+@st.composite
+def jsonl_user_files(draw):
+    """Lines of one JSONL users file: objects of any values, and lines json.loads refuses or
+    reads as something else, or that hold something after the object."""
+    lines = []
+    for _ in range(draw(st.integers(1, 10))):
+        record = {k: draw(JSON_VALUE) for k in USER_KEYS}
+        if draw(st.booleans()):
+            del record[draw(st.sampled_from(USER_KEYS))]
+        if draw(st.booleans()):
+            record["extra"] = draw(JSON_VALUE)
+        line = json.dumps(record, ensure_ascii=draw(st.booleans()))
+        line = draw(
+            st.sampled_from(
+                [line] * 8
+                + [" " + line, line + " ", line + "{}", line[:-1], "[1]", "null", "NaN"]
+                + ["{" * 3000 + "}" * 3000, '{"id": 1' + "0" * 5000 + "}", "\ufeff" + line]
+                + [line.replace(":", ": \x0c", 1), '{"id": 1, "id": 2, "name": 3, "email": 4}']
+            )
+        )
+        lines.append(line + draw(st.sampled_from(["\n", "\r\n", "\r"])))
+    return lines
+
+
+def user_runs_property(tmp_path_factory, **overrides):
+    @settings(settings(max_examples=200, deadline=None), **overrides)
+    @given(lines=jsonl_user_files(), run_size=st.sampled_from([1, 3, 4096]))
+    def run(lines, run_size):
+        path = tmp_path_factory.mktemp("users") / "users.jsonl"
+        path.write_text("".join(lines), encoding="utf-8", newline="")
+        with mock.patch.object(reading, "JSONL_RUN", run_size):
+            runs = [r for run in reading.jsonl_runs(path, USER_KEYS) for r in run]
+        assert runs == list(reading.jsonl_rows(path, USER_KEYS)), "".join(lines)
+
+    return run
+
+
+def test_jsonl_runs_of_any_table_give_the_rows_of_the_row_path(tmp_path_factory):
+    user_runs_property(tmp_path_factory)()
+
+
+def test_a_scan_that_ignores_what_follows_the_object_fails_the_property(
+    tmp_path_factory, monkeypatch
+):
+    """The negative control: a run that takes lines with something after their object."""
+
+    def first_object(texts, wanted):  # _scanned without its check of where objects end
+        try:
+            records = [reading.SCAN_JSON(t, 0)[0] for t in texts]
+            return [tuple(r[k] for k in wanted) for r in records]
+        except (StopIteration, ValueError, KeyError, TypeError, RecursionError):
+            return None
+
+    monkeypatch.setattr(reading, "_scanned", first_object)
+    with pytest.raises(AssertionError):
+        user_runs_property(tmp_path_factory, derandomize=True, max_examples=200)()
+
+
+def _at_depth(frames, call):
+    return call() if frames == 0 else _at_depth(frames - 1, call)
+
+
+@pytest.mark.parametrize("frames", [0, 300])  # the caller's own stack: it must not matter
+def test_nesting_is_limited_the_same_on_every_path(tmp_path, frames):
+    """json stops at Python's recursion limit, which counts the caller's frames too (a
+    review found a depth one path took and the other refused); the limit is now fixed."""
+    deep = '{"id": ' + "[" * 199 + "]" * 199 + ', "name": "[[[", "email": 1}'  # 200 deep
+    too_deep = deep.replace("[" * 199, "[" * 200).replace("]" * 199, "]" * 200)
+    path = tmp_path / "users.jsonl"
+    path.write_text(f"{deep}\n{too_deep}\n[]\n{too_deep}\n", encoding="utf-8")
+    for size in (1, 4096):
+        with mock.patch.object(reading, "JSONL_RUN", size):
+            runs = _at_depth(frames, lambda: list(reading.jsonl_runs(path, USER_KEYS)))
+        rows = [r for run in runs for r in run]
+        assert rows == _at_depth(frames, lambda: list(reading.jsonl_rows(path, USER_KEYS)))
+        assert isinstance(rows[0][1], tuple)
+        assert rows[1][1].reason == "not valid JSON (nested too deeply)"
+        assert rows[3][1].reason == "not valid JSON (nested too deeply)"
