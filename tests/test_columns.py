@@ -453,3 +453,20 @@ def test_nesting_is_limited_the_same_on_every_path(tmp_path, frames):
         assert isinstance(rows[0][1], tuple)
         assert rows[1][1].reason == "not valid JSON (nested too deeply)"
         assert rows[3][1].reason == "not valid JSON (nested too deeply)"
+
+
+@pytest.mark.parametrize("length", [reading.MAX_RECORD, 2 * reading.MAX_RECORD])
+def test_a_crlf_cut_by_the_read_limit_is_one_line_end(tmp_path, length):
+    """A line of exactly MAX_RECORD characters, or an overlong one whose CR ends a chunk of
+    the read past it, then CRLF: the LF that readline hands back alone is no line, so the
+    next line keeps its number (found by a review: every later line was numbered one on)."""
+    head = '{"id": 1, "user_id": 2, "product_id": 3, "quantity": 4'
+    first = head + " " * (length - len(head) - 1) + "}"
+    assert len(first) == length
+    path = tmp_path / "orders.jsonl"
+    path.write_text(first + "\r\n" + head + "}\r\n", encoding="utf-8", newline="")
+    for read in (
+        reading.jsonl_rows,
+        lambda p, w: [r for run in reading.jsonl_runs(p, w) for r in run],
+    ):
+        assert [line for line, _values in read(path, ORDER_KEYS)] == [1, 2]

@@ -537,13 +537,24 @@ def _jsonl_rows(opened, wanted):
 
 def _jsonl_lines(opened):
     """(number, text) per non-blank line, without its line end; an overlong line comes as
-    (number, None) once the rest of it has been read past."""
+    (number, None) once the rest of it has been read past.
+
+    ``readline`` stops at its size limit, even between the CR and the LF of one line end;
+    the LF it then returns alone belongs to the line before, not to a line of its own.
+    """
     readline = functools.partial(opened.text.readline, MAX_RECORD + 1)
+    number, split_end = 0, False
     try:
-        for number, text in enumerate(iter(readline, ""), start=1):
+        for text in iter(readline, ""):
+            if split_end and text == "\n":
+                split_end = False
+                continue
+            number += 1
+            split_end = len(text) == MAX_RECORD + 1 and text.endswith("\r")
             if len(text) > MAX_RECORD and not text.endswith(("\n", "\r")):
                 while (rest := opened.readline(MAX_RECORD)) and not rest.endswith(("\n", "\r")):
                     pass
+                split_end = len(rest) == MAX_RECORD and rest.endswith("\r")
                 yield number, None
                 continue
             text = text.rstrip("\r\n")  # else an early end is reported on "line 2, column 1"
