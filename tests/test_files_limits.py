@@ -164,3 +164,22 @@ def test_json_lines_report_the_column_where_the_line_ends(tmp_path):
     assert malformed.reason == (
         f"not valid JSON (the line ends early: Expecting ',' delimiter at column {len(text)})"
     )
+
+
+@pytest.mark.parametrize(
+    ("blocks", "end"),
+    [(2, "\r\n"), (17, "\r\n"), (17, "\r"), (18, "\r\n")],  # 2: long but not overlong
+)
+def test_a_line_end_cut_between_two_blocks_is_one_line_end(tmp_path, blocks, end):
+    """A line longer than a block whose CR is the last character of a block: the LF of its
+    CRLF starts the next block and is no line of its own, and with CR line ends alone the
+    line ends there; either way the line after keeps its number (before, it was numbered
+    one on, or swallowed into the overlong line)."""
+    from core.sources.reading import BLOCK, csv_rows
+
+    header = "id,user_id,product_id,quantity" + end
+    length = BLOCK * blocks - len(header) - 1  # the CR is the last character of a block
+    path = tmp_path / "orders.csv"
+    path.write_bytes((header + "1" * length + end + "5,1,1,1" + end).encode())
+    rows = list(csv_rows(path, ("id", "user_id", "product_id", "quantity")))
+    assert rows[-1] == (3, ("5", "1", "1", "1"))

@@ -131,7 +131,8 @@ class Opened:
         while block := self.read(BLOCK):
             if carry:
                 block = carry + block
-            cut = (block.rfind("\n") + 1) or (block.rfind("\r") + 1)
+            # a CR that ends the block may be half of a CRLF: it waits for the next block
+            cut = (block.rfind("\n") + 1) or (block.rfind("\r", 0, len(block) - 1) + 1)
             if cut:
                 carry = block[cut:]
                 text = block[:cut]
@@ -140,26 +141,36 @@ class Opened:
                 if quoted and text.count('"') % 2:
                     in_quotes = not in_quotes
             elif len(block) > MAX_RECORD:
-                carry = self._skip_rest_of_line()
+                carry = self._skip_rest_of_line(ends_here=block.endswith("\r"))
                 yield ("\n",)  # stands for the long line, numbered in self.overlong
             else:
                 carry = block
         if carry:
             yield (carry,)
 
-    def _skip_rest_of_line(self):
-        """Read past the end of an overlong line; return what follows it in the last block."""
+    def _skip_rest_of_line(self, ends_here=False):
+        """Read past the end of an overlong line; return what follows it in the last block.
+        ends_here: the block read so far ended with the line's CR."""
         if self.counter is None:
             raise SourceError(f"{self.path}: {too_long('header line')}")
         self.overlong.add(self.lines_read() + 1)
+        if ends_here:
+            return self._after_cr()
         while block := self.read(BLOCK):
             ends = [i for i in (block.find("\n"), block.find("\r")) if i >= 0]
             if ends:
                 end = min(ends)
                 if block.startswith("\r\n", end):
                     end += 1
+                elif end == len(block) - 1 and block[end] == "\r":  # a CR ends the block
+                    return self._after_cr()
                 return block[end + 1 :]
         return ""
+
+    def _after_cr(self):
+        """The next block, without the LF that completes a CRLF cut between two blocks."""
+        following = self.read(BLOCK)
+        return following[1:] if following.startswith("\n") else following
 
 
 # Line breaks to str.splitlines but not to the csv module or the file object.
