@@ -5,6 +5,8 @@ import csv
 import json
 from pathlib import Path
 
+from django.db import models
+
 from core.sources import SyntheticSource
 from core.tables import SPECS, TABLES
 
@@ -34,7 +36,7 @@ def build(directory, sizes=SIZES, seed=1):
 
 def as_jsonl(csv_dir):
     """The rows of csv_dir's files as JSONL in a sibling directory, made once: whole numbers
-    as JSON numbers, the price as a JSON number, text as strings, without the
+    as JSON numbers, decimals (the price) as JSON numbers, text as strings, without the
     computed email key (a file from elsewhere would not have it)."""
     csv_dir = Path(csv_dir)
     directory = csv_dir.with_name(csv_dir.name + "-jsonl")
@@ -46,6 +48,11 @@ def as_jsonl(csv_dir):
     for table in TABLES:
         spec = SPECS[table]
         numbers = set(spec.fields) if spec.whole_numbers else {"id"}
+        decimals = {
+            name
+            for name in spec.fields
+            if isinstance(spec.model._meta.get_field(name), models.DecimalField)
+        }
         with (
             open(csv_dir / f"{table}.csv", newline="", encoding="utf-8") as source,
             open(directory / f"{table}.jsonl", "w", encoding="utf-8") as out,
@@ -56,7 +63,7 @@ def as_jsonl(csv_dir):
                     value = row[name]
                     if name in numbers:
                         record[name] = int(value)
-                    elif name == "price":
+                    elif name in decimals:
                         record[name] = float(value)  # a JSON number: repr keeps every cent
                     else:
                         record[name] = value

@@ -600,10 +600,6 @@ def jsonl_runs(path, wanted, track=None, whole_numbers=False):
     is first offered to ``columns.parse_jsonl``, and one it takes goes out as one
     ``columns.Block``.
     """
-    return _jsonl_runs(path, wanted, track, whole_numbers)
-
-
-def _jsonl_runs(path, wanted, track, whole_numbers):
     with Opened(path) as opened:
         if track is not None:
             track(opened)
