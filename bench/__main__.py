@@ -158,9 +158,26 @@ def main():
     django.setup()  # the workload comes from core.sources, which needs the models
     from bench import postgres, workload
 
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--orders", type=int, default=workload.SIZES["orders"])
-    parser.add_argument("--naive-orders", type=int, default=2_000)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[0],
+        epilog="examples:\n  make bench\n"
+        "  make bench ARGS='--orders 100000 --repeat 1 --no-postgres'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=workload.SIZES["orders"],
+        help=f"orders in the workload, beside {workload.SIZES['users']:,} users and "
+        f"{workload.SIZES['products']:,} products (default {workload.SIZES['orders']:,})",
+    )
+    parser.add_argument(
+        "--naive-orders",
+        type=int,
+        default=2_000,
+        help="orders for the naive thread-pool row, which is slow (default 2,000)",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -173,8 +190,9 @@ def main():
         help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh)",
     )
     args = parser.parse_args()
-    if args.repeat < 1:
-        parser.error("--repeat must be 1 or more")
+    for name in ("repeat", "orders", "naive_orders"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be 1 or more")
     sizes = dict(workload.SIZES, orders=args.orders)
     print(f"building workload {sizes} ...", flush=True)
     workload_dir = workload.build(OUT / f"workload-{args.orders}", sizes)

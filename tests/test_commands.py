@@ -243,6 +243,33 @@ def test_manage_py_test_says_in_one_line_to_use_make_test(tmp_path):
     assert "run `make test`" in done.stderr
 
 
+def bench(*args, data_dir):
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=environment(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bench_help_says_what_it_measures_and_shows_examples(tmp_path):
+    done = bench("--help", data_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "as a ratio to its\nbackend's floor, and its peak memory." in done.stdout
+    assert "make bench ARGS='--orders 100000" in done.stdout.split("examples:", 1)[1]
+    assert "(default 1,000,000)" in done.stdout
+
+
+@pytest.mark.parametrize("option", ["--orders", "--naive-orders", "--repeat"])
+def test_bench_refuses_a_count_below_one_in_one_line(tmp_path, option):
+    done = bench(option, "0", data_dir=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(f"{option} must be 1 or more")
+    assert "Traceback" not in done.stderr
+
+
 def environment(data_dir):
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     return env | {"MULTIDS_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "multids.settings"}
