@@ -1,7 +1,9 @@
 """Write one validated batch to one database in one transaction, inside the reference guard.
 
 The fast path is a single ``INSERT ... ON CONFLICT DO NOTHING`` executed for the whole
-batch (``executemany``; PostgreSQL gets COPY in ``core.pg.PostgresBulkWriter``). When every
+batch (``executemany``; PostgreSQL gets COPY in ``core.pg.PostgresBulkWriter``), after the
+rows whose parents the run cannot vouch for (stored by an earlier load, say) are looked up
+inside the guard and those whose parents are missing set aside as rejections. When every
 row went in and nothing needs a second look, the batch commits. Otherwise the transaction is
 rolled back and the batch is written carefully: parents are looked up inside the guard where
 they must be, rows whose id is stored with identical data count as already present, rows
@@ -25,8 +27,10 @@ A child table's writer (one holding references, ``core.tables``) also:
 """
 
 import logging
+import os
 import time
 
+import numpy as np
 from django.conf import settings
 from django.db import connections, transaction
 
@@ -38,11 +42,49 @@ from core.validation import parent_problem, shown
 
 log = logging.getLogger(__name__)
 
+# Test-only (tests/test_races.py): MULTIDS_TEST_HOLD=PATH makes the first writer that looks
+# parents up hold its transaction open there until PATH.go exists. Never set it otherwise.
+HOLD = "MULTIDS_TEST_HOLD"
+
 
 def as_tuples(job):
     """job with its rows as tuples and its lines as a list, for the careful path."""
     rows = columns.tuples(job.rows)
     return job._replace(rows=rows, lines=columns.line_list(job.lines, len(rows)))
+
+
+def _hold_for_test(limit=60.0):
+    """``HOLD``: the first writer here creates PATH.held, then waits (up to limit seconds)
+    for PATH.go, so a test can run a delete between this lookup and the commit."""
+    path = os.environ.get(HOLD)
+    if not path:
+        return
+    try:
+        os.close(os.open(f"{path}.held", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return  # held once already
+    deadline = time.monotonic() + limit
+    while not os.path.exists(f"{path}.go") and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _rows_at(rows, indexes):
+    """The rows at indexes as tuples, whether rows is a Block's array or a list."""
+    if isinstance(rows, np.ndarray):
+        return list(map(tuple, rows[indexes].tolist()))
+    return [rows[i] for i in indexes]
+
+
+def _without(job, drop):
+    """job without the rows (and their lines) at the indexes in drop."""
+    if isinstance(job.rows, np.ndarray):
+        keep = np.ones(len(job.rows), dtype=bool)
+        keep[list(drop)] = False
+        lines = None if job.lines is None else np.asarray(job.lines)[keep]
+        return job._replace(rows=job.rows[keep], lines=lines)
+    drop = set(drop)
+    kept = [i for i in range(len(job.rows)) if i not in drop]
+    return job._replace(rows=[job.rows[i] for i in kept], lines=[job.lines[i] for i in kept])
 
 
 class _Redo(Exception):
@@ -106,20 +148,25 @@ class BulkWriter:
         if not self._may_take_fast_path(job):
             return Written(*self.write_carefully(as_tuples(job)))
         joined = [job]
+        written = []  # (rows inserted, rejections) of each joined job
+
+        def insert(this):
+            kept, rejections = self._without_missing_parents(this)
+            if self.insert_ignoring_conflicts(cursor, kept.rows) != len(kept.rows):
+                raise _Redo
+            written.append((len(kept.rows), rejections))
 
         def join(later):
             if not self._may_take_fast_path(later):
                 return False
             joined.append(later)
-            if self.insert_ignoring_conflicts(cursor, later.rows) != len(later.rows):
-                raise _Redo
+            insert(later)
             return True
 
         try:
             with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
                 guard.share(self.alias, self.parents)
-                if self.insert_ignoring_conflicts(cursor, job.rows) != len(job.rows):
-                    raise _Redo
+                insert(job)
                 # Inserted but not yet committed: wait for the parents, holding the guard
                 # (and writing the jobs queued meanwhile into this transaction).
                 self.gate.wait_for_parents(join)
@@ -131,14 +178,39 @@ class BulkWriter:
             if len(joined) > 1:
                 self.gate.give_back(job, joined[1:])
             return Written(*self.write_carefully(as_tuples(job)))
-        if len(joined) == 1:
-            return Written(len(job.rows), 0, [])
-        return [(j, Written(len(j.rows), 0, [])) for j in joined]
+        results = [Written(stored, 0, rejections) for stored, rejections in written]
+        return results[0] if len(joined) == 1 else list(zip(joined, results, strict=True))
 
     def _may_take_fast_path(self, job):
-        """Whether job may be written without looking anything up first."""
+        """Whether job may be written without reading what is stored first: no parent
+        writer has rejected rows at write time, so the run's own parents are as validated
+        (rows whose parent is not the run's are looked up, ``_without_missing_parents``)."""
+        return not self.gate.any_flagged(self.parents)
+
+    def _without_missing_parents(self, job):
+        """(job without the rows whose parents are not committed, their rejections).
+
+        Only the rows the validator could not settle are looked up: their parents are not
+        the run's, so they must be committed already (by an earlier load or another
+        process). The lookup runs inside the guard, which no deleter can pass until this
+        transaction ends, and waits out a deleter still committing (``guard``). Rows of a
+        parent stored earlier take the fast path too, rather than the careful one's read
+        of every id in the batch.
+        """
         recheck = job.recheck
-        return not (recheck and recheck.rows) and not self.gate.any_flagged(self.parents)
+        if not (recheck and recheck.rows):
+            return job, []
+        to_check = sorted(recheck.rows)
+        problems = self._parent_problems(_rows_at(job.rows, to_check), to_check, recheck, set())
+        _hold_for_test()
+        if not problems:
+            return job, []
+        lines = columns.line_list(job.lines, len(job.rows))
+        rejections = [
+            self._rejection(lines[i], _rows_at(job.rows, [i])[0], "; ".join(problems[i]))
+            for i in sorted(problems)
+        ]
+        return _without(job, problems.keys()), rejections
 
     def _suspect_parents(self):
         """Parent tables whose rows may have gone since validation (read inside the guard)."""
@@ -178,7 +250,21 @@ class BulkWriter:
             to_check = sorted(recheck.rows)
         else:
             return rows, lines, []
-        checked = [rows[i] for i in to_check]
+        problems = self._parent_problems([rows[i] for i in to_check], to_check, recheck, suspects)
+        if not problems:
+            return rows, lines, []
+        kept_rows, kept_lines, rejections = [], [], []
+        for index, (line, row) in enumerate(zip(lines, rows, strict=True)):
+            if index in problems:
+                rejections.append(self._rejection(line, row, "; ".join(problems[index])))
+            else:
+                kept_rows.append(row)
+                kept_lines.append(line)
+        return kept_rows, kept_lines, rejections
+
+    def _parent_problems(self, checked, to_check, recheck, suspects):
+        """{row index: messages} for the rows of checked (at indexes to_check) whose parents
+        are not committed, looked up inside the guard."""
         problems = {}
         for position, reference, pk in guard.missing_parents(self.spec, checked):
             index = to_check[position]
@@ -193,16 +279,7 @@ class BulkWriter:
                 and not self.gate.any_flagged([reference.parent]),
             )
             problems.setdefault(index, []).append(problem.message)
-        if not problems:
-            return rows, lines, []
-        kept_rows, kept_lines, rejections = [], [], []
-        for index, (line, row) in enumerate(zip(lines, rows, strict=True)):
-            if index in problems:
-                rejections.append(self._rejection(line, row, "; ".join(problems[index])))
-            else:
-                kept_rows.append(row)
-                kept_lines.append(line)
-        return kept_rows, kept_lines, rejections
+        return problems
 
     def _rejection(self, line, row, reason):
         values = dict(zip(self.fields, row, strict=False))

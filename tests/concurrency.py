@@ -205,8 +205,8 @@ class Processes:
         env = backend.env(guard=guard)
         return self.start([sys.executable, "-m", "tests.concurrency", *args], env, **popen)
 
-    def manage(self, backend, *args, guard=True, **popen):
-        env = backend.env(guard=guard)
+    def manage(self, backend, *args, guard=True, env=None, **popen):
+        env = backend.env(guard=guard, **(env or {}))
         return self.start([sys.executable, str(ROOT / "manage.py"), *args], env, **popen)
 
     @staticmethod

@@ -18,11 +18,14 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from core.sources import FIRST_ID, SyntheticSource
+from core.writers import HOLD
 from tests.concurrency import (
     ROOT,
     Log,
@@ -124,8 +127,13 @@ def user_for(kind, rng):
     return rng.choice(sorted(candidates))
 
 
-def delete_during_load(backend, processes, *, user, with_orders, fire, guard=True):
+def delete_during_load(
+    backend, processes, *, user, with_orders, fire, guard=True, prepare=None, hold=None
+):
     """Start the load, run delete_row users USER when fire(load) returns; judge the end.
+
+    prepare(backend), if given, runs first and returns the load's arguments (else LOAD);
+    hold, if given, is the load's ``core.writers.HOLD`` path.
 
     Returns a dict of facts; asserts everything that must hold whatever the timing (when the
     guard is on): the load exits 0, check_integrity is ok, an acknowledged delete holds,
@@ -133,6 +141,7 @@ def delete_during_load(backend, processes, *, user, with_orders, fire, guard=Tru
     with a reason naming it or was deleted with it.
     """
     reset(backend)
+    load_args = prepare(backend) if prepare else LOAD
     rejects = backend.data_dir / "rejects.csv"
     go = backend.data_dir / f"go-{time.monotonic_ns()}"
     delete = processes.python(
@@ -146,7 +155,13 @@ def delete_during_load(backend, processes, *, user, with_orders, fire, guard=Tru
         *(["--with-orders"] if with_orders else []),
         guard=guard,
     )
-    load = processes.manage(backend, *LOAD, f"--rejects={rejects}", guard=guard)
+    load = processes.manage(
+        backend,
+        *load_args,
+        f"--rejects={rejects}",
+        guard=guard,
+        env={HOLD: hold} if hold else None,
+    )
     try:
         resume = fire(load)
         go.touch()
@@ -305,6 +320,112 @@ def test_negative_control_delete_row_racing_a_load_without_the_guard(backend_fac
     print(f"\n{backend.name}, guard off: {tries}")
     for facts in tries:
         assert facts["orphans"] > 0 and facts["integrity_exit"] == 1, facts
+
+
+# --- a'. delete_row racing a load of orders whose parents an earlier load stored -----------
+
+
+def parents_stored_earlier(backend):
+    """Store the users and products of LOAD in an earlier run; return the arguments of a
+    load of its orders alone, from a CSV file. Every order's parents are then the
+    database's, not the run's: the writer looks each up inside the guard."""
+    backend.manage(
+        "insert_data", "--no-progress", f"--users={USERS}", f"--products={PRODUCTS}", check=True
+    )
+    directory = backend.data_dir / "orders-only"
+    directory.mkdir(exist_ok=True)
+    with open(directory / "orders.csv", "w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["id", "user_id", "product_id", "quantity"])
+        out.writerows(row for _line, row in SyntheticSource(USERS, PRODUCTS, ORDERS).rows("orders"))
+    return ["insert_data", "--no-progress", "--from", str(directory), f"--batch-size={BATCH}"]
+
+
+def user_in_the_first_batch():
+    """A user with an order in the load's first batch and more after it."""
+    return min(u for u, orders in named().items() if orders[0][0] < BATCH and len(orders) > 2)
+
+
+def while_the_first_batch_holds(hold):
+    """fire(): once the load's first batch has looked its parents up and holds its
+    transaction open (``HOLD``), let it go on one second later, whatever the delete is
+    doing by then: done (nothing stopped it) or waiting for the guard."""
+
+    def fire(load):
+        held = Path(f"{hold}.held")
+        assert wait_until(lambda: load.poll() is not None or held.exists(), 120), "no hold"
+        assert load.poll() is None, "the load ended before its first batch held"
+        timer = threading.Timer(1.0, Path(f"{hold}.go").touch)
+        timer.start()
+        return timer.join  # after the delete ended: the batch has been let go
+
+    return fire
+
+
+@pytest.mark.parametrize("backend_factory", BACKENDS, indirect=True)
+def test_delete_row_racing_a_load_of_orders_whose_users_were_stored_earlier(backend_factory):
+    backend = backend_factory()
+    user = user_in_the_first_batch()
+    tries = []
+    with Processes() as processes:
+        for with_orders in (False, True):
+            hold = str(backend.data_dir / f"hold-{time.monotonic_ns()}")
+            tries.append(
+                delete_during_load(
+                    backend,
+                    processes,
+                    user=user,
+                    with_orders=with_orders,
+                    fire=while_the_first_batch_holds(hold),
+                    prepare=parents_stored_earlier,
+                    hold=hold,
+                )
+            )
+        tries.append(
+            delete_during_load(
+                backend,
+                processes,
+                user=user_for("spread", random.Random(8)),
+                with_orders=True,
+                fire=after_orders_landed(backend, 0.3),
+                prepare=parents_stored_earlier,
+            )
+        )
+    print(f"\n{backend.name}: {tries}")
+    protect, cascade, spread = tries
+    # No order was committed when the delete began, and the held batch had the user's
+    # first order. The delete waited for it: PROTECT then saw the order and refused;
+    # CASCADE deleted it with the user (and the user's later orders were rejected, or, on
+    # SQLite, where the load may take the lock back first, committed and deleted too).
+    assert protect["orders_at_go"] == 0 and not protect["deleted"], protect
+    assert "has" in protect["delete_said"][0] and "order" in protect["delete_said"][0], protect
+    assert cascade["orders_at_go"] == 0 and cascade["deleted"], cascade
+    assert cascade["stored_of_user"] == 0, cascade
+    assert spread["deleted"] and spread["rejected"] > 0, spread
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend_factory", ["postgresql"], indirect=True)
+def test_negative_control_a_load_of_orders_whose_users_were_stored_earlier_without_the_guard(
+    backend_factory,
+):
+    """PostgreSQL only: on SQLite the deleter's BEGIN IMMEDIATE on orders.db waits for the
+    held batch's write lock with the guard off too (the lock is the guard there)."""
+    backend = backend_factory()
+    with Processes() as processes:
+        hold = str(backend.data_dir / "hold")
+        facts = delete_during_load(
+            backend,
+            processes,
+            user=user_in_the_first_batch(),
+            with_orders=False,
+            fire=while_the_first_batch_holds(hold),
+            guard=False,
+            prepare=parents_stored_earlier,
+            hold=hold,
+        )
+    print(f"\n{backend.name}, guard off: {facts}")
+    assert facts["orphans"] > 0 and facts["integrity_exit"] == 1, facts
 
 
 # --- b. validate-then-save racing a cascading delete -----------------------------------------

@@ -33,6 +33,7 @@ from core.report import REJECTS_COLUMNS, Rejection
 from core.sources import FileSource, RejectsFileSource, files
 from core.tables import SPECS, TableSpec
 from core.validation import Problem
+from core.writers import BulkWriter
 from tests import reference_rules as rules
 from tests.conftest import all_databases
 
@@ -453,6 +454,16 @@ def test_a_block_path_that_numbers_lines_from_zero_fails_the_property(case_dir, 
         verdict_property(case_dir, **NEGATIVE)()
 
 
+@all_databases
+def test_a_fast_path_that_trusts_parents_stored_earlier_fails_the_property(case_dir, monkeypatch):
+    """Orders naming parents the run did not accept take the fast path with their parents
+    looked up inside the guard; one that skips the lookup stores orders whose user or
+    product does not exist."""
+    monkeypatch.setattr(BulkWriter, "_without_missing_parents", lambda self, job: (job, []))
+    with pytest.raises(AssertionError, match="every format differs from the reference rules"):
+        verdict_property(case_dir, **(NEGATIVE | {"max_examples": 200}))()
+
+
 # --- The cases the issue names ------------------------------------------------------------
 
 
@@ -493,6 +504,32 @@ def test_a_later_row_with_a_bad_price_does_not_undo_the_product_before_it(fmt, t
     assert dumped["products"][1] == (1, "Pen", Decimal("1.50"))
     assert dumped["orders"][1] == (1, 5, 1, 3)
     assert reasons == ["price must be written without an exponent (got '1e2')"]
+
+
+@all_databases
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_orders_naming_parents_stored_earlier_take_the_fast_path(fmt, tmp_path, monkeypatch):
+    """A load of orders alone, into a database holding their users and products: each row
+    the run cannot vouch for is looked up inside the guard, and the batch is still written
+    without the careful path's read of every id (which would fail the load here)."""
+
+    def careful(self, job, attempts=3):
+        raise RuntimeError("the careful path was taken")
+
+    monkeypatch.setattr(BulkWriter, "write_carefully", careful)
+    stored = {"users": [("5", "Ann", "ann@example.com")], "products": [("1", "Pen", "1.50")]}
+    rows = {
+        "orders": [
+            ("1", "5", "1", "1"),
+            ("2", "5", "1", "2"),  # a batch whose parents are all stored
+            ("3", "9", "1", "1"),
+            ("4", "5", "1", "1"),  # a batch of which one row names a missing user
+            ("5", "9", "8", "1"),  # a batch whose one row names two missing parents
+        ]
+    }
+    dumped, reasons = load_rows(fmt, rows, tmp_path, stored=stored, batch_size=2)
+    assert stored_ids(dumped)["orders"] == [1, 2, 4]
+    assert reasons == ["user 9 does not exist", "user 9 does not exist; product 8 does not exist"]
 
 
 CASE_FOLDED = [
