@@ -36,6 +36,7 @@ import logging
 import os
 import zlib
 
+import numpy as np
 from django.apps import apps
 from django.db import IntegrityError, connections, transaction
 from django.db import models as dj_models
@@ -148,16 +149,40 @@ def existing_parents(parent_table, ids):
     return found
 
 
-def missing_parents(table_spec, rows):
-    """Return [(row index, Reference, parent id)] for every reference not committed."""
+def missing_parents(table_spec, rows, known=None):
+    """Return [(row index, Reference, parent id)] for every reference not committed.
+
+    rows: tuples, or a Block's integer array (checked a column at a time). known, if
+    given, is {parent table: ids found committed earlier}: those are not looked up again,
+    and the ids found now are added. The caller vouches that no deleter has committed
+    since (the deletion counters have not moved).
+    """
     missing = []
     for reference in table_spec.references:
         position = table_spec.position(reference.field)
-        wanted = {row[position] for row in rows if row[position] is not None}
-        present = existing_parents(reference.parent, wanted)
-        for index, row in enumerate(rows):
-            if row[position] is not None and row[position] not in present:
-                missing.append((index, reference, row[position]))
+        if isinstance(rows, np.ndarray):
+            column = rows[:, position]
+            wanted = set(np.unique(column).tolist())
+        else:
+            column = [row[position] for row in rows]
+            wanted = {pk for pk in column if pk is not None}
+        if known is None:
+            present = existing_parents(reference.parent, wanted)
+        else:
+            seen = known.setdefault(reference.parent, set())
+            present = existing_parents(reference.parent, wanted - seen)
+            seen |= present
+            present |= wanted & seen
+        absent = wanted - present
+        if not absent:
+            continue
+        if isinstance(column, np.ndarray):
+            at = np.flatnonzero(np.isin(column, np.fromiter(absent, np.int64, len(absent))))
+            missing.extend((index, reference, column[index].item()) for index in at.tolist())
+        else:
+            missing.extend(
+                (index, reference, pk) for index, pk in enumerate(column) if pk in absent
+            )
     return missing
 
 

@@ -183,16 +183,20 @@ class RunValidator:
             ids = values[:, 0].tolist()
             accepted.update(ids)
             self.rejected[spec.name].difference_update(ids)
-        unresolved = set()
+        unknown = np.zeros(len(values), dtype=bool)
         for reference in spec.references:
             named = values[:, spec.position(reference.field)]
-            known = self._accepted_ids(reference.parent).contains(named)
-            if not known.all():
-                unresolved.update(np.flatnonzero(~known).tolist())
+            unknown |= ~self._accepted_ids(reference.parent).contains(named)
         recheck = Recheck()
-        if unresolved:
-            rows = {i: tuple(values[i].tolist()) for i in unresolved}
-            recheck = Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, rows))
+        if unknown.any():
+            at = np.flatnonzero(unknown)
+            rejected = {}  # for the wording: the unknown parents this run rejected
+            for reference in spec.references:
+                if self.rejected[reference.parent]:
+                    named = values[at, spec.position(reference.field)].tolist()
+                    if ids := self.rejected[reference.parent].intersection(named):
+                        rejected[reference.parent] = frozenset(ids)
+            recheck = Recheck(frozenset(at.tolist()), rejected)
         return Validated(values, block.lines, [], recheck)
 
     def _accepted_ids(self, table):

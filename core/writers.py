@@ -69,9 +69,9 @@ def _hold_for_test(limit=60.0):
 
 
 def _rows_at(rows, indexes):
-    """The rows at indexes as tuples, whether rows is a Block's array or a list."""
+    """The rows at indexes: an array of a Block's array, else a list of its tuples."""
     if isinstance(rows, np.ndarray):
-        return list(map(tuple, rows[indexes].tolist()))
+        return rows[indexes]
     return [rows[i] for i in indexes]
 
 
@@ -127,6 +127,9 @@ class BulkWriter:
             f"INSERT INTO {self.db_table} ({self.column_list}) VALUES ({placeholders}) "
             "ON CONFLICT DO NOTHING"
         )
+        # Parent ids found committed by this writer's fast path, not looked up again while
+        # the deletion counters stay as they were when the run began (``_suspect_parents``).
+        self.parents_found = {}
         # Into an empty table, load first and build the secondary indexes after (finish):
         # sorted builds cost a fraction of inserting random keys into a B-tree.
         self.deferred_indexes = indexes.drop_for_load(alias, self.model)
@@ -201,13 +204,16 @@ class BulkWriter:
         if not (recheck and recheck.rows):
             return job, []
         to_check = sorted(recheck.rows)
-        problems = self._parent_problems(_rows_at(job.rows, to_check), to_check, recheck, set())
+        rows = _rows_at(job.rows, to_check)
+        problems = self._parent_problems(rows, to_check, recheck, set(), self.parents_found)
         _hold_for_test()
         if not problems:
             return job, []
         lines = columns.line_list(job.lines, len(job.rows))
         rejections = [
-            self._rejection(lines[i], _rows_at(job.rows, [i])[0], "; ".join(problems[i]))
+            self._rejection(
+                lines[i], columns.tuples(_rows_at(job.rows, [i]))[0], "; ".join(problems[i])
+            )
             for i in sorted(problems)
         ]
         return _without(job, problems.keys()), rejections
@@ -262,11 +268,11 @@ class BulkWriter:
                 kept_lines.append(line)
         return kept_rows, kept_lines, rejections
 
-    def _parent_problems(self, checked, to_check, recheck, suspects):
+    def _parent_problems(self, checked, to_check, recheck, suspects, known=None):
         """{row index: messages} for the rows of checked (at indexes to_check) whose parents
-        are not committed, looked up inside the guard."""
+        are not committed, looked up inside the guard (``guard.missing_parents``)."""
         problems = {}
-        for position, reference, pk in guard.missing_parents(self.spec, checked):
+        for position, reference, pk in guard.missing_parents(self.spec, checked, known):
             index = to_check[position]
             rejected = recheck.rejected.get(reference.parent, ()) if recheck else ()
             problem = parent_problem(
