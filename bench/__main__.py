@@ -71,6 +71,15 @@ def fresh_databases(name):
     return data_dir
 
 
+def with_parents(data_dir, parents_dir):
+    """data_dir once the parent tables' files are loaded into it (not measured)."""
+    process = manage(data_dir, "insert_data", "--from", str(parents_dir), "--no-progress")
+    _out, err = process.communicate()
+    if process.returncode:
+        sys.exit(f"bench: loading {parents_dir} failed: {err.strip()}")
+    return data_dir
+
+
 def _count(data_dir):
     total = 0
     for table in TABLES:
@@ -82,9 +91,11 @@ def _count(data_dir):
 def sqlite_rows(workload_dir, orders, on_row, repeat=1):
     """Measure each SQLite row repeat times, the approaches in turn; on_row(label, kind,
     median Measured, rows stored) per row at the end (kind "floor" marks the floor, first)."""
+    from bench import workload
     from bench.postgres import _insert_data_args
 
     schema = fresh_databases("schema")
+    parents_dir, children_dir = workload.by_level(workload_dir)
     steps = [
         (
             "SQLite: bare rowid tables, indexes built after (floor)",
@@ -122,6 +133,22 @@ def sqlite_rows(workload_dir, orders, on_row, repeat=1):
                 fresh_databases,
             )
         )
+    steps.append(
+        (
+            f"SQLite: {measure.AFTER_PARENTS}",
+            "",
+            lambda d: measure.manage(
+                "insert_data",
+                "--from",
+                str(children_dir),
+                "--no-progress",
+                env={"MULTIDS_DATA_DIR": str(d)},
+                label="insert_data (orders alone)",
+            ),
+            lambda name: with_parents(fresh_databases(name), parents_dir),
+        )
+    )
+    timed = {len(steps) - 1: workload.rows_in(children_dir)}
     runs = [[] for _ in steps]
     stored = [set() for _ in steps]
     for round_ in range(1, repeat + 1):
@@ -137,6 +164,7 @@ def sqlite_rows(workload_dir, orders, on_row, repeat=1):
             kind,
             measure.median(runs[index]),
             min(counts) if len(counts) > 1 else max(counts),
+            timed=timed.get(index),
         )
 
 
@@ -223,7 +251,7 @@ def main():
             workload_dir,
             args.orders,
             OUT / "postgres",
-            lambda label, *rest: pg.add(f"PostgreSQL: {label}", *rest),
+            lambda label, *rest, **options: pg.add(f"PostgreSQL: {label}", *rest, **options),
             args.repeat,
         )
     except (postgres.BenchError, measure.BenchFailed, postgres.psycopg.Error) as exc:

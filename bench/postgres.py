@@ -194,14 +194,24 @@ def run_postgres_bench(workload_dir, orders, scratch, on_row, repeat=1):
         ("from", "`insert_data --from` CSV (today's loader)"),
         ("jsonl", "`insert_data --from` JSONL (today's loader)"),
         ("synthetic", "`insert_data` synthetic (today's loader)"),
+        ("after", measure.AFTER_PARENTS),
     ]
     runs = {kind: [] for kind, _label in steps}
     for round_ in range(1, repeat + 1):
         measure.say_round("PostgreSQL", round_, repeat)
         for kind, label in steps:
             runs[kind].append(_measure_once(kind, label, workload_dir, orders, scratch, expected))
+    from bench.workload import by_level, rows_in
+
+    timed = {"after": rows_in(by_level(workload_dir)[1])}
     for kind, label in steps:
-        on_row(label, "floor" if kind == "floor" else "", measure.median(runs[kind]), expected)
+        on_row(
+            label,
+            "floor" if kind == "floor" else "",
+            measure.median(runs[kind]),
+            expected,
+            timed=timed.get(kind),
+        )
 
 
 def _measure_once(kind, label, workload_dir, orders, scratch, expected):
@@ -214,6 +224,13 @@ def _measure_once(kind, label, workload_dir, orders, scratch, expected):
             plan = scratch / f"today-plan-{uuid.uuid4().hex[:6]}.json"
             measured = _reference("pg-today", workload_dir, databases, plan)
         else:
+            if kind == "after":  # the parents first, not measured
+                from bench.workload import by_level
+
+                parents_dir = by_level(workload_dir)[0]
+                loaded = _manage("insert_data", "--from", str(parents_dir), env=databases.env)
+                if loaded.returncode:
+                    raise BenchError(f"loading {parents_dir} failed: {loaded.stderr.strip()}")
             measured = measure.manage(
                 *_insert_data_args(kind, workload_dir, orders),
                 env=databases.env,
@@ -227,10 +244,12 @@ def _measure_once(kind, label, workload_dir, orders, scratch, expected):
 
 
 def _insert_data_args(kind, workload_dir, orders):
-    from bench.workload import SIZES, as_jsonl
+    from bench.workload import SIZES, as_jsonl, by_level
 
     if kind == "from":
         return ("insert_data", "--from", str(workload_dir), "--no-progress")
+    if kind == "after":  # the orders alone (bench.workload.by_level)
+        return ("insert_data", "--from", str(by_level(workload_dir)[1]), "--no-progress")
     if kind == "jsonl":  # the same rows as JSONL files (bench.workload.as_jsonl)
         return ("insert_data", "--from", str(as_jsonl(workload_dir)), "--no-progress")
     return (

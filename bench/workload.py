@@ -3,6 +3,8 @@ the same rows as JSONL files (``as_jsonl``), as a person exporting them would wr
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 from django.db import models
@@ -70,3 +72,36 @@ def as_jsonl(csv_dir):
                 out.write(json.dumps(record) + "\n")
     stamp.write_text(wanted)
     return directory
+
+
+def by_level(csv_dir):
+    """(a directory of the parent tables' files, one of the child tables'), beside csv_dir:
+    a load of the parents, then a load of the children alone, as a daily load of orders
+    into a database that holds its users and products would run."""
+    csv_dir = Path(csv_dir)
+    parts = []
+    for suffix, children in (("parents", False), ("children", True)):
+        directory = csv_dir.with_name(f"{csv_dir.name}-{suffix}")
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        for table in TABLES:
+            if bool(SPECS[table].references) == children:
+                _link_or_copy(csv_dir / f"{table}.csv", directory / f"{table}.csv")
+        parts.append(directory)
+    return tuple(parts)
+
+
+def _link_or_copy(source, target):
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
+
+
+def rows_in(directory):
+    """The data rows of the CSV files in directory."""
+    total = 0
+    for path in Path(directory).glob("*.csv"):
+        with open(path, "rb") as handle:
+            total += sum(1 for _ in handle) - 1
+    return total
