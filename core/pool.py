@@ -396,16 +396,27 @@ class WriterPool:
             elif message.kind == "batch":
                 on_report(message)
 
+    def _exited_normally_unheard(self, tables):
+        return any(t not in self.done and self.processes[t].exitcode == 0 for t in tables)
+
     def _check_alive(self, on_report):
         """Raise LoadError if a writer failed or died without saying it was done.
 
         A writer's last messages reach the queue's pipe before its process exits, but may
         still be unread here: drain them before taking an exited writer for a crashed one.
         """
-        if not self.error and any(
-            t not in self.done and not p.is_alive() for t, p in self.processes.items()
-        ):
+        exited = [t for t, p in self.processes.items() if t not in self.done and not p.is_alive()]
+        if not self.error and exited:
             self.collect(on_report)
+            # A writer that exited normally has sent "done"; give a message still on its
+            # way (seen once in a long run of the checker) a moment before calling it lost.
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while (
+                not self.error
+                and self._exited_normally_unheard(exited)
+                and time.monotonic() < deadline
+            ):
+                self.collect(on_report, timeout=POLL_SECONDS / 4)
         if self.error:
             raise LoadError(self.error)
         for table, process in self.processes.items():

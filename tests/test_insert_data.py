@@ -1,6 +1,7 @@
 """insert_data as a user runs it: the demo data, re-runs, and the order of commits."""
 
 import gc
+import threading
 import time
 from decimal import Decimal
 
@@ -253,6 +254,26 @@ def test_a_writer_that_exits_after_reporting_is_not_taken_for_a_crash():
         pool.processes["users"].join(timeout=30)
         assert not pool.processes["users"].is_alive()
         pool._check_alive(lambda report: None)
+        assert pool.done == {"users"}
+    finally:
+        pool.close()
+
+
+@all_databases
+def test_a_writer_whose_last_message_is_still_on_its_way_is_not_taken_for_a_crash():
+    """The "done" of a writer that exited normally may come a moment after its exit: the
+    pool waits for it (briefly) before calling the writer lost."""
+    pool = WriterPool(["users"], pipeline._make_writer)
+    pool.start()
+    try:
+        pool.inboxes["users"].put(None)
+        pool.processes["users"].join(timeout=30)
+        done = pool.outbox.get(timeout=30)  # take the message away, and send it late
+        assert done.kind == "done"
+        late = threading.Timer(0.1, pool.outbox.put, [done])
+        late.start()
+        pool._check_alive(lambda report: None)
+        late.join()
         assert pool.done == {"users"}
     finally:
         pool.close()
