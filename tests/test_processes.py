@@ -4,8 +4,8 @@ Each test starts ``manage.py insert_data`` in a subprocess with its own data (SQ
 in a temporary directory, or fresh PostgreSQL databases), waits until orders are landing,
 notes the writer processes, signals the main process, and then asserts:
 
-* no process of that tree is left 2 s later (a zombie waiting to be reaped holds nothing
-  and counts as gone);
+* no process of that tree, nor any thread of one, is left 2 s later (a zombie waiting to
+  be reaped holds nothing and counts as gone);
 * every database is free: a SQLite write lock can be taken with no wait at all, and the
   PostgreSQL server has no connection left to the run's databases;
 * SIGTERM and SIGINT end with exit 143 / 130 and one line on stderr saying what was kept
@@ -162,13 +162,27 @@ def descendants(pid):
     return found
 
 
-def running(pid):
-    """Whether pid is a live process (not gone, not a zombie waiting to be reaped)."""
+def _state(stat_path):
+    """The one-letter state in a /proc stat file, or None once the task is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+        with open(stat_path) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def running(pid):
+    """Whether any thread of pid is live (a zombie waiting to be reaped holds nothing).
+
+    Every thread counts, not only the main one: when a process is killed its main thread can
+    show "Z" while another thread (a queue's feeder, say) is still on its way out, and the
+    open files, with their SQLite locks, are released only when the last thread has gone.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
+    return any(_state(f"/proc/{pid}/task/{tid}/stat") not in (None, "Z", "X") for tid in tasks)
 
 
 def wait_until_gone(pids, seconds):
@@ -301,6 +315,49 @@ def test_negative_control_without_the_parent_watch_writers_outlive_the_run(sqlit
     wait_until_gone(writers, 5)
     print(f"\nnegative control: {len(left)} of {len(writers)} writers outlived kill -9 by 2 s")
     assert left == writers
+
+
+# The main thread leaves with the raw exit syscall (one thread, unlike os._exit) while
+# another thread holds the write lock: the state in which a killed writer can be seen.
+HALF_EXITED = """
+import ctypes, platform, sqlite3, sys, threading, time
+def hold():
+    db = sqlite3.connect(sys.argv[1], isolation_level=None, check_same_thread=False)
+    db.execute("BEGIN IMMEDIATE")
+    print("locked", flush=True)
+    time.sleep(60)
+threading.Thread(target=hold).start()
+time.sleep(0.2)
+ctypes.CDLL(None).syscall({"x86_64": 60, "aarch64": 93}[platform.machine()], 0)
+"""
+
+
+@pytest.mark.skipif(
+    os.uname().machine not in ("x86_64", "aarch64"), reason="the exit syscall's number"
+)
+def test_a_process_whose_main_thread_is_a_zombie_runs_while_another_thread_holds_a_lock(
+    tmp_path,
+):
+    """What the lock checks rely on: "gone" waits for the last thread, not the main one."""
+    path = tmp_path / "held.db"
+    sqlite3.connect(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HALF_EXITED, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        deadline = time.monotonic() + 10
+        while _state(f"/proc/{holder.pid}/stat") != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _state(f"/proc/{holder.pid}/stat") == "Z"  # what a main-thread check saw
+        assert running(holder.pid)
+        with pytest.raises(pytest.fail.Exception, match="held.db is still locked"):
+            SQLite(tmp_path).assert_released()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not running(holder.pid)
+    SQLite(tmp_path).assert_released()
 
 
 # --- the bounds of the wait for parents, in one process ---------------------------------------
