@@ -7,9 +7,12 @@ registry; ``clean_user`` and friends below are that one path, per table.
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.tables import SPECS
 from core.validation import email_key
+from tests import reference_rules
 
 
 def clean_user(values):
@@ -194,3 +197,8 @@ def test_emails_may_not_hold_control_characters_either():
 def test_one_comparison_key_for_emails(a, b):
     assert email_key(a) == email_key(b)
     assert clean_user(("1", "A", a))[0][3] == clean_user(("2", "B", b))[0][3]
+
+
+@given(st.text(st.characters(codec="ascii"), max_size=30) | st.text(max_size=30))
+def test_the_ascii_way_to_the_email_key_is_the_general_one(text):
+    assert email_key(text) == reference_rules.email_key(text)
