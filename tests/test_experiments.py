@@ -1,0 +1,60 @@
+"""``python -m bench.experiments`` drives today's writers, so it must follow their API.
+
+It is not part of ``make bench`` or of any other command, which is how it came to call
+``BulkWriter.write`` with the arguments of an older version and fail on its first batch.
+These tests run its writer set-up and its jobs against the test databases, on a few rows.
+"""
+
+import pytest
+from django.db import connections
+
+from bench import experiments
+from core import indexes
+from core.models import Order
+from core.pg import PostgresBulkWriter
+from core.writers import BulkWriter
+from tests.conftest import all_databases
+
+pytestmark = all_databases
+
+ROWS = [(i, 1 + i % 7, 1 + i % 5, 1 + i % 3) for i in range(1, 26)]
+
+
+@pytest.fixture
+def restore_indexes():
+    yield
+    indexes.repair()
+
+
+def _writer_class():
+    vendor = connections["orders_db"].vendor
+    return PostgresBulkWriter if vendor == "postgresql" else BulkWriter
+
+
+def _stored():
+    return sorted(
+        Order.objects.using("orders_db").values_list("id", "user_id", "product_id", "quantity")
+    )
+
+
+def test_jobs_cover_every_row_once_in_order():
+    jobs = list(experiments._jobs(ROWS, 10))
+    assert [job.seq for job in jobs] == [1, 2, 3]
+    assert [row for job in jobs for row in job.rows] == ROWS
+    assert [line for job in jobs for line in job.lines] == list(range(len(ROWS)))
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["indexes in place", "deferred"])
+def test_the_orders_child_loads_through_todays_writer(deferred, restore_indexes):
+    writer = experiments._writer(_writer_class(), deferred)
+    absent = indexes.missing("orders_db", Order)
+    for job in experiments._jobs(ROWS, 10):
+        written = writer.write(job)
+        assert (written.stored, written.present, written.rejections) == (len(job.rows), 0, [])
+    assert _stored() == ROWS
+    if deferred:
+        assert {index.name for index in absent} == {
+            index.name for index in indexes.deferrable(Order, "orders_db")
+        }
+    else:
+        assert absent == []
