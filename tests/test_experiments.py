@@ -58,3 +58,14 @@ def test_the_orders_child_loads_through_todays_writer(deferred, restore_indexes)
         }
     else:
         assert absent == []
+
+
+def test_the_text_copy_mode_sends_text(restore_indexes):
+    if connections["orders_db"].vendor != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    writer = experiments._writer(PostgresBulkWriter, deferred=True)
+    experiments._use_copy_format(writer, "TEXT")
+    assert "FORMAT TEXT" in writer.copy_sql
+    for job in experiments._jobs(ROWS, 10):
+        assert writer.write(job).stored == len(job.rows)
+    assert _stored() == ROWS
