@@ -52,14 +52,15 @@ def _bigint(db_path):
     db.close()
 
 
-def _writer(writer_class, deferred):
-    """The orders writer for an empty table. Building one drops the deferrable indexes
-    (``core.indexes.drop_for_load``); a mode that keeps them in place builds them again
-    here, on the empty table, before the clock starts."""
+def _writer(deferred):
+    """insert_data's orders writer for this backend, on an empty table. Building one drops
+    the deferrable indexes (``core.indexes.drop_for_load``); a mode that keeps them in place
+    builds them again here, on the empty table, before the clock starts."""
     from core import indexes
     from core.models import Order
+    from core.pipeline import writer_for
 
-    writer = writer_class("orders", "orders_db")
+    writer = writer_for("orders", "orders_db")
     if not deferred:
         indexes.rebuild("orders_db", Order)
     return writer
@@ -81,10 +82,9 @@ def sqlite_child(mode, batch_size):
     django.setup()
     from core import indexes
     from core.models import Order
-    from core.writers import BulkWriter
 
     rows = _orders(OUT / "workload-1000000")
-    writer = _writer(BulkWriter, deferred="deferred" in mode)
+    writer = _writer(deferred="deferred" in mode)
     started = time.perf_counter()
     for job in _jobs(rows, batch_size):
         writer.write(job)
@@ -155,13 +155,12 @@ def pg_child(label):
 
     from core import indexes
     from core.models import Order
-    from core.pg import PostgresBulkWriter
 
     batch_size, copy_format, async_commit, deferred, parallel, memory = PG_MODES[label]
     indexes.PARALLEL_BUILDS["postgresql"] = parallel
     indexes.BUILD_SETTINGS_SQL["postgresql"] = [f"SET LOCAL maintenance_work_mem = '{memory}'"]
     rows = _orders(OUT / "workload-1000000")
-    writer = _writer(PostgresBulkWriter, deferred)
+    writer = _writer(deferred)
     started = time.perf_counter()
     if copy_format != "BINARY":
         _use_copy_format(writer, copy_format)

@@ -45,6 +45,15 @@ def manage(*args, data_dir, env=None, check=False, timeout=300):
 
 
 @pytest.fixture
+def restore_indexes():
+    """Whatever a test drops is built again, so later tests see the migrated schema."""
+    from core import indexes
+
+    yield
+    indexes.repair()
+
+
+@pytest.fixture
 def migrated_dir(tmp_path):
     """A data directory whose four SQLite files are migrated."""
     manage("migrate_all", data_dir=tmp_path, check=True)

@@ -11,24 +11,11 @@ from django.db import connections
 from bench import experiments
 from core import indexes
 from core.models import Order
-from core.pg import PostgresBulkWriter
-from core.writers import BulkWriter
 from tests.conftest import all_databases
 
 pytestmark = all_databases
 
 ROWS = [(i, 1 + i % 7, 1 + i % 5, 1 + i % 3) for i in range(1, 26)]
-
-
-@pytest.fixture
-def restore_indexes():
-    yield
-    indexes.repair()
-
-
-def _writer_class():
-    vendor = connections["orders_db"].vendor
-    return PostgresBulkWriter if vendor == "postgresql" else BulkWriter
 
 
 def _stored():
@@ -46,7 +33,7 @@ def test_jobs_cover_every_row_once_in_order():
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["indexes in place", "deferred"])
 def test_the_orders_child_loads_through_todays_writer(deferred, restore_indexes):
-    writer = experiments._writer(_writer_class(), deferred)
+    writer = experiments._writer(deferred)
     absent = indexes.missing("orders_db", Order)
     for job in experiments._jobs(ROWS, 10):
         written = writer.write(job)
@@ -63,7 +50,7 @@ def test_the_orders_child_loads_through_todays_writer(deferred, restore_indexes)
 def test_the_text_copy_mode_sends_text(restore_indexes):
     if connections["orders_db"].vendor != "postgresql":
         pytest.skip("COPY is PostgreSQL's")
-    writer = experiments._writer(PostgresBulkWriter, deferred=True)
+    writer = experiments._writer(deferred=True)
     experiments._use_copy_format(writer, "TEXT")
     assert "FORMAT TEXT" in writer.copy_sql
     for job in experiments._jobs(ROWS, 10):

@@ -62,13 +62,6 @@ def _index_sql(alias, table):
         return dict(cursor.fetchall())
 
 
-@pytest.fixture
-def restore_indexes():
-    """Whatever a test drops is built again, so later tests see the migrated schema."""
-    yield
-    indexes.repair()
-
-
 def _insert_orders(count, users=1000):
     connection = connections[ORDERS]
     rows = [(i, 1 + i % users, 1 + i % 97, 1) for i in range(1, count + 1)]
