@@ -404,6 +404,10 @@ class WriterPool:
 
         A writer's last messages reach the queue's pipe before its process exits, but may
         still be unread here: drain them before taking an exited writer for a crashed one.
+        Only the writers seen exited before the drain are judged: one that exits during it
+        may have sent its "done" after the drain read the pipe, and is judged at the next
+        call, after the next drain (asking is_alive() again here made a load fail, about
+        once in a hundred on a busy machine, with "stopped unexpectedly (exit 0)").
         """
         exited = [t for t, p in self.processes.items() if t not in self.done and not p.is_alive()]
         if not self.error and exited:
@@ -419,10 +423,11 @@ class WriterPool:
                 self.collect(on_report, timeout=POLL_SECONDS / 4)
         if self.error:
             raise LoadError(self.error)
-        for table, process in self.processes.items():
-            if table not in self.done and not process.is_alive():
+        for table in exited:
+            if table not in self.done:
                 raise LoadError(
-                    f"the {table} writer stopped unexpectedly (exit {process.exitcode})"
+                    f"the {table} writer stopped unexpectedly "
+                    f"(exit {self.processes[table].exitcode})"
                 )
 
     def finish(self, on_report):

@@ -279,6 +279,40 @@ def test_a_writer_whose_last_message_is_still_on_its_way_is_not_taken_for_a_cras
         pool.close()
 
 
+class _ExitsWhileChecked:
+    """A writer process seen alive by the first is_alive() and exited from the second on:
+    a writer that ends while the pool is checking on it."""
+
+    def __init__(self, process):
+        self.process = process
+        self.asked = 0
+
+    def is_alive(self):
+        self.asked += 1
+        return self.asked == 1 or self.process.is_alive()
+
+    def __getattr__(self, name):
+        return getattr(self.process, name)
+
+
+@all_databases
+def test_a_writer_that_exits_while_the_pool_checks_is_judged_after_the_next_drain():
+    """Its "done" may reach the pipe after the check drained it: the check must not call
+    the writer lost on a second look; the next check reads the message."""
+    pool = WriterPool(["users"], pipeline._make_writer)
+    pool.start()
+    try:
+        pool.inboxes["users"].put(None)
+        pool.processes["users"].join(timeout=30)  # exited; its "done" waits in the pipe
+        pool.processes["users"] = _ExitsWhileChecked(pool.processes["users"])
+        pool._check_alive(lambda report: None)  # saw it alive: nothing to judge yet
+        assert pool.done == set()
+        pool._check_alive(lambda report: None)
+        assert pool.done == {"users"}
+    finally:
+        pool.close()
+
+
 @all_databases
 def test_a_load_collects_garbage_rarely_and_then_restores_the_collector(monkeypatch, tmp_path):
     """Rows hold no reference cycles, and the default collector pace cost a third of a large
