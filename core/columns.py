@@ -36,7 +36,10 @@ MAX_DIGITS = 18  # every number of up to 18 digits fits in a signed 64-bit integ
 NEWLINE = ord("\n")
 QUOTE, SPACE, ZERO, NINE = map(ord, '" 09')
 
-# PostgreSQL's binary COPY: per row the field count, then each field's length and bytes.
+# PostgreSQL's binary COPY stream: signature, flags, header extension length; then per row
+# the field count and each field as its length and its big-endian bytes; then -1.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+COPY_TRAILER = b"\xff\xff"
 COPY_WIDTHS = {"bigint": ">i8", "integer": ">i4", "smallint": ">i2"}
 COPY_RANGES = {name: (np.iinfo(code).min, np.iinfo(code).max) for name, code in COPY_WIDTHS.items()}
 

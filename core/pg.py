@@ -40,14 +40,10 @@ import psycopg
 from django.db import transaction
 
 from core import columns
+from core.segment import Segment
 from core.writers import BulkWriter, _Redo
 
 SAVEPOINT = "multids_copy"
-
-# PostgreSQL's binary COPY stream: signature, flags, header extension length; then per row
-# the field count and each field as its length and its big-endian bytes; then -1.
-COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-COPY_TRAILER = b"\xff\xff"
 
 
 def packed_rows(types, rows):
@@ -95,6 +91,15 @@ class PostgresBulkWriter(BulkWriter):
         )
         self._staging_exists_on = None  # the raw connection whose staging table is committed
         self._staging_has_rows = False
+        self._segment_tried = False
+
+    def segment_for(self, cursor, job):
+        """The first job may open a segment (``core.segment``: the table is empty, so its
+        primary key is built at commit); later ones go the usual way."""
+        if self._segment_tried:
+            return None
+        self._segment_tried = True
+        return Segment.open(self, cursor, job)
 
     def insert_ignoring_conflicts(self, cursor, rows):
         """Insert rows, skipping any that clash with a unique key; return how many went in."""
@@ -131,7 +136,7 @@ class PostgresBulkWriter(BulkWriter):
             packed = packed_rows(self.copy_types, rows)
         with raw.copy(statement) as copy:
             if packed is not None:
-                copy.write(COPY_SIGNATURE + packed + COPY_TRAILER)
+                copy.write(columns.COPY_SIGNATURE + packed + columns.COPY_TRAILER)
                 return
             copy.set_types(self.copy_types)
             for row in rows:

@@ -198,15 +198,42 @@ class Gate:
             job = self.inbox.queued(timeout=0.002)
             if job is None:
                 continue
-            before = dict(self.needs)
-            for table, count in job.after.items():
-                self.needs[table] = max(self.needs.get(table, 0), count)
-            if join(job):
+            if self._offer(job, join):
                 joined += 1
             else:
-                self.needs = before
-                self.inbox.put_back(job)
                 join = None
+
+    def keep_joining(self, join, deadline):
+        """Offer join every job that comes next, waiting for each, until join refuses one
+        (it stays next), the end of the run is next, or time.monotonic() passes deadline.
+
+        For a transaction that takes in a whole table (``core.segment``): the jobs are
+        taken as the main process sends them, not only while parents commit. The caller's
+        transaction stays open meanwhile, so the wait is bounded as the others are: the run
+        is stopped (``Aborted``), the main process died (``Orphaned``), or the deadline
+        passed. Each joined job's parents are added to the wait (``wait_for_parents``).
+        """
+        while time.monotonic() < deadline:
+            if self.abort.is_set():
+                raise Aborted
+            self.watch.check()
+            if self.inbox.at_end():
+                return
+            job = self.inbox.queued(timeout=POLL_SECONDS)
+            if job is not None and not self._offer(job, join):
+                return
+
+    def _offer(self, job, join):
+        """Extend the wait to job's parents and offer it to join; a job refused goes back
+        to the front of the queue and the wait is as it was. Return whether job joined."""
+        before = dict(self.needs)
+        for table, count in job.after.items():
+            self.needs[table] = max(self.needs.get(table, 0), count)
+        if join(job):
+            return True
+        self.needs = before
+        self.inbox.put_back(job)
+        return False
 
     def give_back(self, current, jobs):
         """Put jobs back at the front of the queue, to be written again after current,
@@ -267,6 +294,10 @@ class Inbox:
 
     def put_back(self, *jobs):
         self.back[:0] = jobs
+
+    def at_end(self):
+        """Whether the end of the run is next (read already, and put back)."""
+        return bool(self.back) and self.back[0] is None
 
 
 def _writer_main(

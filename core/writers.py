@@ -26,6 +26,7 @@ A child table's writer (one holding references, ``core.tables``) also:
   its batch commits.
 """
 
+import functools
 import logging
 import os
 import time
@@ -97,6 +98,9 @@ class _NoGate:
     def wait_for_parents(self, join=None):
         pass
 
+    def keep_joining(self, join, deadline):
+        pass
+
     def any_flagged(self, tables):
         return False
 
@@ -153,27 +157,40 @@ class BulkWriter:
         joined = [job]
         written = []  # (rows inserted, rejections) of each joined job
 
-        def insert(this):
+        def insert(this, put):
             kept, rejections = self._without_missing_parents(this)
-            if self.insert_ignoring_conflicts(cursor, kept.rows) != len(kept.rows):
+            if put(kept.rows) != len(kept.rows):
                 raise _Redo
             written.append((len(kept.rows), rejections))
 
-        def join(later):
-            if not self._may_take_fast_path(later):
-                return False
-            joined.append(later)
-            insert(later)
-            return True
+        def joining(put, accepts=None):
+            def join(later):
+                if not self._may_take_fast_path(later) or (accepts and not accepts(later)):
+                    return False
+                joined.append(later)
+                insert(later, put)
+                return True
+
+            return join
 
         try:
             with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
                 guard.share(self.alias, self.parents)
-                insert(job)
-                # Inserted but not yet committed: wait for the parents, holding the guard
-                # (and writing the jobs queued meanwhile into this transaction).
-                self.gate.wait_for_parents(join)
+                segment = self.segment_for(cursor, job)
+                if segment is None:
+                    put = functools.partial(self.insert_ignoring_conflicts, cursor)
+                    insert(job, put)
+                    # Inserted but not yet committed: wait for the parents, holding the guard
+                    # (and writing the jobs queued meanwhile into this transaction).
+                    self.gate.wait_for_parents(joining(put))
+                else:  # the whole table in this transaction, its key built at the end
+                    with segment.stream() as put:
+                        insert(job, put)
+                        self.gate.keep_joining(joining(put, segment.accepts), segment.deadline)
+                    self.gate.wait_for_parents()
                 if self._suspect_parents():
+                    raise _Redo
+                if segment is not None and not segment.build_key():
                     raise _Redo
         except _Redo:
             # Every joined job was rolled back with it: they go back to the queue, to be
@@ -183,6 +200,11 @@ class BulkWriter:
             return Written(*self.write_carefully(as_tuples(job)))
         results = [Written(stored, 0, rejections) for stored, rejections in written]
         return results[0] if len(joined) == 1 else list(zip(joined, results, strict=True))
+
+    def segment_for(self, cursor, job):
+        """A ``core.segment.Segment`` taking job and the jobs after it into this transaction,
+        or None: here always (SQLite's rowid key is the table itself; nothing to defer)."""
+        return None
 
     def _may_take_fast_path(self, job):
         """Whether job may be written without reading what is stored first: no parent

@@ -8,7 +8,8 @@ database.
 import pytest
 from django.db import connections
 
-from core.pg import COPY_SIGNATURE, COPY_TRAILER, packed_rows
+from core.columns import COPY_SIGNATURE, COPY_TRAILER
+from core.pg import packed_rows
 from tests.conftest import all_databases
 
 ORDER_TYPES = ["bigint", "bigint", "bigint", "integer"]

@@ -272,7 +272,10 @@ def sqlite_db(migrated_dir):
 
 @pytest.fixture
 def postgres_db(pg_databases, postgres_server, tmp_path):  # noqa: F811
-    env = pg_databases()
+    """Fresh databases, loaded batch by batch: into the empty orders table a load would
+    otherwise copy every order in one transaction, in a fraction of a second, too short to
+    be interrupted reliably here (tests/test_segment.py interrupts that one on purpose)."""
+    env = pg_databases() | {"MULTIDS_LOAD_SEGMENT_MB": "0"}
     done = manage("migrate_all", data_dir=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     return Postgres(env, postgres_server)
@@ -473,6 +476,56 @@ def test_a_wait_with_the_end_of_the_run_queued_sleeps_instead_of_spinning():
     committer.join()
     assert used < 0.25, f"{used:.2f} CPU seconds in a 0.5 s wait"
     assert waiting.inbox.next() is None
+
+
+def test_a_transaction_that_takes_the_whole_table_waits_for_each_job_until_the_end():
+    """keep_joining (a load segment, core.segment) takes the jobs as they come, also those
+    sent after it began waiting, extends the wait to each one's parents, and stops with
+    the end of the run next."""
+    waiting = gate(10)
+    channel = multiprocessing.Queue()
+    waiting.inbox = pool.Inbox(channel, multiprocessing.Event(), ParentWatch(os.getppid()))
+    channel.put(job(2, 2))
+
+    def send_later():
+        time.sleep(0.5)  # longer than one poll of the queue
+        channel.put(job(3, 4))
+        channel.put(None)
+
+    sender = threading.Thread(target=send_later)
+    sender.start()
+    offered = []
+    waiting.keep_joining(lambda j: offered.append(j.seq) or True, time.monotonic() + 10)
+    sender.join()
+    assert offered == [2, 3]
+    assert waiting.needs == {"users": 4}
+    assert waiting.inbox.next() is None
+
+
+def test_keep_joining_leaves_a_refused_job_next_and_stops_at_its_deadline():
+    refusing = gate(10)
+    refusing.inbox = queued(job(2, 1), job(3, 5), job(4, 1))
+    offered = []
+    refusing.keep_joining(lambda j: offered.append(j.seq) or j.seq == 2, time.monotonic() + 10)
+    assert offered == [2, 3]
+    assert refusing.needs == {"users": 1}  # job 3's parents left the wait with it
+    assert [refusing.inbox.next().seq, refusing.inbox.next().seq] == [3, 4]
+    late = gate(10)
+    late.inbox = queued(job(2, 1))
+    late.keep_joining(lambda j: pytest.fail("joined after the deadline"), time.monotonic())
+    assert late.inbox.next().seq == 2
+
+
+def test_keep_joining_stops_when_the_run_is_aborted_or_the_main_process_is_gone():
+    stopping = gate(10)
+    stopping.inbox = queued()
+    stopping.abort.set()
+    with pytest.raises(Aborted):
+        stopping.keep_joining(lambda j: True, time.monotonic() + 10)
+    orphaned = gate(10, ParentWatch(os.getppid() + 1))
+    orphaned.inbox = queued()
+    with pytest.raises(Orphaned):
+        orphaned.keep_joining(lambda j: True, time.monotonic() + 10)
 
 
 @all_databases

@@ -127,13 +127,29 @@ def user_for(kind, rng):
     return rng.choice(sorted(candidates))
 
 
+# A load into an empty orders table on PostgreSQL commits every order at once, at its end,
+# inside the table's lock (core.segment). The schedules that fire a delete between two
+# committed order batches load batch by batch instead; random moments keep the default.
+BATCH_BY_BATCH = {"MULTIDS_LOAD_SEGMENT_MB": "0"}
+
+
 def delete_during_load(
-    backend, processes, *, user, with_orders, fire, guard=True, prepare=None, hold=None
+    backend,
+    processes,
+    *,
+    user,
+    with_orders,
+    fire,
+    guard=True,
+    prepare=None,
+    hold=None,
+    segments=False,
 ):
     """Start the load, run delete_row users USER when fire(load) returns; judge the end.
 
     prepare(backend), if given, runs first and returns the load's arguments (else LOAD);
-    hold, if given, is the load's ``core.writers.HOLD`` path.
+    hold, if given, is the load's ``core.writers.HOLD`` path; segments: whether a load into
+    the empty orders table may take it in one transaction (``BATCH_BY_BATCH`` when not).
 
     Returns a dict of facts; asserts everything that must hold whatever the timing (when the
     guard is on): the load exits 0, check_integrity is ok, an acknowledged delete holds,
@@ -160,7 +176,7 @@ def delete_during_load(
         *load_args,
         f"--rejects={rejects}",
         guard=guard,
-        env={HOLD: hold} if hold else None,
+        env=({HOLD: hold} if hold else {}) | ({} if segments else BATCH_BY_BATCH),
     )
     try:
         resume = fire(load)
@@ -288,6 +304,7 @@ def test_delete_row_racing_a_load_never_leaves_an_orphan(backend_factory):
                     user=user,
                     with_orders=with_orders,
                     fire=at_random_moment(backend, rng),
+                    segments=True,
                 )
             )
     print(f"\n{backend.name}: {len(tries)} tries")
