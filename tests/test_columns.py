@@ -470,3 +470,64 @@ def test_a_crlf_cut_by_the_read_limit_is_one_line_end(tmp_path, length):
         lambda p, w: [r for run in reading.jsonl_runs(p, w) for r in run],
     ):
         assert [line for line, _values in read(path, ORDER_KEYS)] == [1, 2]
+
+
+def readline_reference(path, limit):
+    """What the JSONL readers must number: the file object's lines (newline="": LF, CRLF
+    and CR end a line), numbered from 1, blank ones left out, those longer than limit None."""
+    out = []
+    with open(path, encoding="utf-8", newline="") as handle:
+        for number, line in enumerate(handle, 1):
+            text = line.rstrip("\r\n")
+            if len(text) > limit:
+                out.append((number, None))
+            elif text.strip():
+                out.append((number, text))
+    return out
+
+
+def line_runs_property(tmp_path_factory, **overrides):
+    """Lines cut into reads of 1 to 9 characters, with a line limit of 3 to 12, so every
+    way a read can end (inside a CRLF, inside a long line, on a blank line) is met."""
+
+    @settings(settings(max_examples=300, deadline=None), **overrides)
+    @given(
+        text=st.text(alphabet="ab {é\n\r\t", max_size=80),
+        size=st.integers(1, 9),
+        limit=st.integers(3, 12),
+    )
+    def run(text, size, limit):
+        path = tmp_path_factory.mktemp("lines") / "t.jsonl"
+        path.write_text(text, encoding="utf-8", newline="")
+        with (
+            mock.patch.object(reading, "MAX_RECORD", limit),
+            mock.patch.object(reading, "BLOCK", size),
+            reading.Opened(path) as opened,
+        ):
+            got = [
+                pair
+                for numbers, texts in reading._jsonl_line_runs(opened, size)
+                for pair in zip(numbers, texts, strict=True)
+            ]
+        assert got == readline_reference(path, limit), repr(text)
+
+    return run
+
+
+def test_jsonl_lines_read_in_blocks_are_the_file_objects_lines(tmp_path_factory):
+    line_runs_property(tmp_path_factory)()
+
+
+def test_a_block_reader_that_ends_lines_at_lf_only_fails_the_property(
+    tmp_path_factory, monkeypatch
+):
+    """The negative control: a CR alone no longer ends a line."""
+
+    def lf_only(text):
+        lines = text.split("\n")
+        last = lines.pop()  # empty, or what follows the last LF (up to a CR)
+        return [line.removesuffix("\r") for line in lines] + ([last] if last else [])
+
+    monkeypatch.setattr(reading, "_lines_of", lf_only)
+    with pytest.raises(AssertionError):
+        line_runs_property(tmp_path_factory, derandomize=True, max_examples=300)()
