@@ -276,6 +276,10 @@ def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.exit("usage: python -m bench.postgres WORKLOAD_DIR")
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "multids.settings")
+    django.setup()  # bench.workload reads the models
     from bench.workload import SIZES
 
     rows = measure.Table(expected_rows(args[0]))
