@@ -264,6 +264,22 @@ def test_negative_control_without_the_guard_and_the_lock_the_delete_leaves_orpha
 # --- which batches join, in-process (both backends) -----------------------------------------
 
 
+def load_in_batches_of_100(directory, *, users, products, orders):
+    """Write users 1..users, products 1..products and the orders rows as CSV files into
+    directory, load them in batches of 100 and return the LoadResult."""
+    from core.sources import FileSource
+
+    (directory / "users.csv").write_text(
+        "id,name,email\n" + "".join(f"{u},U{u},u{u}@example.com\n" for u in range(1, users + 1))
+    )
+    (directory / "products.csv").write_text(
+        "id,name,price\n" + "".join(f"{p},P{p},1.00\n" for p in range(1, products + 1))
+    )
+    with open(directory / "orders.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("id", "user_id", "product_id", "quantity"), *orders])
+    return pipeline.load(FileSource(directory), batch_size=100)
+
+
 def spy_on_segments(monkeypatch, log):
     """Note in log, one line per Segment.open, the batches the segment took (0: none was
     opened). The writers are forked, so they inherit the spy and write to the file."""
@@ -298,17 +314,7 @@ def test_orders_out_of_id_order_are_stored_as_in_order(monkeypatch, tmp_path):
     rows[400:] = reversed(rows[400:])  # the last 200 in descending order
     rows.append((5, 2, 2, 1))  # an id seen before, with other data: a conflict
     rows.append((6, 1 + 6 % 7, 1 + 6 % 3, 1))  # the same order again: already present
-    (tmp_path / "users.csv").write_text(
-        "id,name,email\n" + "".join(f"{u},U{u},u{u}@example.com\n" for u in range(1, 8))
-    )
-    (tmp_path / "products.csv").write_text(
-        "id,name,price\n" + "".join(f"{p},P{p},1.00\n" for p in range(1, 4))
-    )
-    with open(tmp_path / "orders.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([("id", "user_id", "product_id", "quantity"), *rows])
-    from core.sources import FileSource
-
-    result = pipeline.load(FileSource(tmp_path), batch_size=100)
+    result = load_in_batches_of_100(tmp_path, users=7, products=3, orders=rows)
     orders = result.tables["orders"]
     assert (orders.stored, orders.present, len(result.rejections)) == (600, 1, 1)
     assert "id 5 is already stored with different data" in result.rejections[0].reason
@@ -337,14 +343,8 @@ def test_a_key_that_cannot_be_built_rolls_the_segment_back_and_loads_the_usual_w
     the segment is rolled back (the key with it) and its batches are written again, with
     the verdicts a load without segments gives. Without the fallback the run would fail."""
     monkeypatch.setattr(segment, "increasing", lambda ids, after=None: True)
-    (tmp_path / "users.csv").write_text("id,name,email\n1,Ann,ann@example.com\n")
-    (tmp_path / "products.csv").write_text("id,name,price\n1,Pen,1.00\n")
     rows = [(i, 1, 1, 1) for i in range(1, 301)] + [(7, 1, 1, 1), (8, 1, 1, 2)]
-    with open(tmp_path / "orders.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([("id", "user_id", "product_id", "quantity"), *rows])
-    from core.sources import FileSource
-
-    result = pipeline.load(FileSource(tmp_path), batch_size=100)
+    result = load_in_batches_of_100(tmp_path, users=1, products=1, orders=rows)
     orders = result.tables["orders"]
     assert (orders.stored, orders.present, len(result.rejections)) == (300, 1, 1)
     assert "id 8 is already stored with different data" in result.rejections[0].reason
