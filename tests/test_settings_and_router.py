@@ -8,7 +8,7 @@ from django.db import connections
 from core.models import LoadRun, Order, Product, User
 from core.routers import DatabaseRouter
 from multids.settings import database_config
-from tests.conftest import ALL_DATABASES, all_databases
+from tests.conftest import ALL_DATABASES, all_databases, manage
 
 EXPECTED_TABLES = {
     "users_db": {"users"},
@@ -84,3 +84,19 @@ def test_a_sqlite_url_gets_the_same_tuning():
 def test_a_bad_url_names_its_variable():
     with pytest.raises(ImproperlyConfigured, match="USERS_DATABASE_URL"):
         database_config("users_db", {"USERS_DATABASE_URL": "nosuchscheme://x"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MULTIDS_LOAD_SEGMENT_MB", "lots"),
+        ("MULTIDS_WRITER_CACHE_MB", "-1"),
+        ("USERS_DATABASE_URL", "nosuchscheme://x"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it_and_exit_1(tmp_path, variable, value):
+    done = manage("insert_data", "--no-progress", data_dir=tmp_path, env={variable: value})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], done.stderr
