@@ -155,23 +155,7 @@ class Opened:
         if self.counter is None:
             raise SourceError(f"{self.path}: {too_long('header line')}")
         self.overlong.add(self.lines_read() + 1)
-        if ends_here:
-            return self._after_cr()
-        while block := self.read(BLOCK):
-            ends = [i for i in (block.find("\n"), block.find("\r")) if i >= 0]
-            if ends:
-                end = min(ends)
-                if block.startswith("\r\n", end):
-                    end += 1
-                elif end == len(block) - 1 and block[end] == "\r":  # a CR ends the block
-                    return self._after_cr()
-                return block[end + 1 :]
-        return ""
-
-    def _after_cr(self):
-        """The next block, without the LF that completes a CRLF cut between two blocks."""
-        following = self.read(BLOCK)
-        return following[1:] if following.startswith("\n") else following
+        return _past_line_end(self, ends_here)
 
 
 # Line breaks to str.splitlines but not to the csv module or the file object.
