@@ -168,6 +168,24 @@ DATABASE_SOURCES = {
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
+def _env_seconds(name, default):
+    """A positive number of seconds from the environment."""
+    text = os.environ.get(name, str(default))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ImproperlyConfigured(f"{name} must be a number of seconds above 0 (got {text!r})")
+    return value
+
+
+# How long a delete, check_integrity, an admin save or any other guarded write waits for the
+# reference guard (or for a lock a load or a delete holds) before it gives up with one line
+# naming the database and the holder (core.guard.bounded).
+MULTIDS_GUARD_TIMEOUT = _env_seconds("MULTIDS_GUARD_TIMEOUT", 30)
+
+
 def _env_megabytes(name, default):
     """A setting in whole megabytes from the environment (0 or more)."""
     text = os.environ.get(name, str(default))

@@ -543,7 +543,7 @@ def test_a_joining_job_that_needs_a_second_look_waits_for_its_own_parents():
     clashing = pool.Job(2, [2, 3], [(2, 1, 1, 1), (2, 1, 1, 1)], {"users": 2, "products": 1})
     waiting = Gate(committed, {}, multiprocessing.Event(), limit=10, inbox=queued(clashing))
     waiting.needs = dict(first.after)
-    writer = pipeline.writer_for("orders", "orders_db", waiting, {})
+    writer = pipeline.writer_for("orders", "orders_db", waiting)
     committer = commit_users_after(waiting, 0.3, 1)  # users batch 2 never commits
     written = writer.write(first)
     committer.join()
