@@ -21,6 +21,12 @@ def location(alias):
     return f"{host}{port}/{config['NAME']}"
 
 
+def sqlite_file_missing(alias):
+    """Whether alias is a SQLite file that does not exist (connecting would create it)."""
+    config = settings.DATABASES[alias]
+    return config["ENGINE"].endswith("sqlite3") and not Path(str(config["NAME"])).exists()
+
+
 def vendor(alias):
     return connections[alias].vendor
 
@@ -33,9 +39,8 @@ def check_ready(aliases):
     problems = []
     unreachable = False  # migrating cannot help a database we cannot reach
     for alias in aliases:
-        config = settings.DATABASES[alias]
-        if config["ENGINE"].endswith("sqlite3") and not Path(str(config["NAME"])).exists():
-            problems.append(f"{alias}: {config['NAME']} does not exist")
+        if sqlite_file_missing(alias):
+            problems.append(f"{alias}: {settings.DATABASES[alias]['NAME']} does not exist")
             continue
         connection = connections[alias]
         try:

@@ -244,7 +244,7 @@ def _migrations_applied(alias):
     return not executor.migration_plan(executor.loader.graph.leaf_nodes())
 
 
-def _routed_models():
+def routed_models():
     from core import tables
 
     return [(tables.alias(name), model) for name, model in tables.MODELS.items()]
@@ -258,7 +258,7 @@ def repair(aliases_and_models=None):
     migrations to apply is left alone: its indexes are the migration's to create, and
     building them first would make the migration fail on an existing name.
     """
-    pairs = _routed_models() if aliases_and_models is None else list(aliases_and_models)
+    pairs = routed_models() if aliases_and_models is None else list(aliases_and_models)
     repaired = []
     for alias, model in pairs:
         lacking = missing(alias, model)

@@ -10,26 +10,32 @@ already, and a concurrent load cannot produce a false orphan. A concurrent delet
 (child read, then child and parent deleted), so every orphan found is looked up again
 before it is reported.
 
-The guard (``core.guard``) keeps every write through Django from committing an orphan;
-this check is how writes that bypass Django (raw SQL, another program writing the files)
-are found.
+It also checks every comparison key (``core.fields.ComparisonKey``: the email's key)
+against its source, and the rows whose true keys clash (``StaleKey``, ``SharedKey``).
+
+The guard (``core.guard``) keeps every write through Django from committing an orphan or a
+stale key; this check is how writes that bypass Django (raw SQL, another program writing
+the files) are found. It only reads: a missing index is reported by the command, and built
+by ``migrate_all`` or ``check_integrity --repair``.
 
 The names ``delete_parent``, ``count_orders_for`` and ``HasOrders`` are the older spelling
 of ``core.deletion``'s, kept for the admin and the command line.
 """
 
+import contextlib
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import DatabaseError, connections
 
-from core import deletion
+from core import deletion, guard
 from core.lookups import missing_ids, query_chunks
 from core.tables import SPECS, spec
 
 DEFAULT_BATCH_SIZE = 50_000
 DEFAULT_KEEP = 100  # orphans kept in the result; the count covers all of them
 OK = "ok"
+STALE_KEYS_COMPARED = 100_000  # stale rows whose true keys are looked for among the others
 
 HasOrders = deletion.HasChildren
 
@@ -58,6 +64,49 @@ class Orphan:
         }
 
 
+@dataclass(frozen=True)
+class StaleKey:
+    """A row whose comparison key (``email_key``) is not the key of its source (``email``):
+    written behind the ORM's back, so the uniqueness it stands for is not enforced."""
+
+    table: str
+    id: object
+    column: str
+    stored: str | None
+    expected: str | None
+
+    def __str__(self):
+        return (
+            f"{self.table} {self.id}: {self.column} is {self.stored!r}, "
+            f"but its source gives {self.expected!r}"
+        )
+
+    def as_dict(self):
+        return {
+            "table": self.table,
+            "id": self.id,
+            "column": self.column,
+            "stored": self.stored,
+            "expected": self.expected,
+        }
+
+
+@dataclass(frozen=True)
+class SharedKey:
+    """Rows whose sources give the same comparison key: duplicates the key should refuse."""
+
+    table: str
+    column: str
+    key: str
+    ids: tuple
+
+    def __str__(self):
+        return f"{self.table} {', '.join(map(str, self.ids))} share {self.column} {self.key!r}"
+
+    def as_dict(self):
+        return {"table": self.table, "column": self.column, "key": self.key, "ids": list(self.ids)}
+
+
 @dataclass
 class IntegrityResult:
     """Totals of one check: rows seen, orphans (count and the first few), file checks."""
@@ -67,6 +116,9 @@ class IntegrityResult:
     orphans: list[Orphan] = field(default_factory=list)
     databases: dict[str, str] = field(default_factory=dict)  # alias -> "ok" or the problem
     scan_error: str | None = None  # the children could not all be read (a damaged file)
+    stale_key_count: int = 0  # rows whose comparison key is not the key of its source
+    stale_keys: list[StaleKey] = field(default_factory=list)
+    shared_keys: list[SharedKey] = field(default_factory=list)  # rows sharing one key
 
     @property
     def orders_checked(self):
@@ -80,7 +132,13 @@ class IntegrityResult:
 
     @property
     def ok(self):
-        return self.orphan_count == 0 and not self.corrupt and self.scan_error is None
+        return (
+            self.orphan_count == 0
+            and not self.corrupt
+            and self.scan_error is None
+            and self.stale_key_count == 0
+            and not self.shared_keys
+        )
 
     def as_dict(self):
         return {
@@ -92,11 +150,59 @@ class IntegrityResult:
             "databases": dict(self.databases),
             "corrupt": self.corrupt,
             "scan_error": self.scan_error,
+            "stale_key_count": self.stale_key_count,
+            "stale_keys": [k.as_dict() for k in self.stale_keys],
+            "shared_keys": [k.as_dict() for k in self.shared_keys],
         }
 
 
 def child_tables():
     return [s for s in SPECS.values() if s.references]
+
+
+@dataclass(frozen=True)
+class Unbacked:
+    """A child table whose rows name a parent table that is missing or empty: what a
+    dropped, emptied or lost parent database leaves (every such row is an orphan)."""
+
+    reference: object  # core.tables.Reference
+    rows: int
+
+    def __str__(self):
+        child, parent = spec(self.reference.child), spec(self.reference.parent)
+        noun = child.noun if self.rows == 1 else child.name
+        return (
+            f"{self.rows:,} {noun} in {child.alias} name {parent.name}, but {parent.name} in "
+            f"{parent.alias} is empty or missing: restore {parent.alias} from a backup, or "
+            f"delete those {child.name} (python manage.py check_integrity lists them)"
+        )
+
+
+def unbacked_references():
+    """Return an Unbacked for each reference whose parent table has no row (or no table,
+    or no file) while its child table has rows naming it. Cheap: one ``EXISTS`` per parent
+    table, and a count only for the children of an empty one."""
+    from core.databases import sqlite_file_missing
+
+    def count(table_spec, **where):
+        """Rows of table_spec matching where; 0 without its file or its table."""
+        if sqlite_file_missing(table_spec.alias):
+            return 0
+        try:
+            return table_spec.model.objects.using(table_spec.alias).filter(**where)[:1].count()
+        except DatabaseError:
+            return 0
+
+    found = []
+    for child in child_tables():
+        for reference in child.references:
+            if count(spec(reference.parent)):
+                continue
+            naming = {f"{reference.field}__isnull": False}
+            if count(child, **naming):
+                rows = child.model.objects.using(child.alias).filter(**naming).count()
+                found.append(Unbacked(reference, rows))
+    return found
 
 
 def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progress=None):
@@ -106,6 +212,15 @@ def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progres
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    # A load into an empty table holds it locked until its commit (core.segment), and a
+    # stopped process may hold it for ever: every read waits at most the guard's bound.
+    with contextlib.ExitStack() as bounded:
+        for alias in sorted({s.alias for s in SPECS.values()}):
+            bounded.enter_context(guard.bounded(alias, "a lock a writer holds"))
+        return _check(batch_size, keep, progress)
+
+
+def _check(batch_size, keep, progress):
     result = IntegrityResult()
     for alias in settings.DATABASES:
         result.databases[alias] = file_check(alias)
@@ -120,10 +235,63 @@ def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progres
                 if progress:
                     progress(result.orders_checked)
         except DatabaseError as exc:  # a damaged file: report how far the scan got
+            if guard.is_lock_wait(exc):
+                raise  # not damage: bounded() says what held it
             result.scan_error = (
                 f"{child.name}: stopped after {result.rows_checked[child.name]:,} rows: {exc}"
             )
+    for table_spec in SPECS.values():
+        for key in table_spec.keys:
+            try:
+                _check_key(result, table_spec, key, batch_size, keep)
+            except DatabaseError as exc:
+                if guard.is_lock_wait(exc):
+                    raise
+                result.scan_error = result.scan_error or f"{table_spec.name}.{key.column}: {exc}"
     return result
+
+
+def _check_key(result, table_spec, key, batch_size, keep):
+    """Find the rows whose key is stale, and the rows their true keys would clash with.
+
+    The key column is unique in the database, so two rows can share a true key only if one
+    of them is stale: the scan keeps the stale rows (the first ``STALE_KEYS_COMPARED``; the
+    count covers all), then looks their true keys up among the stored keys of rows that are
+    not stale, and among themselves.
+    """
+    rows = table_spec.model.objects.using(table_spec.alias)
+    stale = []
+    last = None
+    while True:
+        page = rows.order_by("pk")
+        if last is not None:
+            page = page.filter(pk__gt=last)
+        batch = list(page.values_list("pk", key.source, key.column)[:batch_size])
+        if not batch:
+            break
+        last = batch[-1][0]
+        for pk, source, stored in batch:
+            expected = None if source is None else key.normalize(source)
+            if expected != stored:
+                result.stale_key_count += 1
+                if len(stale) < STALE_KEYS_COMPARED:
+                    stale.append(StaleKey(table_spec.name, pk, key.column, stored, expected))
+    result.stale_keys.extend(stale[: max(keep - len(result.stale_keys), 0)])
+    owners = {}  # true key -> ids
+    wanted = {k.expected for k in stale if k.expected is not None}
+    stale_ids = {k.id for k in stale}  # their stored key is not theirs: they own nothing
+    for chunk in query_chunks(connections[table_spec.alias], sorted(wanted)):
+        for pk, stored in rows.filter(**{f"{key.column}__in": chunk}).values_list("pk", key.column):
+            if pk not in stale_ids:
+                owners.setdefault(stored, set()).add(pk)
+    for k in stale:
+        if k.expected is not None:
+            owners.setdefault(k.expected, set()).add(k.id)
+    result.shared_keys.extend(
+        SharedKey(table_spec.name, key.column, value, tuple(sorted(ids)))
+        for value, ids in sorted(owners.items())
+        if len(ids) > 1
+    )
 
 
 def _reference_columns(child):

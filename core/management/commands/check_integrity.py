@@ -1,20 +1,22 @@
 import json
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
-from core import integrity
+from core import indexes, integrity
 from core.databases import NotReady, check_ready
-from core.indexes import repair_and_say as repair_indexes
+from core.guard import GuardTimeout
 from core.tables import SPECS
 
 
 class Command(BaseCommand):
     help = (
         "Check that every cross-database reference (each order's user and product) names a "
-        "stored row (streaming the children in batches, so any size fits in memory) and run "
-        "PRAGMA integrity_check "
-        "on every SQLite file. Prints a summary and the first orphans. Exit 0 when everything "
-        "holds, 1 otherwise. Example: python manage.py check_integrity --json report.json"
+        "stored row (streaming the children in batches, so any size fits in memory), that "
+        "every comparison key (the email's) is the key of its source and unique, and run "
+        "PRAGMA integrity_check on every SQLite file. Only reads (see --repair). Prints a "
+        "summary and the first problems. Exit 0 when everything holds, 1 otherwise. "
+        "Example: python manage.py check_integrity --json report.json"
     )
 
     def add_arguments(self, parser):
@@ -38,6 +40,11 @@ class Command(BaseCommand):
             help=f"write the full report to FILE (lists up to {integrity.DEFAULT_KEEP:,} "
             "orphans, or --show if larger; the count covers all)",
         )
+        parser.add_argument(
+            "--repair",
+            action="store_true",
+            help="first build the indexes a stopped load left missing (migrate_all does too)",
+        )
 
     def handle(self, *args, **options):
         if options["batch_size"] < 1:
@@ -46,13 +53,16 @@ class Command(BaseCommand):
             raise CommandError(f"--show must be 0 or more (got {options['show']})")
         try:
             check_ready([s.alias for s in SPECS.values()])
-            repair_indexes(self.stdout)
         except NotReady as exc:
+            raise CommandError(self.not_ready(exc)) from exc
+        try:
+            self.indexes(options["repair"])
+            result = integrity.check_integrity(
+                batch_size=options["batch_size"],
+                keep=max(options["show"], integrity.DEFAULT_KEEP),
+            )
+        except GuardTimeout as exc:
             raise CommandError(str(exc)) from exc
-        result = integrity.check_integrity(
-            batch_size=options["batch_size"],
-            keep=max(options["show"], integrity.DEFAULT_KEEP),
-        )
         if options["json"]:
             try:
                 with open(options["json"], "w", encoding="utf-8") as handle:
@@ -61,11 +71,46 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from exc
         self.print_result(result, options["show"])
         if not result.ok:
+            problems = [
+                f"{result.orphan_count:,} orphaned row(s)",
+                f"{len(result.corrupt)} damaged database(s)",
+            ]
+            if result.stale_key_count or result.shared_keys:
+                problems.append(
+                    f"{result.stale_key_count:,} stale key(s), {len(result.shared_keys):,} "
+                    "shared key(s)"
+                )
             raise CommandError(
-                f"integrity check failed: {result.orphan_count:,} orphaned row(s), "
-                f"{len(result.corrupt)} damaged database(s)"
+                f"integrity check failed: {', '.join(problems)}"
                 + ("; the scan did not finish" if result.scan_error else "")
             )
+
+    def not_ready(self, exc):
+        """NotReady's message, and what the databases that can be read say about it: a
+        parent database recreated empty would orphan every child that names it."""
+        lines = [str(exc)]
+        try:
+            unbacked = integrity.unbacked_references()
+        except DatabaseError:
+            unbacked = []
+        lines.extend(f"  {u}" for u in unbacked)
+        if unbacked:
+            lines.append("  (migrate_all would create the missing tables empty)")
+        return "\n".join(lines)
+
+    def indexes(self, repair):
+        """Build (--repair) or mention the indexes a stopped load left missing; a load still
+        running has them missing too, so without --repair nothing is written."""
+        if repair:
+            indexes.repair_and_say(self.stdout)
+            return
+        for alias, model in indexes.routed_models():
+            lacking = indexes.missing(alias, model)
+            if lacking:
+                self.stdout.write(
+                    f"{alias}: {model._meta.db_table} lacks {', '.join(i.name for i in lacking)} "
+                    "(a load is running, or one stopped: migrate_all or --repair builds it)"
+                )
 
     def print_result(self, result, show):
         for name, status in result.databases.items():
@@ -78,5 +123,11 @@ class Command(BaseCommand):
             self.stdout.write(f"  {orphan}")
         if result.orphan_count > show:
             self.stdout.write(f"  ... and {result.orphan_count - show:,} more (use --json FILE)")
+        if result.stale_key_count:
+            self.stdout.write(f"{result.stale_key_count:,} stale key(s):")
+            for stale in result.stale_keys[:show]:
+                self.stdout.write(f"  {stale}")
+        for shared in result.shared_keys[:show]:
+            self.stdout.write(f"  {shared}")
         if result.ok:
             self.stdout.write(self.style.SUCCESS("Integrity holds."))

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 
+from core import integrity
 from core.databases import location
 from core.indexes import repair_and_say as repair_indexes
 from core.models import ReferenceGuard
@@ -58,8 +59,17 @@ class Command(BaseCommand):
                 self.stdout.write((head if number == 0 else " " * len(head)) + part)
         try:
             repair_indexes(self.stdout)
+            unbacked = integrity.unbacked_references()
         except DatabaseError as exc:
             raise CommandError(f"rebuilding a missing index failed: {exc}") from exc
+        if unbacked:
+            for problem in unbacked:
+                self.stdout.write(f"  {problem}")
+            raise CommandError(
+                f"migrated, but {len(unbacked)} reference(s) name an empty or missing table "
+                "(above): its database was lost, emptied or unapplied while rows of another "
+                "database still name its rows"
+            )
         self.stdout.write(self.style.SUCCESS("All databases migrated."))
 
     @staticmethod
