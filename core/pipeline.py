@@ -99,6 +99,9 @@ class Recheck:
 
     rows: frozenset = frozenset()  # row indexes whose parent was not known at validation
     rejected: dict = field(default_factory=dict)  # parent table -> ids rejected in this run
+    # parent table -> the row indexes whose parent of that table was not known: the only
+    # references the fast path looks up before the run's own parents are committed
+    by_parent: dict = field(default_factory=dict)
 
     def __bool__(self):
         return bool(self.rows)
@@ -184,9 +187,15 @@ class RunValidator:
             accepted.update(ids)
             self.rejected[spec.name].difference_update(ids)
         unknown = np.zeros(len(values), dtype=bool)
+        by_parent = {}
         for reference in spec.references:
             named = values[:, spec.position(reference.field)]
-            unknown |= ~self._accepted_ids(reference.parent).contains(named)
+            missing = ~self._accepted_ids(reference.parent).contains(named)
+            if missing.any():
+                unknown |= missing
+                by_parent[reference.parent] = by_parent.get(reference.parent, frozenset()) | (
+                    frozenset(np.flatnonzero(missing).tolist())
+                )
         recheck = Recheck()
         if unknown.any():
             at = np.flatnonzero(unknown)
@@ -196,7 +205,7 @@ class RunValidator:
                     named = values[at, spec.position(reference.field)].tolist()
                     if ids := self.rejected[reference.parent].intersection(named):
                         rejected[reference.parent] = frozenset(ids)
-            recheck = Recheck(frozenset(at.tolist()), rejected)
+            recheck = Recheck(frozenset(at.tolist()), rejected, by_parent)
         return Validated(values, block.lines, [], recheck)
 
     def _accepted_ids(self, table):
@@ -258,6 +267,7 @@ class RunValidator:
         the column pass): one ``issuperset`` per reference settles the common case in C.
         """
         unresolved = set()
+        by_parent = {}
         for reference in spec.references:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
@@ -266,10 +276,15 @@ class RunValidator:
             else:
                 named = list(map(itemgetter(position), rows))
             if not parents.issuperset(named):
-                unresolved.update(i for i, pk in enumerate(named) if pk not in parents)
+                unknown = {i for i, pk in enumerate(named) if pk not in parents}
+                unresolved.update(unknown)
+                by_parent[reference.parent] = by_parent.get(reference.parent, frozenset()) | (
+                    frozenset(unknown)
+                )
         if not unresolved:
             return Recheck()
-        return Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, unresolved))
+        rejected = self._rejected_parents(spec, rows, unresolved)
+        return Recheck(frozenset(unresolved), rejected, by_parent)
 
     def _reject(self, spec, bad):
         """Turn rows with problems into Rejections, naming missing parents too.

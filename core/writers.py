@@ -215,19 +215,29 @@ class BulkWriter:
     def _without_missing_parents(self, job):
         """(job without the rows whose parents are not committed, their rejections).
 
-        Only the rows the validator could not settle are looked up: their parents are not
-        the run's, so they must be committed already (by an earlier load or another
-        process). The lookup runs inside the guard, which no deleter can pass until this
-        transaction ends, and waits out a deleter still committing (``guard``). Rows of a
-        parent stored earlier take the fast path too, rather than the careful one's read
-        of every id in the batch.
+        Only the references the validator could not settle are looked up: those parents are
+        not the run's, so they must be committed already (by an earlier load or another
+        process). A parent the run accepted is not: this runs before the wait for the run's
+        parent batches, which may not have committed yet (an order naming a user of this run
+        and a product of an earlier one looks up the product alone). The lookup runs inside
+        the guard, which no deleter can pass until this transaction ends, and waits out a
+        deleter still committing (``guard``). Rows of a parent stored earlier take the fast
+        path too, rather than the careful one's read of every id in the batch.
         """
         recheck = job.recheck
         if not (recheck and recheck.rows):
             return job, []
-        to_check = sorted(recheck.rows)
-        rows = _rows_at(job.rows, to_check)
-        problems = self._parent_problems(rows, to_check, recheck, set(), self.parents_found)
+        problems = {}
+        for reference in self.spec.references:
+            to_check = sorted(recheck.by_parent.get(reference.parent, ()))
+            if not to_check:
+                continue
+            rows = _rows_at(job.rows, to_check)
+            found = self._parent_problems(
+                rows, to_check, recheck, set(), self.parents_found, references=[reference]
+            )
+            for index, messages in found.items():
+                problems.setdefault(index, []).extend(messages)
         _hold_for_test()
         if not problems:
             return job, []
@@ -290,11 +300,13 @@ class BulkWriter:
                 kept_lines.append(line)
         return kept_rows, kept_lines, rejections
 
-    def _parent_problems(self, checked, to_check, recheck, suspects, known=None):
+    def _parent_problems(self, checked, to_check, recheck, suspects, known=None, references=None):
         """{row index: messages} for the rows of checked (at indexes to_check) whose parents
-        are not committed, looked up inside the guard (``guard.missing_parents``)."""
+        (of references, default all) are not committed, looked up inside the guard
+        (``guard.missing_parents``)."""
         problems = {}
-        for position, reference, pk in guard.missing_parents(self.spec, checked, known):
+        missing = guard.missing_parents(self.spec, checked, known, references)
+        for position, reference, pk in missing:
             index = to_check[position]
             rejected = recheck.rejected.get(reference.parent, ()) if recheck else ()
             problem = parent_problem(
