@@ -9,6 +9,7 @@ import unicodedata
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
 from core import tables, validation
@@ -16,18 +17,50 @@ from core.admin.forms import ValidatedForm
 from core.routers import database_for
 
 MAX_SEARCH_TERMS = 10  # each term is one more OR (or one more query on users_db)
+# The longest value a list's URL parameter (search box, filter, sorting, page) may have.
+# SQLite refuses a LIKE pattern over 50,000 bytes ("LIKE or GLOB pattern too complex"), and
+# no name, email or domain comes near 1,000 characters.
+MAX_PARAMETER_LENGTH = 1000
+REFUSED_TEMPLATE = "admin/core/refused.html"
 
 
 def parse_id(text):
     """Return text as an id (1 to 2**63-1) if it is one written in ASCII digits, else None.
 
     ``str.isdigit()`` alone accepts "²" and "٣", which ``int()`` refuses or reads; an id
-    beyond the 64-bit range makes SQLite raise OverflowError and PostgreSQL a DataError.
+    beyond the 64-bit range makes SQLite raise OverflowError and PostgreSQL a DataError;
+    ``int()`` itself refuses more than 4,300 digits with a ValueError.
     """
     if not (isinstance(text, str) and text.isascii() and text.isdigit()):
         return None
+    text = text.lstrip("0") or "0"  # int() counts leading zeros towards its limit
+    if len(text) > len(str(validation.ID_MAX)):
+        return None
     number = int(text)
     return number if 1 <= number <= validation.ID_MAX else None
+
+
+def overlong_parameter(query):
+    """Say which parameter of a QueryDict is longer than MAX_PARAMETER_LENGTH, or None."""
+    for name, values in query.lists():
+        for value in values:
+            if len(value) > MAX_PARAMETER_LENGTH:
+                return (
+                    f"The {name[:50]} parameter is {len(value):,} characters long; "
+                    f"at most {MAX_PARAMETER_LENGTH:,} are accepted."
+                )
+    return None
+
+
+def refused(request, model_admin, message):
+    """A 400 page in the admin's look, saying in one line what was not accepted."""
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Not accepted",
+        "opts": model_admin.opts,
+        "message": message,
+    }
+    return TemplateResponse(request, REFUSED_TEMPLATE, context, status=400)
 
 
 def searchable(text):
@@ -57,6 +90,13 @@ class MultiDBModelAdmin(admin.ModelAdmin):
 
     def delete_model(self, request, obj):
         obj.delete(using=self.using)
+
+    def changelist_view(self, request, extra_context=None):
+        """Refuse (400) a parameter too long to be a search or a filter, before any query."""
+        problem = overlong_parameter(request.GET)
+        if problem:
+            return refused(request, self, problem)
+        return super().changelist_view(request, extra_context)
 
     def lookup_allowed(self, lookup, value, request=None):
         """Accept only the parameters of the declared list filters (each parses its own).
