@@ -75,6 +75,12 @@ def may(request, action, model):
     return request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
 
 
+def may_view(request, model):
+    """Whether the account may see model's rows: view or change permission, as the admin's
+    own ``has_view_permission`` decides."""
+    return may(request, "view", model) or may(request, "change", model)
+
+
 class MultiDBModelAdmin(admin.ModelAdmin):
     """Read and write the model in the database the router gives it, always by name."""
 
@@ -140,7 +146,7 @@ def admin_url(request, site, model, view, *args):
     may not open it or the model has no admin (a link would only lead to a 403 or 404)."""
     if not site.is_registered(model):
         return None
-    if not (may(request, "view", model) or may(request, "change", model)):
+    if not may_view(request, model):
         return None
     opts = model._meta
     try:
