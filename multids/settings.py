@@ -90,12 +90,16 @@ SECRET_KEY = secret_key(os.environ, debug=DEBUG, production=PRODUCTION, allowed_
 # say (tests/test_security.py). Behind a proxy that ends TLS, also set
 # MULTIDS_HTTPS_PROXY=1 so Django trusts its X-Forwarded-Proto header instead of
 # redirecting forever.
+BEHIND_HTTPS_PROXY = _env_flag("MULTIDS_HTTPS_PROXY")
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured(
         "MULTIDS_DEBUG=1 shows tracebacks and settings to every visitor; "
         "unset it when MULTIDS_PRODUCTION=1"
     )
 LOGIN_URL = "admin:login"
+# Failed logins are logged (account, address) and throttled per account and per address
+# (core.logins); the backend refuses a throttled attempt before checking its password.
+AUTHENTICATION_BACKENDS = ["core.logins.ThrottledModelBackend"]
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -106,7 +110,7 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    if _env_flag("MULTIDS_HTTPS_PROXY"):
+    if BEHIND_HTTPS_PROXY:
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # The debug page (MULTIDS_DEBUG=1) lists the environment, *_DATABASE_URL and their
 # passwords included; this filter hides them (and any password inside a URL).
