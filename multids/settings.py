@@ -45,13 +45,18 @@ ALLOWED_HOSTS = [
     for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
     if h.strip()
 ]
-PRODUCTION = _env_flag("MULTIDS_PRODUCTION")
-
 # The repository's key: public, so anything signed with it (sessions, the messages cookie,
 # password reset links) can be forged by anyone. It is used only where nobody else can reach
 # the site: with DEBUG on, or when every allowed host is this machine.
 DEVELOPMENT_SECRET_KEY = "multids-insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
 LOCAL_HOSTS = frozenset({"localhost", ".localhost", "127.0.0.1", "::1", "[::1]"})
+# Production (HTTPS only, HSTS, secure cookies: below) is the default as soon as a host other
+# than this machine is allowed, unless DEBUG says this is a developer's machine: forgetting
+# MULTIDS_PRODUCTION=1 must not serve a public host over plain HTTP. Turning it off for such
+# a host takes an explicit MULTIDS_PRODUCTION=0 (and check --deploy then warns).
+PRODUCTION = _env_flag(
+    "MULTIDS_PRODUCTION", default=bool(set(ALLOWED_HOSTS) - LOCAL_HOSTS) and not DEBUG
+)
 _GENERATE_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
 
 
@@ -66,16 +71,16 @@ def secret_key(env, *, debug, production, allowed_hosts):
         )
     if key:
         return key
-    if production:
-        raise ImproperlyConfigured(
-            f"DJANGO_SECRET_KEY must be set when MULTIDS_PRODUCTION=1 (generate one with: "
-            f"{_GENERATE_KEY})"
-        )
-    if remote and not debug:
+    if remote and not debug:  # production by default too: name the host, the reason
         raise ImproperlyConfigured(
             f"DJANGO_SECRET_KEY must be set: DJANGO_ALLOWED_HOSTS names {', '.join(remote)}, "
             "which other machines can reach, and the development key is public "
             f"(generate one with: {_GENERATE_KEY})"
+        )
+    if production:
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY must be set when MULTIDS_PRODUCTION=1 (generate one with: "
+            f"{_GENERATE_KEY})"
         )
     return DEVELOPMENT_SECRET_KEY
 
