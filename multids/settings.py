@@ -18,6 +18,7 @@ Every SQLite connection, file or URL, gets WAL, ``synchronous=NORMAL``, a busy t
 "database is locked".
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -260,7 +261,12 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic puts the admin's CSS and JS for a production server.
+STATIC_ROOT = Path(os.environ.get("MULTIDS_STATIC_ROOT") or BASE_DIR / "staticfiles")
+# In production the server itself serves them, through WhiteNoise (the `serve` extra), so
+# gunicorn alone is a whole site; without it, have the HTTPS proxy serve STATIC_ROOT.
+if PRODUCTION and importlib.util.find_spec("whitenoise"):
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 # django.request logs every 500 with its traceback, but Django's default sends it to the
 # console only with DEBUG on (and otherwise to ADMINS by mail, which we do not configure):
