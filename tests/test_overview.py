@@ -118,6 +118,8 @@ def test_showing_the_overview_runs_no_file_check_and_no_reference_scan(admin_cli
 SOAK = os.environ.get("MULTIDS_SOAK") == "1"
 
 
+# What made the page slow was SQLite's file check; the rerun on PostgreSQL allows no skip.
+@pytest.mark.sqlite_files
 @pytest.mark.slow
 @pytest.mark.skipif(not SOAK, reason="a million orders: run it with make soak")
 @all_databases
