@@ -35,6 +35,9 @@ from django.db import models
 from django.utils.deconstruct import deconstructible
 
 ID_MAX = 2**63 - 1  # BigIntegerField, on SQLite and PostgreSQL
+# No whole number any rule accepts comes near this many digits (ids have 19 at most); a
+# longer one is refused by its length, before any conversion (``_too_many_digits``).
+MAX_WHOLE_DIGITS = 100
 INT_RANGES = {
     "SmallIntegerField": (-(2**15), 2**15 - 1),
     "PositiveSmallIntegerField": (0, 2**15 - 1),
@@ -134,6 +137,25 @@ def _number_text_problem(field, text):
     return None
 
 
+def _too_many_digits(field, digits):
+    """The reason for a whole number far beyond any column's range, named by its size.
+
+    ``int()`` refuses to read more than 4,300 digits (a ValueError, which was a 500 in the
+    admin and a traceback in ``insert_data``), ``int(Decimal)`` of a million digits takes
+    half a minute, and a message should not repeat thousands of them.
+    """
+    return Invalid(field, f"{field} is too large: it has {digits:,} digits")
+
+
+def _digits(text, field):
+    """int(text) for a string of ASCII digits, refusing one with too many to be in range."""
+    if len(text) > MAX_WHOLE_DIGITS:  # int() counts leading zeros towards its limit
+        text = text.lstrip("0") or "0"
+        if len(text) > MAX_WHOLE_DIGITS:
+            raise _too_many_digits(field, len(text))
+    return int(text)
+
+
 def _whole_number(value, field):
     """Return value as an int: ints, whole-number strings (``7``, ``7.00``), whole Decimals."""
     if type(value) is int:
@@ -146,6 +168,8 @@ def _whole_number(value, field):
         text = value.strip()
         if PLAIN_NUMBER_RE.fullmatch(text):
             number = Decimal(text)
+            if number and number.adjusted() >= MAX_WHOLE_DIGITS:
+                raise _too_many_digits(field, number.adjusted() + 1)
             if number == number.to_integral_value():
                 return int(number)
         elif reason := _number_text_problem(field, text):
@@ -190,7 +214,7 @@ def id_rule(field):
 
     def convert(value):
         if type(value) is str and value.isdigit() and value.isascii():
-            number = int(value)  # the common case, in two C calls
+            number = _digits(value, field)  # the common case: a few C calls
         elif type(value) is int:
             number = value
         else:
@@ -211,7 +235,7 @@ def integer_rule(field, low, high, low_is_min=False):
 
     def convert(value):
         if type(value) is str and value.isdigit() and value.isascii():
-            number = int(value)
+            number = _digits(value, field)
         elif type(value) is int:
             number = value
         else:

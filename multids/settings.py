@@ -18,6 +18,7 @@ Every SQLite connection, file or URL, gets WAL, ``synchronous=NORMAL``, a busy t
 "database is locked".
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -45,13 +46,18 @@ ALLOWED_HOSTS = [
     for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
     if h.strip()
 ]
-PRODUCTION = _env_flag("MULTIDS_PRODUCTION")
-
 # The repository's key: public, so anything signed with it (sessions, the messages cookie,
 # password reset links) can be forged by anyone. It is used only where nobody else can reach
 # the site: with DEBUG on, or when every allowed host is this machine.
 DEVELOPMENT_SECRET_KEY = "multids-insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
 LOCAL_HOSTS = frozenset({"localhost", ".localhost", "127.0.0.1", "::1", "[::1]"})
+# Production (HTTPS only, HSTS, secure cookies: below) is the default as soon as a host other
+# than this machine is allowed, unless DEBUG says this is a developer's machine: forgetting
+# MULTIDS_PRODUCTION=1 must not serve a public host over plain HTTP. Turning it off for such
+# a host takes an explicit MULTIDS_PRODUCTION=0 (and check --deploy then warns).
+PRODUCTION = _env_flag(
+    "MULTIDS_PRODUCTION", default=bool(set(ALLOWED_HOSTS) - LOCAL_HOSTS) and not DEBUG
+)
 _GENERATE_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
 
 
@@ -66,16 +72,16 @@ def secret_key(env, *, debug, production, allowed_hosts):
         )
     if key:
         return key
-    if production:
-        raise ImproperlyConfigured(
-            f"DJANGO_SECRET_KEY must be set when MULTIDS_PRODUCTION=1 (generate one with: "
-            f"{_GENERATE_KEY})"
-        )
-    if remote and not debug:
+    if remote and not debug:  # production by default too: name the host, the reason
         raise ImproperlyConfigured(
             f"DJANGO_SECRET_KEY must be set: DJANGO_ALLOWED_HOSTS names {', '.join(remote)}, "
             "which other machines can reach, and the development key is public "
             f"(generate one with: {_GENERATE_KEY})"
+        )
+    if production:
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY must be set when MULTIDS_PRODUCTION=1 (generate one with: "
+            f"{_GENERATE_KEY})"
         )
     return DEVELOPMENT_SECRET_KEY
 
@@ -90,12 +96,16 @@ SECRET_KEY = secret_key(os.environ, debug=DEBUG, production=PRODUCTION, allowed_
 # say (tests/test_security.py). Behind a proxy that ends TLS, also set
 # MULTIDS_HTTPS_PROXY=1 so Django trusts its X-Forwarded-Proto header instead of
 # redirecting forever.
+BEHIND_HTTPS_PROXY = _env_flag("MULTIDS_HTTPS_PROXY")
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured(
         "MULTIDS_DEBUG=1 shows tracebacks and settings to every visitor; "
         "unset it when MULTIDS_PRODUCTION=1"
     )
 LOGIN_URL = "admin:login"
+# Failed logins are logged (account, address) and throttled per account and per address
+# (core.logins); the backend refuses a throttled attempt before checking its password.
+AUTHENTICATION_BACKENDS = ["core.logins.ThrottledModelBackend"]
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -106,7 +116,7 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    if _env_flag("MULTIDS_HTTPS_PROXY"):
+    if BEHIND_HTTPS_PROXY:
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # The debug page (MULTIDS_DEBUG=1) lists the environment, *_DATABASE_URL and their
 # passwords included; this filter hides them (and any password inside a URL).
@@ -269,7 +279,12 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic puts the admin's CSS and JS for a production server.
+STATIC_ROOT = Path(os.environ.get("MULTIDS_STATIC_ROOT") or BASE_DIR / "staticfiles")
+# In production the server itself serves them, through WhiteNoise (the `serve` extra), so
+# gunicorn alone is a whole site; without it, have the HTTPS proxy serve STATIC_ROOT.
+if PRODUCTION and importlib.util.find_spec("whitenoise"):
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 # django.request logs every 500 with its traceback, but Django's default sends it to the
 # console only with DEBUG on (and otherwise to ADMINS by mail, which we do not configure):

@@ -82,6 +82,9 @@ class Backend:
             "MULTIDS_TEST_DATA_DIR": str(self.data_dir),
             "PYTHONPATH": str(ROOT),
             "DJANGO_ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
+            # "testserver" is not local, which means production (HTTPS only) unless told:
+            # the test client speaks plain HTTP.
+            "MULTIDS_PRODUCTION": "0",
             # Django's test client is "testserver", not a local host: a key of its own
             "DJANGO_SECRET_KEY": "multids-concurrency-tests-" + "k" * 40,
         }

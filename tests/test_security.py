@@ -55,6 +55,25 @@ def test_check_deploy_does_warn_on_a_development_setup(tmp_path):
         assert warning in done.stderr
 
 
+def test_a_host_others_can_reach_is_production_without_being_told(tmp_path):
+    """Issue 32: a secret key and a public host, but no MULTIDS_PRODUCTION=1, gave no HSTS,
+    no HTTPS redirect and insecure cookies."""
+    env = production(MULTIDS_PRODUCTION="", DJANGO_ALLOWED_HOSTS="shop.example.com")
+    done = manage("check", "--deploy", "--fail-level", "WARNING", data_dir=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == NO_ISSUES
+
+
+def test_production_can_be_turned_off_only_by_saying_so(tmp_path):
+    """MULTIDS_PRODUCTION=0 is an explicit choice (a plain-HTTP intranet); check --deploy
+    then says what it costs."""
+    env = production(MULTIDS_PRODUCTION="0", DJANGO_ALLOWED_HOSTS="shop.example.com")
+    done = manage("check", "--deploy", "--fail-level", "WARNING", data_dir=tmp_path, env=env)
+    assert done.returncode != 0
+    for warning in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert warning in done.stderr
+
+
 def test_production_refuses_debug(tmp_path):
     done = manage("check", data_dir=tmp_path, env=production(MULTIDS_DEBUG="1"))
     assert done.returncode != 0

@@ -13,7 +13,12 @@ from django.test import Client
 from core import integrity, views
 from core.admin import parents as parent_admin
 from core.models import Order, User
-from tests.conftest import ALL_DATABASES, store_customers, store_products
+from tests.conftest import (
+    ALL_DATABASES,
+    behind_the_guards_back,
+    store_customers,
+    store_products,
+)
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -276,4 +281,72 @@ def test_the_order_list_links_to_users_and_products_for_who_may_open_them(
     client = Client()
     client.force_login(orders_only)
     page = client.get(ORDERS).content.decode()
-    assert "#1 Alice" in page and f'href="{USERS}1/change/"' not in page
+    assert "Alice" not in page and f'href="{USERS}1/change/"' not in page
+
+
+# --- Parents' text only for who may view the parent model (issue 32) ---------------------
+
+
+@pytest.fixture
+def change_orders_only(django_user_model):
+    """A staff account whose one permission is "change order": no view on customers."""
+    account = django_user_model.objects.create_user("change_orders", is_staff=True)
+    account.user_permissions.set(Permission.objects.filter(codename="change_order"))
+    client = Client()
+    client.force_login(account)
+    return client
+
+
+CUSTOMER_TEXT = ("Alice", "alice@example.com", "Bob", "bob@example.org", "Carol", "example.")
+
+
+def leaked(response):
+    page = response.content.decode()
+    return [text for text in CUSTOMER_TEXT if text in page]
+
+
+def test_an_order_clerk_sees_no_customer_names_or_emails(change_orders_only, rows):
+    listed = change_orders_only.get(ORDERS)
+    assert listed.status_code == 200 and leaked(listed) == []
+    assert '<td class="field-user">#1</td>' in listed.content.decode()
+    assert '<td class="field-product">#2</td>' in listed.content.decode()  # products too
+    assert "Mouse" not in listed.content.decode()
+    change_page = change_orders_only.get(f"{ORDERS}1/change/")
+    assert change_page.status_code == 200 and leaked(change_page) == []
+    assert "Laptop" not in change_page.content.decode()
+
+
+def test_an_order_clerk_cannot_walk_the_customers_by_re_pointing_an_order(change_orders_only, rows):
+    """It may still re-point the order (its permission), but sees only the new id."""
+    for user in (2, 3):
+        saved = change_orders_only.post(
+            f"{ORDERS}1/change/", {"user_id": user, "product_id": 1, "quantity": 2}
+        )
+        assert saved.status_code == 302
+        assert Order.objects.get(pk=1).user_id == user
+        assert leaked(change_orders_only.get(f"{ORDERS}1/change/")) == []
+        assert leaked(change_orders_only.get(ORDERS)) == []
+
+
+def test_an_order_clerk_cannot_find_orders_by_a_customers_email(change_orders_only, login, rows):
+    by_email = change_orders_only.get(ORDERS, {"q": "alice@example.com"})
+    assert by_email.status_code == 200 and list(by_email.context["cl"].result_list) == []
+    assert "email" not in by_email.context["cl"].search_help_text
+    # The control: an account that may view customers finds Alice's orders by her email.
+    found = login("view_only").get(ORDERS, {"q": "alice@example.com"}).context["cl"]
+    assert sorted(o.pk for o in found.result_list) == [1, 2]
+    assert "the user's email" in found.search_help_text
+
+
+def test_an_order_clerk_cannot_tell_a_stored_customer_from_a_missing_one(
+    change_orders_only, login, rows
+):
+    """An order naming a missing user (raw SQL) looks like any other to it."""
+    behind_the_guards_back(
+        "orders_db", "INSERT INTO orders (id, user_id, product_id, quantity) VALUES (9, 404, 1, 1)"
+    )
+    listed = change_orders_only.get(ORDERS).content.decode()
+    assert '<td class="field-user">#404</td>' in listed and "not found" not in listed
+    assert "not found" not in change_orders_only.get(f"{ORDERS}9/change/").content.decode()
+    # Who may view customers is told.
+    assert "user 404 not found" in login("view_only").get(ORDERS).content.decode()

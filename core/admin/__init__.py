@@ -34,9 +34,12 @@ from django.contrib import admin
 from django.urls import reverse_lazy
 
 from core.admin import catalog, orders  # noqa: F401  (registers the three ModelAdmins)
+from core.logins import ThrottledLoginForm
 
 admin.site.site_header = "multids administration"
 admin.site.site_title = "multids"
 admin.site.index_title = "Each table in its own database"
 # The "View site" link of every admin page leads to the databases overview.
 admin.site.site_url = reverse_lazy("core:overview")
+# The login form says so when an account or address is throttled (core.logins).
+admin.site.login_form = ThrottledLoginForm

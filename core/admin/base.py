@@ -6,9 +6,12 @@ what the declarations ask for."""
 
 import unicodedata
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
 from core import tables, validation
@@ -16,18 +19,55 @@ from core.admin.forms import ValidatedForm
 from core.routers import database_for
 
 MAX_SEARCH_TERMS = 10  # each term is one more OR (or one more query on users_db)
+# The longest value a list's URL parameter (search box, filter, sorting, page) may have.
+# SQLite refuses a LIKE pattern over 50,000 bytes ("LIKE or GLOB pattern too complex"), and
+# no name, email or domain comes near 1,000 characters.
+MAX_PARAMETER_LENGTH = 1000
+REFUSED_TEMPLATE = "admin/core/refused.html"
+# Facets (?_facets=1) count every choice of every filter over the table: 5-9 s per page on
+# a million orders. Above this many rows a list has none (at this size, a twentieth of that).
+FACETS_MAX_ROWS = 50_000
+# The most rows one admin action may select: the delete actions list each row they delete.
+MAX_ACTION_ROWS = 1000
 
 
 def parse_id(text):
     """Return text as an id (1 to 2**63-1) if it is one written in ASCII digits, else None.
 
     ``str.isdigit()`` alone accepts "²" and "٣", which ``int()`` refuses or reads; an id
-    beyond the 64-bit range makes SQLite raise OverflowError and PostgreSQL a DataError.
+    beyond the 64-bit range makes SQLite raise OverflowError and PostgreSQL a DataError;
+    ``int()`` itself refuses more than 4,300 digits with a ValueError.
     """
     if not (isinstance(text, str) and text.isascii() and text.isdigit()):
         return None
+    text = text.lstrip("0") or "0"  # int() counts leading zeros towards its limit
+    if len(text) > len(str(validation.ID_MAX)):
+        return None
     number = int(text)
     return number if 1 <= number <= validation.ID_MAX else None
+
+
+def overlong_parameter(query):
+    """Say which parameter of a QueryDict is longer than MAX_PARAMETER_LENGTH, or None."""
+    for name, values in query.lists():
+        for value in values:
+            if len(value) > MAX_PARAMETER_LENGTH:
+                return (
+                    f"The {name[:50]} parameter is {len(value):,} characters long; "
+                    f"at most {MAX_PARAMETER_LENGTH:,} are accepted."
+                )
+    return None
+
+
+def refused(request, model_admin, message):
+    """A 400 page in the admin's look, saying in one line what was not accepted."""
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Not accepted",
+        "opts": model_admin.opts,
+        "message": message,
+    }
+    return TemplateResponse(request, REFUSED_TEMPLATE, context, status=400)
 
 
 def searchable(text):
@@ -40,6 +80,12 @@ def may(request, action, model):
     """Whether the logged-in user has Django's ``action`` permission on model."""
     opts = model._meta
     return request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
+
+
+def may_view(request, model):
+    """Whether the account may see model's rows: view or change permission, as the admin's
+    own ``has_view_permission`` decides."""
+    return may(request, "view", model) or may(request, "change", model)
 
 
 class MultiDBModelAdmin(admin.ModelAdmin):
@@ -57,6 +103,13 @@ class MultiDBModelAdmin(admin.ModelAdmin):
 
     def delete_model(self, request, obj):
         obj.delete(using=self.using)
+
+    def changelist_view(self, request, extra_context=None):
+        """Refuse (400) a parameter too long to be a search or a filter, before any query."""
+        problem = overlong_parameter(request.GET)
+        if problem:
+            return refused(request, self, problem)
+        return super().changelist_view(request, extra_context)
 
     def lookup_allowed(self, lookup, value, request=None):
         """Accept only the parameters of the declared list filters (each parses its own).
@@ -100,7 +153,7 @@ def admin_url(request, site, model, view, *args):
     may not open it or the model has no admin (a link would only lead to a 403 or 404)."""
     if not site.is_registered(model):
         return None
-    if not (may(request, "view", model) or may(request, "change", model)):
+    if not may_view(request, model):
         return None
     opts = model._meta
     try:
@@ -113,11 +166,37 @@ def admin_url(request, site, model, view, *args):
 
 class TableChangeList(ChangeList):
     """A changelist that lets the admin annotate the page's rows in one pass (a few queries
-    per page, never one per row)."""
+    per page, never one per row), and shows facets (``?_facets=1``) only for small tables."""
+
+    def __init__(self, request, *args, **kwargs):
+        super().__init__(request, *args, **kwargs)
+        if self.add_facets and self.above_facets_size():
+            messages.info(
+                request,
+                f"Counts are not shown for lists of more than {FACETS_MAX_ROWS:,} "
+                f"{self.opts.verbose_name_plural}.",
+            )
+            self.add_facets = self.is_facets_optional = False
+        elif self.result_count > FACETS_MAX_ROWS:  # counted for the page anyway
+            self.is_facets_optional = False  # no "Show counts" link that would be refused
+
+    def above_facets_size(self):
+        """Whether the table has more than FACETS_MAX_ROWS rows, at the cost of reading that
+        many at most (a COUNT over a LIMIT), however large it is."""
+        rows = self.root_queryset.order_by()[: FACETS_MAX_ROWS + 1]
+        return rows.count() > FACETS_MAX_ROWS
 
     def get_results(self, request):
         super().get_results(request)
         self.result_list = self.model_admin.annotate_results(request, list(self.result_list))
+
+
+def selected_count(request, queryset):
+    """How many rows an action POST selects: the ticked boxes, or with "select all" every
+    row of the list as filtered (one COUNT)."""
+    if forms.BooleanField(required=False).to_python(request.POST.get("select_across")):
+        return queryset.order_by().count()
+    return len(set(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)))
 
 
 class TableAdmin(NextIdMixin, MultiDBModelAdmin):
@@ -131,6 +210,7 @@ class TableAdmin(NextIdMixin, MultiDBModelAdmin):
     """
 
     form = ValidatedForm
+    max_action_rows = MAX_ACTION_ROWS
 
     def __init__(self, model, admin_site):
         self.spec = tables.spec(model)
@@ -167,6 +247,24 @@ class TableAdmin(NextIdMixin, MultiDBModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return TableChangeList
+
+    def response_action(self, request, queryset):
+        """Refuse an action on more than ``max_action_rows`` rows before it runs, and say so.
+
+        "Select all" on 100,000 customers made "delete selected" render a confirmation page
+        of 25 MB in 14 s (issue 32); the actions bar says the limit beside that link.
+        """
+        count = selected_count(request, queryset)
+        if count > self.max_action_rows:
+            plural = self.opts.verbose_name_plural
+            self.message_user(
+                request,
+                f"An action takes at most {self.max_action_rows:,} {plural} at once, and "
+                f"{count:,} were selected: filter the list, or select fewer, and try again.",
+                messages.ERROR,
+            )
+            return None  # Django goes back to the list, which shows the message
+        return super().response_action(request, queryset)
 
     def annotate_results(self, request, rows):
         """Return the rows of a changelist page, with whatever their columns need."""

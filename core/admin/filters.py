@@ -46,9 +46,10 @@ class RangeFilter(admin.SimpleListFilter):
         return [(str(i), label) for i, (label, _low, _high) in enumerate(self.brackets)]
 
     def queryset(self, request, queryset):
-        value = self.value()
-        index = int(value) if value and value.isascii() and value.isdigit() else None
-        if index is None or index >= len(self.brackets):
+        value = self.value() or ""
+        known = [str(i) for i in range(len(self.brackets))]
+        index = known.index(value) if value in known else None
+        if index is None:
             return queryset
         _label, low, high = self.brackets[index]
         condition = Q(**{f"{self.field}__gte": low})

@@ -4,14 +4,19 @@ Everything comes from the references (``core.tables``), so a new table that refe
 users needs only ``admin.site.register(Model, ReferencingAdmin)``:
 
 * a list column per reference, showing the parent's ``str`` ("#7 Ann <ann@example.com>")
-  linked to the parent's admin page (for an account that may open it), or a warning when
-  the parent is missing; the parents of a page are read with one query per parent table,
-  however many rows and references the page has;
+  linked to the parent's admin page, or a warning when the parent is missing; the parents
+  of a page are read with one query per parent table, however many rows and references the
+  page has;
 * a read-only field per reference on the form, naming the parent as its database has it;
 * a list filter per reference (``?user_id=7``: the children of one parent), which is what
   the delete page of a parent links to;
 * a search box matching ids against the row's id and every reference, and any other term
   against the parents' unique keys (an order is found by its user's email);
+* a parent's text (column, read-only field, search by its keys) only for an account that
+  may view the parent model: to any other, a reference is its id alone ("#7"), whether or
+  not the parent exists, so "change order" does not show every customer's name and email.
+  The form still refuses a reference to a missing parent (that is its job), so such an
+  account learns whether the id it types exists, and nothing else about it;
 * the form checks every reference (``ValidatedForm``), and if the guard still refuses the
   save (``core.guard.MissingParent``: the parent was deleted between the form's check and
   the save), the form is shown again with the guard's words and nothing is stored.
@@ -22,7 +27,7 @@ from django.db.models import Q
 from django.utils.html import format_html
 
 from core import tables
-from core.admin.base import TableAdmin, admin_url, parse_id, searchable
+from core.admin.base import TableAdmin, admin_url, may_view, parse_id, searchable
 from core.admin.filters import reference_filter
 from core.guard import MissingParent
 
@@ -34,17 +39,18 @@ def column_name(reference):
     return reference.field.removesuffix("_id")
 
 
-def attach_parents(rows, table_spec):
+def attach_parents(rows, table_spec, references=None):
     """Set ``row.parents = {reference field: parent or None}``; return the rows.
 
     One query per parent table, whatever the number of rows and of references to that
     table: reading each parent on its own would cost one query per row and reference.
+    ``references`` limits the lookups to some of the table's references (default: all).
     """
     rows = list(rows)
     for row in rows:
         row.parents = {}
     by_parent = {}
-    for reference in table_spec.references:
+    for reference in table_spec.references if references is None else references:
         by_parent.setdefault(reference.parent, []).append(reference)
     for parent_table, references in by_parent.items():
         parent = tables.spec(parent_table)
@@ -64,19 +70,34 @@ class ReferencingAdmin(TableAdmin):
 
     def __init__(self, model, admin_site):
         super().__init__(model, admin_site)
-        if self.search_help_text is None:
+        self.generated_help = self.search_help_text is None
+        if self.generated_help:
             self.search_help_text = self.default_search_help_text()
 
-    def default_search_help_text(self):
-        """ "Search reviews by id, by user or product id, or by the user's email"."""
+    def default_search_help_text(self, references=None):
+        """ "Search reviews by id, by user or product id, or by the user's email"; the keys
+        named are those of ``references`` (default: every reference's parent)."""
         nouns = " or ".join(dict.fromkeys(r.noun for r in self.spec.references))
         text = f"Search {self.opts.verbose_name_plural} by id, by {nouns} id"
         keyed = [
             f"the {r.noun}'s {key.source}"
-            for r in self.spec.references
+            for r in (self.spec.references if references is None else references)
             for key in tables.spec(r.parent).keys
         ]
         return text + (f", or by {' or '.join(keyed)}." if keyed else ".")
+
+    def visible_references(self, request):
+        """The references whose parent this account may view (their text, their keys)."""
+        return [r for r in self.spec.references if may_view(request, tables.spec(r.parent).model)]
+
+    def get_changelist_instance(self, request):
+        """The list, its search help naming only the keys this account may search by."""
+        changelist = super().get_changelist_instance(request)
+        if self.generated_help:
+            changelist.search_help_text = self.default_search_help_text(
+                self.visible_references(request)
+            )
+        return changelist
 
     def generated_attributes(self):
         attributes = dict(super().generated_attributes())
@@ -96,7 +117,9 @@ class ReferencingAdmin(TableAdmin):
         @admin.display(description=reference.noun, ordering=reference.field)
         def column(row):
             pk = getattr(row, reference.field)
-            parent = row.parents.get(reference.field)
+            if reference.field not in row.parents:  # this account may not view the parent
+                return f"#{pk}"
+            parent = row.parents[reference.field]
             if parent is None:
                 return format_html(
                     '<strong class="errornote">{} {} not found</strong>', reference.noun, pk
@@ -122,10 +145,11 @@ class ReferencingAdmin(TableAdmin):
         return details
 
     def annotate_results(self, request, rows):
-        rows = attach_parents(super().annotate_results(request, rows), self.spec)
+        visible = self.visible_references(request)
+        rows = attach_parents(super().annotate_results(request, rows), self.spec, visible)
         for row in rows:
             row.parent_urls = {}
-        for reference in self.spec.references:
+        for reference in visible:
             model = tables.spec(reference.parent).model
             if admin_url(request, self.admin_site, model, "changelist") is None:
                 continue  # not registered, or this account may not open it
@@ -145,23 +169,27 @@ class ReferencingAdmin(TableAdmin):
         )
 
     def get_fields(self, request, obj=None):
+        """The table's fields, each reference followed by its parent's details for an
+        account that may view the parent."""
         if self.fields:
             return self.fields
+        visible = self.visible_references(request)
         fields = []
         for field in self.spec.fields:
             fields.append(field)
             reference = self._reference(field)
-            if reference:
+            if reference in visible:
                 fields.append(f"{column_name(reference)}_details")
         return fields
 
     def get_readonly_fields(self, request, obj=None):
-        details = tuple(f"{column_name(r)}_details" for r in self.spec.references)
+        details = tuple(f"{column_name(r)}_details" for r in self.visible_references(request))
         return tuple(super().get_readonly_fields(request, obj)) + details
 
     def get_search_results(self, request, queryset, search_term):
         """Match ids (ASCII digits) against the row's id and every reference; other terms
-        against the parents' unique keys (one query per parent table and term).
+        against the unique keys of the parents this account may view (one query per parent
+        table and term).
 
         The tables cannot be joined across databases, so a parent is looked up first, then
         its children by reference id. A number beyond the id range matches nothing.
@@ -169,6 +197,7 @@ class ReferencingAdmin(TableAdmin):
         terms = searchable(search_term).split()
         if not terms:
             return queryset, False
+        keyed = self.visible_references(request)
         conditions = Q(pk__in=[])
         for term in terms:
             n = parse_id(term)
@@ -177,7 +206,7 @@ class ReferencingAdmin(TableAdmin):
                 for reference in self.spec.references:
                     conditions |= Q(**{reference.field: n})
             elif not term.isdigit():
-                for reference in self.spec.references:
+                for reference in keyed:
                     conditions |= Q(
                         **{f"{reference.field}__in": self._parents_keyed(reference, term)}
                     )
