@@ -165,6 +165,20 @@ def _timeout_message(alias, what):
 
 
 @contextlib.contextmanager
+def translated(alias, what="the reference guard"):
+    """Turn a lock wait on alias that gave up into ``GuardTimeout`` naming alias, without
+    setting a bound (the connection's own applies)."""
+    try:
+        yield
+    except GuardTimeout:
+        raise
+    except OperationalError as exc:
+        if not is_lock_wait(exc):
+            raise
+        raise GuardTimeout(_timeout_message(alias, what)) from exc
+
+
+@contextlib.contextmanager
 def bounded(alias, what="the reference guard"):
     """Bound every lock wait on alias's connection inside the block by ``timeout()``; turn a
     wait that gives up into ``GuardTimeout`` naming alias (never a bare "database is locked").
@@ -175,13 +189,8 @@ def bounded(alias, what="the reference guard"):
     connection = connections[alias]
     restore = _set_lock_timeout(connection, timeout())
     try:
-        yield
-    except GuardTimeout:
-        raise
-    except OperationalError as exc:
-        if not is_lock_wait(exc):
-            raise
-        raise GuardTimeout(_timeout_message(alias, what)) from exc
+        with translated(alias, what):
+            yield
     finally:
         if restore is not None:
             restore()
@@ -190,8 +199,14 @@ def bounded(alias, what="the reference guard"):
 def _set_lock_timeout(connection, seconds):
     """Set the connection's lock wait bound; return a function that puts the old one back
     (None when the transaction's end does that)."""
-    connection.ensure_connection()
     millis = max(int(seconds * 1000), 1)
+    if connection.vendor == "sqlite":
+        # sqlite3.connect's timeout (Django's OPTIONS "timeout", 5 s unless set) is the busy
+        # timeout every new connection starts with: when it is the bound, nothing to do.
+        configured = connection.settings_dict.get("OPTIONS", {}).get("timeout", 5.0)
+        if int(float(configured) * 1000) == millis:
+            return None
+    connection.ensure_connection()
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute("PRAGMA busy_timeout")

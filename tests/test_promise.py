@@ -377,3 +377,32 @@ def test_check_integrity_behind_a_held_orders_table_gives_up_or_reads_beside_it(
                 check_integrity()
         else:
             assert check_integrity().ok
+
+
+@all_databases
+def test_an_admin_save_behind_a_deleter_answers_503_with_the_wait(settings, admin_client):
+    seed()
+    settings.MULTIDS_GUARD_TIMEOUT = 0.5
+    with Holder("orders_db", lambda alias: guard.exclusive(alias, "users")):
+        response = admin_client.post(
+            "/admin/core/order/add/",
+            {"id": "9", "user_id": "1", "product_id": "1", "quantity": "1"},
+        )
+    assert response.status_code == 503
+    assert response.context["message"].startswith("waited 0.5 s for ")
+    assert "in orders_db (" in response.context["message"]
+    assert not Order.objects.filter(id=9).exists()
+
+
+@all_databases
+def test_an_admin_delete_behind_a_load_says_it_waited(settings, admin_client):
+    seed()
+    settings.MULTIDS_GUARD_TIMEOUT = 0.5
+    with Holder("orders_db", lambda alias: guard.share(alias, ["users"])):
+        response = admin_client.post("/admin/core/user/3/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    messages = [str(m) for m in response.wsgi_request._messages]
+    assert messages[0].startswith(
+        "Customer 3 was not deleted: waited 0.5 s for the reference guard in orders_db"
+    )
+    assert User.objects.filter(id=3).exists()

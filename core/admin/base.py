@@ -14,7 +14,7 @@ from django.contrib.auth import get_permission_codename
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
-from core import tables, validation
+from core import guard, tables, validation
 from core.admin.forms import ValidatedForm
 from core.routers import database_for
 
@@ -59,15 +59,15 @@ def overlong_parameter(query):
     return None
 
 
-def refused(request, model_admin, message):
+def refused(request, model_admin, message, status=400, title="Not accepted"):
     """A 400 page in the admin's look, saying in one line what was not accepted."""
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Not accepted",
+        "title": title,
         "opts": model_admin.opts,
         "message": message,
     }
-    return TemplateResponse(request, REFUSED_TEMPLATE, context, status=400)
+    return TemplateResponse(request, REFUSED_TEMPLATE, context, status=status)
 
 
 def searchable(text):
@@ -109,7 +109,30 @@ class MultiDBModelAdmin(admin.ModelAdmin):
         problem = overlong_parameter(request.GET)
         if problem:
             return refused(request, self, problem)
-        return super().changelist_view(request, extra_context)
+        return self.bounded(request, super().changelist_view, request, extra_context)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return self.bounded(
+            request, super().changeform_view, request, object_id, form_url, extra_context
+        )
+
+    def delete_view(self, request, object_id, extra_context=None):
+        return self.bounded(request, super().delete_view, request, object_id, extra_context)
+
+    def bounded(self, request, view, *args):
+        """Run view with every wait for the model's database bounded (``core.guard``): a
+        load or a delete holding it past the bound is a 503 page saying what it waited for,
+        not a 500. Writes (POST) set the bound; a read only needs the translation (SQLite:
+        the admin's own transaction waits for the file's write lock, with the busy timeout
+        the bound is by default)."""
+        try:
+            if request.method == "POST":
+                with guard.bounded(self.using, "the database's write lock"):
+                    return view(*args)
+            with guard.translated(self.using, "the database's write lock"):
+                return view(*args)
+        except guard.GuardTimeout as exc:
+            return refused(request, self, str(exc), status=503, title="Busy")
 
     def lookup_allowed(self, lookup, value, request=None):
         """Accept only the parameters of the declared list filters (each parses its own).

@@ -22,12 +22,14 @@ from django.contrib.admin.options import csrf_protect_m
 from django.contrib.admin.utils import unquote
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
 from core import deletion, tables
 from core.admin.base import TableAdmin, admin_url, may
+from core.guard import CommitOrderError, GuardTimeout
 from core.references import CASCADE
 
 PARENT_ACTIONS_TEMPLATE = "admin/core/delete_parents.html"
@@ -211,6 +213,10 @@ class ParentAdmin(TableAdmin):
         deleted, children, refused = self.delete_parents_logged(
             request, [obj], with_children=with_children
         )
+        for refusal in refused:
+            if isinstance(refusal, str):  # not its children: a wait that gave up
+                self.message_user(request, refusal, messages.ERROR)
+                return HttpResponseRedirect(self.change_url(obj))
         if refused:  # it has children a plain delete keeps (some may be new since the page)
             return self.choose_delete(request, obj, self.counts_of([obj.pk])[obj.pk])
         if not deleted:  # deleted by someone else meanwhile
@@ -282,6 +288,11 @@ class ParentAdmin(TableAdmin):
                 result = deletion.delete(self.spec.name, [parent.pk], with_children=with_children)
             except deletion.HasChildren as exc:
                 refused.append(exc)
+                continue
+            except (GuardTimeout, CommitOrderError) as exc:  # waited its bound: say so
+                refused.append(
+                    f"{self.opts.verbose_name.capitalize()} {parent.pk} was not deleted: {exc}"
+                )
                 continue
             if not result.parents:
                 continue

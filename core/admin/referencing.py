@@ -232,7 +232,8 @@ class ReferencingAdmin(TableAdmin):
         The form checked the parents, but one may be deleted before the save commits; the
         guard then raises MissingParent inside the save's transaction, which is rolled
         back. The view runs once more with the refusal as a form error, so the account sees
-        its input and why, instead of a 500.
+        its input and why, instead of a 500 (a wait past the guard's bound is the 503 page
+        of ``core.admin.base``).
         """
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
