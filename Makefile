@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-CHECKSUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CHECKSUM := $(shell cat pyproject.toml django-crossdb/pyproject.toml | cksum | cut -d' ' -f1)
 # Two installs: the demo needs the project alone; lint, test, soak and bench add the dev tools.
 STAMP := $(VENV)/.installed-dev-$(CHECKSUM)
 DEMO_STAMP := $(VENV)/.installed-demo-$(CHECKSUM)
@@ -13,14 +13,14 @@ MANAGE := $(BIN)/python manage.py
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml django-crossdb/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e "./django-crossdb[postgres]" -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@ $(DEMO_STAMP)
 
-$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+$(DEMO_STAMP): pyproject.toml django-crossdb/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e "./django-crossdb[postgres]" -e .
 	rm -f $(VENV)/.installed-demo-* && touch $@
 
 demo: $(DEMO_STAMP)  ## migrate every database and load the demo data (installs no dev tools)

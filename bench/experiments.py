@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-data"
 
-# The orders table before core.fields gave SQLite a rowid primary key: "bigint PRIMARY KEY"
+# The orders table before crossdb.fields gave SQLite a rowid primary key: "bigint PRIMARY KEY"
 # is not a rowid alias, so the ids are kept in a second B-tree.
 BIGINT_ORDERS = (
     'CREATE TABLE "orders_bigint" ("id" bigint NOT NULL PRIMARY KEY, '
@@ -54,11 +54,12 @@ def _bigint(db_path):
 
 def _writer(deferred):
     """insert_data's orders writer for this backend, on an empty table. Building one drops
-    the deferrable indexes (``core.indexes.drop_for_load``); a mode that keeps them in place
-    builds them again here, on the empty table, before the clock starts."""
-    from core import indexes
+    the deferrable indexes (``crossdb.loading.indexes.drop_for_load``); a mode that keeps them in
+    place builds them again here, on the empty table, before the clock starts."""
+    from crossdb.loading import indexes
+    from crossdb.loading.load import writer_for
+
     from core.models import Order
-    from core.pipeline import writer_for
 
     writer = writer_for("orders", "orders_db")
     if not deferred:
@@ -68,7 +69,7 @@ def _writer(deferred):
 
 def _jobs(rows, batch_size):
     """rows as the pool's jobs: consecutive batches, each with its input line numbers."""
-    from core.pool import Job
+    from crossdb.loading.processes import Job
 
     for seq, start in enumerate(range(0, len(rows), batch_size), start=1):
         batch = rows[start : start + batch_size]
@@ -80,7 +81,8 @@ def sqlite_child(mode, batch_size):
     import django
 
     django.setup()
-    from core import indexes
+    from crossdb.loading import indexes
+
     from core.models import Order
 
     rows = _orders(OUT / "workload-1000000")
@@ -134,7 +136,8 @@ PG_MODES = {
 
 def _use_copy_format(writer, copy_format):
     """Make writer COPY in copy_format (TEXT, CSV): psycopg's write_row formats each row
-    for the statement, where core.pg would send the binary bytes it packs from an array."""
+    for the statement, where crossdb.loading.postgres would send the binary bytes it packs from an
+    array."""
 
     def copy_rows(raw, statement, rows):
         with raw.copy(statement) as copy:
@@ -151,9 +154,9 @@ def pg_child(label):
     import django
 
     django.setup()
+    from crossdb.loading import indexes
     from django.db import connections
 
-    from core import indexes
     from core.models import Order
 
     batch_size, copy_format, async_commit, deferred, parallel, memory = PG_MODES[label]

@@ -34,7 +34,7 @@ from bench import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = "postgresql://multids@127.0.0.1:5432/postgres"
-MAINTENANCE_WORK_MEM = "256MB"  # for the floor's index builds, as core.indexes uses
+MAINTENANCE_WORK_MEM = "256MB"  # for the floor's index builds, as crossdb.loading.indexes uses
 TABLES = ("users", "products", "orders")
 ALIAS_VARIABLES = {
     "users": "USERS_DATABASE_URL",

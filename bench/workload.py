@@ -7,10 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
+from crossdb.registry import SPECS, TABLES
 from django.db import models
 
 from core.sources import SyntheticSource
-from core.tables import SPECS, TABLES
 
 SIZES = {"users": 100_000, "products": 10_000, "orders": 1_000_000}
 

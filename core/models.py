@@ -1,25 +1,23 @@
-"""Users, products and orders, each in its own database (see ``core.routers``).
+"""Users, products and orders, each in its own database (see ``crossdb.routers``).
 
 Django has no foreign keys across databases, so ``Order.user_id`` and ``Order.product_id``
 are ``CrossDatabaseReference`` columns: plain integers that declare what they point at and
 what a delete of the parent does. Everything that keeps those links true reads the
-declarations (``core.tables``): the loader, the guard that every save, create, update and
-delete of a ``GuardedModel`` goes through (``core.guarded``, ``core.guard``),
+declarations (``crossdb.registry``): the loader, the guard that every save, create, update and
+delete of a ``GuardedModel`` goes through (``crossdb.orm``, ``crossdb.guard``),
 ``check_integrity``, the safe deletes and the admin. The CHECK constraints are a backstop
-for writes that bypass ``core.validation`` (raw SQL, another program).
+for writes that bypass ``crossdb.rules`` (raw SQL, another program).
 """
 
 from functools import cached_property
 
+from crossdb.fields import CASCADE, PROTECT, ComparisonKey, CrossDatabaseReference, IdField  # noqa: F401
+from crossdb.orm import GuardedModel
+from crossdb.rules import Positive
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models.functions import Length, Trim
 from django.db.models.lookups import GreaterThan
-
-from core.fields import ComparisonKey, IdField
-from core.guarded import GuardedModel
-from core.references import CASCADE, PROTECT, CrossDatabaseReference  # noqa: F401
-from core.validation import Positive
 
 
 class User(GuardedModel):
@@ -94,37 +92,3 @@ class Order(GuardedModel):
     def product(self):
         """The ordered product, read from products_db (None if it is missing)."""
         return Product.objects.filter(pk=self.product_id).first()
-
-
-class ReferenceGuard(models.Model):
-    """How many parent deletes have committed, per parent table, in a child's database.
-
-    A row per parent table lives in every database that holds children of it; a deleter
-    bumps it under the exclusive guard, and a writer that sees it move since its run began
-    re-checks its rows' parents before committing (``core.guard``).
-    """
-
-    parent = models.CharField(max_length=100, primary_key=True)
-    deletions = models.BigIntegerField(default=0)
-
-    class Meta:
-        db_table = "multids_reference_guard"
-
-    def __str__(self):
-        return f"{self.parent}: {self.deletions} deletion(s)"
-
-
-class LoadRun(models.Model):
-    """One ``insert_data`` run, kept in ``default`` so the overview page can chart it."""
-
-    started_at = models.DateTimeField()
-    finished_at = models.DateTimeField()
-    source = models.CharField(max_length=500)
-    summary = models.JSONField()
-
-    class Meta:
-        db_table = "load_runs"
-        ordering = ["-started_at"]
-
-    def __str__(self):
-        return f"{self.source} at {self.started_at:%Y-%m-%d %H:%M:%S}"

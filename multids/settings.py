@@ -130,7 +130,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "core",
+    "crossdb",  # the machinery: references across databases, the guard, the loader
+    "core",  # the shop: users, products, orders
 ]
 
 MIDDLEWARE = [
@@ -190,12 +191,6 @@ def _env_seconds(name, default):
     return value
 
 
-# How long a delete, check_integrity, an admin save or any other guarded write waits for the
-# reference guard (or for a lock a load or a delete holds) before it gives up with one line
-# naming the database and the holder (core.guard.bounded).
-MULTIDS_GUARD_TIMEOUT = _env_seconds("MULTIDS_GUARD_TIMEOUT", 30)
-
-
 def _env_megabytes(name, default):
     """A setting in whole megabytes from the environment (0 or more)."""
     text = os.environ.get(name, str(default))
@@ -205,14 +200,6 @@ def _env_megabytes(name, default):
         )
     return int(text)
 
-
-# Page cache of each insert_data writer connection (SQLite). Index updates for random keys
-# thrash SQLite's 2 MB default; 64 MB made a million-order load 40% faster (make bench).
-SQLITE_WRITER_CACHE_MB = _env_megabytes("MULTIDS_WRITER_CACHE_MB", 64)
-
-# PostgreSQL: a load into an empty table takes up to this much of it into one transaction and
-# builds its primary key at the commit (core.segment); 0 commits batch by batch instead.
-LOAD_SEGMENT_MB = _env_megabytes("MULTIDS_LOAD_SEGMENT_MB", 64)
 
 SQLITE_OPTIONS = {
     # Django 5.1+: every transaction.atomic() opens with BEGIN IMMEDIATE, so a writer takes
@@ -251,15 +238,30 @@ def database_config(alias, env=os.environ):
 
 DATABASES = {alias: database_config(alias) for alias in DATABASE_SOURCES}
 
-DATABASE_ROUTERS = ["core.routers.DatabaseRouter"]
+DATABASE_ROUTERS = ["crossdb.routers.DatabaseRouter"]
 
-# Which model lives in which database ("app_label.modelname" -> alias), read by the router
-# and by the table registry (core.tables). A model added here with its alias in
-# DATABASE_SOURCES is loaded, guarded and checked like the others.
-MULTIDS_DATABASES_FOR_MODELS = {
-    "core.user": "users_db",
-    "core.product": "products_db",
-    "core.order": "orders_db",
+# crossdb's settings (crossdb.conf has each one's default). DATABASES_FOR_MODELS says which
+# model lives in which database ("app_label.modelname" -> alias), for the router and the
+# table registry: a model added here with its alias in DATABASE_SOURCES is loaded, guarded
+# and checked like the others. The numbers come from the environment (README, Configuration).
+CROSSDB = {
+    "DATABASES_FOR_MODELS": {
+        "core.user": "users_db",
+        "core.product": "products_db",
+        "core.order": "orders_db",
+    },
+    # How long a delete, check_integrity, an admin save or any other guarded write waits for
+    # the reference guard (or a lock a load or a delete holds) before it gives up.
+    "GUARD_TIMEOUT": _env_seconds("MULTIDS_GUARD_TIMEOUT", 30),
+    # SQLite: index updates for random keys thrash the 2 MB default page cache; 64 MB made a
+    # million-order load 40% faster (make bench).
+    "WRITER_CACHE_MB": _env_megabytes("MULTIDS_WRITER_CACHE_MB", 64),
+    # PostgreSQL: a load into an empty table takes up to this much of it into one
+    # transaction and builds its primary key at the commit; 0 commits batch by batch.
+    "LOAD_SEGMENT_MB": _env_megabytes("MULTIDS_LOAD_SEGMENT_MB", 64),
+    "DEFAULT_SOURCE": "core.sources.demo_source",  # insert_data with no --from
+    "GENERATOR": "core.sources.synthetic.generated",  # insert_data --users N ...
+    "STATE_DIR": DATA_DIR,  # the overview's throttle file
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -285,7 +285,7 @@ class WindowSource:
         pass
 
     def tables(self):
-        from core.tables import TABLES
+        from crossdb.registry import TABLES
 
         return [t for t in TABLES if t in self.windows]
 
@@ -325,14 +325,14 @@ def _setup_django():
 
 
 def _refusal_types():
-    from core.deletion import HasChildren
-    from core.guard import MissingParent
+    from crossdb.deletion import HasChildren
+    from crossdb.guard import MissingParent
 
     return (MissingParent, HasChildren)
 
 
 def op_load(log, rng, worker):
-    from core import pipeline
+    from crossdb.loading import load
 
     windows = {}
     start = rng.randrange(1, USERS)
@@ -347,8 +347,8 @@ def op_load(log, rng, worker):
     n = log.begin("load", windows=spans)
     source = WindowSource(windows, f"checker worker {worker}")
     try:
-        result = pipeline.load(source, batch_size=rng.choice([50, 100, 250]))
-    except pipeline.LoadError as exc:
+        result = load.load(source, batch_size=rng.choice([50, 100, 250]))
+    except load.LoadError as exc:
         log.end(n, "failed", error=str(exc))
         return
     rejected = [[r.table, r.id, r.reason] for r in result.rejections]
@@ -356,7 +356,7 @@ def op_load(log, rng, worker):
 
 
 def op_create_child(log, rng, worker, ids):
-    from core.tables import spec
+    from crossdb.registry import spec
 
     table = rng.choice(["orders", "reviews"])
     model = spec(table).model
@@ -380,7 +380,7 @@ def op_create_child(log, rng, worker, ids):
 
 
 def op_repoint_child(log, rng, worker, created):
-    from core.tables import spec
+    from crossdb.registry import spec
 
     table = rng.choice(["orders", "reviews"])
     model = spec(table).model
@@ -407,7 +407,7 @@ def op_repoint_child(log, rng, worker, created):
 
 
 def op_delete_parent(log, rng, worker):
-    from core import deletion
+    from crossdb import deletion
 
     table = "users" if rng.random() < 0.8 else "products"
     pk = rng.randint(1, USERS if table == "users" else PRODUCTS)
@@ -419,7 +419,7 @@ def op_delete_parent(log, rng, worker):
             result = deletion.delete(table, [pk], with_children=cascade)
             parents = result.parents
         else:
-            from core.tables import spec
+            from crossdb.registry import spec
 
             model = spec(table).model
             if via == "queryset":
@@ -484,7 +484,7 @@ def worker_main(args):
 def observer_main(args):
     """check_integrity in a loop: every orphan it ever sees is logged."""
     _setup_django()
-    from core.integrity import check_integrity
+    from crossdb.integrity import check_integrity
 
     log = Log(args.log)
     deadline = time.time() + args.seconds
@@ -776,7 +776,7 @@ def judge(run):
 def widen_check_window(seconds):
     """Sleep after every parent lookup of the guard (test-only): the moment a write has
     validated its parents and not yet committed lasts long enough for a delete to land."""
-    from core import guard
+    from crossdb import guard
 
     lookup = guard.existing_parents
 
@@ -791,11 +791,11 @@ def widen_check_window(seconds):
 def saver_main(args):
     """Save orders naming the user a cascading deleter will delete next, by every path."""
     _setup_django()
+    from crossdb import guard
+    from crossdb.guard import MissingParent
     from django.core.exceptions import ValidationError
     from django.test import Client
 
-    from core import guard
-    from core.guard import MissingParent
     from core.models import Order, User
 
     if args.widen:
@@ -811,15 +811,6 @@ def saver_main(args):
     client = None
     if "admin" in args.paths:
         from django.contrib.auth import get_user_model
-
-        from core import validation
-        from core.tables import SPECS
-
-        if not hasattr(validation, "CLEANERS"):
-            # core/admin.py (ValidatedForm.clean) still calls validation.CLEANERS, which
-            # this branch removed: every admin add answers 500 before any race. Shim it
-            # with the registry's clean (orders have no computed keys) to reach the race.
-            validation.CLEANERS = {name: spec.clean for name, spec in SPECS.items()}
 
         staff = get_user_model().objects.create_superuser("racer", "racer@example.com", "pw-racer")
         client = Client(raise_request_exception=False)
@@ -895,7 +886,8 @@ def saver_main(args):
 def cascader_main(args):
     """Delete users in id order with their children (CASCADE), one every few milliseconds."""
     _setup_django()
-    from core import deletion
+    from crossdb import deletion
+
     from core.models import User
 
     log = Log(args.log)
@@ -918,11 +910,10 @@ def crossload_main(args):
     loader did before issue 8 (parents looked up once, at validation): the negative control.
     """
     _setup_django()
+    from crossdb import guard
+    from crossdb.loading.processes import Written
+    from crossdb.loading.writers import BulkWriter
     from django.core.management import call_command
-
-    from core import guard
-    from core.pool import Written
-    from core.writers import BulkWriter
 
     log = Log(args.log)
     if args.stale:

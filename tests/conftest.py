@@ -47,7 +47,7 @@ def manage(*args, data_dir, env=None, check=False, timeout=300):
 @pytest.fixture
 def restore_indexes():
     """Whatever a test drops is built again, so later tests see the migrated schema."""
-    from core import indexes
+    from crossdb.loading import indexes
 
     yield
     indexes.repair()

@@ -1,6 +1,6 @@
 """The rules of a load, written out plainly, as the yardstick for tests/test_verdicts.py.
 
-This module restates the rules of ``core.pipeline`` (a run) and ``core.validation`` (a
+This module restates the rules of ``crossdb.loading.load`` (a run) and ``crossdb.rules`` (a
 field) from their docstrings, without importing either: if the loader and this file
 disagree, one of them is wrong, and the test says which input showed it. Only the field
 limits are read from the models, so a changed ``max_length`` does not need two edits.

@@ -16,10 +16,10 @@ os.environ["MULTIDS_DATA_DIR"] = os.environ.get("MULTIDS_TEST_DATA_DIR") or temp
 
 from multids.settings import *  # noqa: E402, F403
 from multids.settings import (  # noqa: E402
+    CROSSDB,
     DATABASE_SOURCES,
     DATABASES,
     INSTALLED_APPS,
-    MULTIDS_DATABASES_FOR_MODELS,
     database_config,
 )
 
@@ -31,4 +31,7 @@ DATABASE_SOURCES["reviews_db"] = ("REVIEWS_DATABASE_URL", "reviews.db")
 FLUSH_ORDER = ["default", "orders_db", "reviews_db", "users_db", "products_db"]
 DATABASES = {**DATABASES, "reviews_db": database_config("reviews_db")}
 DATABASES = {alias: DATABASES[alias] for alias in FLUSH_ORDER}
-MULTIDS_DATABASES_FOR_MODELS = {**MULTIDS_DATABASES_FOR_MODELS, "reviews.review": "reviews_db"}
+CROSSDB = {
+    **CROSSDB,
+    "DATABASES_FOR_MODELS": {**CROSSDB["DATABASES_FOR_MODELS"], "reviews.review": "reviews_db"},
+}

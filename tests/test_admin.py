@@ -1,19 +1,19 @@
 """The admin reads and writes each model in its own database, validates through
-core.validation, fetches an order page's parents once per database, and deletes users and
-products only through core.deletion."""
+crossdb.rules, fetches an order page's parents once per database, and deletes users and
+products only through crossdb.deletion."""
 
 from decimal import Decimal
 
 import pytest
+from crossdb import registry
+from crossdb.admin.forms import ValidatedForm
+from crossdb.admin.referencing import attach_parents
 from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.contrib.messages import get_messages
 from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from core import tables
-from core.admin.forms import ValidatedForm
-from core.admin.referencing import attach_parents
 from core.models import Order, Product, User
 from tests.conftest import (
     ALL_DATABASES,
@@ -98,7 +98,7 @@ def test_order_list_reads_users_and_products_once_per_page(admin_client, rows):
 
 def test_attach_parents_fills_the_accessors_without_more_queries(rows):
     with CaptureQueriesContext(connections["users_db"]) as users:
-        orders = attach_parents(Order.objects.order_by("pk"), tables.spec(Order))
+        orders = attach_parents(Order.objects.order_by("pk"), registry.spec(Order))
         assert [o.parents["user_id"].name for o in orders] == ["Alice", "Alice", "Bob"]
     assert [o.parents["product_id"].name for o in orders] == ["Laptop", "Headphones", "Headphones"]
     assert len(users) == 1
@@ -308,7 +308,7 @@ def test_the_add_form_offers_the_next_id_and_the_change_form_freezes_it(admin_cl
 def test_deleting_a_user_with_orders_opens_one_page_with_the_two_choices(admin_client, rows):
     response = admin_client.get(f"{USERS}1/delete/")
     page = page_text(response)
-    assert response.templates[0].name == "admin/core/delete_parent.html"
+    assert response.templates[0].name == "admin/crossdb/delete_parent.html"
     assert "Are you sure" not in page and not messages_of(response)
     assert f'<a id="orders-link" href="{ORDERS}?user_id=1">2 orders in orders_db</a>' in page
     assert "they keep it from being deleted alone" in page
@@ -325,7 +325,7 @@ def test_a_plain_delete_post_of_a_user_with_orders_deletes_nothing(admin_client,
     """Django's own confirmation form posts only post=yes: that never deletes orders."""
     response = admin_client.post(f"{USERS}1/delete/", {"post": "yes"})
     assert response.status_code == 200
-    assert response.templates[0].name == "admin/core/delete_parent.html"
+    assert response.templates[0].name == "admin/crossdb/delete_parent.html"
     assert User.objects.filter(pk=1).exists()
     assert Order.objects.filter(user_id=1).count() == 2
     assert not LogEntry.objects.filter(action_flag=DELETION).exists()

@@ -4,14 +4,14 @@ referencing admin, and the user and product admins learn of it from its declarat
 (``Review.user_id`` CASCADE, ``Review.product_id`` PROTECT)."""
 
 import pytest
+from crossdb.admin.forms import ValidatedForm
+from crossdb.admin.referencing import ReferencingAdmin
 from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.contrib.auth.models import Permission
 from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from core.admin.forms import ValidatedForm
-from core.admin.referencing import ReferencingAdmin
 from core.models import Order, Product, User
 from tests.conftest import (
     ALL_DATABASES,
@@ -145,7 +145,7 @@ def test_a_save_the_guard_refuses_shows_the_form_again(admin_client, rows, monke
 @pytest.mark.parametrize("change", [False, True])
 def test_a_parent_deleted_between_the_check_and_the_save(admin_client, rows, monkeypatch, change):
     """No check patched: the product really goes after the form passed and before the save
-    (deleted as another program would; a delete through core.deletion from inside this
+    (deleted as another program would; a delete through crossdb.deletion from inside this
     request's transaction on reviews_db is refused, see tests/test_promise.py). Adding a
     review for it, or re-pointing one to it, is refused by the guard and shown on the form."""
     real_save = ReferencingAdmin.save_model
@@ -192,7 +192,7 @@ def test_a_user_with_orders_gets_the_choice_and_its_reviews_would_go_with_it(adm
     # The plain delete is refused while the order (PROTECT) exists: the page comes back.
     response = admin_client.post(f"{USERS}1/delete/", {"post": "yes"})
     assert response.status_code == 200
-    assert response.templates[0].name == "admin/core/delete_parent.html"
+    assert response.templates[0].name == "admin/crossdb/delete_parent.html"
     assert Review.objects.filter(user_id=1).count() == 2 and User.objects.filter(pk=1).exists()
     response = admin_client.post(f"{USERS}1/delete/", {"post": "yes", "with_children": "yes"})
     assert response.status_code == 302

@@ -13,6 +13,10 @@ import os
 from pathlib import Path
 
 import pytest
+from crossdb import registry
+from crossdb.admin.referencing import ReferencingAdmin
+from crossdb.loading import load
+from crossdb.results import record
 from django.contrib import admin
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -21,9 +25,6 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as seen
 from selenium.webdriver.support.ui import WebDriverWait
 
-from core import pipeline, tables
-from core.admin.referencing import ReferencingAdmin
-from core.report import record
 from core.sources import demo_source
 from tests.conftest import ALL_DATABASES
 from tests.reviews.models import Review
@@ -86,8 +87,9 @@ def fast_passwords(settings):
 @pytest.fixture
 def site(browser, live_server, django_user_model, settings, tmp_path):
     """The demo data loaded and recorded, a superuser, and the browser logged in as them."""
-    settings.DATA_DIR = tmp_path  # the full check's once-per-30-s limit starts afresh
-    record(pipeline.load(demo_source()))
+    # the full check's once-per-30-s limit starts afresh
+    settings.CROSSDB = {**settings.CROSSDB, "STATE_DIR": tmp_path}
+    record(load.load(demo_source()))
     django_user_model.objects.create_superuser(USERNAME, "admin@example.com", PASSWORD)
     browser.delete_all_cookies()  # the previous test's session was flushed with its data
     browser.get(f"{live_server.url}/admin/login/")
@@ -196,7 +198,7 @@ def test_the_overview_shows_every_database_and_the_last_load(browser, site):
     assert "users: 8" in databases and "orders: 7" in databases
     assert databases.count("not checked yet") == len(ALL_DATABASES)  # files: on request
     bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")
-    assert len(bars) == len(tables.TABLES)  # one run, one bar per registered table
+    assert len(bars) == len(registry.TABLES)  # one run, one bar per registered table
     check = "input[value='Check every file and reference now']"
     browser.find_element(By.CSS_SELECTOR, check).click()
     result = wait_for(browser, "#integrity-result").text

@@ -2,7 +2,7 @@
 PostgreSQL: worker processes run random mixes of loads (windows of a fixed universe of
 rows, so two loads of one id agree), ORM creates, saves, bulk_creates and re-points of
 orders and reviews (the fourth table, declared only in the test settings), PROTECT and
-CASCADE deletes through ``core.deletion``, ``QuerySet.delete()`` and ``Model.delete()``,
+CASCADE deletes through ``crossdb.deletion``, ``QuerySet.delete()`` and ``Model.delete()``,
 while the controller kill -9s a random worker every one to three seconds and starts it again,
 and an observer runs ``check_integrity`` in a loop.
 

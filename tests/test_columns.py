@@ -1,4 +1,5 @@
-"""core.columns: whole-number rows as one array must mean exactly what the row path means.
+"""crossdb.loading.columns: whole-number rows as one array must mean exactly what the row path
+means.
 
 ``parse`` may take a block of lines only when the csv module splits it into the same
 fields, which the property below checks against ``csv.reader`` on lines drawn from an
@@ -17,13 +18,14 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from crossdb.loading import columns, load
+from crossdb.loading.postgres import packed_rows
+from crossdb.sources import FileSource, reading
+from crossdb.sources.reading import BLOCK
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core import columns, pipeline
-from core.pg import packed_rows
-from core.sources import FileSource, SyntheticSource, reading
-from core.sources.reading import BLOCK
+from core.sources import SyntheticSource
 from tests.conftest import all_databases
 
 FIELD = st.one_of(
@@ -332,7 +334,7 @@ def test_a_jsonl_load_stores_and_rejects_the_same_with_blocks_as_without(tmp_pat
             mock.patch.object(columns, "parse_jsonl", spy if fast else lambda *a: None),
             mock.patch.object(reading, "JSONL_RUN", 250),  # the odd lines' runs, and others
         ):
-            result = pipeline.load(FileSource(tmp_path), batch_size=700)
+            result = load.load(FileSource(tmp_path), batch_size=700)
         reasons = [(r.table, r.line, r.id, r.reason) for r in result.sorted_rejections()]
         counts = {t: (v.stored, v.present, v.rejected) for t, v in result.tables.items()}
         outcomes.append((dump(), reasons, counts))

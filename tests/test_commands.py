@@ -8,11 +8,11 @@ import sys
 from io import StringIO
 
 import pytest
+from crossdb.console import concurrency_line
+from crossdb.results import LoadResult
 from django.core.management import call_command
 
 from core import sources
-from core.console import concurrency_line
-from core.report import LoadResult
 from tests.conftest import ROOT, all_databases, manage
 
 # --- insert_data --help ---------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_the_summary_title_is_one_line_and_every_line_fits_80_columns(migrated_d
 
 
 LAST_RUN_STORED = (
-    "from core.models import LoadRun; print(LoadRun.objects.latest('finished_at')"
+    "from crossdb.models import LoadRun; print(LoadRun.objects.latest('finished_at')"
     ".summary['totals']['stored'])"
 )
 
@@ -287,9 +287,10 @@ def make_dry_run(target, venv):
 
 
 def test_make_demo_installs_no_dev_tools_and_make_test_does(tmp_path):
+    crossdb = '-e "./django-crossdb[postgres]"'
     assert make_dry_run("demo", tmp_path / "venv") == [
-        f"{tmp_path}/venv/bin/python -m pip install --quiet -e ."
+        f"{tmp_path}/venv/bin/python -m pip install --quiet {crossdb} -e ."
     ]
     assert make_dry_run("test", tmp_path / "venv") == [
-        f'{tmp_path}/venv/bin/python -m pip install --quiet -e ".[dev]"'
+        f'{tmp_path}/venv/bin/python -m pip install --quiet {crossdb} -e ".[dev]"'
     ]

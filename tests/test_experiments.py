@@ -6,10 +6,10 @@ These tests run its writer set-up and its jobs against the test databases, on a 
 """
 
 import pytest
+from crossdb.loading import indexes
 from django.db import connections
 
 from bench import experiments
-from core import indexes
 from core.models import Order
 from tests.conftest import all_databases
 

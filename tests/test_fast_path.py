@@ -8,10 +8,11 @@ rejected with "user 1 does not exist" (seen on PostgreSQL, about one run in thre
 orders writer got there before the users writer committed).
 """
 
+from crossdb.loading.load import Recheck
+from crossdb.loading.processes import Job
+from crossdb.loading.writers import BulkWriter
+
 from core.models import Product
-from core.pipeline import Recheck
-from core.pool import Job
-from core.writers import BulkWriter
 from tests.conftest import all_databases
 
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from crossdb.sources import FileSource, SourceError, source_for_path
 
-from core.sources import FileSource, SourceError, source_for_path
 from tests.conftest import ROOT
 
 USERS = "id,name,email\n1,Ann,ann@example.com\n"
@@ -53,7 +53,7 @@ SCAN = """\
 import sys
 import django
 django.setup()
-from core.sources import FileSource
+from crossdb.sources import FileSource
 source = FileSource(sys.argv[1])
 source.check()
 print(source.tables(), source.warnings())

@@ -4,9 +4,9 @@ tab between fields, gzipped files, and the progress a file source reports."""
 import gzip
 
 import pytest
+from crossdb.loading.rows import Expected
+from crossdb.sources import FileSource
 
-from core.rows import Expected
-from core.sources import FileSource
 from tests.conftest import all_databases
 
 ORDERS = [("1", "1", "1", "3"), ("2", "1", "1", "4")]

@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from crossdb.loading.rows import Lines, Malformed
+from crossdb.sources import FileSource
 
-from core.rows import Lines, Malformed
-from core.sources import FileSource
 from tests.conftest import ROOT, all_databases
 
 LINE_MB = 200
@@ -23,7 +23,7 @@ READ_ALL = """\
 import os, resource, sys
 import django
 django.setup()
-from core.sources import FileSource
+from crossdb.sources import FileSource
 source = FileSource(sys.argv[1])
 source.check()
 rows = list(source.rows(sys.argv[2]))
@@ -175,7 +175,7 @@ def test_a_line_end_cut_between_two_blocks_is_one_line_end(tmp_path, blocks, end
     CRLF starts the next block and is no line of its own, and with CR line ends alone the
     line ends there; either way the line after keeps its number (before, it was numbered
     one on, or swallowed into the overlong line)."""
-    from core.sources.reading import BLOCK, csv_rows
+    from crossdb.sources.reading import BLOCK, csv_rows
 
     header = "id,user_id,product_id,quantity" + end
     length = BLOCK * blocks - len(header) - 1  # the CR is the last character of a block

@@ -6,13 +6,14 @@ show that the loader, the guard, ``check_integrity`` and the deletes follow the 
 """
 
 import pytest
+from crossdb import deletion
+from crossdb.guard import MissingParent
+from crossdb.integrity import check_integrity
+from crossdb.loading import load
+from crossdb.registry import SPECS, TABLES
+from crossdb.sources import FileSource
 
-from core import deletion, pipeline
-from core.guard import MissingParent
-from core.integrity import check_integrity
 from core.models import Order, Product, User
-from core.sources import FileSource
-from core.tables import SPECS, TABLES
 from tests.conftest import all_databases, behind_the_guards_back
 from tests.reviews.models import Review
 
@@ -48,7 +49,7 @@ def test_insert_data_loads_validates_and_orders_the_fourth_table(tmp_path):
             "4,1,9,3\n"  # product 9 does not exist
         ),
     )
-    result = pipeline.load(FileSource(tmp_path), batch_size=2)
+    result = load.load(FileSource(tmp_path), batch_size=2)
     assert result.tables["reviews"].stored == 1
     assert sorted(str(r) for r in result.rejections if r.table == "reviews") == [
         "reviews #2 (line 3): rating must be at most 5 (got 6)",

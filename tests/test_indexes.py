@@ -1,4 +1,5 @@
-"""core.indexes: secondary indexes dropped for a load into an empty table and built after it.
+"""crossdb.loading.indexes: secondary indexes dropped for a load into an empty table and built
+after it.
 
 In-process against the test databases, so tests/test_postgres.py reruns every test here on
 PostgreSQL. The crash test kills a real process with SIGKILL between the drop and the
@@ -14,10 +15,11 @@ import threading
 import time
 
 import pytest
+from crossdb import registry
+from crossdb.loading import indexes
 from django.db import DatabaseError, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
-from core import indexes, tables
 from core.models import Order, Product, User
 from tests.conftest import ROOT, all_databases
 
@@ -74,8 +76,8 @@ def _insert_orders(count, users=1000):
 
 def test_deferrable_names_are_djangos_migration_names():
     """The migrated schema holds exactly the indexes deferrable() derives, by name."""
-    for name, model in tables.MODELS.items():
-        alias = tables.alias(name)
+    for name, model in registry.MODELS.items():
+        alias = registry.alias(name)
         derived = {i.name for i in indexes.deferrable(model, alias)}
         assert derived == _django_indexes(alias, model._meta.db_table), name
     assert {i.name for i in indexes.deferrable(Order, ORDERS)} == {
@@ -158,7 +160,7 @@ settings.DATABASES.update(json.loads(sys.argv[1]))
 import django
 django.setup()
 from django.db import DatabaseError, connections, transaction
-from core import indexes
+from crossdb.loading import indexes
 from core.models import Order
 dropped = indexes.drop_for_load("orders_db", Order)
 with connections["orders_db"].cursor() as cursor:

@@ -6,13 +6,15 @@ import time
 from decimal import Decimal
 
 import pytest
+from crossdb.loading import load
+from crossdb.loading.processes import Gate, WriterPool, Written
+from crossdb.loading.writers import BulkWriter
+from crossdb.lookups import existing_ids
+from crossdb.models import LoadRun
+from crossdb.sources import FileSource
 
-from core import pipeline
-from core.lookups import existing_ids
-from core.models import LoadRun, Order, Product, User
-from core.pool import Gate, WriterPool, Written
-from core.sources import FileSource, SyntheticSource, demo_source
-from core.writers import BulkWriter
+from core.models import Order, Product, User
+from core.sources import SyntheticSource, demo_source
 from tests.conftest import all_databases, behind_the_guards_back, manage, store_customers
 
 DEMO_REJECTIONS = [
@@ -47,8 +49,8 @@ def test_running_the_demo_again_stores_nothing_twice(run_command):
 
 @all_databases
 def test_each_run_is_recorded_in_default():
-    result = pipeline.load(demo_source())
-    from core.report import record
+    result = load.load(demo_source())
+    from crossdb.results import record
 
     record(result)
     run = LoadRun.objects.using("default").get()
@@ -57,7 +59,7 @@ def test_each_run_is_recorded_in_default():
 
 @all_databases
 def test_the_order_accessors_read_other_databases():
-    pipeline.load(demo_source())
+    load.load(demo_source())
     order = Order.objects.get(pk=3)
     assert order.user.email == "charlie@example.com"
     assert order.product.name == "Headphones"
@@ -76,7 +78,7 @@ def test_the_three_writers_overlap_in_time(monkeypatch):
 
     monkeypatch.setattr(BulkWriter, "write", slow_parents)
     source = SyntheticSource(users=5000, products=5000, orders=5000)
-    result = pipeline.load(source, batch_size=1000)
+    result = load.load(source, batch_size=1000)
     assert result.writers_overlapped, result.as_dict()
     assert result.overlaps() == ["users+products", "users+orders", "products+orders"]
     assert result.tables["orders"].stored == 5000
@@ -105,7 +107,7 @@ def _spy_on_orders(monkeypatch, log):
 def test_no_order_is_committed_before_its_user(monkeypatch, tmp_path):
     log = tmp_path / "orphans"
     _spy_on_orders(monkeypatch, log)
-    result = pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    result = load.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     commits = [[int(n) for n in line.split()] for line in log.read_text().splitlines()]
     assert sum(rows for _orphans, rows, _jobs in commits) == 2000 == result.tables["orders"].stored
     assert sum(orphans for orphans, _rows, _jobs in commits) == 0
@@ -119,7 +121,7 @@ def test_the_ordering_check_catches_a_writer_that_does_not_wait(monkeypatch, tmp
     log = tmp_path / "orphans"
     _spy_on_orders(monkeypatch, log)
     monkeypatch.setattr(Gate, "wait_for_parents", lambda self, join=None: None)
-    pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    load.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     assert sum(int(line.split()[0]) for line in log.read_text().splitlines()) > 0
 
 
@@ -152,7 +154,7 @@ def test_joined_batches_that_must_be_redone_get_the_verdicts_of_batches_alone(
 
     monkeypatch.setattr(BulkWriter, "write", write)
     monkeypatch.setattr(Gate, "give_back", give_back)
-    result = pipeline.load(source, batch_size=200)
+    result = load.load(source, batch_size=200)
     orders = result.tables["orders"]
     assert (orders.stored, orders.present, orders.rejected) == (1999, 0, 1)
     assert [r.reason for r in result.sorted_rejections()] == [
@@ -234,7 +236,7 @@ def test_a_clash_only_the_database_sees_becomes_a_rejection_not_a_crash(monkeypa
     (tmp_path / "users.csv").write_text(
         "id,name,email\n2,Other Ann,ANN@example.com\n3,Bo,bo@example.com\n"
     )
-    result = pipeline.load(FileSource(tmp_path))
+    result = load.load(FileSource(tmp_path))
     users = result.tables["users"]
     assert (users.stored, users.present, users.rejected) == (1, 0, 1)
     assert [str(r) for r in result.rejections] == [
@@ -247,7 +249,7 @@ def test_a_clash_only_the_database_sees_becomes_a_rejection_not_a_crash(monkeypa
 def test_a_writer_that_exits_after_reporting_is_not_taken_for_a_crash():
     """A writer's last messages can arrive after its process has exited: read them before
     deciding that it died."""
-    pool = WriterPool(["users"], pipeline._make_writer)
+    pool = WriterPool(["users"], load._make_writer)
     pool.start()
     try:
         pool.inboxes["users"].put(None)  # finish at once; leave its "done" message unread
@@ -263,7 +265,7 @@ def test_a_writer_that_exits_after_reporting_is_not_taken_for_a_crash():
 def test_a_writer_whose_last_message_is_still_on_its_way_is_not_taken_for_a_crash():
     """The "done" of a writer that exited normally may come a moment after its exit: the
     pool waits for it (briefly) before calling the writer lost."""
-    pool = WriterPool(["users"], pipeline._make_writer)
+    pool = WriterPool(["users"], load._make_writer)
     pool.start()
     try:
         pool.inboxes["users"].put(None)
@@ -299,7 +301,7 @@ class _ExitsWhileChecked:
 def test_a_writer_that_exits_while_the_pool_checks_is_judged_after_the_next_drain():
     """Its "done" may reach the pipe after the check drained it: the check must not call
     the writer lost on a second look; the next check reads the message."""
-    pool = WriterPool(["users"], pipeline._make_writer)
+    pool = WriterPool(["users"], load._make_writer)
     pool.start()
     try:
         pool.inboxes["users"].put(None)
@@ -326,11 +328,11 @@ def test_a_load_collects_garbage_rarely_and_then_restores_the_collector(monkeypa
 
     monkeypatch.setattr(BulkWriter, "write", write)
     before = gc.get_threshold()
-    pipeline.load(SyntheticSource(users=10, products=10, orders=10))
-    assert seen.read_text() == repr(pipeline.GC_THRESHOLD)
+    load.load(SyntheticSource(users=10, products=10, orders=10))
+    assert seen.read_text() == repr(load.GC_THRESHOLD)
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
-    with pytest.raises(KeyboardInterrupt), pipeline.rare_collections():
+    with pytest.raises(KeyboardInterrupt), load.rare_collections():
         raise KeyboardInterrupt
     assert gc.get_threshold() == before
 

@@ -1,12 +1,13 @@
-"""core.integrity: the cross-database check and the safe deletes, in process."""
+"""crossdb.integrity: the cross-database check and the safe deletes, in process."""
 
 import json
 
 import pytest
+from crossdb import deletion, integrity
+from crossdb.integrity import HasOrders, check_integrity, count_orders_for, delete_parent
+from crossdb.loading import load
 from django.core.management import CommandError
 
-from core import deletion, integrity, pipeline
-from core.integrity import HasOrders, check_integrity, count_orders_for, delete_parent
 from core.models import Order, Product, User
 from core.sources import FIRST_ID, SyntheticSource, demo_source
 from tests.conftest import all_databases, behind_the_guards_back
@@ -18,7 +19,7 @@ DEMO_ORDERS_OF_PRODUCT_1 = 2
 
 
 def load_demo():
-    pipeline.load(demo_source())
+    load.load(demo_source())
     Order.objects.create(pk=50, user_id=1, product_id=1, quantity=1)
 
 
@@ -48,7 +49,7 @@ def test_an_order_whose_user_was_deleted_behind_our_back_is_an_orphan():
 @all_databases
 def test_orphans_are_found_across_batches_and_only_the_first_few_are_kept():
     """Keyset batches of 7 over 500 orders see every order once; keep caps the list only."""
-    pipeline.load(SyntheticSource(users=50, products=50, orders=500))
+    load.load(SyntheticSource(users=50, products=50, orders=500))
     last = FIRST_ID + 9  # the first ten generated products
     behind_the_guards_back("products_db", "DELETE FROM products WHERE id <= %s", [last])
     expected = Order.objects.filter(product_id__lte=last).count()
@@ -146,7 +147,7 @@ def test_django_deletes_go_through_the_declared_references():
 @all_databases
 def test_django_writes_of_an_order_need_its_parents():
     """save(), create(), bulk_create() and update() of a reference refuse a missing parent."""
-    from core.guard import MissingParent
+    from crossdb.guard import MissingParent
 
     load_demo()
     with pytest.raises(MissingParent, match="user 999 does not exist"):
@@ -216,7 +217,7 @@ def test_delete_row_command(run_command):
 def test_every_option_has_help(name):
     from django.core.management import load_command_class
 
-    command = load_command_class("core", name)
+    command = load_command_class("crossdb", name)
     parser = command.create_parser("manage.py", name)
     assert command.help
     own = [a for a in parser._actions if a.dest not in {"help", "version"}]

@@ -7,13 +7,14 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from crossdb import registry
+from crossdb.loading import load
+from crossdb.models import LoadRun
+from crossdb.results import record
+from crossdb.views import database_status, rows_per_second_chart
 from django.conf import settings
 
-from core import pipeline, tables
-from core.models import LoadRun
-from core.report import record
 from core.sources import SyntheticSource, demo_source
-from core.views import database_status, rows_per_second_chart
 from tests.conftest import ALL_DATABASES, all_databases, behind_the_guards_back
 
 
@@ -26,7 +27,7 @@ def fast_passwords(settings):
 @pytest.fixture(autouse=True)
 def own_data_dir(settings, tmp_path):
     """A data directory of its own, so the full check's once-per-30-s limit starts afresh."""
-    settings.DATA_DIR = tmp_path
+    settings.CROSSDB = {**settings.CROSSDB, "STATE_DIR": tmp_path}
 
 
 def squeezed(response):
@@ -48,7 +49,7 @@ def run(started, **rates):
 @pytest.mark.sqlite_files
 @all_databases
 def test_overview_shows_every_database_and_the_recent_loads(admin_client):
-    record(pipeline.load(demo_source()))
+    record(load.load(demo_source()))
     page = squeezed(admin_client.get("/overview/"))
     for alias in ALL_DATABASES:
         location = settings.DATABASES[alias]["NAME"]
@@ -57,7 +58,7 @@ def test_overview_shows_every_database_and_the_recent_loads(admin_client):
     assert "users: 8" in page and "products: 9" in page and "orders: 7" in page
     assert "load_runs: 1" in page
     # One bar per registered table (the fourth, reviews, too) for the one run.
-    assert re.findall(r"<rect class=\"(\w+)\"", page) == list(tables.TABLES)
+    assert re.findall(r"<rect class=\"(\w+)\"", page) == list(registry.TABLES)
     assert "<td>24</td> <td>0</td> <td>6</td>" in page  # stored, already present, rejected
     # The files are checked by the full check, on request; the page shows its last result.
     assert page.count("<td>not checked yet</td>") == len(ALL_DATABASES)
@@ -101,7 +102,7 @@ def test_showing_the_overview_runs_no_file_check_and_no_reference_scan(admin_cli
     """PRAGMA integrity_check reads every page of every file (seconds at a million orders):
     it runs on request (POST), at most once per interval, never to show the page, not even
     to answer a POST the interval refuses."""
-    pipeline.load(demo_source())
+    load.load(demo_source())
     with SqlSeen() as seen:
         assert admin_client.get("/overview/").status_code == 200
     assert seen.ran("integrity_check") == [] and seen.ran('FROM "orders"') == [
@@ -126,7 +127,7 @@ SOAK = os.environ.get("MULTIDS_SOAK") == "1"
 def test_at_a_million_orders_the_overview_renders_in_200_ms_and_facets_are_off(admin_client):
     """The budget of issue 32, measured as the best of five renders (a busy machine only
     makes some of them slower); the page took 6.8-7.9 s before."""
-    pipeline.load(SyntheticSource(users=100_000, products=10_000, orders=1_000_000, seed=3))
+    load.load(SyntheticSource(users=100_000, products=10_000, orders=1_000_000, seed=3))
     admin_client.get("/overview/")  # the first render compiles templates, opens connections
     seconds = []
     for _ in range(5):
@@ -143,7 +144,7 @@ def test_at_a_million_orders_the_overview_renders_in_200_ms_and_facets_are_off(a
 
 @all_databases
 def test_the_full_check_reports_orphans(admin_client):
-    pipeline.load(demo_source())
+    load.load(demo_source())
     behind_the_guards_back(
         "orders_db", "INSERT INTO orders (id, user_id, product_id, quantity) VALUES (50, 404, 1, 1)"
     )
@@ -171,7 +172,7 @@ def test_the_chart_puts_the_oldest_run_left_and_scales_to_the_fastest_table():
     runs = [run(200, users=50, products=25, orders=100), run(100, users=10, products=0, orders=0)]
     chart = rows_per_second_chart(runs)
     plot_height = chart["base"] - 12
-    n = len(tables.TABLES)  # users, products, orders, then the test settings' reviews
+    n = len(registry.TABLES)  # users, products, orders, then the test settings' reviews
     oldest, newest = chart["bars"][:n][:3], chart["bars"][n:][:3]
     assert [b["table"] for b in newest] == ["users", "products", "orders"]
     assert [b["height"] for b in newest] == [plot_height / 2, plot_height / 4, plot_height]
@@ -222,7 +223,7 @@ def test_the_y_axis_ticks_are_round_values(fastest, ticks):
 
 @all_databases
 def test_the_page_promises_only_what_the_full_check_does(admin_client):
-    pipeline.load(demo_source())
+    load.load(demo_source())
     before = squeezed(admin_client.get("/overview/"))
     assert "a few seconds" not in before
     assert "its time grows with those tables" in before

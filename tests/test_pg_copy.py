@@ -1,15 +1,15 @@
-"""core.pg.packed_rows: the orders' binary COPY bytes built at once must store exactly what
-psycopg's ``write_row`` stores, and anything it cannot pack goes back to ``write_row``.
+"""crossdb.loading.postgres.packed_rows: the orders' binary COPY bytes built at once must store
+exactly what psycopg's ``write_row`` stores, and anything it cannot pack goes back to ``write_row``.
 
 Run on PostgreSQL by the in-process rerun (tests/test_postgres.py); the fallbacks need no
 database.
 """
 
 import pytest
+from crossdb.loading.columns import COPY_SIGNATURE, COPY_TRAILER
+from crossdb.loading.postgres import packed_rows
 from django.db import connections
 
-from core.columns import COPY_SIGNATURE, COPY_TRAILER
-from core.pg import packed_rows
 from tests.conftest import all_databases
 
 ORDER_TYPES = ["bigint", "bigint", "bigint", "integer"]

@@ -274,7 +274,7 @@ def test_mixed_setup_users_on_postgres_the_rest_on_sqlite(pg_databases, tmp_path
     writers = run(
         "shell",
         "-c",
-        "from core.pipeline import writer_for\n"
+        "from crossdb.loading.load import writer_for\n"
         "for t, a in (('users', 'users_db'), ('orders', 'orders_db')):\n"
         "    print(t, type(writer_for(t, a)).__name__)",
         data_dir=tmp_path,
@@ -288,7 +288,7 @@ CONCURRENT_LOAD = """
 import sys, time
 from pathlib import Path
 from django.core.management import call_command
-from core.pg import PostgresBulkWriter
+from crossdb.loading.postgres import PostgresBulkWriter
 
 go, source, rejects = sys.argv[1:4]
 insert = PostgresBulkWriter.insert_ignoring_conflicts
@@ -381,9 +381,9 @@ def test_concurrent_processes_with_clashing_emails_get_clear_rejections(pg_datab
 DEADLOCK = """
 import sys, threading, time
 import psycopg
-from core.pg import PostgresBulkWriter
-from core.pipeline import writer_for
-from core.pool import Job
+from crossdb.loading.postgres import PostgresBulkWriter
+from crossdb.loading.load import writer_for
+from crossdb.loading.processes import Job
 
 deadlocks = []
 copy = PostgresBulkWriter._copy

@@ -15,7 +15,7 @@ notes the writer processes, signals the main process, and then asserts:
   every row stored.
 
 Negative control: with the parent watch switched off (``MULTIDS_TEST_NO_PARENT_WATCH=1``,
-read by core/pool.py for this test only) the writers outlive a killed main process. With
+read by core/processes.py for this test only) the writers outlive a killed main process. With
 only the kernel's part off (``=prctl``) the checks in the writers' waits still end them,
 within 5 s rather than 2 (a writer notices after the statement it is running).
 """
@@ -34,12 +34,12 @@ import time
 
 import psycopg
 import pytest
+from crossdb.integrity import check_integrity
+from crossdb.loading import load, processes
+from crossdb.loading.processes import Aborted, Gate, Orphaned, ParentsTooSlow, ParentWatch
+from crossdb.loading.writers import BulkWriter
 
-from core import pipeline, pool
-from core.integrity import check_integrity
-from core.pool import Aborted, Gate, Orphaned, ParentsTooSlow, ParentWatch
 from core.sources import SyntheticSource
-from core.writers import BulkWriter
 from tests.conftest import ROOT, all_databases
 from tests.test_postgres import VARIABLES, pg_databases, postgres_server  # noqa: F401
 
@@ -400,11 +400,11 @@ def queued(*jobs):
     for job in (*jobs, None):
         inbox.put(job)
     time.sleep(0.05)  # the queue's feeder thread has put them in the pipe
-    return pool.Inbox(inbox, multiprocessing.Event(), ParentWatch(os.getppid()))
+    return processes.Inbox(inbox, multiprocessing.Event(), ParentWatch(os.getppid()))
 
 
 def job(seq, users_batches):
-    return pool.Job(seq, [], [(seq,)], {"users": users_batches})
+    return processes.Job(seq, [], [(seq,)], {"users": users_batches})
 
 
 def commit_users_after(waiting, seconds, batches, then=()):
@@ -457,13 +457,13 @@ def test_no_job_joins_once_the_parents_are_committed_and_at_most_join_limit_shar
     ready.wait_for_parents(lambda j: pytest.fail("joined although the parents were committed"))
     assert ready.inbox.next().seq == 2
     waiting = gate(10)
-    waiting.inbox = queued(*(job(seq, 1) for seq in range(2, pool.JOIN_LIMIT + 5)))
+    waiting.inbox = queued(*(job(seq, 1) for seq in range(2, processes.JOIN_LIMIT + 5)))
     offered = []
     committer = commit_users_after(waiting, 0.5, 1)
     waiting.wait_for_parents(lambda j: offered.append(j.seq) or True)
     committer.join()
-    assert len(offered) == pool.JOIN_LIMIT - 1  # the current job and JOIN_LIMIT - 1 more
-    assert waiting.inbox.next().seq == pool.JOIN_LIMIT + 1
+    assert len(offered) == processes.JOIN_LIMIT - 1  # the current job and JOIN_LIMIT - 1 more
+    assert waiting.inbox.next().seq == processes.JOIN_LIMIT + 1
 
 
 def test_a_wait_with_the_end_of_the_run_queued_sleeps_instead_of_spinning():
@@ -479,12 +479,12 @@ def test_a_wait_with_the_end_of_the_run_queued_sleeps_instead_of_spinning():
 
 
 def test_a_transaction_that_takes_the_whole_table_waits_for_each_job_until_the_end():
-    """keep_joining (a load segment, core.segment) takes the jobs as they come, also those
-    sent after it began waiting, extends the wait to each one's parents, and stops with
+    """keep_joining (a load segment, crossdb.loading.segment) takes the jobs as they come, also
+    those sent after it began waiting, extends the wait to each one's parents, and stops with
     the end of the run next."""
     waiting = gate(10)
     channel = multiprocessing.Queue()
-    waiting.inbox = pool.Inbox(channel, multiprocessing.Event(), ParentWatch(os.getppid()))
+    waiting.inbox = processes.Inbox(channel, multiprocessing.Event(), ParentWatch(os.getppid()))
     channel.put(job(2, 2))
 
     def send_later():
@@ -539,16 +539,16 @@ def test_a_joining_job_that_needs_a_second_look_waits_for_its_own_parents():
         "users": multiprocessing.Value("q", 0, lock=False),
         "products": multiprocessing.Value("q", 1, lock=False),
     }
-    first = pool.Job(1, [1], [(1, 1, 1, 1)], {"users": 1, "products": 1})
-    clashing = pool.Job(2, [2, 3], [(2, 1, 1, 1), (2, 1, 1, 1)], {"users": 2, "products": 1})
+    first = processes.Job(1, [1], [(1, 1, 1, 1)], {"users": 1, "products": 1})
+    clashing = processes.Job(2, [2, 3], [(2, 1, 1, 1), (2, 1, 1, 1)], {"users": 2, "products": 1})
     waiting = Gate(committed, {}, multiprocessing.Event(), limit=10, inbox=queued(clashing))
     waiting.needs = dict(first.after)
-    writer = pipeline.writer_for("orders", "orders_db", waiting)
+    writer = load.writer_for("orders", "orders_db", waiting)
     committer = commit_users_after(waiting, 0.3, 1)  # users batch 2 never commits
     written = writer.write(first)
     committer.join()
     assert sorted(Order.objects.values_list("id", flat=True)) == [1]
-    assert written == pool.Written(1, 0, [])
+    assert written == processes.Written(1, 0, [])
     assert waiting.needs == first.after
     assert waiting.inbox.next() == clashing
 
@@ -567,7 +567,7 @@ def test_a_parent_writer_that_hangs_fails_the_run_with_that_error(monkeypatch):
         return original(self, job)
 
     monkeypatch.setattr(BulkWriter, "write", write)
-    monkeypatch.setattr(pool, "PARENT_WAIT_SECONDS", 0.5)  # the writers are forked: inherited
-    with pytest.raises(pipeline.LoadError, match=r"orders writer .*: waited 0.5 s for users batch"):
-        pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    monkeypatch.setattr(processes, "PARENT_WAIT_SECONDS", 0.5)  # the writers are forked: inherited
+    with pytest.raises(load.LoadError, match=r"orders writer .*: waited 0.5 s for users batch"):
+        load.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     assert check_integrity().ok

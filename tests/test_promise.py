@@ -1,7 +1,7 @@
 """The promise under ordinary Django code (issue 15), in process, one test per way it broke.
 
 Each test here left orphans, a stale email key or a wrong refusal before the guard learnt
-the rule for the caller's own transactions (``core.guard``: a parent counts once it is
+the rule for the caller's own transactions (``crossdb.guard``: a parent counts once it is
 committed; a delete cannot commit inside a transaction on a children's database), the base
 manager, ``_raw_delete``, the key's every write path and the bounded waits.
 ``tests/test_postgres.py`` runs this file again on PostgreSQL; the commands a user runs
@@ -12,16 +12,16 @@ manager, ``_raw_delete``, the key's every write path and the bounded waits.
 import threading
 
 import pytest
+from crossdb import deletion, guard
+from crossdb.guard import CommitOrderError, GuardTimeout, MissingParent
+from crossdb.integrity import check_integrity
+from crossdb.orm import KeyNotComputable
+from crossdb.rules import email_key
 from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Upper
 
-from core import deletion, guard
-from core.guard import CommitOrderError, GuardTimeout, MissingParent
-from core.guarded import KeyNotComputable
-from core.integrity import check_integrity
 from core.models import Order, Product, User
-from core.validation import email_key
 from tests.conftest import all_databases, behind_the_guards_back, store_customers, store_products
 
 
@@ -121,7 +121,7 @@ def test_a_user_this_thread_has_locked_counts_without_waiting_for_itself(setting
     SHARE), then ordering for that user, in one transaction on users_db: the order's check
     must not wait for the thread's own lock (it would wait out the whole bound)."""
     seed()
-    settings.MULTIDS_GUARD_TIMEOUT = 2
+    settings.CROSSDB = {**settings.CROSSDB, "GUARD_TIMEOUT": 2}
     with transaction.atomic(using="users_db"):
         User.objects.filter(id=1).update(email="alice@new.example")
         alice = User.objects.get(id=1)
@@ -333,7 +333,7 @@ class Holder:
 @all_databases
 def test_a_delete_behind_a_writer_holding_the_guard_gives_up_with_one_line(settings):
     seed()
-    settings.MULTIDS_GUARD_TIMEOUT = 0.5
+    settings.CROSSDB = {**settings.CROSSDB, "GUARD_TIMEOUT": 0.5}
     with Holder("orders_db", lambda alias: guard.share(alias, ["users"])) as holder:
         with pytest.raises(GuardTimeout) as waited:
             deletion.delete("users", [3])
@@ -350,7 +350,7 @@ def test_a_delete_behind_a_writer_holding_the_guard_gives_up_with_one_line(setti
 @all_databases
 def test_an_order_save_behind_a_deleter_gives_up_with_one_line(settings):
     seed()
-    settings.MULTIDS_GUARD_TIMEOUT = 0.5
+    settings.CROSSDB = {**settings.CROSSDB, "GUARD_TIMEOUT": 0.5}
     with Holder("orders_db", lambda alias: guard.exclusive(alias, "users")):
         with pytest.raises(GuardTimeout, match="^waited 0.5 s for the reference guard"):
             Order.objects.create(id=9, user_id=1, product_id=1, quantity=1)
@@ -362,7 +362,7 @@ def test_check_integrity_behind_a_held_orders_table_gives_up_or_reads_beside_it(
     """PostgreSQL: a load holding the orders table (a segment, a stopped writer) makes the
     check wait at most the bound; SQLite: readers never wait for a writer."""
     seed()
-    settings.MULTIDS_GUARD_TIMEOUT = 0.5
+    settings.CROSSDB = {**settings.CROSSDB, "GUARD_TIMEOUT": 0.5}
 
     def hold_orders(alias):
         with connections[alias].cursor() as cursor:
@@ -382,7 +382,7 @@ def test_check_integrity_behind_a_held_orders_table_gives_up_or_reads_beside_it(
 @all_databases
 def test_an_admin_save_behind_a_deleter_answers_503_with_the_wait(settings, admin_client):
     seed()
-    settings.MULTIDS_GUARD_TIMEOUT = 0.5
+    settings.CROSSDB = {**settings.CROSSDB, "GUARD_TIMEOUT": 0.5}
     with Holder("orders_db", lambda alias: guard.exclusive(alias, "users")):
         response = admin_client.post(
             "/admin/core/order/add/",
@@ -397,7 +397,7 @@ def test_an_admin_save_behind_a_deleter_answers_503_with_the_wait(settings, admi
 @all_databases
 def test_an_admin_delete_behind_a_load_says_it_waited(settings, admin_client):
     seed()
-    settings.MULTIDS_GUARD_TIMEOUT = 0.5
+    settings.CROSSDB = {**settings.CROSSDB, "GUARD_TIMEOUT": 0.5}
     with Holder("orders_db", lambda alias: guard.share(alias, ["users"])):
         response = admin_client.post("/admin/core/user/3/delete/", {"post": "yes"})
     assert response.status_code == 302

@@ -182,7 +182,7 @@ def test_a_process_killed_inside_a_transaction_on_users_leaves_no_orphan(backend
         """
         import os, signal
         from django.db import transaction
-        from core.guard import MissingParent
+        from crossdb.guard import MissingParent
         from core.models import Order, User
         with transaction.atomic(using="users_db"):
             User.objects.create(id=500, name="Eve", email="eve.500@example.com")

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
+from crossdb.loading.writers import HOLD
 
 from core.sources import FIRST_ID, SyntheticSource
-from core.writers import HOLD
 from tests.concurrency import (
     ROOT,
     Log,
@@ -128,7 +128,7 @@ def user_for(kind, rng):
 
 
 # A load into an empty orders table on PostgreSQL commits every order at once, at its end,
-# inside the table's lock (core.segment). The schedules that fire a delete between two
+# inside the table's lock (crossdb.loading.segment). The schedules that fire a delete between two
 # committed order batches load batch by batch instead; random moments keep the default.
 BATCH_BY_BATCH = {"MULTIDS_LOAD_SEGMENT_MB": "0"}
 
@@ -148,8 +148,8 @@ def delete_during_load(
     """Start the load, run delete_row users USER when fire(load) returns; judge the end.
 
     prepare(backend), if given, runs first and returns the load's arguments (else LOAD);
-    hold, if given, is the load's ``core.writers.HOLD`` path; segments: whether a load into
-    the empty orders table may take it in one transaction (``BATCH_BY_BATCH`` when not).
+    hold, if given, is the load's ``crossdb.loading.writers.HOLD`` path; segments: whether a load
+    into the empty orders table may take it in one transaction (``BATCH_BY_BATCH`` when not).
 
     Returns a dict of facts; asserts everything that must hold whatever the timing (when the
     guard is on): the load exits 0, check_integrity is ok, an acknowledged delete holds,
@@ -713,15 +713,15 @@ def test_the_workers_refuse_a_bad_role(tmp_path):
 
 @all_databases
 def test_changing_a_parents_id_through_the_orm_is_refused_or_keeps_its_children():
-    from core.integrity import check_integrity
+    from crossdb.integrity import check_integrity
+
     from core.models import Order, Product, User
 
     User.objects.create(id=1, name="Ann", email="ann@example.com")
     Product.objects.create(id=1, name="Pen", price="1.50")
     Order.objects.create(id=1, user_id=1, product_id=1, quantity=1)
+    from crossdb.deletion import HasChildren
     from django.db import IntegrityError
-
-    from core.deletion import HasChildren
 
     try:
         User.objects.filter(pk=1).update(id=2)

@@ -30,12 +30,12 @@ import sys
 import time
 
 import pytest
+from crossdb.integrity import check_integrity
+from crossdb.loading import load
+from crossdb.loading.processes import Gate
+from crossdb.loading.writers import BulkWriter
 
-from core import pipeline
-from core.integrity import check_integrity
-from core.pool import Gate
 from core.sources import SyntheticSource
-from core.writers import BulkWriter
 from tests.conftest import ROOT, all_databases, manage
 
 TABLES = ("users", "products", "orders")
@@ -223,8 +223,8 @@ def test_negative_control_orders_committed_before_parents_are_caught(monkeypatch
     """A writer that does not wait for parents leaves orphans when a parent writer dies."""
     _users_writer_dies_at_second_batch(monkeypatch)
     monkeypatch.setattr(Gate, "wait_for_parents", lambda self, join=None: None)
-    with pytest.raises(pipeline.LoadError, match="the users writer stopped unexpectedly"):
-        pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    with pytest.raises(load.LoadError, match="the users writer stopped unexpectedly"):
+        load.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     result = check_integrity()
     print(f"\nnegative control: {result.orphan_count} orphans caught")
     assert result.orphan_count > 0
@@ -234,8 +234,8 @@ def test_negative_control_orders_committed_before_parents_are_caught(monkeypatch
 @all_databases
 def test_the_same_crash_with_ordered_commits_leaves_no_orphan(monkeypatch):
     _users_writer_dies_at_second_batch(monkeypatch)
-    with pytest.raises(pipeline.LoadError, match="the users writer stopped unexpectedly"):
-        pipeline.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
+    with pytest.raises(load.LoadError, match="the users writer stopped unexpectedly"):
+        load.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     assert check_integrity().ok
 
 

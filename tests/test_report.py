@@ -11,18 +11,18 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from crossdb.loading.rows import Lines, Malformed
+from crossdb.results import LoadResult, Rejection, TableResult
+from crossdb.sources import RejectsFileSource
 from django.core.management import find_commands, load_command_class
 from django.core.management.base import CommandError
 
 from core.models import Order, Product, User
-from core.report import LoadResult, Rejection, TableResult
-from core.rows import Lines, Malformed
-from core.sources import RejectsFileSource
 from tests.conftest import all_databases
 
 HEADER = b"table,line,id,reason,name,email,price,user_id,product_id,quantity,raw\r\n"
 
-# See tests/test_sources.py: until the validator takes core.rows.Malformed, loading one
+# See tests/test_sources.py: until the validator takes crossdb.loading.rows.Malformed, loading one
 # through insert_data fails with TypeError; strict, so the marker goes once it does.
 
 
@@ -288,18 +288,33 @@ def test_an_unwritable_report_path_is_a_one_line_error(run_command, tmp_path):
     )
 
 
-COMMANDS = sorted(
-    find_commands(str(Path(__file__).resolve().parent.parent / "core" / "management"))
-)
+def _commands():
+    """(app, command) for every command the project's apps ship."""
+    import crossdb
+
+    apps = {
+        "core": Path(__file__).resolve().parent.parent / "core",
+        "crossdb": Path(crossdb.__file__).parent,
+    }
+    return sorted(
+        (app, name)
+        for app, path in apps.items()
+        for name in find_commands(str(path / "management"))
+    )
+
+
+COMMANDS = _commands()
 
 
 def test_the_project_commands_are_found():
-    assert {"insert_data", "migrate_all"} <= set(COMMANDS)
+    assert {"insert_data", "migrate_all", "check_integrity", "delete_row"} <= {
+        n for _a, n in COMMANDS
+    }
 
 
-@pytest.mark.parametrize("name", COMMANDS)
-def test_every_command_and_every_option_has_help(name):
-    command = load_command_class("core", name)
+@pytest.mark.parametrize(("app", "name"), COMMANDS)
+def test_every_command_and_every_option_has_help(app, name):
+    command = load_command_class(app, name)
     assert command.help and command.help.strip(), f"{name} has no help text"
     parser = command.create_parser("manage.py", name)
     undocumented = [

@@ -150,10 +150,10 @@ def test_the_known_development_key_is_refused_in_production(tmp_path, env):
 FAIL_ONE_REQUEST = """
 import django
 django.setup()
-import core.views
+import crossdb.views
 def overview(request):
     raise RuntimeError("the overview broke on purpose")
-core.views.overview = overview  # before the URLconf is imported
+crossdb.views.overview = overview  # before the URLconf is imported
 from django.test import Client
 response = Client(raise_request_exception=False).get(
     "/overview/", HTTP_HOST="localhost", secure=True

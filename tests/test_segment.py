@@ -1,8 +1,8 @@
-"""Load segments (core.segment) on PostgreSQL: an empty orders table filled in one transaction,
-its primary key dropped in that transaction and built again before the commit.
+"""Load segments (crossdb.loading.segment) on PostgreSQL: an empty orders table filled in one
+transaction, its primary key dropped in that transaction and built again before the commit.
 
 The promise: no other transaction ever sees the table without its key, and a crash leaves
-the key in place. Each test holds a real load inside its segment (``core.writers.HOLD``,
+the key in place. Each test holds a real load inside its segment (``crossdb.loading.writers.HOLD``,
 once its first batch has looked its parents up: the orders of this load name users and
 products an earlier load stored), does something to it from outside, and judges the
 databases. Each has a negative control run with ``MULTIDS_TEST_SEGMENT_UNPROTECTED=1``,
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from crossdb.loading import load, segment
+from crossdb.loading.writers import HOLD
 
-from core import pipeline, segment
 from core.models import Order
 from core.sources import SyntheticSource
-from core.writers import HOLD
 from tests.concurrency import PostgresDatabases, Processes, make_backend, wait_until
 from tests.conftest import all_databases
 from tests.test_postgres import postgres_server  # noqa: F401 (fixture)
@@ -267,7 +267,7 @@ def test_negative_control_without_the_guard_and_the_lock_the_delete_leaves_orpha
 def load_in_batches_of_100(directory, *, users, products, orders):
     """Write users 1..users, products 1..products and the orders rows as CSV files into
     directory, load them in batches of 100 and return the LoadResult."""
-    from core.sources import FileSource
+    from crossdb.sources import FileSource
 
     (directory / "users.csv").write_text(
         "id,name,email\n" + "".join(f"{u},U{u},u{u}@example.com\n" for u in range(1, users + 1))
@@ -277,7 +277,7 @@ def load_in_batches_of_100(directory, *, users, products, orders):
     )
     with open(directory / "orders.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("id", "user_id", "product_id", "quantity"), *orders])
-    return pipeline.load(FileSource(directory), batch_size=100)
+    return load.load(FileSource(directory), batch_size=100)
 
 
 def spy_on_segments(monkeypatch, log):

@@ -1,12 +1,13 @@
 """Each table lives in its own database, and every SQLite connection is tuned for writers."""
 
 import pytest
+from crossdb.models import LoadRun
+from crossdb.routers import DatabaseRouter
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from core.models import LoadRun, Order, Product, User
-from core.routers import DatabaseRouter
+from core.models import Order, Product, User
 from multids.settings import database_config
 from tests.conftest import ALL_DATABASES, all_databases, manage
 

@@ -11,11 +11,12 @@ import json
 from decimal import Decimal
 
 import pytest
+from crossdb.loading.rows import Lines, Malformed
+from crossdb.sources import FileSource
 from django.core.management.base import CommandError
 
 from core.models import Order, Product, User
-from core.rows import Lines, Malformed
-from core.sources import FIRST_ID, FileSource, SyntheticSource
+from core.sources import FIRST_ID, SyntheticSource
 from tests.conftest import all_databases
 
 
@@ -444,7 +445,7 @@ def test_synthetic_options_that_cannot_work_are_refused(run_command, args, messa
 
 def test_jsonl_round_trips_through_json_dumps(tmp_path):
     """Files written by json.dumps, the usual way to make JSONL, read back value for value."""
-    from core.sources import FileSource
+    from crossdb.sources import FileSource
 
     records = [{"id": i, "name": f"N{i}", "price": f"{i}.25"} for i in range(1, 4)]
     write(tmp_path, "products.jsonl", "".join(json.dumps(r) + "\n" for r in records))

@@ -14,7 +14,8 @@ must not depend on the input.
 
 import tracemalloc
 
-from core.sources import FileSource
+from crossdb.sources import FileSource
+
 from tests.conftest import manage
 
 SMALL, LARGE = 50_000, 400_000

@@ -116,8 +116,9 @@ def test_bars_show_totals_rate_and_eta_when_the_size_is_known(tmux, tmp_path):
     script = tmp_path / "bars.py"
     script.write_text(
         "import time\n"
-        "import sys\nfrom core.console import progress_for\n"
-        # core.rows.Expected's shape (total, unit, position), without importing core.rows
+        "import sys\nfrom crossdb.console import progress_for\n"
+        # crossdb.loading.rows.Expected's shape (total, unit, position), without importing
+        # crossdb.loading.rows
         "from collections import namedtuple\n"
         "Expected = namedtuple('Expected', 'total unit position', defaults=('rows', None))\n"
         "position = [0]\n"

@@ -1,17 +1,17 @@
 """The row rules, as a user meets them: the value in, the reason out.
 
-The rules come from the model fields (``core.validation.rule_for``) through the table
+The rules come from the model fields (``crossdb.rules.rule_for``) through the table
 registry; ``clean_user`` and friends below are that one path, per table.
 """
 
 from decimal import Decimal
 
 import pytest
+from crossdb.registry import SPECS
+from crossdb.rules import email_key
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.tables import SPECS
-from core.validation import email_key
 from tests import reference_rules
 
 

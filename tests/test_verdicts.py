@@ -21,19 +21,19 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
+from crossdb.loading import columns, load
+from crossdb.loading.columns import Block
+from crossdb.loading.load import RunValidator
+from crossdb.loading.writers import BulkWriter
+from crossdb.registry import SPECS, TableSpec
+from crossdb.results import REJECTS_COLUMNS, Rejection
+from crossdb.rules import Problem
+from crossdb.sources import FileSource, RejectsFileSource, files
 from django.db import connections
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from core import columns, pipeline
-from core.columns import Block
 from core.models import Order, Product, User
-from core.pipeline import RunValidator
-from core.report import REJECTS_COLUMNS, Rejection
-from core.sources import FileSource, RejectsFileSource, files
-from core.tables import SPECS, TableSpec
-from core.validation import Problem
-from core.writers import BulkWriter
 from tests import reference_rules as rules
 from tests.conftest import all_databases
 
@@ -61,7 +61,7 @@ QUANTITIES = ["1", "3", "3.0", "3.00", " 4 ", "2147483647"]
 BAD_QUANTITIES = ["0", "-1", "3.5", "1e1", "", "x", "2147483648", "\u0663"]  # ٣: Arabic 3
 
 
-# Orders written in plain digits only, valid or not, reach the validator as core.columns
+# Orders written in plain digits only, valid or not, reach the validator as crossdb.loading.columns
 # Blocks when the whole CSV file is plain; the property then covers that path too.
 PLAIN_IDS_LIST = ["1", "2", "3", "4", "5", "6", "7", "8", "08"]
 PLAIN_QUANTITIES_LIST = ["1", "3", "04", "2147483647"]
@@ -155,7 +155,7 @@ def cases(draw):
     stored = draw(st.one_of(st.just({}), stored_rows()))
     rows = {t: draw(table_rows(ROWS[t])) for t in ("users", "products")}
 
-    plain = draw(st.booleans())  # orders of plain digits only: core.columns' Blocks
+    plain = draw(st.booleans())  # orders of plain digits only: crossdb.loading.columns' Blocks
 
     def parents(table):
         named = {values[0] for values in rows[table]} | {str(r[0]) for r in stored.get(table, ())}
@@ -314,7 +314,7 @@ def load_as(fmt, rows, stored, directory, batch_size):
     store(stored)
     source = source_for(fmt, directory)
     source.check()
-    result = pipeline.load(source, batch_size=batch_size)
+    result = load.load(source, batch_size=batch_size)
     counts, rejected = outcome(result, lines)
     return dump(), counts, rejected, result
 
@@ -442,7 +442,7 @@ def test_a_csv_only_fast_path_that_rejects_repeated_ids_fails_the_property(case_
 
 @all_databases
 def test_a_block_path_that_numbers_lines_from_zero_fails_the_property(case_dir, monkeypatch):
-    """CSV orders of plain digits arrive as ``core.columns.Block``; one whose lines are
+    """CSV orders of plain digits arrive as ``crossdb.loading.columns.Block``; one whose lines are
     numbered one short names the wrong line in every rejection of its rows."""
     parse = columns.parse
 
@@ -572,7 +572,7 @@ def test_emails_equal_by_their_key_clash_across_two_runs(fmt, tmp_path):
         directory = tmp_path / name
         directory.mkdir()
         WRITERS[fmt](directory, rows)
-        result = pipeline.load(source_for(fmt, directory), batch_size=2)
+        result = load.load(source_for(fmt, directory), batch_size=2)
     assert sorted(User.objects.values_list("id", flat=True)) == [1, 4]
     rejections = result.sorted_rejections()
     assert [r.id for r in rejections] == [2, 3, 5]

@@ -5,9 +5,9 @@ import time
 from decimal import Decimal
 
 import pytest
+from crossdb.admin.base import parse_id
 from django.test import Client
 
-from core.admin.base import parse_id
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES
 from tests.reviews.models import Review
@@ -275,13 +275,13 @@ def test_a_5000_digit_number_in_a_form_is_a_form_error(staff_client, rows, url, 
 
 def test_a_5000_digit_number_is_refused_by_the_rules_before_any_conversion():
     """int() refuses more than 4,300 digits, and int(Decimal) of a million takes seconds."""
-    from core import tables
+    from crossdb import registry
 
-    row, problems = tables.spec("orders").clean(("1", "1", "1" + "0" * 999_999, "1"))
+    row, problems = registry.spec("orders").clean(("1", "1", "1" + "0" * 999_999, "1"))
     assert row[2] is None
     assert [p.message for p in problems] == ["product_id is too large: it has 1,000,000 digits"]
     padded = "0" * 5000 + "7"  # leading zeros count for nothing: this is 7
-    assert tables.spec("orders").clean(("1", "1", padded, "1"))[1] == ()
+    assert registry.spec("orders").clean(("1", "1", padded, "1"))[1] == ()
 
 
 def test_facets_are_off_for_a_list_above_the_size_and_the_page_says_so(
@@ -289,7 +289,7 @@ def test_facets_are_off_for_a_list_above_the_size_and_the_page_says_so(
 ):
     """?_facets=1 counts every choice of every filter over the whole table: 5-9 s on a
     million orders (issue 32). Above the size, the list is shown without them."""
-    from core.admin import base
+    from crossdb.admin import base
 
     monkeypatch.setattr(base, "FACETS_MAX_ROWS", 59, raising=False)
     orders = staff_client.get("/admin/core/order/", {"_facets": "1"})
@@ -303,7 +303,7 @@ def test_facets_are_off_for_a_list_above_the_size_and_the_page_says_so(
     assert "example.com (30)" in users.content.decode()
 
 
-ACTION_LIMIT = 1000  # core.admin.base.MAX_ACTION_ROWS
+ACTION_LIMIT = 1000  # crossdb.admin.base.MAX_ACTION_ROWS
 
 
 @pytest.fixture

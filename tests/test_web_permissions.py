@@ -6,12 +6,12 @@ user's orders it could not even list)."""
 import json
 
 import pytest
+from crossdb import integrity, views
+from crossdb.admin import parents as parent_admin
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from core import integrity, views
-from core.admin import parents as parent_admin
 from core.models import Order, User
 from tests.conftest import (
     ALL_DATABASES,
@@ -62,7 +62,7 @@ ACCOUNTS = {
 @pytest.fixture(autouse=True)
 def own_data_dir(settings, tmp_path):
     """A data directory of its own, so the full check's once-per-30-s limit starts afresh."""
-    settings.DATA_DIR = tmp_path
+    settings.CROSSDB = {**settings.CROSSDB, "STATE_DIR": tmp_path}
 
 
 @pytest.fixture

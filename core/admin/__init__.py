@@ -1,9 +1,9 @@
 """The admin of every registered table, each read from and written to its own database,
-derived from the table registry (``core.tables``) instead of written per table.
+derived from the table registry (``crossdb.registry``) instead of written per table.
 
 Every ModelAdmin here follows the multi-database pattern of Django's documentation
 ("Exposing multiple databases in Django's admin interface"): querysets, saves and deletes
-name the alias that ``core.routers`` gives the model, so nothing falls back to ``default``.
+name the alias that ``crossdb.routers`` gives the model, so nothing falls back to ``default``.
 
 Two generic admins carry everything the declared references imply; a table's own admin is a
 thin subclass that adds only its search and filters (``catalog``, ``orders``), and a new table
@@ -15,7 +15,7 @@ needs one ``register`` line (``tests/reviews/admin.py``):
   unique keys; a save the guard refuses (``MissingParent``: the parent went between the
   form's check and the save) comes back as the form with the reason, nothing stored.
 * ``ParentAdmin`` (any table others reference): a count column per child table; every
-  delete goes through ``core.deletion``. A row with children gets one page listing each
+  delete goes through ``crossdb.deletion``. A row with children gets one page listing each
   child table's count with a link to those rows and the choices "delete it with its
   children" / "keep it"; ``CASCADE`` children go with a plain delete, ``PROTECT`` ones need
   the explicit choice. Deleting child rows needs delete permission on each child model whose
@@ -40,6 +40,6 @@ admin.site.site_header = "multids administration"
 admin.site.site_title = "multids"
 admin.site.index_title = "Each table in its own database"
 # The "View site" link of every admin page leads to the databases overview.
-admin.site.site_url = reverse_lazy("core:overview")
+admin.site.site_url = reverse_lazy("crossdb:overview")
 # The login form says so when an account or address is throttled (core.logins).
 admin.site.login_form = ThrottledLoginForm

@@ -1,11 +1,11 @@
-"""The customer and product admins: the generic parent admin (``core.admin.parents``) with
+"""The customer and product admins: the generic parent admin (``crossdb.admin.parents``) with
 each list's own search and filters. Their child-count columns, delete pages and delete
 actions all come from the references other tables declare to them."""
 
+from crossdb.admin.filters import EmailDomainFilter, PriceFilter
+from crossdb.admin.parents import ParentAdmin
 from django.contrib import admin
 
-from core.admin.filters import EmailDomainFilter, PriceFilter
-from core.admin.parents import ParentAdmin
 from core.models import Product, User
 
 

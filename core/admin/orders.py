@@ -1,11 +1,11 @@
-"""The order admin: the generic referencing admin (``core.admin.referencing``) with the order
+"""The order admin: the generic referencing admin (``crossdb.admin.referencing``) with the order
 list's own filter and sorting. Its user and product columns, links, filters, form checks,
 search by the user's email and the search help all come from the declared references."""
 
+from crossdb.admin.filters import QuantityFilter
+from crossdb.admin.referencing import ReferencingAdmin
 from django.contrib import admin
 
-from core.admin.filters import QuantityFilter
-from core.admin.referencing import ReferencingAdmin
 from core.models import Order
 
 

@@ -14,20 +14,6 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='LoadRun',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('started_at', models.DateTimeField()),
-                ('finished_at', models.DateTimeField()),
-                ('source', models.CharField(max_length=500)),
-                ('summary', models.JSONField()),
-            ],
-            options={
-                'db_table': 'load_runs',
-                'ordering': ['-started_at'],
-            },
-        ),
-        migrations.CreateModel(
             name='Order',
             fields=[
                 ('id', models.BigIntegerField(primary_key=True, serialize=False)),

@@ -1,42 +1,19 @@
-"""Where rows come from: the built-in demo files, a directory of CSV/JSONL files (maybe
-gzipped), a rejects file fed back, or a deterministic synthetic stream.
+"""The shop's own sources: the built-in demo files and the synthetic generator.
 
-Every source has the same methods, so the loader never asks which one it has:
-
-* ``tables()``: the tables it has rows for, in commit order;
-* ``check()``: raise ``SourceError`` for anything that must stop the run (a missing
-  directory, file or column) before anything is written;
-* ``rows(table)``: ``(line, values)`` pairs in the shape of ``core.rows``, streamed;
-* ``runs(table)``, optional: the same rows in runs, each an iterable of pairs or, for a
-  table of whole numbers, a ``core.columns.Block`` (the loader reads ``rows`` otherwise);
-* ``warnings()``: one line per input that looks meant for a table but is not read;
-* ``input_paths()``: the resolved files it reads, so outputs never overwrite them;
-* ``expected(table)``: a ``core.rows.Expected`` for progress bars and their ETA.
-
-Modules: ``reading`` (bytes to records, in bounded memory), ``files`` (a directory),
-``rejects`` (the rejects file), ``synthetic`` (generated rows).
+crossdb reads them through its settings (``multids/settings.py``: ``CROSSDB``'s
+``DEFAULT_SOURCE`` and ``GENERATOR``); the file and rejects sources are crossdb's
+(``crossdb.sources``).
 """
 
 from pathlib import Path
 
-from core.sources.files import FileSource, is_data_file_name
-from core.sources.reading import MAX_RECORD, SourceError
-from core.sources.rejects import RejectsFileSource
+from crossdb.sources import FileSource
+
 from core.sources.synthetic import FIRST_ID, SyntheticSource
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_data"
 
-__all__ = [
-    "DEMO_DIR",
-    "FIRST_ID",
-    "MAX_RECORD",
-    "FileSource",
-    "RejectsFileSource",
-    "SourceError",
-    "SyntheticSource",
-    "demo_source",
-    "source_for_path",
-]
+__all__ = ["DEMO_DIR", "FIRST_ID", "SyntheticSource", "demo_source"]
 
 
 def demo_source():
@@ -44,15 +21,3 @@ def demo_source():
     source = FileSource(DEMO_DIR)
     source.label = "demo data"
     return source
-
-
-def source_for_path(path):
-    """A directory of files, or a rejects CSV being fed back."""
-    path = Path(path)
-    if path.is_file() and is_data_file_name(path.name):
-        raise SourceError(
-            f"--from {path}: give the directory that holds it, not the file: --from {path.parent}"
-        )
-    if path.is_file():
-        return RejectsFileSource(path)
-    return FileSource(path)

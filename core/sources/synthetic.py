@@ -5,7 +5,7 @@ followed by a synthetic load reports no conflicts; the same seed gives the same 
 running the same command twice stores nothing twice. Rows carry no line (``None``).
 
 Orders are generated a chunk at a time from ``randbytes``, as one array per chunk
-(``core.columns.Block``, what ``runs()`` gives the loader), with no Python step per row;
+(``crossdb.loading.columns.Block``, what ``runs()`` gives the loader), with no Python step per row;
 ``rows()`` gives the same orders as tuples.
 """
 
@@ -14,11 +14,10 @@ from decimal import Decimal
 from itertools import chain
 
 import numpy as np
-
-from core import columns
-from core.rows import Expected
-from core.sources.reading import SourceError
-from core.tables import TABLES
+from crossdb.loading import columns
+from crossdb.loading.rows import Expected
+from crossdb.registry import TABLES
+from crossdb.sources.reading import SourceError
 
 FIRST_ID = 1001
 CHUNK = 50_000  # rows generated at once: large enough to amortise, small enough to stream
@@ -82,7 +81,7 @@ class SyntheticSource:
         )
 
     def runs(self, table):
-        """One run per chunk: a list of rows, or for orders a ``core.columns.Block``."""
+        """One run per chunk: a list of rows, or for orders a ``crossdb.loading.columns.Block``."""
         # One generator per table, seeded from (seed, table): each table is reproducible alone.
         rng = random.Random(f"{self.seed}:{table}")
         count = self.counts[table]
@@ -117,3 +116,16 @@ class SyntheticSource:
         values[:, 2] = products[:count]
         values[:, 3] = quantities[:count]
         return columns.Block(values)
+
+
+def generated(counts, seed=0):
+    """The generator crossdb calls for ``insert_data --users N --products N --orders N``
+    (``CROSSDB["GENERATOR"]`` in ``multids/settings.py``): counts per table, a seed."""
+    others = sorted(t for t, n in counts.items() if n and t not in ("users", "products", "orders"))
+    if others:
+        raise SourceError(
+            f"--{others[0]}: the shop's generator makes users, products and orders only"
+        )
+    return SyntheticSource(
+        counts.get("users", 0), counts.get("products", 0), counts.get("orders", 0), seed
+    )

@@ -1,11 +1,9 @@
 """Reviews: each names a user and a product in their own databases."""
 
+from crossdb.fields import CASCADE, PROTECT, CrossDatabaseReference, IdField
+from crossdb.orm import GuardedModel
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-
-from core.fields import IdField
-from core.guarded import GuardedModel
-from core.references import CASCADE, PROTECT, CrossDatabaseReference
 
 
 class Review(GuardedModel):

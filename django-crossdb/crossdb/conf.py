@@ -1,0 +1,56 @@
+"""Every setting of crossdb, each with its default, read from ``settings.CROSSDB`` on use.
+
+A project names only what differs from the defaults::
+
+    CROSSDB = {
+        "DATABASES_FOR_MODELS": {"library.member": "members", "library.loan": "loans"},
+        "GUARD_TIMEOUT": 10,
+    }
+    DATABASE_ROUTERS = ["crossdb.routers.DatabaseRouter"]
+
+Read on every use (a dictionary lookup), so ``override_settings`` and test fixtures apply
+at once and nothing is read at import time.
+"""
+
+from django.conf import settings
+
+DEFAULTS = {
+    # "app_label.modelname" -> database alias: the one place that says which model lives
+    # where. Models not named here stay on Django's default routing.
+    "DATABASES_FOR_MODELS": {},
+    # Seconds a delete, check_integrity, an admin save or any guarded write waits for the
+    # reference guard (or a lock a load holds) before giving up with one line.
+    "GUARD_TIMEOUT": 30.0,
+    # Rows per batch a load validates and commits at a time.
+    "BATCH_SIZE": 50_000,
+    # PostgreSQL: how much of a load into an empty table may go into one transaction whose
+    # primary key is built at the commit (crossdb.loading.segment); 0 turns it off.
+    "LOAD_SEGMENT_MB": 64,
+    # SQLite: the page cache of each insert_data writer connection.
+    "WRITER_CACHE_MB": 64,
+    # PostgreSQL: maintenance_work_mem for the index builds after a load.
+    "INDEX_BUILD_MEMORY": "256MB",
+    # What ``insert_data`` loads when given no --from: a callable (dotted path) returning
+    # a source, or None (then --from or a generator's counts are required).
+    "DEFAULT_SOURCE": None,
+    # The generator behind insert_data --<table> N (a dotted path to a class taking the
+    # counts per table and a seed); None: crossdb.sources.generated.GeneratedSource.
+    "GENERATOR": None,
+    # Where small state files live (the overview's throttle); None: BASE_DIR, else the
+    # working directory.
+    "STATE_DIR": None,
+}
+
+
+def get(name):
+    """The value of setting name: ``settings.CROSSDB[name]`` if given, else its default."""
+    if name not in DEFAULTS:
+        raise KeyError(f"crossdb has no setting {name!r}")
+    return getattr(settings, "CROSSDB", {}).get(name, DEFAULTS[name])
+
+
+def state_dir():
+    from pathlib import Path
+
+    configured = get("STATE_DIR") or getattr(settings, "BASE_DIR", None)
+    return Path(configured) if configured else Path.cwd()

@@ -1,0 +1,159 @@
+"""Terminal display for the commands: progress bars and the summary (rich).
+
+Progress goes to the real stream, not through Django's ``OutputWrapper``: the wrapper ends
+every write with a newline, which turns rich's in-place redraw into one new line per
+refresh. Bars are drawn only when that stream is a terminal.
+"""
+
+import time
+
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+
+class _Counts:
+    """Rows with a verdict per table, kept even when nothing is drawn (for the stop message)."""
+
+    def __init__(self):
+        self.written = {}
+        self.expected = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def start(self, table, expected=None):
+        """Begin table; expected is a ``crossdb.loading.rows.Expected`` or None when the size is
+        unknown."""
+        self.written.setdefault(table, 0)
+        self.expected[table] = expected
+
+    def advance(self, table, read=0, written=0):
+        self.written[table] = self.written.get(table, 0) + written
+
+    def written_so_far(self):
+        """Rows whose batch a writer reported committed (or that were rejected), per table."""
+        return {t: n for t, n in self.written.items() if n}
+
+
+class _Remaining(ProgressColumn):
+    """ "ETA 0:01:05" when the total is known and a rate has been measured, else nothing."""
+
+    def render(self, task):
+        remaining = task.time_remaining
+        if task.total is None or remaining is None or task.finished:
+            return Text("")
+        minutes, seconds = divmod(int(remaining), 60)
+        return Text(f"ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}", style="cyan")
+
+
+class RichProgress(_Counts):
+    """One bar per table: how far it is (rows with a verdict, or bytes read), rows/s, ETA."""
+
+    def __init__(self, file):
+        super().__init__()
+        self.bars = Progress(
+            TextColumn("{task.description:<9}"),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[done]}"),
+            TextColumn("{task.fields[rate]}"),
+            _Remaining(),
+            TimeElapsedColumn(),
+            console=Console(file=file),
+            transient=False,
+        )
+        self.tasks = {}
+        self.began = {}
+
+    def __enter__(self):
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc):
+        for table in self.tasks:
+            self._refresh(table)
+        self.bars.stop()
+
+    def start(self, table, expected=None):
+        super().start(table, expected)
+        total = expected.total if expected is not None else None
+        self.tasks[table] = self.bars.add_task(table, total=total, done="", rate="")
+        self.began[table] = time.monotonic()
+        self._refresh(table)
+
+    def advance(self, table, read=0, written=0):
+        super().advance(table, read, written)
+        if table not in self.tasks:
+            return
+        if written:  # measured up to the last batch: a finished table keeps its rate
+            elapsed = time.monotonic() - self.began[table]
+            self.bars.update(
+                self.tasks[table], rate=f"{self.written[table] / elapsed:>9,.0f} rows/s"
+            )
+        self._refresh(table)
+
+    def _refresh(self, table):
+        expected, written = self.expected.get(table), self.written.get(table, 0)
+        if expected is not None and expected.position is not None:
+            completed = expected.position()
+            done = f"{_amount(completed, expected)}/{_amount(expected.total, expected)}"
+            done += f"  {written:,} rows"
+        else:
+            completed = written
+            total = f"/{expected.total:,}" if expected and expected.total is not None else ""
+            done = f"{written:,}{total} rows"
+        self.bars.update(self.tasks[table], completed=completed, done=done)
+
+
+def _amount(value, expected):
+    if value is None:
+        return "?"
+    return decimal(value) if expected.unit == "bytes" else f"{value:,}"
+
+
+def progress_for(stdout, enabled):
+    """Bars on the terminal behind stdout (a Django OutputWrapper or a stream), else none."""
+    stream = getattr(stdout, "_out", stdout)
+    isatty = getattr(stream, "isatty", None)
+    if enabled and isatty is not None and isatty():
+        return RichProgress(stream)
+    return _Counts()
+
+
+def summary_table(result):
+    """The per-table counts; the title is printed on its own line (see summary_lines)."""
+    table = Table()
+    for header in ("table", "stored", "already present", "rejected", "seconds"):
+        table.add_column(header, justify="left" if header == "table" else "right")
+    for row in result.summary_rows():
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in row))
+    return table
+
+
+def concurrency_line(result):
+    """Say, on every run, whether the writers were busy at the same moment, and why not."""
+    wrote = [t.table for t in result.tables.values() if t.started and t.finished]
+    overlaps = result.overlaps()
+    if len(wrote) < 2:
+        return "Writers at the same time: none (one database or none written)"
+    if overlaps:
+        return f"Writers at the same time: {', '.join(overlaps)}"
+    return "Writers at the same time: none (each finished before the next began)"
+
+
+def totals_line(result):
+    totals = result.totals()
+    return (
+        f"{totals['stored']:,} stored, {totals['present']:,} already present, "
+        f"{totals['rejected']:,} rejected in {result.seconds:.2f}s"
+    )
+
+
+def render(renderable, stdout, width=100):
+    console = Console(file=stdout, width=width, force_terminal=False, no_color=True)
+    console.print(renderable)

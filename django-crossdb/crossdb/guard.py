@@ -1,0 +1,553 @@
+"""The reference guard: no interleaving of writes and deletes can commit an orphan.
+
+Invariant: no committed child row names a parent row that is not committed.
+
+Three databases cannot share a transaction, so the guard lives in each *child* database,
+where both sides meet:
+
+* A child writer (a loader batch, ``save()``, ``create()``, ``bulk_create()``,
+  ``bulk_update()``, ``update()`` of a reference, ``loaddata``) takes the guard SHARED inside
+  its transaction and holds it until it commits. It checks its rows' parents inside the guard
+  when it must: always for the ORM, and for a loader batch only when a parent delete has
+  committed since the run began (the deletion counter moved) or the row's parent was not
+  known at validation.
+* A parent deleter (``crossdb.deletion``: deletes, ``flush``, unapplied migrations) takes the
+  guard EXCLUSIVE in every child database (sorted by alias, so two deleters never deadlock),
+  bumps the deletion counter, refuses (PROTECT) or deletes (CASCADE) the children, deletes
+  the parent in its own database, commits the children's databases, and only then commits
+  the parent's. A crash between the two commits leaves a parent without children, never a
+  child without a parent.
+
+Why it closes the race: a writer either takes the guard before the deleter (the deleter
+then waits, and sees the writer's children when it counts or deletes them), or after the
+deleter's child transaction committed (the writer sees the counter moved and re-checks).
+A re-check reads the parents in a way that waits for a deleter still committing the parent
+(``FOR KEY SHARE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so it never sees a
+parent whose deletion is about to commit.
+
+The caller's own open transactions (the rule for ``transaction.atomic`` across databases):
+
+* **A parent counts once it is committed.** A child write looks its parents up outside
+  every transaction the calling thread holds: when the thread has an open transaction on a
+  parent's database, the lookup runs on a connection of its own, and the parent must also
+  still be there in the thread's own view. So a parent created in an open transaction is
+  "not committed yet" and the child is refused (``MissingParent``), and a parent deleted in
+  one is "deleted in this thread's open transaction". Why it must be so: the child's
+  database commits on its own; had it trusted the thread's uncommitted parent, a rollback
+  or a crash of the parent's transaction would leave the committed child an orphan. To
+  create both, commit the parent first, or create the child in
+  ``transaction.on_commit(..., using=<parent's alias>)``: a crash in between then leaves a
+  parent without its child, never the reverse.
+* **A delete commits children before parents, so it cannot run inside an open transaction
+  on a children's database** (other than the parent's own): that transaction would commit
+  the children's side after the parent's delete, and its rollback would bring back children
+  of a deleted parent. It is refused (``CommitOrderError``) before anything is written. A
+  delete inside a transaction on the parent's own database is fine: the children commit
+  first, the parent's delete commits with the caller, and every other writer's look-up
+  waits for it.
+* Waiting is bounded. Every wait for the guard or for a lock a deleter holds gives up
+  after ``CROSSDB["GUARD_TIMEOUT"]`` seconds (default 30) with ``GuardTimeout``,
+  which names the database and, on PostgreSQL, the sessions holding it.
+
+On SQLite the guard is the child database's write lock: every transaction here opens with
+``BEGIN IMMEDIATE``, which is exclusive among writers, so shared and exclusive collapse to
+"hold the write lock across check and commit" (and a thread holding an open transaction
+holds that file's write lock, so no deleter elsewhere can be half-way through it). On
+PostgreSQL it is a transaction-level advisory lock per parent table
+(``pg_advisory_xact_lock_shared`` / ``pg_advisory_xact_lock``).
+
+What cannot be guarded (raw SQL, another program writing the files) is found by
+``check_integrity``.
+"""
+
+import contextlib
+import logging
+import os
+import zlib
+
+import numpy as np
+from django.apps import apps
+from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db import models as dj_models
+
+from crossdb import conf
+
+log = logging.getLogger(__name__)
+
+# Tests switch the guard off (MULTIDS_TEST_NO_GUARD=1, for the processes they start) to
+# show that the race tests catch its absence. Never set it anywhere else.
+ENABLED = os.environ.get("MULTIDS_TEST_NO_GUARD") != "1"
+
+
+class MissingParent(IntegrityError):
+    """A write would store a child whose parent is not committed."""
+
+
+class ChangedParentKey(IntegrityError):
+    """A write would change the id of a row that children name."""
+
+
+class CommitOrderError(transaction.TransactionManagementError):
+    """The caller's open transactions would commit a guarded change in the wrong order."""
+
+
+class GuardTimeout(OperationalError):
+    """A wait for the guard, or for a lock a writer or deleter holds, passed its bound."""
+
+
+def timeout():
+    """The bound on every wait for the guard, in seconds (read on each use)."""
+    return float(conf.get("GUARD_TIMEOUT"))
+
+
+def _reference_guard():
+    """The counters' model, from the app registry: core.models imports this module."""
+    return apps.get_model("crossdb", "ReferenceGuard")
+
+
+def _key(parent):
+    return zlib.crc32(f"multids-reference-guard:{parent}".encode())
+
+
+def _take_sqlite_write_lock(connection):
+    # BEGIN IMMEDIATE already holds it; a no-op write makes sure in any transaction mode.
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE multids_reference_guard SET deletions = deletions WHERE 0")
+
+
+# --- Bounded waits ------------------------------------------------------------------------
+
+
+def is_lock_wait(exc):
+    """Whether exc is a lock wait that gave up (PostgreSQL's lock_timeout, SQLite's busy)."""
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) == "55P03":  # lock_not_available
+        return True
+    return "database is locked" in str(exc)
+
+
+def _holders(alias):
+    """Describe the other sessions holding locks in alias's database (PostgreSQL), or ''."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        return ""
+    sql = (
+        "SELECT DISTINCT l.pid, a.application_name FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.granted AND l.pid <> pg_backend_pid() AND a.datname = current_database() "
+        "AND (l.locktype = 'advisory' OR l.mode IN "
+        "('AccessExclusiveLock', 'ExclusiveLock', 'RowExclusiveLock')) ORDER BY 1 LIMIT 5"
+    )
+    try:
+        with _apart(alias) as apart, apart.cursor() as cursor:
+            cursor.execute(sql)
+            rows = cursor.fetchall()
+    except OperationalError:
+        return ""
+    named = [f"pid {pid}" + (f" ({name})" if name else "") for pid, name in rows]
+    return f", held by {', '.join(named)}" if named else ""
+
+
+def _timeout_message(alias, what):
+    from crossdb.databases import location
+
+    seconds = timeout()
+    where = f"{alias} ({location(alias)})"
+    if connections[alias].vendor == "sqlite":
+        holder = ": another connection is writing to it (a load, a delete?)"
+    else:
+        holder = _holders(alias)
+    return (
+        f"waited {seconds:g} s for {what} in {where}{holder}; try again when it is done, "
+        "or raise the bound (CROSSDB['GUARD_TIMEOUT'])"
+    )
+
+
+@contextlib.contextmanager
+def translated(alias, what="the reference guard"):
+    """Turn a lock wait on alias that gave up into ``GuardTimeout`` naming alias, without
+    setting a bound (the connection's own applies)."""
+    try:
+        yield
+    except GuardTimeout:
+        raise
+    except OperationalError as exc:
+        if not is_lock_wait(exc):
+            raise
+        raise GuardTimeout(_timeout_message(alias, what)) from exc
+
+
+@contextlib.contextmanager
+def bounded(alias, what="the reference guard"):
+    """Bound every lock wait on alias's connection inside the block by ``timeout()``; turn a
+    wait that gives up into ``GuardTimeout`` naming alias (never a bare "database is locked").
+
+    PostgreSQL: ``lock_timeout`` (``SET LOCAL`` inside a transaction, else for the block).
+    SQLite: the connection's busy timeout, which also bounds ``BEGIN IMMEDIATE``.
+    """
+    connection = connections[alias]
+    restore = _set_lock_timeout(connection, timeout())
+    try:
+        with translated(alias, what):
+            yield
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _set_lock_timeout(connection, seconds):
+    """Set the connection's lock wait bound; return a function that puts the old one back
+    (None when the transaction's end does that)."""
+    millis = max(int(seconds * 1000), 1)
+    if connection.vendor == "sqlite":
+        # sqlite3.connect's timeout (Django's OPTIONS "timeout", 5 s unless set) is the busy
+        # timeout every new connection starts with: when it is the bound, nothing to do.
+        configured = connection.settings_dict.get("OPTIONS", {}).get("timeout", 5.0)
+        if int(float(configured) * 1000) == millis:
+            return None
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA busy_timeout")
+            before = cursor.fetchone()[0]
+            cursor.execute(f"PRAGMA busy_timeout = {millis}")
+
+            def restore():
+                with connection.cursor() as again:
+                    again.execute(f"PRAGMA busy_timeout = {int(before)}")
+
+            return restore
+        if connection.vendor != "postgresql":
+            return None
+        if connection.in_atomic_block:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{millis}ms"])
+            return None
+        cursor.execute(
+            "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false)",
+            [f"{millis}ms"],
+        )
+        before = cursor.fetchone()[0]
+
+    def reset():
+        # Nested blocks put back what they found; a broken connection has nothing to reset.
+        if connection.connection is None or connection.in_atomic_block:
+            return
+        with connection.cursor() as again:
+            again.execute("SELECT set_config('lock_timeout', %s, false)", [before])
+
+    return reset
+
+
+@contextlib.contextmanager
+def _apart(alias):
+    """A connection to alias's database of its own, outside every transaction of the
+    calling thread (closed at the end of the block)."""
+    base = connections[alias]
+    apart = type(base)(dict(base.settings_dict), alias)
+    try:
+        yield apart
+    finally:
+        apart.close()
+
+
+# --- The guard --------------------------------------------------------------------------
+
+
+def share(alias, parents):
+    """Take the guard shared for parents in alias's open transaction (held until commit)."""
+    connection = connections[alias]
+    if not ENABLED or not parents:
+        return
+    if not connection.in_atomic_block:
+        raise transaction.TransactionManagementError(
+            "the reference guard must be taken inside a transaction"
+        )
+    with bounded(alias):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                for parent in sorted(parents):
+                    cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [_key(parent)])
+        elif connection.vendor == "sqlite":
+            _take_sqlite_write_lock(connection)
+
+
+def exclusive(alias, parent):
+    """Take the guard exclusive for parent in alias's open transaction and bump its counter."""
+    connection = connections[alias]
+    if not connection.in_atomic_block:
+        raise transaction.TransactionManagementError(
+            "the reference guard must be taken inside a transaction"
+        )
+    if not ENABLED:
+        return
+    with bounded(alias):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_key(parent)])
+        guards = _reference_guard().objects.using(alias)
+        if not guards.filter(parent=parent).update(deletions=dj_models.F("deletions") + 1):
+            guards.create(parent=parent, deletions=1)
+
+
+def counters(alias, parents):
+    """Return {parent: deletions committed so far} as alias sees it now."""
+    found = dict(
+        _reference_guard()
+        .objects.using(alias)
+        .filter(parent__in=list(parents))
+        .values_list("parent", "deletions")
+    )
+    return {p: found.get(p, 0) for p in parents}
+
+
+def holds_transaction(alias):
+    """Whether the calling thread holds an open transaction on alias.
+
+    The transactions a Django ``TestCase`` wraps each test in do not count (as they do not
+    for ``atomic(durable=True)``): inside them the test's rows are the committed state, and
+    a test sees the same rules as a program outside any transaction.
+    """
+    return any(not block._from_testcase for block in connections[alias].atomic_blocks)
+
+
+def refuse_open_transactions(aliases, doing):
+    """Raise CommitOrderError if the calling thread holds an open transaction on one of
+    aliases (children's databases a change must commit before its parent's)."""
+    held = sorted(a for a in set(aliases) if holds_transaction(a))
+    if held:
+        names = " and ".join(held)
+        raise CommitOrderError(
+            f"cannot {doing} inside an open transaction on {names}: the children there must "
+            "commit before the parent's change, and that transaction would commit after it. "
+            f"Do it outside the transaction, or once it has committed "
+            f"(transaction.on_commit(..., using={held[0]!r}))"
+        )
+
+
+# --- Looking parents up -----------------------------------------------------------------
+
+
+def _select_ids(connection, parent, ids, *, lock=False):
+    """The ids of parent's table among ids, as connection sees them; lock=True waits out a
+    deleter still committing (PostgreSQL ``FOR KEY SHARE``)."""
+    from crossdb.lookups import query_chunks
+
+    qn = connection.ops.quote_name
+    pk = qn(parent.model._meta.pk.column)
+    table = qn(parent.model._meta.db_table)
+    found = set()
+    with connection.cursor() as cursor:
+        for chunk in query_chunks(connection, ids):
+            marks = ", ".join(["%s"] * len(chunk))
+            sql = f"SELECT {pk} FROM {table} WHERE {pk} IN ({marks})"
+            if lock and connection.vendor == "postgresql":
+                sql += " FOR KEY SHARE"
+            cursor.execute(sql, chunk)
+            found.update(row[0] for row in cursor.fetchall())
+    return found
+
+
+def _committed_ids(parent, ids):
+    """The ids committed in parent's table, looked up on the thread's own connection, which
+    holds no transaction there; waits out a deleter mid-commit."""
+    alias = parent.alias
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        if not ids:
+            return set()
+        with bounded(alias, f"a lock on {parent.name}"):
+            return _pg_key_share(connection, parent, ids)
+    with bounded(alias), transaction.atomic(using=alias):  # SQLite: BEGIN IMMEDIATE waits
+        if connection.vendor == "sqlite" and ENABLED:
+            _take_sqlite_write_lock(connection)
+        return _select_ids(connection, parent, ids)
+
+
+def _pg_key_share(connection, parent, ids):
+    """``FOR KEY SHARE`` on the id list in one statement (waits for a deleter to finish)."""
+    from crossdb.lookups import query_chunks
+
+    qn = connection.ops.quote_name
+    pk = qn(parent.model._meta.pk.column)
+    sql = f"SELECT {pk} FROM {qn(parent.model._meta.db_table)} WHERE {pk} = ANY(%s) FOR KEY SHARE"
+    found = set()
+    with connection.cursor() as cursor:
+        for chunk in query_chunks(connection, ids):
+            cursor.execute(sql, [chunk])
+            found.update(row[0] for row in cursor.fetchall())
+    return found
+
+
+def _committed_apart(parent, ids, *, lock=True):
+    """The ids committed in parent's table, for a thread holding an open transaction on its
+    database: looked up on a connection of its own.
+
+    PostgreSQL takes ``FOR KEY SHARE`` there, which waits out another deleter. It must not
+    wait for the thread itself: its own uncommitted delete is never asked about (those ids
+    are not in its view, so they were dropped before), and a row its own transaction has
+    locked against ``FOR KEY SHARE`` (an update of its email, a unique key) cannot be
+    deleted by anyone else before that transaction ends, so it counts as committed without
+    the lock (``_locked_by``). SQLite needs no lock: the thread's transaction holds the
+    file's write lock, so nobody else can be half-way through a delete. lock=False reads
+    without waiting (to explain a refusal, never to accept a row).
+    """
+    alias = parent.alias
+    with _apart(alias) as apart:
+        if apart.vendor != "postgresql" or not lock:
+            return _select_ids(apart, parent, ids)
+        apart.ensure_connection()
+        apart.set_autocommit(False)
+        try:
+            held = _locked_by(connections[alias], apart, parent, ids)
+            with apart.cursor() as cursor:
+                millis = max(int(timeout() * 1000), 1)
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{millis}ms"])
+            rest = [pk for pk in ids if pk not in held]
+            return held | (_pg_key_share(apart, parent, rest) if rest else set())
+        except OperationalError as exc:
+            if is_lock_wait(exc):
+                raise GuardTimeout(_timeout_message(alias, f"a lock on {parent.name}")) from exc
+            raise
+        finally:
+            apart.rollback()
+
+
+def _locked_by(own, apart, parent, ids):
+    """The ids among ids whose committed row the transaction of connection own has locked
+    (its row version's xmax is one of own's transaction ids, subtransactions included)."""
+    qn = apart.ops.quote_name
+    pk = qn(parent.model._meta.pk.column)
+    with own.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    sql = (
+        f"SELECT t.{pk} FROM {qn(parent.model._meta.db_table)} t "
+        f"JOIN pg_locks l ON l.locktype = 'transactionid' AND l.pid = %s AND l.granted "
+        f"AND l.transactionid::text = t.xmax::text WHERE t.{pk} = ANY(%s)"
+    )
+    with apart.cursor() as cursor:
+        cursor.execute(sql, [pid, list(ids)])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def existing_parents(parent_table, ids):
+    """Return the ids of parent_table that are committed (and, for a thread holding an open
+    transaction on its database, not deleted in it), waiting out a deleter mid-commit."""
+    from crossdb.registry import spec
+
+    parent = spec(parent_table)
+    ids = list(ids)
+    if not ids:
+        return set()
+    connection = connections[parent.alias]
+    if not holds_transaction(parent.alias):
+        return _committed_ids(parent, ids)
+    own = _select_ids(connection, parent, ids)
+    return _committed_apart(parent, sorted(own)) if own else set()
+
+
+def missing_parents(table_spec, rows, known=None, references=None):
+    """Return [(row index, Reference, parent id)] for every reference not committed.
+
+    rows: tuples, or a Block's integer array (checked a column at a time). known, if
+    given, is {parent table: ids found committed earlier}: those are not looked up again,
+    and the ids found now are added. The caller vouches that no deleter has committed
+    since (the deletion counters have not moved). references: the ones to check (default:
+    all of the table's).
+    """
+    missing = []
+    for reference in table_spec.references if references is None else references:
+        position = table_spec.position(reference.field)
+        if isinstance(rows, np.ndarray):
+            column = rows[:, position]
+            wanted = set(np.unique(column).tolist())
+        else:
+            column = [row[position] for row in rows]
+            wanted = {pk for pk in column if pk is not None}
+        if known is None:
+            present = existing_parents(reference.parent, wanted)
+        else:
+            seen = known.setdefault(reference.parent, set())
+            present = existing_parents(reference.parent, wanted - seen)
+            seen |= present
+            present |= wanted & seen
+        absent = wanted - present
+        if not absent:
+            continue
+        if isinstance(column, np.ndarray):
+            at = np.flatnonzero(np.isin(column, np.fromiter(absent, np.int64, len(absent))))
+            missing.extend((index, reference, column[index].item()) for index in at.tolist())
+        else:
+            missing.extend(
+                (index, reference, pk) for index, pk in enumerate(column) if pk in absent
+            )
+    return missing
+
+
+def why_missing(reference, pk):
+    """Say why parent pk of reference does not count, for a refused ORM write."""
+    from crossdb.registry import spec
+
+    alias = spec(reference.parent).alias
+    noun = reference.noun
+    if holds_transaction(alias):
+        parent = spec(reference.parent)
+        own = _select_ids(connections[alias], parent, [pk])
+        if own:
+            return (
+                f"{noun} {pk} is not committed yet (it is in this thread's open transaction "
+                f"on {alias}); a parent counts once it is committed: write the "
+                f"{spec(reference.child).noun} after that transaction commits, for instance "
+                f"in transaction.on_commit(..., using={alias!r})"
+            )
+        if _committed_apart(parent, [pk], lock=False):
+            return f"{noun} {pk} is deleted in this thread's open transaction on {alias}"
+    return f"{noun} {pk} does not exist in {alias}; store the {noun} first"
+
+
+def reference_values(table_spec, objs, references):
+    """Rows (tuples in column order) of objs with each reference's value converted as
+    Django converts it for the database ("1" -> 1), so the check sees what is stored."""
+    model = table_spec.model
+    converters = {r.field: model._meta.get_field(r.field).get_prep_value for r in references}
+    rows = []
+    for obj in objs:
+        row = []
+        for column in table_spec.columns:
+            value = getattr(obj, column)
+            convert = converters.get(column)
+            if convert is not None and value is not None:
+                if hasattr(value, "resolve_expression"):
+                    raise MissingParent(
+                        f"{table_spec.name}.{column} is set to an expression ({value}); the "
+                        "reference guard needs the id itself: set a value, then save"
+                    )
+                value = convert(value)
+            row.append(value)
+        rows.append(tuple(row))
+    return rows
+
+
+def require_parents(table_spec, alias, objs, references=None):
+    """Raise MissingParent unless every reference of objs names a committed parent.
+
+    references: the ones being written (default: all); the guard is taken for their parents.
+    """
+    if not ENABLED:
+        return
+    references = table_spec.references if references is None else tuple(references)
+    if not references:
+        return
+    share(alias, tuple(dict.fromkeys(r.parent for r in references)))
+    rows = reference_values(table_spec, objs, references)
+    missing = missing_parents(table_spec, rows, references=references)
+    if missing:
+        index, reference, pk = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        pk_at = table_spec.position(table_spec.model._meta.pk.attname)
+        what = (
+            f"{table_spec.noun} {rows[index][pk_at]}"
+            if rows[index][pk_at] is not None
+            else (f"a new {table_spec.noun}")
+        )
+        raise MissingParent(f"{what}: {why_missing(reference, pk)}{more}")

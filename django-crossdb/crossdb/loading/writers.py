@@ -1,0 +1,451 @@
+"""Write one validated batch to one database in one transaction, inside the reference guard.
+
+The fast path is a single ``INSERT ... ON CONFLICT DO NOTHING`` executed for the whole
+batch (``executemany``; PostgreSQL gets COPY in ``crossdb.loading.postgres.PostgresBulkWriter``),
+after the rows whose parents the run cannot vouch for (stored by an earlier load, say) are looked up
+inside the guard and those whose parents are missing set aside as rejections. When every
+row went in and nothing needs a second look, the batch commits. Otherwise the transaction is
+rolled back and the batch is written carefully: parents are looked up inside the guard where
+they must be, rows whose id is stored with identical data count as already present, rows
+that clash are rejected with the stored values named, and the rest are inserted. The fast
+path costs nothing extra on a fresh load; the careful path is what makes re-runs,
+concurrent runs and concurrent deletes exact.
+
+A child table's writer (one holding references, ``crossdb.registry``) also:
+
+* waits, inside its transaction, until every parent batch dispatched before its batch is
+  committed (``Gate.wait_for_parents``), so no child reaches its database before its parents;
+  the batches queued meanwhile are written into the same transaction, so the wait costs no
+  time, and it commits them all once their parents are in (a batch that needs a second look
+  rolls them all back: the first is written carefully, the others go back to the queue);
+* holds the guard (``crossdb.guard.share``) from its first statement to its commit;
+* looks its rows' parents up again, inside the guard, when a parent writer rejected rows at
+  write time, when a parent delete has committed since the run began (the guard's counter
+  moved), and for the rows whose parent the validator did not know (another process may
+  have stored it since). So a row is stored if and only if its parents are committed when
+  its batch commits.
+"""
+
+import functools
+import logging
+import os
+import time
+
+import numpy as np
+from django.db import connections, transaction
+
+from crossdb import conf, guard
+from crossdb.loading import columns, indexes
+from crossdb.lookups import query_chunks, stored_rows
+from crossdb.registry import spec as spec_of
+from crossdb.results import Rejection
+from crossdb.rules import parent_problem, shown
+
+log = logging.getLogger(__name__)
+
+# Test-only (tests/test_races.py): MULTIDS_TEST_HOLD=PATH makes the first writer that looks
+# parents up hold its transaction open there until PATH.go exists. Never set it otherwise.
+HOLD = "MULTIDS_TEST_HOLD"
+
+
+def as_tuples(job):
+    """job with its rows as tuples and its lines as a list, for the careful path."""
+    rows = columns.tuples(job.rows)
+    return job._replace(rows=rows, lines=columns.line_list(job.lines, len(rows)))
+
+
+def _hold_for_test(limit=60.0):
+    """``HOLD``: the first writer here creates PATH.held, then waits (up to limit seconds)
+    for PATH.go, so a test can run a delete between this lookup and the commit."""
+    path = os.environ.get(HOLD)
+    if not path:
+        return
+    try:
+        os.close(os.open(f"{path}.held", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return  # held once already
+    deadline = time.monotonic() + limit
+    while not os.path.exists(f"{path}.go") and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _rows_at(rows, indexes):
+    """The rows at indexes: an array of a Block's array, else a list of its tuples."""
+    if isinstance(rows, np.ndarray):
+        return rows[indexes]
+    return [rows[i] for i in indexes]
+
+
+def _without(job, drop):
+    """job without the rows (and their lines) at the indexes in drop."""
+    if isinstance(job.rows, np.ndarray):
+        keep = np.ones(len(job.rows), dtype=bool)
+        keep[list(drop)] = False
+        lines = None if job.lines is None else np.asarray(job.lines)[keep]
+        return job._replace(rows=job.rows[keep], lines=lines)
+    drop = set(drop)
+    kept = [i for i in range(len(job.rows)) if i not in drop]
+    return job._replace(rows=[job.rows[i] for i in kept], lines=[job.lines[i] for i in kept])
+
+
+class _Redo(Exception):
+    """Roll the fast path back and write the batch carefully."""
+
+
+class _NoGate:
+    """For a writer used outside the pool: no parent writers to wait for."""
+
+    def wait_for_parents(self, join=None):
+        pass
+
+    def keep_joining(self, join, deadline):
+        pass
+
+    def any_flagged(self, tables):
+        return False
+
+
+class BulkWriter:
+    """Writes batches of one table to its database; one instance per writer process."""
+
+    def __init__(self, table, alias, gate=None, snapshot=None):
+        self.spec = spec_of(table)
+        self.table = self.spec.name
+        self.model = self.spec.model
+        self.alias = alias
+        self.connection = connections[alias]
+        self.gate = gate or _NoGate()
+        self.parents = self.spec.parents
+        # the guard's deletion counters when the run began (None: read them now)
+        self.snapshot = snapshot if snapshot is not None else self._counters()
+        self.fields = self.spec.fields
+        self.columns = self.spec.columns
+        if self.connection.vendor == "sqlite":
+            with self.connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA cache_size = -{conf.get('WRITER_CACHE_MB') * 1024}")
+        qn = self.connection.ops.quote_name
+        self.column_list = ", ".join(qn(self.model._meta.get_field(c).column) for c in self.columns)
+        self.db_table = qn(self.model._meta.db_table)
+        placeholders = ", ".join(["%s"] * len(self.columns))
+        self.insert_sql = (
+            f"INSERT INTO {self.db_table} ({self.column_list}) VALUES ({placeholders}) "
+            "ON CONFLICT DO NOTHING"
+        )
+        # Parent ids found committed by this writer's fast path, not looked up again while
+        # the deletion counters stay as they were when the run began (``_suspect_parents``).
+        self.parents_found = {}
+        # Into an empty table, load first and build the secondary indexes after (finish):
+        # sorted builds cost a fraction of inserting random keys into a B-tree.
+        self.deferred_indexes = indexes.drop_for_load(alias, self.model)
+
+    def _counters(self):
+        return guard.counters(self.alias, self.parents) if self.parents else {}
+
+    def insert_ignoring_conflicts(self, cursor, rows):
+        """Insert rows, skipping any that clash with a unique key; return how many went in."""
+        cursor.executemany(self.insert_sql, columns.tuples(rows))
+        return cursor.rowcount
+
+    def write(self, job):
+        """Commit one job's rows, and those of the jobs that joined its transaction while it
+        waited for its parents (``Gate.wait_for_parents``); return a
+        crossdb.loading.processes.Written, or a list of (job, Written) when jobs joined."""
+        from crossdb.loading.processes import Written
+
+        if not self._may_take_fast_path(job):
+            return Written(*self.write_carefully(as_tuples(job)))
+        joined = [job]
+        written = []  # (rows inserted, rejections) of each joined job
+
+        def insert(this, put):
+            kept, rejections = self._without_missing_parents(this)
+            if put(kept.rows) != len(kept.rows):
+                raise _Redo
+            written.append((len(kept.rows), rejections))
+
+        def joining(put, accepts=None):
+            def join(later):
+                if not self._may_take_fast_path(later) or (accepts and not accepts(later)):
+                    return False
+                joined.append(later)
+                insert(later, put)
+                return True
+
+            return join
+
+        try:
+            with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
+                guard.share(self.alias, self.parents)
+                segment = self.segment_for(cursor, job)
+                if segment is None:
+                    put = functools.partial(self.insert_ignoring_conflicts, cursor)
+                    insert(job, put)
+                    # Inserted but not yet committed: wait for the parents, holding the guard
+                    # (and writing the jobs queued meanwhile into this transaction).
+                    self.gate.wait_for_parents(joining(put))
+                else:  # the whole table in this transaction, its key built at the end
+                    with segment.stream() as put:
+                        insert(job, put)
+                        self.gate.keep_joining(joining(put, segment.accepts), segment.deadline)
+                    self.gate.wait_for_parents()
+                if self._suspect_parents():
+                    raise _Redo
+                if segment is not None and not segment.build_key():
+                    raise _Redo
+        except _Redo:
+            # Every joined job was rolled back with it: they go back to the queue, to be
+            # written again after this one, which is written carefully on its own.
+            if len(joined) > 1:
+                self.gate.give_back(job, joined[1:])
+            return Written(*self.write_carefully(as_tuples(job)))
+        results = [Written(stored, 0, rejections) for stored, rejections in written]
+        return results[0] if len(joined) == 1 else list(zip(joined, results, strict=True))
+
+    def segment_for(self, cursor, job):
+        """A ``crossdb.loading.segment.Segment`` taking job and the jobs after it into this
+        transaction, or None: here always (SQLite's rowid key is the table itself; nothing to
+        defer)."""
+        return None
+
+    def _may_take_fast_path(self, job):
+        """Whether job may be written without reading what is stored first: no parent
+        writer has rejected rows at write time, so the run's own parents are as validated
+        (rows whose parent is not the run's are looked up, ``_without_missing_parents``)."""
+        return not self.gate.any_flagged(self.parents)
+
+    def _without_missing_parents(self, job):
+        """(job without the rows whose parents are not committed, their rejections).
+
+        Only the references the validator could not settle are looked up: those parents are
+        not the run's, so they must be committed already (by an earlier load or another
+        process). A parent the run accepted is not: this runs before the wait for the run's
+        parent batches, which may not have committed yet (an order naming a user of this run
+        and a product of an earlier one looks up the product alone). The lookup runs inside
+        the guard, which no deleter can pass until this transaction ends, and waits out a
+        deleter still committing (``guard``). Rows of a parent stored earlier take the fast
+        path too, rather than the careful one's read of every id in the batch.
+        """
+        recheck = job.recheck
+        if not (recheck and recheck.rows):
+            return job, []
+        problems = {}
+        for reference in self.spec.references:
+            to_check = sorted(recheck.by_parent.get(reference.parent, ()))
+            if not to_check:
+                continue
+            rows = _rows_at(job.rows, to_check)
+            found = self._parent_problems(
+                rows, to_check, recheck, set(), self.parents_found, references=[reference]
+            )
+            for index, messages in found.items():
+                problems.setdefault(index, []).extend(messages)
+        _hold_for_test()
+        if not problems:
+            return job, []
+        lines = columns.line_list(job.lines, len(job.rows))
+        rejections = [
+            self._rejection(
+                lines[i], columns.tuples(_rows_at(job.rows, [i]))[0], "; ".join(problems[i])
+            )
+            for i in sorted(problems)
+        ]
+        return _without(job, problems.keys()), rejections
+
+    def _suspect_parents(self):
+        """Parent tables whose rows may have gone since validation (read inside the guard)."""
+        if not self.parents:
+            return set()
+        suspects = {p for p in self.parents if self.gate.any_flagged([p])}
+        if guard.ENABLED:
+            now = self._counters()
+            suspects |= {p for p in self.parents if now[p] != self.snapshot.get(p, 0)}
+        return suspects
+
+    def write_carefully(self, job, attempts=3):
+        for _attempt in range(attempts):
+            try:
+                with transaction.atomic(using=self.alias):
+                    guard.share(self.alias, self.parents)
+                    self.gate.wait_for_parents()
+                    rows, lines, rejections = self._verify_parents(job)
+                    stored, present, more = self._classify_and_insert(rows, lines)
+                    return stored, present, rejections + more
+            except _Redo:
+                # Another process inserted a clashing row between our read and our insert
+                # (possible on PostgreSQL, where transactions do not lock the table); retry.
+                time.sleep(0.01)
+        raise RuntimeError(f"{self.table}: batch kept racing another writer; run again")
+
+    def _verify_parents(self, job):
+        """Drop, with a reason, the rows whose parents are not committed now."""
+        rows, lines = job.rows, job.lines
+        if not self.parents:
+            return rows, lines, []
+        suspects = self._suspect_parents()
+        recheck = job.recheck
+        if suspects:
+            to_check = range(len(rows))
+        elif recheck and recheck.rows:
+            to_check = sorted(recheck.rows)
+        else:
+            return rows, lines, []
+        problems = self._parent_problems([rows[i] for i in to_check], to_check, recheck, suspects)
+        if not problems:
+            return rows, lines, []
+        kept_rows, kept_lines, rejections = [], [], []
+        for index, (line, row) in enumerate(zip(lines, rows, strict=True)):
+            if index in problems:
+                rejections.append(self._rejection(line, row, "; ".join(problems[index])))
+            else:
+                kept_rows.append(row)
+                kept_lines.append(line)
+        return kept_rows, kept_lines, rejections
+
+    def _parent_problems(self, checked, to_check, recheck, suspects, known=None, references=None):
+        """{row index: messages} for the rows of checked (at indexes to_check) whose parents
+        (of references, default all) are not committed, looked up inside the guard
+        (``guard.missing_parents``)."""
+        problems = {}
+        missing = guard.missing_parents(self.spec, checked, known, references)
+        for position, reference, pk in missing:
+            index = to_check[position]
+            rejected = recheck.rejected.get(reference.parent, ()) if recheck else ()
+            problem = parent_problem(
+                reference.field,
+                reference.noun,
+                pk,
+                rejected_in_run=pk in rejected,
+                deleted=reference.parent in suspects
+                and not (recheck and index in recheck.rows)
+                and not self.gate.any_flagged([reference.parent]),
+            )
+            problems.setdefault(index, []).append(problem.message)
+        return problems
+
+    def _rejection(self, line, row, reason):
+        values = dict(zip(self.fields, row, strict=False))
+        return Rejection(self.table, line, row[0], reason, values)
+
+    def _classify_and_insert(self, rows, lines):
+        """Settle each row in input order against what is stored and what came before it.
+
+        An id stored or taken by an earlier row of the batch makes the row already present
+        (same data) or a conflict; else a comparison key (an email) stored or claimed by an
+        earlier accepted row makes it a rejection naming the owner; else it is inserted. So
+        a row that is rejected never takes an id or a key from a later one.
+        """
+        rejections = []
+        stored = stored_rows(self.spec, self.connection, self.alias, [r[0] for r in rows])
+        owners = self._stored_key_owners(rows)
+        present = 0
+        taken = {}  # id -> the row of this batch that will be inserted
+        claimed = {key.column: {} for key in self.spec.keys}
+        fresh_lines = {}
+        for line, row in zip(lines, rows, strict=True):
+            earlier = stored.get(row[0]) or taken.get(row[0])
+            if earlier is not None:
+                if self.spec.comparable(earlier) == self.spec.comparable(row):
+                    present += 1  # stored before, or twice in this run
+                else:
+                    rejections.append(self._conflict(line, row, earlier))
+                continue
+            clash = self._key_owner(row, claimed, owners)
+            if clash is not None:
+                rejections.append(self._rejection(line, row, self._key_taken(row, *clash)))
+                continue
+            taken[row[0]] = row
+            fresh_lines[row[0]] = line
+            for key in self.spec.keys:
+                claimed[key.column][row[self.spec.position(key.column)]] = row[0]
+        fresh = list(taken.values())
+        if not fresh:
+            return 0, present, rejections
+        try:
+            with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
+                if self.insert_ignoring_conflicts(cursor, fresh) != len(fresh):
+                    raise _Redo  # back to the savepoint: settle the rows one by one
+            return len(fresh), present, rejections
+        except _Redo:
+            stored_count, settled_present, settled = self._insert_one_by_one(fresh, fresh_lines)
+            return stored_count, present + settled_present, rejections + settled
+
+    def _stored_key_owners(self, rows):
+        """{key column: {key value: id of the stored row that has it}} for the rows' keys."""
+        manager = self.model.objects.using(self.alias)
+        owners = {}
+        for key in self.spec.keys:
+            position = self.spec.position(key.column)
+            found = {}
+            for chunk in query_chunks(self.connection, {r[position] for r in rows}):
+                found.update(
+                    manager.filter(**{f"{key.column}__in": chunk}).values_list(key.column, "pk")
+                )
+            owners[key.column] = found
+        return owners
+
+    def _key_owner(self, row, claimed, owners):
+        """(key, owner id) for the first key of row that another row owns, or None."""
+        for key in self.spec.keys:
+            value = row[self.spec.position(key.column)]
+            owner = claimed[key.column].get(value)
+            if owner is None:
+                owner = owners[key.column].get(value)
+            if owner is not None and owner != row[0]:
+                return key, owner
+        return None
+
+    def _insert_one_by_one(self, rows, lines):
+        """Insert rows singly and classify each that does not go in by what is stored now.
+
+        Reached only when a row clashed with a key the checks above did not see: a row
+        another process committed a moment ago. Slow, but exact, and never an endless retry.
+        """
+        stored, present, rejections = 0, 0, []
+        with self.connection.cursor() as cursor:
+            for row in rows:
+                cursor.execute(self.insert_sql, row)
+                if cursor.rowcount == 1:
+                    stored += 1
+                    continue
+                earlier = stored_rows(self.spec, self.connection, self.alias, [row[0]]).get(row[0])
+                if earlier is None:
+                    reason = self._clash_reason(row)
+                    rejections.append(self._rejection(lines[row[0]], row, reason))
+                elif self.spec.comparable(earlier) == self.spec.comparable(row):
+                    present += 1
+                else:
+                    rejections.append(self._conflict(lines[row[0]], row, earlier))
+        return stored, present, rejections
+
+    def _clash_reason(self, row):
+        """Why row, whose id is free, did not go in: the stored owner of one of its keys
+        (committed by another process a moment ago), else a unique value we cannot name."""
+        clash = self._key_owner(
+            row, {k.column: {} for k in self.spec.keys}, self._stored_key_owners([row])
+        )
+        return self._unknown_clash(row) if clash is None else self._key_taken(row, *clash)
+
+    def _key_taken(self, row, key, owner):
+        value = row[self.spec.position(key.source)]
+        return f"{key.source} {shown(value)} is already used by {self.spec.noun} {owner}"
+
+    def _unknown_clash(self, row):
+        if self.spec.keys:
+            key = self.spec.keys[0]
+            value = row[self.spec.position(key.source)]
+            return f"{key.source} {shown(value)} is already used by another stored row"
+        return "a unique value is already used by another stored row"
+
+    def _conflict(self, line, row, earlier):
+        stored = ", ".join(
+            f"{name} {shown(value)}"
+            for name, value in zip(self.fields[1:], earlier[1 : len(self.fields)], strict=True)
+        )
+        reason = f"id {row[0]} is already stored with different data ({stored})"
+        return self._rejection(line, row, reason)
+
+    def finish(self):
+        """Build the indexes dropped for the load (a crash before this is repaired by the
+        next command, ``crossdb.loading.indexes.repair``)."""
+        if self.deferred_indexes:
+            indexes.rebuild(self.alias, self.model)

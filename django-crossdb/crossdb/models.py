@@ -1,0 +1,41 @@
+"""crossdb's own two tables: the guard's deletion counters and the log of loads.
+
+Their table names are the ones multids gave them before crossdb was an app of its own, so
+databases made then need no change (``crossdb/migrations/0001_initial.py``).
+"""
+
+from django.db import models
+
+
+class ReferenceGuard(models.Model):
+    """How many parent deletes have committed, per parent table, in a child's database.
+
+    A row per parent table lives in every database that holds children of it; a deleter
+    bumps it under the exclusive guard, and a writer that sees it move since its run began
+    re-checks its rows' parents before committing (``crossdb.guard``).
+    """
+
+    parent = models.CharField(max_length=100, primary_key=True)
+    deletions = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "multids_reference_guard"
+
+    def __str__(self):
+        return f"{self.parent}: {self.deletions} deletion(s)"
+
+
+class LoadRun(models.Model):
+    """One ``insert_data`` run, kept in ``default`` so the overview page can chart it."""
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    source = models.CharField(max_length=500)
+    summary = models.JSONField()
+
+    class Meta:
+        db_table = "load_runs"
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"{self.source} at {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,189 @@
+"""The registry of loadable tables: one ``TableSpec`` per routed model, built from the models.
+
+Every per-table difference the loader, the writers, the guard, ``check_integrity``, the
+deletes and the admin need is data here, read off the model declarations:
+
+* which database (``crossdb.routers``), which input fields and their rules (``crossdb.rules``),
+* which comparison keys must stay unique (``crossdb.fields.ComparisonKey``),
+* which references it holds and what a delete of their parent does
+  (``crossdb.fields.CrossDatabaseReference``).
+
+``TABLES`` is the commit order: a topological order of the references, parents first, so a
+child's batch never has to wait for a table that comes after it. No other module names which
+table references which.
+"""
+
+import operator
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from django.apps import apps
+
+from crossdb import rules
+from crossdb.fields import ComparisonKey, references_of
+from crossdb.routers import database_for, databases_for_models
+
+
+@dataclass(frozen=True)
+class Reference:
+    """``child.field`` names a row of ``parent``; ``on_delete`` says what a delete does."""
+
+    child: str
+    field: str
+    parent: str
+    on_delete: str
+
+    @property
+    def noun(self):
+        return SPECS[self.parent].noun
+
+
+@dataclass(frozen=True)
+class Key:
+    """A unique column computed from an input field (``email_key`` from ``email``)."""
+
+    column: str
+    source: str
+    normalize: object
+    max_length: int
+
+    def problem(self, key):
+        """The Problem for a key its column cannot hold, or None."""
+        if key is not None and len(key) > self.max_length:
+            return rules.Problem(
+                self.source,
+                f"{self.source} is too long to compare ({len(key)} characters once "
+                f"case-folded; at most {self.max_length})",
+            )
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class TableSpec:
+    name: str  # the table name, also its name on the command line and in files
+    model: type
+    fields: tuple  # input fields, in file and row order
+    keys: tuple  # Key, columns computed from fields and appended to each row
+    references: tuple = field(default=())  # Reference, held by this table
+
+    @property
+    def alias(self):
+        return database_for(self.model)
+
+    @property
+    def noun(self):
+        """How a message names one row ("user 7")."""
+        return self.name.removesuffix("s")
+
+    @cached_property
+    def columns(self):
+        """The columns a writer writes: the input fields, then the computed keys."""
+        return self.fields + tuple(k.column for k in self.keys)
+
+    @cached_property
+    def converters(self):
+        return tuple(rules.rule_for(self.model._meta.get_field(f)) for f in self.fields)
+
+    @cached_property
+    def _key_steps(self):
+        return tuple((self.fields.index(k.source), k.normalize) for k in self.keys)
+
+    @cached_property
+    def whole_numbers(self):
+        """Whether every input field is a whole number in a range (``crossdb.loading.columns``)."""
+        return not self.keys and all(hasattr(c, "bounds") for c in self.converters)
+
+    def position(self, name):
+        return self.columns.index(name)
+
+    def clean(self, values):
+        """Return (row in column order, problems) for one row of raw input values.
+
+        The one path every source's rows take; on a valid row it costs one C-level map over
+        the converters. A bad row is cleaned again field by field to name every problem.
+        """
+        try:
+            row = tuple(map(operator.call, self.converters, values))
+        except rules.Invalid:
+            row, problems = rules.collect(values, self.converters, self.fields)
+            return row + (None,) * len(self.keys), problems
+        except (TypeError, ValueError):  # e.g. the wrong number of values
+            row, problems = rules.collect(values, self.converters, self.fields)
+            return row + (None,) * len(self.keys), problems
+        if self._key_steps:
+            keys = tuple(normalize(row[i]) for i, normalize in self._key_steps)
+            problems = [p for k, v in zip(self.keys, keys, strict=True) if (p := k.problem(v))]
+            row += keys
+            if problems:
+                return row, problems
+        return row, rules.NO_PROBLEMS
+
+    def comparable(self, row):
+        """Row in the form that decides "identical data": keys instead of their sources."""
+        skip = {self.fields.index(k.source) for k in self.keys}
+        values = [v for i, v in enumerate(row[: len(self.fields)]) if i not in skip]
+        return (*values, *row[len(self.fields) :])
+
+    @property
+    def children(self):
+        """The references other tables hold to this one."""
+        return tuple(r for spec in SPECS.values() for r in spec.references if r.parent == self.name)
+
+    @property
+    def parents(self):
+        return tuple(dict.fromkeys(r.parent for r in self.references))
+
+
+def _spec(model):
+    keys = tuple(
+        Key(f.attname, f.source, f.normalize, f.max_length)
+        for f in model._meta.concrete_fields
+        if isinstance(f, ComparisonKey)
+    )
+    computed = {k.column for k in keys}
+    fields = tuple(f.attname for f in model._meta.concrete_fields if f.attname not in computed)
+    name = model._meta.db_table
+    references = tuple(
+        Reference(name, f.attname, f.target._meta.db_table, f.on_delete)
+        for f in references_of(model)
+    )
+    return TableSpec(name, model, fields, keys, references)
+
+
+def _commit_order(specs):
+    """Order specs so every parent comes before its children; refuse a cycle."""
+    ordered, placed = [], set()
+    pending = list(specs)
+    while pending:
+        ready = [s for s in pending if all(p in placed or p == s.name for p in s.parents)]
+        if not ready:
+            names = ", ".join(s.name for s in pending)
+            raise RuntimeError(f"cross-database references form a cycle among: {names}")
+        for spec in ready:
+            ordered.append(spec)
+            placed.add(spec.name)
+            pending.remove(spec)
+    return {s.name: s for s in ordered}
+
+
+SPECS = _commit_order(_spec(apps.get_model(label)) for label in databases_for_models())
+TABLES = tuple(SPECS)
+MODELS = {name: spec.model for name, spec in SPECS.items()}
+PARENT_TABLES = tuple(name for name, spec in SPECS.items() if spec.children)
+
+
+def spec(table_or_model):
+    """Return the TableSpec of a table name, a model class or a model instance."""
+    if isinstance(table_or_model, str):
+        return SPECS[table_or_model]
+    model = table_or_model if isinstance(table_or_model, type) else type(table_or_model)
+    return SPECS[model._meta.db_table]
+
+
+def fields(table):
+    """Return the input field names of table, in row order."""
+    return SPECS[table].fields
+
+
+def alias(table):
+    return SPECS[table].alias

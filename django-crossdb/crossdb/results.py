@@ -1,0 +1,243 @@
+"""What a load did: per-table counts, writer timings and rejections with their reasons.
+
+The pipeline fills a ``LoadResult``; the command prints it (``summary_rows``,
+``rejection_lines``), and ``write_json``/``write_rejects`` save it for machines and for the
+person who will fix the input and feed the rejects file back with ``--from``.
+"""
+
+import codecs
+import csv
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from crossdb.loading.rows import Lines
+from crossdb.registry import TABLES, fields
+
+
+def rejects_columns(tables=TABLES):
+    """The rejects file's header for rows of tables: what, where, why, every field, raw."""
+    return (
+        ("table", "line", "id", "reason")
+        + tuple(dict.fromkeys(f for t in TABLES if t in tables for f in fields(t) if f != "id"))
+        + ("raw",)
+    )
+
+
+REJECTS_COLUMNS = rejects_columns()  # every table's fields: what a rejects file may hold
+# What a spreadsheet may run as a formula (OWASP, CSV injection), and the escape itself.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def safe_cell(value):
+    """Return value as a rejects-file cell no spreadsheet runs: ``'`` before a formula start.
+
+    ``'`` itself is escaped too, so ``unsafe_cell`` can drop exactly one leading ``'`` and
+    every value reads back as it was (``-1`` -> ``'-1`` -> ``-1``).
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def unsafe_cell(text):
+    """Undo ``safe_cell``, as a spreadsheet does: one leading ``'`` marks text."""
+    return text[1:] if text.startswith("'") else text
+
+
+def iso(timestamp):
+    """An epoch time as ISO 8601 in UTC, to the millisecond, or None."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def _raw_bytes(error):
+    """Encode the characters UTF-8 cannot take back into the bytes they were read from.
+
+    Undecodable input bytes are read as lone surrogates (surrogateescape) and go back out as
+    the same bytes; a surrogate from a JSON escape such as ``"\\ud800"`` has no original
+    bytes, so it is written as its surrogate encoding. Either way the rejects file holds the
+    value as it was, still invalid until a person fixes it, instead of failing to be written.
+    """
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    out = bytearray()
+    for char in error.object[error.start : error.end]:
+        code = ord(char)
+        out += (
+            bytes([code - 0xDC00])
+            if 0xDC80 <= code <= 0xDCFF
+            else char.encode("utf-8", "surrogatepass")
+        )
+    return bytes(out), error.end
+
+
+codecs.register_error("multids-raw", _raw_bytes)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One rejected row: where it was, why, its values as read, and its raw text when the
+    source could not split it into fields (``crossdb.loading.rows.Malformed.raw``)."""
+
+    table: str
+    line: (
+        int | None
+    )  # an int, a crossdb.loading.rows.Lines for a record over several lines, or None
+    id: object
+    reason: str
+    values: dict
+    raw: str | None = None  # the record's text, when it could not be split into fields
+
+    @property
+    def where(self):
+        label = f"{self.table} #{self.id}" if self.id is not None else self.table
+        if self.line is None:  # synthetic rows: there is no file to look in
+            return label
+        if isinstance(self.line, Lines) and self.line.last > self.line:
+            return f"{label} (lines {self.line})"
+        return f"{label} (line {self.line})"
+
+    def __str__(self):
+        return f"{self.where}: {self.reason}"
+
+    def sort_key(self):
+        return (TABLES.index(self.table), self.line or 0, str(self.id))
+
+
+@dataclass
+class TableResult:
+    table: str
+    read: int = 0
+    stored: int = 0
+    present: int = 0
+    rejected: int = 0
+    started: float | None = None  # when its writer first wrote (time.time())
+    finished: float | None = None  # when its writer committed its last batch
+
+    @property
+    def seconds(self):
+        if self.started is None or self.finished is None:
+            return 0.0
+        return self.finished - self.started
+
+    @property
+    def rows_per_second(self):
+        return (self.stored + self.present) / self.seconds if self.seconds else 0.0
+
+    def as_dict(self):
+        return {
+            "read": self.read,
+            "stored": self.stored,
+            "already_present": self.present,
+            "rejected": self.rejected,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "writer_started": iso(self.started),
+            "writer_finished": iso(self.finished),
+        }
+
+
+@dataclass
+class LoadResult:
+    source: str
+    started: float = 0.0
+    finished: float = 0.0
+    tables: dict = field(default_factory=lambda: {t: TableResult(t) for t in TABLES})
+    rejections: list = field(default_factory=list)
+    error: str | None = None  # set when a failure stopped the run
+
+    def reject(self, rejection):
+        self.rejections.append(rejection)
+        self.tables[rejection.table].rejected += 1
+
+    @property
+    def seconds(self):
+        return self.finished - self.started
+
+    def overlaps(self):
+        """Return the pairs of writers that were busy at the same moment, e.g. users+orders."""
+        spans = [t for t in self.tables.values() if t.started and t.finished]
+        return [
+            f"{a.table}+{b.table}"
+            for i, a in enumerate(spans)
+            for b in spans[i + 1 :]
+            if max(a.started, b.started) < min(a.finished, b.finished)
+        ]
+
+    @property
+    def writers_overlapped(self):
+        """True when at least two writers were busy at the same moment: ``overlaps()`` is
+        not empty. One notion, so the report cannot say false beside a list of pairs."""
+        return bool(self.overlaps())
+
+    def sorted_rejections(self):
+        return sorted(self.rejections, key=Rejection.sort_key)
+
+    def totals(self):
+        keys = ("read", "stored", "present", "rejected")
+        return {k: sum(getattr(t, k) for t in self.tables.values()) for k in keys}
+
+    def as_dict(self):
+        totals = self.totals()
+        return {
+            "source": self.source,
+            "started": iso(self.started),
+            "finished": iso(self.finished),
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "writers_overlapped": self.writers_overlapped,
+            "overlapping_writers": self.overlaps(),
+            "tables": {name: t.as_dict() for name, t in self.tables.items()},
+            "totals": {
+                "read": totals["read"],
+                "stored": totals["stored"],
+                "already_present": totals["present"],
+                "rejected": totals["rejected"],
+                "rows_per_second": round((totals["stored"] + totals["present"]) / self.seconds, 1)
+                if self.seconds
+                else 0.0,
+            },
+        }
+
+    def summary_rows(self):
+        """Rows of the summary table: table, stored, already present, rejected, seconds."""
+        for t in self.tables.values():
+            yield (t.table, t.stored, t.present, t.rejected, f"{t.seconds:.2f}")
+
+    def write_json(self, path):
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.as_dict(), handle, indent=2)
+            handle.write("\n")
+
+    def write_rejects(self, path):
+        """Write every rejection as a CSV row that can be fixed and fed back with ``--from``.
+
+        The ``id`` column holds the id as it was read (``abc`` when that is the problem), not
+        the parsed one, so the person sees what to fix. A record that could not be split
+        into fields has its text in ``raw``. ``line`` is ``3`` or ``3-7`` (a record over
+        several lines), empty for synthetic rows. Every cell goes through ``safe_cell``.
+        """
+        with open(path, "w", encoding="utf-8", errors="multids-raw", newline="") as handle:
+            # the columns of the tables this run read, so the file is no wider than its input
+            columns = rejects_columns(self.tables)
+            writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+            writer.writeheader()
+            for r in self.sorted_rejections():
+                row = {"table": r.table, "line": r.line, "id": r.id, "reason": r.reason}
+                row |= r.values
+                row["raw"] = r.raw
+                writer.writerow({k: safe_cell(v) for k, v in row.items()})
+
+
+def record(result):
+    """Keep the run's summary in the default database for the overview page."""
+    from crossdb.models import LoadRun
+
+    LoadRun.objects.create(
+        started_at=datetime.fromtimestamp(result.started, UTC),
+        finished_at=datetime.fromtimestamp(result.finished, UTC),
+        source=result.source[:500],
+        summary=result.as_dict(),
+    )

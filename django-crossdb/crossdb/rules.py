@@ -1,0 +1,406 @@
+"""The rules a value must pass before it is written: one set, derived from the model fields,
+used by ``insert_data``, the admin and ``Model.clean()``.
+
+Pure functions, no database access. ``rule_for(field)`` turns a model field into a converter
+that takes one raw value (a string from CSV, a JSON value, a Python value from a form or the
+synthetic generator) and returns the cleaned value or raises ``Invalid`` with a reason a
+person can act on (``quantity must be at least 1 (got -1)``). ``crossdb.registry`` builds one
+converter per input field of every table; there is no other path.
+
+The rules, one sentence each:
+
+* Ids and references: whole numbers from 1 to 2**63-1. ``3.0`` and ``7.00`` count as whole.
+* Other integers: whole numbers within the column's range and the field's Min/MaxValue
+  validators.
+* Decimals: plain decimal notation only (no exponent, no thousands separators, no currency
+  sign), finite, within ``max_digits``, at most ``decimal_places`` places, and > 0 where the
+  field has the ``Positive`` validator.
+* Text: required, trimmed, valid UTF-8, no line breaks, no control characters except tab,
+  at most ``max_length`` characters. Emails also match a simple address shape.
+* Emails are compared by ``email_key`` (NFKC, case-folded, trimmed), in Python, everywhere.
+
+Rules that need other rows (unique keys, references) live in ``crossdb.loading.load.RunValidator``
+and ``crossdb.guard``; their wording lives here (``parent_problem``).
+"""
+
+import math
+import re
+import unicodedata
+from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils.deconstruct import deconstructible
+
+ID_MAX = 2**63 - 1  # BigIntegerField, on SQLite and PostgreSQL
+# No whole number any rule accepts comes near this many digits (ids have 19 at most); a
+# longer one is refused by its length, before any conversion (``_too_many_digits``).
+MAX_WHOLE_DIGITS = 100
+INT_RANGES = {
+    "SmallIntegerField": (-(2**15), 2**15 - 1),
+    "PositiveSmallIntegerField": (0, 2**15 - 1),
+    "IntegerField": (-(2**31), 2**31 - 1),
+    "PositiveIntegerField": (0, 2**31 - 1),
+}
+QUANTITY_MAX = 2**31 - 1
+# Deliberately simple: one "@", no spaces, a dot in the domain. Django's EmailValidator is
+# stricter but ten times slower, which matters at a million rows.
+EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+# One scan finds everything a text value may not contain: line breaks, control characters
+# (C0 other than tab, DEL, C1), and lone surrogates (undecodable input bytes, kept by
+# surrogateescape).
+FORBIDDEN_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+class Problem(NamedTuple):
+    field: str | None
+    message: str
+
+
+class Invalid(ValueError):
+    """A field value that breaks a rule; carries the field name for the Problem."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@deconstructible(path="crossdb.rules.Positive")
+class Positive:
+    """Declare on a numeric model field that it must be greater than 0."""
+
+    def __call__(self, value):
+        from django.core.exceptions import ValidationError
+
+        if value is not None and value <= 0:
+            raise ValidationError(f"must be greater than 0 (got {value})")
+
+    def __eq__(self, other):
+        return isinstance(other, Positive)
+
+    def __hash__(self):
+        return hash(Positive)
+
+
+def shown(value):
+    """Render a raw value for a message: strings quoted, everything else as written."""
+    if isinstance(value, str):
+        if not _is_valid_text(value):
+            return repr(value.encode("utf-8", "surrogateescape"))
+        return repr(value)
+    return str(value)
+
+
+def _is_valid_text(value):
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes survive reading as lone surrogates
+        return False
+    return True
+
+
+def _is_blank(value):
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def email_key(email):
+    """Return the form in which two emails are compared: trimmed, NFKC, case-folded.
+
+    ``straße@x`` and ``STRASSE@x`` are one address, as are ``änn@x`` written precomposed or
+    with a combining mark; SQLite's ``lower()`` knows neither, so the key is computed here.
+    ASCII text is its own NFKC form and folds as ``lower()`` does: most addresses take that
+    shorter way, which is a third of the users' validation time.
+    """
+    if email.isascii():
+        return email.strip().lower()
+    text = unicodedata.normalize("NFKC", email.strip())
+    return unicodedata.normalize("NFKC", text.casefold())
+
+
+# --- Numbers ----------------------------------------------------------------------------
+
+
+def _number_text_problem(field, text):
+    """Say what to remove from a number written in something other than plain notation."""
+    shown_text = shown(text)
+    if any(unicodedata.category(c) == "Sc" for c in text):
+        return f"{field} must be a plain number (got {shown_text}): remove the currency sign"
+    if re.fullmatch(r"[+-]?[0-9.]+[eE][+-]?[0-9]+", text):
+        return f"{field} must be written without an exponent (got {shown_text})"
+    if re.fullmatch(r"[+-]?[0-9][0-9,_' .]*[0-9](\.[0-9]*)?", text) and re.search("[,_' ]", text):
+        return f"{field} must be a plain number (got {shown_text}): remove the thousands separators"
+    return None
+
+
+def _too_many_digits(field, digits):
+    """The reason for a whole number far beyond any column's range, named by its size.
+
+    ``int()`` refuses to read more than 4,300 digits (a ValueError, which was a 500 in the
+    admin and a traceback in ``insert_data``), ``int(Decimal)`` of a million digits takes
+    half a minute, and a message should not repeat thousands of them.
+    """
+    return Invalid(field, f"{field} is too large: it has {digits:,} digits")
+
+
+def _digits(text, field):
+    """int(text) for a string of ASCII digits, refusing one with too many to be in range."""
+    if len(text) > MAX_WHOLE_DIGITS:  # int() counts leading zeros towards its limit
+        text = text.lstrip("0") or "0"
+        if len(text) > MAX_WHOLE_DIGITS:
+            raise _too_many_digits(field, len(text))
+    return int(text)
+
+
+def _whole_number(value, field):
+    """Return value as an int: ints, whole-number strings (``7``, ``7.00``), whole Decimals."""
+    if type(value) is int:
+        return value
+    if _is_blank(value):
+        raise Invalid(field, f"{field} is required")
+    if isinstance(value, str):
+        if not _is_valid_text(value):
+            raise Invalid(field, f"{field} is not valid UTF-8 text")
+        text = value.strip()
+        if PLAIN_NUMBER_RE.fullmatch(text):
+            number = Decimal(text)
+            if number and number.adjusted() >= MAX_WHOLE_DIGITS:
+                raise _too_many_digits(field, number.adjusted() + 1)
+            if number == number.to_integral_value():
+                return int(number)
+        elif reason := _number_text_problem(field, text):
+            raise Invalid(field, reason)
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    elif isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise Invalid(field, f"{field} must be a whole number (got {shown(value)})")
+
+
+def _whole_column(low, high):
+    """The same rule for a whole column at once, in C-level passes; None: go value by value.
+
+    Only columns whose every value takes the common case (ASCII digit strings, or ints) are
+    converted here; anything else goes through the scalar rule, which gives the reasons.
+    """
+
+    def column(values):
+        kinds = set(map(type, values))
+        if kinds == {str}:
+            digits = "".join(values)  # one pass each below, instead of one call per value
+            if not (digits.isascii() and digits.isdigit()):
+                return None
+            try:
+                numbers = list(map(int, values))
+            except ValueError:  # an empty value: the scalar rule says it is required
+                return None
+        elif kinds == {int}:
+            numbers = list(values)
+        else:
+            return None
+        if numbers and (min(numbers) < low or max(numbers) > high):
+            return None
+        return numbers
+
+    return column
+
+
+def id_rule(field):
+    """An id or a reference: a whole number from 1 to ID_MAX."""
+
+    def convert(value):
+        if type(value) is str and value.isdigit() and value.isascii():
+            number = _digits(value, field)  # the common case: a few C calls
+        elif type(value) is int:
+            number = value
+        else:
+            number = _whole_number(value, field)
+        if 0 < number <= ID_MAX:
+            return number
+        if number < 1:
+            raise Invalid(field, f"{field} must be a positive whole number (got {number})")
+        raise Invalid(field, f"{field} must be at most {ID_MAX} (got {number})")
+
+    convert.column = _whole_column(1, ID_MAX)
+    convert.bounds = (1, ID_MAX)  # for crossdb.loading.columns, which checks whole arrays
+    return convert
+
+
+def integer_rule(field, low, high, low_is_min=False):
+    """A whole number in [low, high]; low and high come from the column and its validators."""
+
+    def convert(value):
+        if type(value) is str and value.isdigit() and value.isascii():
+            number = _digits(value, field)
+        elif type(value) is int:
+            number = value
+        else:
+            number = _whole_number(value, field)
+        if low <= number <= high:
+            return number
+        if number < low:
+            raise Invalid(field, f"{field} must be at least {low} (got {number})")
+        raise Invalid(field, f"{field} must be at most {high} (got {number})")
+
+    convert.column = _whole_column(low, high)
+    convert.bounds = (low, high)
+    return convert
+
+
+def decimal_rule(field, places, max_digits, positive):
+    """A finite decimal in plain notation with at most ``places`` decimal places."""
+    quantum = Decimal(1).scaleb(-places)
+    largest = Decimal(10) ** (max_digits - places) - quantum
+
+    def convert(value):
+        if _is_blank(value):
+            raise Invalid(field, f"{field} is required")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+            raise Invalid(field, f"{field} must be a number (got {shown(value)})")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise Invalid(field, f"{field} must be a finite number (got {shown(value)})")
+            value = repr(value)
+        if isinstance(value, str):
+            if not _is_valid_text(value):
+                raise Invalid(field, f"{field} is not valid UTF-8 text")
+            text = value.strip()
+            if not PLAIN_NUMBER_RE.fullmatch(text):
+                reason = _number_text_problem(field, text)
+                raise Invalid(field, reason or f"{field} must be a number (got {shown(value)})")
+            number = Decimal(text)
+        else:
+            number = Decimal(value)
+            if not number.is_finite():
+                raise Invalid(field, f"{field} must be a finite number (got {shown(value)})")
+        if positive and number <= 0:
+            raise Invalid(field, f"{field} must be greater than 0 (got {number})")
+        if number > largest:  # before quantize, which fails on huge exponents
+            raise Invalid(field, f"{field} must be at most {largest} (got {shown(value)})")
+        try:
+            exact = number == number.quantize(quantum, rounding="ROUND_DOWN")
+        except InvalidOperation:
+            exact = False
+        if not exact:
+            raise Invalid(
+                field, f"{field} must have at most {places} decimal places (got {shown(value)})"
+            )
+        return number.quantize(quantum)
+
+    return convert
+
+
+# --- Text --------------------------------------------------------------------------------
+
+
+def text_rule(field, max_length, pattern=None, what=None):
+    """Required text: trimmed, valid UTF-8, no line break or control character."""
+
+    def convert(value):
+        if type(value) is not str:
+            if _is_blank(value):
+                raise Invalid(field, f"{field} is required")
+            raise Invalid(field, f"{field} must be text (got {shown(value)})")
+        if (bad := FORBIDDEN_RE.search(value)) is not None:
+            char = bad.group()
+            if "\ud800" <= char <= "\udfff":
+                raise Invalid(field, f"{field} is not valid UTF-8 text")
+            if char in LINE_BREAKS:
+                raise Invalid(field, f"{field} contains a line break")
+            raise Invalid(field, f"{field} contains a control character (U+{ord(char):04X})")
+        text = value.strip()
+        if not text:
+            raise Invalid(field, f"{field} is required")
+        if len(text) > max_length:
+            raise Invalid(field, f"{field} is longer than {max_length} characters")
+        if pattern is not None and not pattern.fullmatch(text):
+            raise Invalid(field, f"{field} is not {what} (got {shown(value)})")
+        return text
+
+    def column(values):
+        """The same rule for a whole column, in C-level passes; None: go value by value."""
+        if set(map(type, values)) != {str} or any(map(FORBIDDEN_RE.search, values)):
+            return None
+        texts = list(map(str.strip, values))
+        lengths = list(map(len, texts))
+        if lengths and (min(lengths) < 1 or max(lengths) > max_length):
+            return None
+        if pattern is not None and not all(map(pattern.fullmatch, texts)):
+            return None
+        return texts
+
+    convert.column = column
+    return convert
+
+
+# --- From model fields -------------------------------------------------------------------
+
+
+def _bounds(field, low, high):
+    for validator in field.validators:
+        if isinstance(validator, MinValueValidator):
+            low = max(low, validator.limit_value)
+        elif isinstance(validator, MaxValueValidator):
+            high = min(high, validator.limit_value)
+    return low, high
+
+
+def rule_for(field):
+    """Return the converter for one input field of a model."""
+    from crossdb.fields import CrossDatabaseReference
+
+    name = field.attname
+    kind = field.get_internal_type()
+    if field.primary_key or isinstance(field, CrossDatabaseReference):
+        return id_rule(name)
+    if isinstance(field, models.EmailField):
+        return text_rule(name, field.max_length, EMAIL_RE, "a valid email address")
+    if isinstance(field, (models.CharField, models.TextField)):
+        return text_rule(name, field.max_length or 1_000_000)
+    if isinstance(field, models.DecimalField):
+        positive = any(isinstance(v, Positive) for v in field.validators)
+        return decimal_rule(name, field.decimal_places, field.max_digits, positive)
+    if kind in INT_RANGES or kind in ("BigIntegerField", "PositiveBigIntegerField"):
+        low, high = INT_RANGES.get(kind, (-(2**63), 2**63 - 1))
+        return integer_rule(name, *_bounds(field, low, high))
+    raise TypeError(f"{field.model.__name__}.{name}: no loading rule for {kind}")
+
+
+NO_PROBLEMS = ()
+
+
+def collect(values, converters, names):
+    """Apply every converter; return (cleaned tuple, problems), naming each bad field."""
+    cleaned = []
+    problems = NO_PROBLEMS
+    for value, convert in zip(values, converters, strict=True):
+        try:
+            cleaned.append(convert(value))
+        except Invalid as exc:
+            if problems is NO_PROBLEMS:
+                problems = []  # allocated only for bad rows
+            problems.append(Problem(exc.field, exc.message))
+            cleaned.append(None)
+    return tuple(cleaned), problems
+
+
+def parent_problem(field, noun, pk, *, rejected_in_run=False, deleted=False):
+    """Say why a reference cannot be followed."""
+    if rejected_in_run:
+        return Problem(field, f"{noun} {pk} was rejected in this run")
+    if deleted:
+        return Problem(field, f"{noun} {pk} was deleted while this load ran")
+    return Problem(field, f"{noun} {pk} does not exist")
+
+
+def raise_for(problems):
+    """Turn validation problems into a Django ValidationError keyed by field."""
+    if problems:
+        errors = {}
+        for problem in problems:
+            errors.setdefault(problem.field or "__all__", []).append(problem.message)
+        raise ValidationError(errors)

@@ -1,0 +1,165 @@
+"""A directory of data files: which ones are read, which are not and why, and their rows.
+
+A table's file is ``users.csv``, ``users.jsonl``, or either with ``.gz``. Anything else
+that looks meant for a table (``Orders.csv``, ``orders.csv.bak``, ``orders.txt``, a symlink
+to nothing, a FIFO or a directory called ``orders.csv``, a file that cannot be opened) is
+not read and is named in ``warnings()``: a silent 0 for a table is the worst answer. The
+scan never opens anything that is not a regular file, so a FIFO cannot hang it.
+"""
+
+import os
+import stat
+from pathlib import Path
+
+from crossdb.loading.rows import Expected
+from crossdb.registry import SPECS, TABLES, fields
+from crossdb.sources.reading import (
+    Opened,
+    SourceError,
+    csv_rows,
+    csv_runs,
+    file_size,
+    jsonl_rows,
+    jsonl_runs,
+    open_csv,
+)
+
+SUFFIXES = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
+EXPECTED = "users, products or orders as .csv, .jsonl, .csv.gz or .jsonl.gz"
+KINDS = {
+    stat.S_ISDIR: "a directory",
+    stat.S_ISFIFO: "a FIFO",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+}
+
+
+def is_data_file_name(name):
+    return any(name == f"{table}{suffix}" for table in TABLES for suffix in SUFFIXES)
+
+
+def _looks_like(name):
+    """Return the table a file name seems meant for, or None (``Orders.CSV`` -> orders)."""
+    stem = name.split(".", 1)[0].strip().casefold()
+    return stem if stem in TABLES else None
+
+
+def _why_not_readable(path):
+    """Return why an exactly named entry cannot be read, or None; never blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"a symlink to nothing: {os.readlink(path)}"
+        return "it disappeared while the directory was read"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror})"
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in KINDS.items() if test(mode)), "not a regular file")
+        return f"{kind}, not a regular file"
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return f"cannot read ({exc.strerror})"
+    return None
+
+
+class FileSource:
+    """The users, products and orders files (.csv or .jsonl, maybe gzipped) of one directory."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.label = str(self.directory)
+        self._found = None
+        self._skipped = []  # (path, why not read)
+        self._reading = {}  # table -> the Opened being streamed, for expected().position
+
+    def _scan(self):
+        """Return {table: path} and note what is not read; raise SourceError if nothing can be."""
+        if self._found is not None:
+            return self._found
+        if not self.directory.is_dir():
+            raise SourceError(f"--from {self.directory}: no such directory")
+        candidates = {t: [] for t in TABLES}
+        for name in sorted(os.listdir(self.directory)):
+            table = _looks_like(name)
+            if table is None:
+                continue
+            path = self.directory / name
+            if is_data_file_name(name):
+                why = _why_not_readable(path)
+                if why is None:
+                    candidates[table].append(path)
+                    continue
+            elif is_data_file_name(name.casefold()):
+                why = f"file names are lower case: rename it {name.casefold()}"
+            else:
+                why = f"unknown extension: name it {table}.csv, .jsonl, .csv.gz or .jsonl.gz"
+            self._skipped.append((path, why))
+        for paths in candidates.values():
+            if len(paths) > 1:
+                names = " and ".join(p.name for p in paths)
+                raise SourceError(f"{self.directory}: both {names} exist; keep one")
+        found = {t: paths[0] for t, paths in candidates.items() if paths}
+        if not found:
+            if self._skipped:
+                listed = "; ".join(f"{p.name} ({why})" for p, why in self._skipped)
+                raise SourceError(f"{self.directory}: no file could be read. Found: {listed}")
+            raise SourceError(f"{self.directory}: no users, products or orders file ({EXPECTED})")
+        self._found = found
+        return found
+
+    def files(self):
+        return dict(self._scan())
+
+    def warnings(self):
+        """One line per file that looks meant for a table but is not read, saying why."""
+        self._scan()
+        return [f"{path}: not read ({why})" for path, why in self._skipped]
+
+    def input_paths(self):
+        return [path.resolve() for path in self._scan().values()]
+
+    def check(self):
+        for table, path in self._scan().items():
+            with Opened(path) as opened:
+                if _is_csv(path):
+                    header, _reader = open_csv(opened, fields(table))
+                    header.positions(fields(table))
+                else:
+                    opened.read(1)
+
+    def tables(self):
+        return [t for t in TABLES if t in self._scan()]
+
+    def expected(self, table):
+        """The file's size in bytes, and how many of them (compressed, for .gz) are read."""
+        path = self._scan()[table]
+        total = file_size(path)
+
+        def position():
+            opened = self._reading.get(table)  # set when rows(table) opens the file
+            return opened.position() if opened is not None else 0
+
+        return Expected(total, "bytes", position)
+
+    def rows(self, table):
+        path = self._scan()[table]
+        read = csv_rows if _is_csv(path) else jsonl_rows
+        return read(path, fields(table), track=self._tracker(table))
+
+    def runs(self, table):
+        path = self._scan()[table]
+        read = csv_runs if _is_csv(path) else jsonl_runs
+        return read(
+            path, fields(table), self._tracker(table), whole_numbers=SPECS[table].whole_numbers
+        )
+
+    def _tracker(self, table):
+        return lambda opened: self._reading.update({table: opened})
+
+
+def _is_csv(path):
+    return path.name.endswith((".csv", ".csv.gz"))

@@ -1,0 +1,106 @@
+"""A rejects file written by ``--rejects``, fixed by hand and loaded again with ``--from``.
+
+Its ``table`` column says where each row goes; a row is read from the columns of that
+table's fields. Cells were written spreadsheet-safe (``crossdb.results.safe_cell``: a leading
+``'`` before ``=``, ``+``, ``-``, ``@``, tab, CR or ``'``); one leading ``'`` is dropped on
+reading, as a spreadsheet does, so ``'-1`` is read as ``-1``. A row that could not be split
+into fields the first time has only its ``raw`` column: until its values are copied into
+the field columns it is rejected again, raw text kept, so it can go round as often as
+needed. Line numbers are those of the rejects file, which is the file the person edits.
+"""
+
+from pathlib import Path
+
+from crossdb.loading.rows import Malformed
+from crossdb.registry import TABLES, fields
+from crossdb.results import REJECTS_COLUMNS, unsafe_cell
+from crossdb.sources.reading import Opened, SourceError, csv_records
+
+
+class RejectsFileSource:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.label = str(self.path)
+        self._tables = None
+
+    def warnings(self):
+        return []
+
+    def input_paths(self):
+        return [self.path.resolve()]
+
+    def expected(self, table):
+        from crossdb.loading.rows import Expected
+
+        return Expected(None)  # the file holds every table's rows, mixed: count rows read
+
+    def check(self):
+        for table in self.tables():
+            with Opened(self.path) as opened:
+                header, _records = csv_records(opened, REJECTS_COLUMNS)
+                header.positions(("table", *fields(table)), f" for {table} rows")
+
+    def tables(self):
+        """Return the tables named in the file; raise SourceError for a row naming none.
+
+        A row whose table cannot be read would otherwise be loaded into no table and
+        counted nowhere, so it stops the run instead.
+        """
+        if self._tables is None:
+            present = set()
+            with Opened(self.path) as opened:
+                column, records = self._records(opened)
+                for line, record, problem in records:
+                    name = record[column] if record and column < len(record) else None
+                    if name not in TABLES:
+                        what = problem.reason if problem else f"unknown table {name!r}"
+                        raise SourceError(
+                            f"{self.path}: line {line}: {what} "
+                            "(the table column must be users, products or orders)"
+                        )
+                    present.add(name)
+            self._tables = [t for t in TABLES if t in present]
+        return self._tables
+
+    def _records(self, opened):
+        try:
+            header, records = csv_records(opened, REJECTS_COLUMNS)
+        except SourceError as exc:
+            if "the file is empty" in str(exc):
+                raise
+            raise SourceError(self._not_rejects()) from None
+        if "table" not in header.keys:
+            raise SourceError(self._not_rejects())
+        return header.keys.index("table"), records
+
+    def _not_rejects(self):
+        return (
+            f"{self.path}: not a rejects file (it has no 'table' column); to load data "
+            f"files, give their directory: --from {self.path.parent}"
+        )
+
+    def rows(self, table):
+        with Opened(self.path) as opened:
+            header, records = csv_records(opened, REJECTS_COLUMNS)
+            column = header.keys.index("table")
+            positions = header.positions(fields(table))
+            raw = header.keys.index("raw") if "raw" in header.keys else None
+            for line, record, problem in records:
+                if not record or record[column] != table:
+                    continue  # other tables' rows; unreadable ones stopped tables()
+                if problem is not None:
+                    yield line, problem
+                    continue
+                values = tuple(unsafe_cell(record[i]) for i in positions)
+                text = unsafe_cell(record[raw]) if raw is not None else ""
+                if text and not any(v.strip() for v in values):
+                    yield line, Malformed(_unsplit(table), text)
+                else:
+                    yield line, values
+
+
+def _unsplit(table):
+    return (
+        "not split into fields yet: copy the values of its raw column into the "
+        f"{', '.join(fields(table))} columns"
+    )
