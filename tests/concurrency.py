@@ -94,7 +94,7 @@ class Backend:
 
     def manage(self, *args, guard=True, timeout=300, check=False):
         done = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), *args],
+            [sys.executable, str(ROOT / "tests" / "launch.py"), *args],
             env=self.env(guard=guard),
             cwd=ROOT,
             capture_output=True,
@@ -210,7 +210,7 @@ class Processes:
 
     def manage(self, backend, *args, guard=True, env=None, **popen):
         env = backend.env(guard=guard, **(env or {}))
-        return self.start([sys.executable, str(ROOT / "manage.py"), *args], env, **popen)
+        return self.start([sys.executable, str(ROOT / "tests" / "launch.py"), *args], env, **popen)
 
     @staticmethod
     def kill(process):
@@ -321,7 +321,10 @@ class Log:
 def _setup_django():
     import django
 
+    from tests.launch import set_hooks
+
     django.setup()
+    set_hooks()  # the harness's variables (MULTIDS_TEST_NO_GUARD, ...) set crossdb's hooks
 
 
 def _refusal_types():

@@ -122,7 +122,7 @@ def environment(data_dir, extra):
 
 def manage(*args, data_dir, env, timeout=300):
     return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
+        [sys.executable, str(ROOT / "tests" / "launch.py"), *args],
         env=environment(data_dir, env),
         cwd=ROOT,
         capture_output=True,
@@ -196,7 +196,7 @@ def start_load(db, data_dir, env_extra=None):
     """Start the load in its own session; return it once orders are landing, with its writers."""
     err = open(data_dir / "stderr.txt", "w+")  # not a pipe: a writer that lived on would hold it
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), *LOAD],
+        [sys.executable, str(ROOT / "tests" / "launch.py"), *LOAD],
         env=environment(data_dir, db.env | (env_extra or {})),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-from crossdb.loading.writers import HOLD
 
 from core.sources import FIRST_ID, SyntheticSource
 from tests.concurrency import (
@@ -36,6 +35,7 @@ from tests.concurrency import (
     wait_until,
 )
 from tests.conftest import all_databases
+from tests.launch import HOLD
 from tests.test_postgres import postgres_server  # noqa: F401 (fixture)
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]

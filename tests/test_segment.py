@@ -21,12 +21,12 @@ import numpy as np
 import psycopg
 import pytest
 from crossdb.loading import load, segment
-from crossdb.loading.writers import HOLD
 
 from core.models import Order
 from core.sources import SyntheticSource
 from tests.concurrency import PostgresDatabases, Processes, make_backend, wait_until
 from tests.conftest import all_databases
+from tests.launch import HOLD
 from tests.test_postgres import postgres_server  # noqa: F401 (fixture)
 
 USERS, PRODUCTS, ORDERS, BATCH = 2000, 100, 20_000, 2000

@@ -25,9 +25,9 @@ bounded too (``PARENT_WAIT_SECONDS``), so no transaction is held open for ever. 
 ignore SIGINT (Ctrl-C reaches the whole process group; the main process stops them) and
 keep SIGTERM's default action.
 
-``MULTIDS_TEST_NO_PARENT_WATCH=1`` switches the parent watch off (``=prctl`` switches off
-only the kernel's part, leaving the checks in the waits). It exists only so the test suite
-can show what each part does (tests/test_processes.py); never set it otherwise.
+``PARENT_WATCH`` is a hook for tests: "off" switches the parent watch off, "no-prctl" only
+the kernel's part, leaving the checks in the waits. It exists only so the test suite can
+show what each part does (tests/test_processes.py); never change it otherwise.
 """
 
 import ctypes
@@ -51,7 +51,7 @@ JOIN_LIMIT = 8  # jobs one transaction may hold while its parents commit (Gate)
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 0.5  # for writers to notice an abort before they are terminated
 PARENT_WAIT_SECONDS = 600.0  # a parent batch commits in about a second; this is a hang
-NO_PARENT_WATCH = "MULTIDS_TEST_NO_PARENT_WATCH"  # test-only: see the module docstring
+PARENT_WATCH = "on"  # a hook for tests: "off" or "no-prctl" (see the module docstring)
 PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -102,9 +102,8 @@ class ParentsTooSlow(RuntimeError):
 
 
 def _watch_disabled(part="all"):
-    """Whether the test-only switch turns off part ("all" or "prctl") of the parent watch."""
-    value = os.environ.get(NO_PARENT_WATCH)
-    return value == "1" or (part == "prctl" and value == "prctl")
+    """Whether the test hook turns off part ("all" or "prctl") of the parent watch."""
+    return PARENT_WATCH == "off" or (part == "prctl" and PARENT_WATCH == "no-prctl")
 
 
 def die_with_parent():

@@ -33,7 +33,6 @@ SQLite never opens one: its rowid key is the table itself, so there is no key to
 
 import contextlib
 import logging
-import os
 import time
 
 import numpy as np
@@ -62,10 +61,10 @@ PRIMARY_KEY_SQL = (
 REFERENCED_SQL = "SELECT 1 FROM pg_constraint WHERE confrelid = %s::regclass LIMIT 1"
 
 
-# Test-only (tests/test_segment.py): MULTIDS_TEST_SEGMENT_UNPROTECTED=1 drops the key in a
-# transaction of its own, committed at once, and takes no lock: what deferring the key would
-# be without transactional DDL. Its tests show what that breaks. Never set it otherwise.
-UNPROTECTED = os.environ.get("MULTIDS_TEST_SEGMENT_UNPROTECTED") == "1"
+# A hook for tests (tests/test_segment.py, tests/launch.py --segment-unprotected): True drops
+# the key in a transaction of its own, committed at once, and takes no lock: what deferring
+# the key would be without transactional DDL. Its tests show what that breaks.
+UNPROTECTED = False
 
 
 class _NotEmpty(Exception):

@@ -28,7 +28,6 @@ A child table's writer (one holding references, ``crossdb.registry``) also:
 
 import functools
 import logging
-import os
 import time
 
 import numpy as np
@@ -43,9 +42,10 @@ from crossdb.rules import parent_problem, shown
 
 log = logging.getLogger(__name__)
 
-# Test-only (tests/test_races.py): MULTIDS_TEST_HOLD=PATH makes the first writer that looks
-# parents up hold its transaction open there until PATH.go exists. Never set it otherwise.
-HOLD = "MULTIDS_TEST_HOLD"
+# A hook for tests (never set otherwise): a callable the first writer that looks its rows'
+# parents up calls inside its transaction, after the lookup and before the commit, so a
+# test can run a delete in between (tests/test_races.py, tests/launch.py --hold).
+HOLD = None
 
 
 def as_tuples(job):
@@ -54,19 +54,12 @@ def as_tuples(job):
     return job._replace(rows=rows, lines=columns.line_list(job.lines, len(rows)))
 
 
-def _hold_for_test(limit=60.0):
-    """``HOLD``: the first writer here creates PATH.held, then waits (up to limit seconds)
-    for PATH.go, so a test can run a delete between this lookup and the commit."""
-    path = os.environ.get(HOLD)
-    if not path:
-        return
-    try:
-        os.close(os.open(f"{path}.held", os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return  # held once already
-    deadline = time.monotonic() + limit
-    while not os.path.exists(f"{path}.go") and time.monotonic() < deadline:
-        time.sleep(0.01)
+def _hold_for_test():
+    """Call ``HOLD`` once, in the first writer that gets here (the hook holds it there)."""
+    global HOLD
+    hold, HOLD = HOLD, None
+    if hold is not None:
+        hold()
 
 
 def _rows_at(rows, indexes):
