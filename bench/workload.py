@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from crossdb.registry import SPECS, TABLES
+from crossdb import registry
 from django.db import models
 
 from core.sources import SyntheticSource
@@ -24,8 +24,8 @@ def build(directory, sizes=SIZES, seed=1):
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     source = SyntheticSource(seed=seed, **sizes)
-    for table in TABLES:
-        spec = SPECS[table]
+    for table in registry.tables():
+        spec = registry.specs()[table]
         with open(directory / f"{table}.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             # the computed keys too (email_key), so plain code can fill the real schema;
@@ -47,8 +47,8 @@ def as_jsonl(csv_dir):
     if stamp.exists() and stamp.read_text() == wanted:
         return directory
     directory.mkdir(parents=True, exist_ok=True)
-    for table in TABLES:
-        spec = SPECS[table]
+    for table in registry.tables():
+        spec = registry.specs()[table]
         numbers = set(spec.fields) if spec.whole_numbers else {"id"}
         decimals = {
             name
@@ -89,8 +89,8 @@ def by_level(csv_dir):
             continue  # made once per workload, like as_jsonl's
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        for table in TABLES:
-            if bool(SPECS[table].references) == children:
+        for table in registry.tables():
+            if bool(registry.specs()[table].references) == children:
                 _link_or_copy(csv_dir / f"{table}.csv", directory / f"{table}.csv")
         stamp.write_text(wanted)
     return tuple(parts)

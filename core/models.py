@@ -12,7 +12,7 @@ for writes that bypass ``crossdb.rules`` (raw SQL, another program).
 from functools import cached_property
 
 from crossdb.fields import CASCADE, PROTECT, ComparisonKey, CrossDatabaseReference, IdField  # noqa: F401
-from crossdb.orm import GuardedModel
+from crossdb.models import GuardedModel
 from crossdb.rules import Positive
 from django.core.validators import MinValueValidator
 from django.db import models

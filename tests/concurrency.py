@@ -285,9 +285,9 @@ class WindowSource:
         pass
 
     def tables(self):
-        from crossdb.registry import TABLES
+        from crossdb import registry
 
-        return [t for t in TABLES if t in self.windows]
+        return [t for t in registry.tables() if t in self.windows]
 
     def rows(self, table):
         make = ROW[table]

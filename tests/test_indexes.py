@@ -76,7 +76,7 @@ def _insert_orders(count, users=1000):
 
 def test_deferrable_names_are_djangos_migration_names():
     """The migrated schema holds exactly the indexes deferrable() derives, by name."""
-    for name, model in registry.MODELS.items():
+    for name, model in registry.models().items():
         alias = registry.alias(name)
         derived = {i.name for i in indexes.deferrable(model, alias)}
         assert derived == _django_indexes(alias, model._meta.db_table), name

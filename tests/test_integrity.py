@@ -4,7 +4,8 @@ import json
 
 import pytest
 from crossdb import deletion, integrity
-from crossdb.integrity import HasOrders, check_integrity, count_orders_for, delete_parent
+from crossdb.deletion import HasChildren
+from crossdb.integrity import check_integrity
 from crossdb.loading import load
 from django.core.management import CommandError
 
@@ -84,8 +85,8 @@ def test_an_orphan_that_is_gone_by_the_time_it_is_confirmed_is_not_reported(monk
 @all_databases
 def test_safe_delete_refuses_a_user_with_orders_and_changes_nothing():
     load_demo()
-    with pytest.raises(HasOrders) as caught:
-        delete_parent("users", 1)
+    with pytest.raises(HasChildren) as caught:
+        deletion.delete("users", [1])
     assert str(caught.value) == (
         f"user 1 has {DEMO_ORDERS_OF_USER_1} orders; delete them first, "
         "or delete the user with its children"
@@ -97,7 +98,8 @@ def test_safe_delete_refuses_a_user_with_orders_and_changes_nothing():
 @all_databases
 def test_safe_delete_with_orders_deletes_them_then_the_product():
     load_demo()
-    assert delete_parent(Product, 1, with_orders=True) == (DEMO_ORDERS_OF_PRODUCT_1, True)
+    result = deletion.delete("products", [1], with_children=True)
+    assert (result.children["orders"], result.parents) == (DEMO_ORDERS_OF_PRODUCT_1, 1)
     assert not Product.objects.filter(pk=1).exists()
     assert not Order.objects.filter(product_id=1).exists()
     assert check_integrity().ok
@@ -106,9 +108,9 @@ def test_safe_delete_with_orders_deletes_them_then_the_product():
 @all_databases
 def test_safe_delete_of_a_parent_without_orders_or_that_does_not_exist():
     load_demo()
-    assert delete_parent(Product, 9) == (0, True)  # product 9 has no order in the demo
-    assert delete_parent(Product.objects.get(pk=8), with_orders=False, pk=8)[1] is True
-    assert delete_parent("users", 999) == (0, False)
+    result = deletion.delete("products", [9])  # product 9 has no order in the demo
+    assert (result.parents, result.children) == (1, {"orders": 0, "reviews": 0})
+    assert deletion.delete("users", [999]).total == 0
 
 
 @all_databases
@@ -125,7 +127,7 @@ def test_a_crash_between_the_two_commits_leaves_no_orphan(monkeypatch):
 
     monkeypatch.setattr(deletion, "_children_committed", crash)
     with pytest.raises(Crash):
-        delete_parent("users", 1, with_orders=True)
+        deletion.delete("users", [1], with_children=True)
     assert not Order.objects.filter(user_id=1).exists()
     assert User.objects.filter(pk=1).exists()
     assert check_integrity().ok
@@ -135,9 +137,9 @@ def test_a_crash_between_the_two_commits_leaves_no_orphan(monkeypatch):
 def test_django_deletes_go_through_the_declared_references():
     """PROTECT: Model.delete() and QuerySet.delete() refuse a parent that has orders."""
     load_demo()
-    with pytest.raises(HasOrders):
+    with pytest.raises(HasChildren):
         User.objects.get(pk=1).delete()
-    with pytest.raises(HasOrders):
+    with pytest.raises(HasChildren):
         User.objects.filter(pk__in=[1, 2]).delete()
     assert User.objects.filter(pk__in=[1, 2]).count() == 2
     assert Product.objects.filter(pk=9).delete() == (1, {"core.Product": 1})
@@ -167,17 +169,15 @@ def test_django_writes_of_an_order_need_its_parents():
 
 
 @all_databases
-def test_count_orders_for_counts_per_parent():
+def test_count_children_counts_per_child_table_and_parent():
     load_demo()
-    counts = count_orders_for("users", [1, 2, 999])
-    assert counts[1] == DEMO_ORDERS_OF_USER_1
-    assert 999 not in counts
-    assert sum(count_orders_for(User, range(1, 20)).values()) == DEMO_ORDERS
+    counts = deletion.count_children("users", [1, 2, 999])
+    assert counts["orders", 1] == DEMO_ORDERS_OF_USER_1
+    assert not any(pk == 999 for _table, pk in counts)
+    assert sum(deletion.count_children("users", range(1, 20)).values()) == DEMO_ORDERS
 
 
-def test_only_users_and_products_can_be_deleted_safely():
-    with pytest.raises(ValueError, match="only users, products can be deleted here"):
-        delete_parent("orders", 1)
+def test_a_batch_size_below_one_is_refused():
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         check_integrity(batch_size=0)
 

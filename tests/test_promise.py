@@ -134,6 +134,26 @@ def test_a_user_this_thread_has_locked_counts_without_waiting_for_itself(setting
 
 
 @all_databases
+@pytest.mark.parametrize("change", ["save", "bulk_update"])
+def test_a_user_locked_in_a_savepoint_of_this_thread_counts_without_waiting(settings, change):
+    """The same through save() or bulk_update(), which write in a savepoint: the committed
+    row's lock belongs to a subtransaction PostgreSQL forgets once the savepoint is released
+    (found by tests/test_guard_machine.py)."""
+    seed()
+    settings.CROSSDB = {**settings.CROSSDB, "GUARD_TIMEOUT": 2}
+    with transaction.atomic(using="users_db"):
+        carol = User.objects.get(id=3)
+        carol.email = "Straße@example.com"  # a new key: the row is locked against KEY SHARE
+        if change == "save":
+            carol.save()
+        else:
+            User.objects.bulk_update([carol], ["email"])
+        Order.objects.create(id=6, user_id=3, product_id=1, quantity=1)
+    assert Order.objects.get(id=6).user_id == 3
+    assert_clean()
+
+
+@all_databases
 def test_a_flush_of_the_orders_database_never_moves_the_deletion_counters_back():
     """Loaders compare the counters with what they saw at their start: a flush that reset
     them to zero would let as many later deletes pass unseen."""

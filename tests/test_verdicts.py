@@ -21,12 +21,13 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
+from crossdb import registry
 from crossdb.loading import columns, load
 from crossdb.loading.columns import Block
 from crossdb.loading.load import RunValidator
 from crossdb.loading.writers import BulkWriter
-from crossdb.registry import SPECS, TableSpec
-from crossdb.results import REJECTS_COLUMNS, Rejection
+from crossdb.registry import TableSpec
+from crossdb.results import Rejection, rejects_columns
 from crossdb.rules import Problem
 from crossdb.sources import FileSource, RejectsFileSource, files
 from django.db import connections
@@ -213,7 +214,7 @@ def write_rejects(directory, rows):
             if index < len(rows.get(table, ())):
                 interleaved.append((table, index, rows[table][index]))
     with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, REJECTS_COLUMNS)
+        writer = csv.DictWriter(handle, rejects_columns())
         writer.writeheader()
         for table, index, values in interleaved:
             fields = dict(zip(FIELDS[table], values, strict=True))
@@ -256,8 +257,8 @@ def source_for(fmt, directory):
 def empty_tables():
     """Delete every row of every loadable table, children first, behind the guard's back:
     the test's own reset between loads, not a delete the loader should see."""
-    for name in reversed(tuple(SPECS)):
-        spec = SPECS[name]
+    for name in reversed(tuple(registry.specs())):
+        spec = registry.specs()[name]
         with connections[spec.alias].cursor() as cursor:
             cursor.execute(f"DELETE FROM {connections[spec.alias].ops.quote_name(name)}")
 

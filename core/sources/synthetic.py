@@ -14,9 +14,9 @@ from decimal import Decimal
 from itertools import chain
 
 import numpy as np
+from crossdb import registry
 from crossdb.loading import columns
 from crossdb.loading.rows import Expected
-from crossdb.registry import TABLES
 from crossdb.sources.reading import SourceError
 
 FIRST_ID = 1001
@@ -70,7 +70,7 @@ class SyntheticSource:
         return []
 
     def tables(self):
-        return [t for t in TABLES if self.counts.get(t)]
+        return [t for t in registry.tables() if self.counts.get(t)]
 
     def expected(self, table):
         return Expected(self.counts[table], "rows")

@@ -7,4 +7,8 @@ class CrossdbConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from crossdb import orm  # noqa: F401  (connects the guard's pre_save receiver)
+        """Build the table registry from the settings and the models, register the system
+        checks that report what it could not build, and connect the guard's receiver."""
+        from crossdb import checks, orm, registry  # noqa: F401  (checks and orm register)
+
+        registry.build()

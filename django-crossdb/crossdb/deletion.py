@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from django.db import connections, transaction
 from django.db.models import Count
 
-from crossdb import guard
+from crossdb import guard, registry
 from crossdb.fields import CASCADE
 from crossdb.lookups import query_chunks
+from crossdb.registry import spec
 
 # Parent tables whose rows this context is deleting under the exclusive guard: their
 # QuerySet._raw_delete() is the deletion itself, not a way around it.
@@ -40,7 +41,6 @@ class HasChildren(Exception):
     """Rows still have children that a PROTECT reference keeps."""
 
     def __init__(self, table_spec, counts):
-        from crossdb.registry import spec
 
         self.table = table_spec.name
         self.counts = counts  # {(child table, pk): count}
@@ -76,7 +76,6 @@ class Deleted:
 
     def by_model(self):
         """Django's ``QuerySet.delete()`` shape: {"app_label.Model": count}."""
-        from crossdb.registry import spec
 
         counts = {spec(t).model._meta.label: n for t, n in self.children.items() if n}
         if self.parents:
@@ -91,7 +90,6 @@ def in_progress(table_spec):
 
 def count_children(table, pks):
     """Return {(child table, parent pk): number of children} for the given parents."""
-    from crossdb.registry import spec
 
     counts = {}
     for reference in spec(table).children:
@@ -134,7 +132,6 @@ def commit_order(parent_alias, tables, doing):
     every child database, then the parent's. doing ("delete user 3") is what a refusal
     names when the caller holds an open transaction on a children's database.
     """
-    from crossdb.registry import spec
 
     parents = [spec(t) for t in tables]
     child_aliases = sorted({spec(r.child).alias for p in parents for r in p.children})
@@ -170,7 +167,6 @@ def delete(table, pks, *, with_children=False):
     with_children=True deletes the children of PROTECT references too (the explicit "delete
     with its orders" of ``delete_row --with-children`` and the admin).
     """
-    from crossdb.registry import spec
 
     parent = spec(table)
     pks = list(pks)
@@ -200,9 +196,8 @@ def delete(table, pks, *, with_children=False):
 
 def _elsewhere(alias):
     """(parent tables stored in alias, references to them from other databases)."""
-    from crossdb.registry import SPECS, spec
 
-    parents = [s.name for s in SPECS.values() if s.alias == alias and s.children]
+    parents = [s.name for s in registry.specs().values() if s.alias == alias and s.children]
     references = [r for p in parents for r in spec(p).children if spec(r.child).alias != alias]
     return parents, references
 
@@ -214,7 +209,6 @@ def children_elsewhere(alias):
 
 def _count_naming(references):
     """{child table: rows that name any parent} over references."""
-    from crossdb.registry import spec
 
     counts = {}
     for reference in references:
@@ -236,7 +230,6 @@ def flush_parents(alias, flush, *, with_children=False):
     exclusive guard: with any, ``ChildrenElsewhere`` refuses, unless with_children, which
     deletes them first (committed before the flush). Return {child table: rows deleted}.
     """
-    from crossdb.registry import spec
 
     parents, references = _elsewhere(alias)
     if not references:
@@ -285,7 +278,6 @@ def _counters_kept(alias):
 
 def children_phrase(counts):
     """ "7 orders in orders_db and 1 review in reviews_db" for {child table: rows}."""
-    from crossdb.registry import spec
 
     return " and ".join(
         f"{n:,} {spec(child).noun if n == 1 else child} in {spec(child).alias}"
@@ -307,7 +299,6 @@ def hold_children(alias, tables, doing):
     the children are counted (``ChildrenElsewhere`` with any), and the block runs; the guard
     is released when it ends. A crash anywhere leaves the counters moved: loaders re-check.
     """
-    from crossdb.registry import spec
 
     references = [r for t in tables for r in spec(t).children if spec(r.child).alias != alias]
     child_aliases = sorted({spec(r.child).alias for r in references})

@@ -57,10 +57,17 @@ class CrossDatabaseReference(models.BigIntegerField):
 
     @property
     def target(self):
-        """The referenced model class."""
-        from django.apps import apps
+        """The referenced model class, from the same app registry as the model holding the
+        reference (a migration's historical models point at historical models)."""
+        return self.model._meta.apps.get_model(self.to)
 
-        return apps.get_model(self.to)
+    def target_or_none(self):
+        """The referenced model class, or None when ``to`` names no installed model (a
+        misconfiguration ``crossdb.checks`` reports)."""
+        try:
+            return self.target
+        except (LookupError, ValueError):
+            return None
 
 
 def references_of(model):

@@ -70,6 +70,9 @@ from django.db import IntegrityError, OperationalError, connections, transaction
 from django.db import models as dj_models
 
 from crossdb import conf
+from crossdb.databases import location
+from crossdb.lookups import query_chunks
+from crossdb.registry import spec
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +151,6 @@ def _holders(alias):
 
 
 def _timeout_message(alias, what):
-    from crossdb.databases import location
 
     seconds = timeout()
     where = f"{alias} ({location(alias)})"
@@ -329,7 +331,6 @@ def refuse_open_transactions(aliases, doing):
 def _select_ids(connection, parent, ids, *, lock=False):
     """The ids of parent's table among ids, as connection sees them; lock=True waits out a
     deleter still committing (PostgreSQL ``FOR KEY SHARE``)."""
-    from crossdb.lookups import query_chunks
 
     qn = connection.ops.quote_name
     pk = qn(parent.model._meta.pk.column)
@@ -364,7 +365,6 @@ def _committed_ids(parent, ids):
 
 def _pg_key_share(connection, parent, ids):
     """``FOR KEY SHARE`` on the id list in one statement (waits for a deleter to finish)."""
-    from crossdb.lookups import query_chunks
 
     qn = connection.ops.quote_name
     pk = qn(parent.model._meta.pk.column)
@@ -379,30 +379,34 @@ def _pg_key_share(connection, parent, ids):
 
 def _committed_apart(parent, ids, *, lock=True):
     """The ids committed in parent's table, for a thread holding an open transaction on its
-    database: looked up on a connection of its own.
+    database: read on a connection of its own, so only committed rows count.
 
-    PostgreSQL takes ``FOR KEY SHARE`` there, which waits out another deleter. It must not
-    wait for the thread itself: its own uncommitted delete is never asked about (those ids
-    are not in its view, so they were dropped before), and a row its own transaction has
-    locked against ``FOR KEY SHARE`` (an update of its email, a unique key) cannot be
-    deleted by anyone else before that transaction ends, so it counts as committed without
-    the lock (``_locked_by``). SQLite needs no lock: the thread's transaction holds the
-    file's write lock, so nobody else can be half-way through a delete. lock=False reads
-    without waiting (to explain a refusal, never to accept a row).
+    A deleter elsewhere may be half-way through deleting one of them. SQLite needs nothing
+    for that: the thread's transaction holds the file's write lock, so nobody else can be.
+    PostgreSQL: the thread first takes ``FOR KEY SHARE NOWAIT`` on the rows in its own
+    transaction (``_kept_from_deleters``). Its own locks never stop it, and once taken no
+    deleter can delete those rows before that transaction ends; so the committed read is
+    final for them. A row another session holds is waited for on the connection apart,
+    ``FOR KEY SHARE``, bounded. (Waiting there for a row the thread itself locked, say by
+    changing its email, would wait for the thread's own commit: for ever.) lock=False
+    reads without taking anything (to explain a refusal, never to accept a row).
     """
     alias = parent.alias
+    contested = []
+    if lock and connections[alias].vendor == "postgresql":
+        contested = _kept_from_deleters(parent, ids)
     with _apart(alias) as apart:
-        if apart.vendor != "postgresql" or not lock:
+        if not contested:
             return _select_ids(apart, parent, ids)
         apart.ensure_connection()
         apart.set_autocommit(False)
         try:
-            held = _locked_by(connections[alias], apart, parent, ids)
             with apart.cursor() as cursor:
                 millis = max(int(timeout() * 1000), 1)
                 cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{millis}ms"])
-            rest = [pk for pk in ids if pk not in held]
-            return held | (_pg_key_share(apart, parent, rest) if rest else set())
+            waited = _pg_key_share(apart, parent, contested)
+            rest = [pk for pk in ids if pk not in set(contested)]
+            return waited | (_select_ids(apart, parent, rest) if rest else set())
         except OperationalError as exc:
             if is_lock_wait(exc):
                 raise GuardTimeout(_timeout_message(alias, f"a lock on {parent.name}")) from exc
@@ -411,28 +415,38 @@ def _committed_apart(parent, ids, *, lock=True):
             apart.rollback()
 
 
-def _locked_by(own, apart, parent, ids):
-    """The ids among ids whose committed row the transaction of connection own has locked
-    (its row version's xmax is one of own's transaction ids, subtransactions included)."""
-    qn = apart.ops.quote_name
+def _kept_from_deleters(parent, ids):
+    """Take ``FOR KEY SHARE NOWAIT`` on ids in the thread's own transaction on parent's
+    database (PostgreSQL): all at once, and row by row only if some other session holds one;
+    return the ids another session holds a conflicting lock on (a deleter at work), for the
+    caller to wait for apart. Each attempt is a savepoint, so a refusal leaves the thread's
+    transaction as it was."""
+    alias = parent.alias
+    connection = connections[alias]
+    qn = connection.ops.quote_name
     pk = qn(parent.model._meta.pk.column)
-    with own.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
     sql = (
-        f"SELECT t.{pk} FROM {qn(parent.model._meta.db_table)} t "
-        f"JOIN pg_locks l ON l.locktype = 'transactionid' AND l.pid = %s AND l.granted "
-        f"AND l.transactionid::text = t.xmax::text WHERE t.{pk} = ANY(%s)"
+        f"SELECT 1 FROM {qn(parent.model._meta.db_table)} WHERE {pk} = ANY(%s) FOR KEY SHARE NOWAIT"
     )
-    with apart.cursor() as cursor:
-        cursor.execute(sql, [pid, list(ids)])
-        return {row[0] for row in cursor.fetchall()}
+
+    def taken(values):
+        try:
+            with transaction.atomic(using=alias), connection.cursor() as cursor:
+                cursor.execute(sql, [list(values)])
+        except OperationalError as exc:
+            if not is_lock_wait(exc):
+                raise
+            return False
+        return True
+
+    if taken(ids):
+        return []
+    return [value for value in ids if not taken([value])]
 
 
 def existing_parents(parent_table, ids):
     """Return the ids of parent_table that are committed (and, for a thread holding an open
     transaction on its database, not deleted in it), waiting out a deleter mid-commit."""
-    from crossdb.registry import spec
 
     parent = spec(parent_table)
     ids = list(ids)
@@ -485,7 +499,6 @@ def missing_parents(table_spec, rows, known=None, references=None):
 
 def why_missing(reference, pk):
     """Say why parent pk of reference does not count, for a refused ORM write."""
-    from crossdb.registry import spec
 
     alias = spec(reference.parent).alias
     noun = reference.noun

@@ -17,9 +17,6 @@ The guard (``crossdb.guard``) keeps every write through Django from committing a
 stale key; this check is how writes that bypass Django (raw SQL, another program writing
 the files) are found. It only reads: a missing index is reported by the command, and built
 by ``migrate_all`` or ``check_integrity --repair``.
-
-The names ``delete_parent``, ``count_orders_for`` and ``HasOrders`` are the older spelling
-of ``crossdb.deletion``'s, kept for the admin and the command line.
 """
 
 import contextlib
@@ -28,16 +25,15 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import DatabaseError, connections
 
-from crossdb import deletion, guard
+from crossdb import guard, registry
+from crossdb.databases import sqlite_file_missing
 from crossdb.lookups import missing_ids, query_chunks
-from crossdb.registry import SPECS, spec
+from crossdb.registry import spec
 
 DEFAULT_BATCH_SIZE = 50_000
 DEFAULT_KEEP = 100  # orphans kept in the result; the count covers all of them
 OK = "ok"
 STALE_KEYS_COMPARED = 100_000  # stale rows whose true keys are looked for among the others
-
-HasOrders = deletion.HasChildren
 
 
 @dataclass(frozen=True)
@@ -157,7 +153,7 @@ class IntegrityResult:
 
 
 def child_tables():
-    return [s for s in SPECS.values() if s.references]
+    return [s for s in registry.specs().values() if s.references]
 
 
 @dataclass(frozen=True)
@@ -182,7 +178,6 @@ def unbacked_references():
     """Return an Unbacked for each reference whose parent table has no row (or no table,
     or no file) while its child table has rows naming it. Cheap: one ``EXISTS`` per parent
     table, and a count only for the children of an empty one."""
-    from crossdb.databases import sqlite_file_missing
 
     def count(table_spec, **where):
         """Rows of table_spec matching where; 0 without its file or its table."""
@@ -215,7 +210,7 @@ def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progres
     # A load into an empty table holds it locked until its commit (crossdb.loading.segment), and a
     # stopped process may hold it for ever: every read waits at most the guard's bound.
     with contextlib.ExitStack() as bounded:
-        for alias in sorted({s.alias for s in SPECS.values()}):
+        for alias in sorted({s.alias for s in registry.specs().values()}):
             bounded.enter_context(guard.bounded(alias, "a lock a writer holds"))
         return _check(batch_size, keep, progress)
 
@@ -240,7 +235,7 @@ def _check(batch_size, keep, progress):
             result.scan_error = (
                 f"{child.name}: stopped after {result.rows_checked[child.name]:,} rows: {exc}"
             )
-    for table_spec in SPECS.values():
+    for table_spec in registry.specs().values():
         for key in table_spec.keys:
             try:
                 _check_key(result, table_spec, key, batch_size, keep)
@@ -365,27 +360,3 @@ def file_check(alias):
     except DatabaseError as exc:
         return f"cannot check: {exc}"
     return OK if lines == [OK] else "; ".join(lines[:10])
-
-
-def count_orders_for(table, ids):
-    """Return {id: number of children} for the given parent ids (absent: none)."""
-    counts = {}
-    for (_child, pk), n in deletion.count_children(spec(table).name, list(ids)).items():
-        counts[pk] = counts.get(pk, 0) + n
-    return counts
-
-
-def delete_parent(model_or_table, pk, with_orders=False):
-    """Delete one parent row; return (children deleted, whether the row was deleted).
-
-    Raises HasOrders (``crossdb.deletion.HasChildren``) while a PROTECT reference still has
-    children, unless with_orders: then the children are deleted first.
-    """
-    table_spec = spec(model_or_table)
-    if not table_spec.children:
-        raise ValueError(
-            f"{table_spec.name} rows are not referenced by other tables; "
-            f"only {', '.join(s.name for s in SPECS.values() if s.children)} can be deleted here"
-        )
-    result = deletion.delete(table_spec.name, [pk], with_children=with_orders)
-    return sum(result.children.values()), result.parents > 0

@@ -2,6 +2,8 @@
 
 from django.db import connections
 
+from crossdb.registry import spec
+
 
 def query_chunks(connection, items):
     """Split items so an IN (...) query stays under the backend's parameter limit."""
@@ -13,7 +15,6 @@ def query_chunks(connection, items):
 
 def existing_ids(table, ids):
     """Return the subset of ids stored in table, one query per chunk."""
-    from crossdb.registry import spec
 
     table_spec = spec(table)
     alias = table_spec.alias
@@ -43,7 +44,6 @@ def missing_ids(table, ids):
     the database does the anti-join, so checking 50,000 references costs one round trip
     instead of fifty ``IN`` queries of 999 parameters.
     """
-    from crossdb.registry import spec
 
     ids = list(ids)
     if not ids:

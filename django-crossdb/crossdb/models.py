@@ -1,10 +1,17 @@
-"""crossdb's own two tables: the guard's deletion counters and the log of loads.
+"""crossdb's own two tables (the guard's deletion counters, the log of loads) and the base of
+every routed model, ``GuardedModel``.
 
 Their table names are the ones multids gave them before crossdb was an app of its own, so
 databases made then need no change (``crossdb/migrations/0001_initial.py``).
 """
 
 from django.db import models
+
+# The base of every model crossdb routes, as parent or child (its every write path goes
+# through the reference guard): imported from here, as Django users expect a model base.
+from crossdb.orm import GuardedModel, GuardedQuerySet
+
+__all__ = ["GuardedModel", "GuardedQuerySet", "LoadRun", "ReferenceGuard"]
 
 
 class ReferenceGuard(models.Model):

@@ -26,15 +26,18 @@ from django.db import router, transaction
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
+from crossdb import deletion, registry, rules
 from crossdb.guard import (
     ChangedParentKey,
     MissingParent,
     bounded,
     existing_parents,
+    missing_parents,
     require_parents,
     share,
     why_missing,
 )
+from crossdb.registry import spec
 
 # The model whose bulk_update() checked its rows and computed its keys already: the
 # update() it runs underneath (with Case(When(...)) values) is let through once.
@@ -42,9 +45,8 @@ _CHECKED_BY_BULK_UPDATE = contextvars.ContextVar("multids_checked_by_bulk_update
 
 
 def _spec(model):
-    from crossdb.registry import SPECS, spec
 
-    return spec(model) if model._meta.db_table in SPECS else None
+    return spec(model) if model._meta.db_table in registry.specs() else None
 
 
 def _names(model, names):
@@ -188,7 +190,6 @@ class GuardedQuerySet(dj_models.QuerySet):
         return pk
 
     def delete(self):
-        from crossdb import deletion
 
         table_spec = self._table_spec()
         if table_spec is None or not table_spec.children:
@@ -203,7 +204,6 @@ class GuardedQuerySet(dj_models.QuerySet):
     def _raw_delete(self, using):
         """Django's fast delete, kept for tables nothing references; a parent's rows go
         through ``crossdb.deletion`` (PROTECT refuses, CASCADE deletes the children first)."""
-        from crossdb import deletion
 
         table_spec = self._table_spec()
         if table_spec is None or not table_spec.children or deletion.in_progress(table_spec):
@@ -238,7 +238,6 @@ class GuardedModel(dj_models.Model):
     save.alters_data = True
 
     def delete(self, using=None, keep_parents=False):
-        from crossdb import deletion
 
         table_spec = _spec(type(self))
         if table_spec is None or not table_spec.children:
@@ -250,9 +249,6 @@ class GuardedModel(dj_models.Model):
 
     def clean(self):
         """Apply the loader's rules and check the references, with the loader's words."""
-        from crossdb import rules
-        from crossdb.guard import missing_parents
-        from crossdb.registry import spec
 
         table_spec = spec(self)
         values = tuple(getattr(self, f) for f in table_spec.fields)

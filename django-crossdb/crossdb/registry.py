@@ -8,7 +8,7 @@ deletes and the admin need is data here, read off the model declarations:
 * which references it holds and what a delete of their parent does
   (``crossdb.fields.CrossDatabaseReference``).
 
-``TABLES`` is the commit order: a topological order of the references, parents first, so a
+``tables()`` is the commit order: a topological order of the references, parents first, so a
 child's batch never has to wait for a table that comes after it. No other module names which
 table references which.
 """
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from django.apps import apps
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from crossdb import rules
 from crossdb.fields import ComparisonKey, references_of
@@ -35,7 +37,7 @@ class Reference:
 
     @property
     def noun(self):
-        return SPECS[self.parent].noun
+        return specs()[self.parent].noun
 
 
 @dataclass(frozen=True)
@@ -127,14 +129,16 @@ class TableSpec:
     @property
     def children(self):
         """The references other tables hold to this one."""
-        return tuple(r for spec in SPECS.values() for r in spec.references if r.parent == self.name)
+        return tuple(
+            r for spec in specs().values() for r in spec.references if r.parent == self.name
+        )
 
     @property
     def parents(self):
         return tuple(dict.fromkeys(r.parent for r in self.references))
 
 
-def _spec(model):
+def _spec(model, routed):
     keys = tuple(
         Key(f.attname, f.source, f.normalize, f.max_length)
         for f in model._meta.concrete_fields
@@ -146,19 +150,21 @@ def _spec(model):
     references = tuple(
         Reference(name, f.attname, f.target._meta.db_table, f.on_delete)
         for f in references_of(model)
+        if f.target_or_none() is not None and f.target._meta.db_table in routed
     )
     return TableSpec(name, model, fields, keys, references)
 
 
 def _commit_order(specs):
-    """Order specs so every parent comes before its children; refuse a cycle."""
+    """Order specs so every parent comes before its children. Tables caught in a cycle of
+    references (``crossdb.checks`` reports it) come last, in the settings' order."""
     ordered, placed = [], set()
     pending = list(specs)
     while pending:
         ready = [s for s in pending if all(p in placed or p == s.name for p in s.parents)]
         if not ready:
-            names = ", ".join(s.name for s in pending)
-            raise RuntimeError(f"cross-database references form a cycle among: {names}")
+            ordered.extend(pending)
+            break
         for spec in ready:
             ordered.append(spec)
             placed.add(spec.name)
@@ -166,24 +172,65 @@ def _commit_order(specs):
     return {s.name: s for s in ordered}
 
 
-SPECS = _commit_order(_spec(apps.get_model(label)) for label in databases_for_models())
-TABLES = tuple(SPECS)
-MODELS = {name: spec.model for name, spec in SPECS.items()}
-PARENT_TABLES = tuple(name for name, spec in SPECS.items() if spec.children)
+_specs = None  # {table: TableSpec} in commit order, once built
+
+
+def build():
+    """Build the registry from the settings and the models (``CrossdbConfig.ready()``, and
+    again when the settings change). A name that is not an installed model is left out:
+    a misconfiguration is ``crossdb.checks``' error to report, never a traceback here."""
+    global _specs
+    models = []
+    for label in databases_for_models():
+        try:
+            models.append(apps.get_model(label))
+        except (LookupError, ValueError):
+            continue
+    routed = {m._meta.db_table for m in models}
+    _specs = _commit_order(_spec(model, routed) for model in models)
+    return _specs
+
+
+def specs():
+    """{table: TableSpec} of every routed model, parents before their children."""
+    return _specs if _specs is not None else build()
+
+
+def tables():
+    """The routed tables in commit order (parents first)."""
+    return tuple(specs())
+
+
+def models():
+    """{table: model} in commit order."""
+    return {name: s.model for name, s in specs().items()}
+
+
+def parent_tables():
+    """The tables other tables reference."""
+    return tuple(name for name, s in specs().items() if s.children)
+
+
+@receiver(setting_changed)
+def _rebuild(setting, **kwargs):
+    """Tests and ``override_settings`` change CROSSDB: build again on next use."""
+    global _specs
+    if setting in ("CROSSDB", "DATABASES"):
+        _specs = None
 
 
 def spec(table_or_model):
     """Return the TableSpec of a table name, a model class or a model instance."""
     if isinstance(table_or_model, str):
-        return SPECS[table_or_model]
+        return specs()[table_or_model]
     model = table_or_model if isinstance(table_or_model, type) else type(table_or_model)
-    return SPECS[model._meta.db_table]
+    return specs()[model._meta.db_table]
 
 
 def fields(table):
     """Return the input field names of table, in row order."""
-    return SPECS[table].fields
+    return specs()[table].fields
 
 
 def alias(table):
-    return SPECS[table].alias
+    return specs()[table].alias

@@ -11,20 +11,22 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from crossdb import registry
 from crossdb.loading.rows import Lines
-from crossdb.registry import TABLES, fields
+from crossdb.registry import fields
 
 
-def rejects_columns(tables=TABLES):
-    """The rejects file's header for rows of tables: what, where, why, every field, raw."""
+def rejects_columns(tables=None):
+    """The rejects file's header for rows of tables (default: every table, what a rejects
+    file may hold): what, where, why, every field, raw."""
+    names = [t for t in registry.tables() if tables is None or t in tables]
     return (
         ("table", "line", "id", "reason")
-        + tuple(dict.fromkeys(f for t in TABLES if t in tables for f in fields(t) if f != "id"))
+        + tuple(dict.fromkeys(f for t in names for f in fields(t) if f != "id"))
         + ("raw",)
     )
 
 
-REJECTS_COLUMNS = rejects_columns()  # every table's fields: what a rejects file may hold
 # What a spreadsheet may run as a formula (OWASP, CSV injection), and the escape itself.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
@@ -103,7 +105,7 @@ class Rejection:
         return f"{self.where}: {self.reason}"
 
     def sort_key(self):
-        return (TABLES.index(self.table), self.line or 0, str(self.id))
+        return (registry.tables().index(self.table), self.line or 0, str(self.id))
 
 
 @dataclass
@@ -144,7 +146,7 @@ class LoadResult:
     source: str
     started: float = 0.0
     finished: float = 0.0
-    tables: dict = field(default_factory=lambda: {t: TableResult(t) for t in TABLES})
+    tables: dict = field(default_factory=lambda: {t: TableResult(t) for t in registry.tables()})
     rejections: list = field(default_factory=list)
     error: str | None = None  # set when a failure stopped the run
 

@@ -34,6 +34,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.deconstruct import deconstructible
 
+from crossdb.fields import CrossDatabaseReference
+
 ID_MAX = 2**63 - 1  # BigIntegerField, on SQLite and PostgreSQL
 # No whole number any rule accepts comes near this many digits (ids have 19 at most); a
 # longer one is refused by its length, before any conversion (``_too_many_digits``).
@@ -351,7 +353,6 @@ def _bounds(field, low, high):
 
 def rule_for(field):
     """Return the converter for one input field of a model."""
-    from crossdb.fields import CrossDatabaseReference
 
     name = field.attname
     kind = field.get_internal_type()

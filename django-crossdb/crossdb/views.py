@@ -49,7 +49,7 @@ def overview_permissions():
     """The permissions the overview needs: view on every loadable table."""
     return [
         f"{m._meta.app_label}.{get_permission_codename('view', m._meta)}"
-        for m in registry.MODELS.values()
+        for m in registry.models().values()
     ]
 
 
@@ -61,7 +61,7 @@ def overview_permission_required(view):
         if not request.user.has_perms(overview_permissions()):
             raise PermissionDenied(
                 "the overview needs view permission on "
-                + listed(m._meta.verbose_name_plural for m in registry.MODELS.values())
+                + listed(m._meta.verbose_name_plural for m in registry.models().values())
             )
         return view(request, *args, **kwargs)
 
@@ -72,7 +72,7 @@ def models_in(alias):
     """Return the models whose rows live in alias: the domain models, or ours and auth's."""
     if alias == "default":
         return [LoadRun, get_user_model()]
-    return [m for m in registry.MODELS.values() if database_for(m) == alias]
+    return [m for m in registry.models().values() if database_for(m) == alias]
 
 
 def database_status(alias, files=None):
@@ -156,7 +156,7 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
     values = [
         [
             r.summary.get("tables", {}).get(t, {}).get("rows_per_second", 0) or 0
-            for t in registry.TABLES
+            for t in registry.tables()
         ]
         for r in runs
     ]
@@ -166,11 +166,11 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
     left, right = CHART_MARGIN["left"], width - CHART_MARGIN["right"]
     base, ceiling = height - CHART_MARGIN["bottom"], CHART_MARGIN["top"]
     group = (right - left) / len(runs)
-    bar = min(group * 0.8 / len(registry.TABLES), 40)
+    bar = min(group * 0.8 / len(registry.tables()), 40)
     bars, labels = [], []
     for i, (run, row, (time, date)) in enumerate(zip(runs, values, run_labels(runs), strict=True)):
-        start = left + i * group + (group - bar * len(registry.TABLES)) / 2
-        for j, (table, value) in enumerate(zip(registry.TABLES, row, strict=True)):
+        start = left + i * group + (group - bar * len(registry.tables())) / 2
+        for j, (table, value) in enumerate(zip(registry.tables(), row, strict=True)):
             h = (base - ceiling) * value / top
             bars.append(
                 {
@@ -198,7 +198,7 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
         "bars": bars,
         "labels": labels,
         "ticks": ticks,
-        "tables": registry.TABLES,
+        "tables": registry.tables(),
     }
 
 
@@ -211,7 +211,7 @@ def listed(words):
 def reference_words():
     """What the full check covers, from the registry: the tables holding references (by
     their plural) and the tables they reference (by their noun)."""
-    children = [s for s in registry.SPECS.values() if s.references]
+    children = [s for s in registry.specs().values() if s.references]
     parents = dict.fromkeys(r.noun for s in children for r in s.references)
     parent_tables = dict.fromkeys(r.parent for s in children for r in s.references)
     return {

@@ -1,7 +1,7 @@
 """Reviews: each names a user and a product in their own databases."""
 
 from crossdb.fields import CASCADE, PROTECT, CrossDatabaseReference, IdField
-from crossdb.orm import GuardedModel
+from crossdb.models import GuardedModel
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 

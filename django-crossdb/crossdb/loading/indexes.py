@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from django.db import DatabaseError, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 
-from crossdb import conf
+from crossdb import conf, registry
+from crossdb.routers import database_for
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,6 @@ def _unquote(name):
 
 
 def _default_alias(model):
-    from crossdb.routers import database_for
 
     return database_for(model) or "default"
 
@@ -250,9 +250,8 @@ def _migrations_applied(alias):
 
 
 def routed_models():
-    from crossdb import registry
 
-    return [(registry.alias(name), model) for name, model in registry.MODELS.items()]
+    return [(registry.alias(name), model) for name, model in registry.models().items()]
 
 
 def repair(aliases_and_models=None):

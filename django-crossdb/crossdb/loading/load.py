@@ -8,7 +8,7 @@ waiting for its parents writes the batches queued meanwhile into the same transa
 run at the same time.
 
 Commit order is what keeps the databases consistent without cross-database transactions:
-tables are read in the registry's order (``crossdb.registry.TABLES``: parents before children),
+tables are read in the registry's order (``crossdb.registry.tables()``: parents first),
 and a child batch commits only when every parent batch dispatched before it has committed.
 Because a child table is validated only after all its parents, no child can reach its
 database before the rows it names, even if the process is killed. Queues are bounded, so a
@@ -44,14 +44,13 @@ from typing import NamedTuple
 import numpy as np
 from django.db import DatabaseError, connections
 
-from crossdb import guard, rules
+from crossdb import guard, registry, rules
 from crossdb.databases import location
 from crossdb.loading import columns
 from crossdb.loading.processes import LoadError, WriterPool
 from crossdb.loading.rows import Lines
 from crossdb.loading.writers import BulkWriter
 from crossdb.lookups import existing_ids
-from crossdb.registry import PARENT_TABLES, SPECS, TABLES
 from crossdb.results import LoadResult, Rejection, TableResult
 from crossdb.rules import parent_problem
 
@@ -123,8 +122,8 @@ class RunValidator:
     """
 
     def __init__(self):
-        self.accepted = {t: set() for t in PARENT_TABLES}
-        self.rejected = {t: set() for t in PARENT_TABLES}
+        self.accepted = {t: set() for t in registry.parent_tables()}
+        self.rejected = {t: set() for t in registry.parent_tables()}
         self._id_sets = {}  # parent table -> its accepted ids as a columns.IdSet, for Blocks
 
     def validate(self, table, batch):
@@ -135,7 +134,7 @@ class RunValidator:
         rule refused is then cleaned on its own (``TableSpec.clean``) to name every
         problem. The outcome is the same either way, row by row; only the cost differs.
         """
-        spec = SPECS[table]
+        spec = registry.specs()[table]
         if isinstance(batch, columns.Block):
             validated = self._validate_block(spec, batch)
             if validated is not None:
@@ -348,11 +347,11 @@ def writer_for(table, alias, gate=None, snapshot=None):
 
 def _make_writer(table, gate, snapshot=None):
     """Build table's writer in its process, with the guard counters of the run's start."""
-    return writer_for(table, SPECS[table].alias, gate, (snapshot or {}).get(table))
+    return writer_for(table, registry.specs()[table].alias, gate, (snapshot or {}).get(table))
 
 
 def _describe(table):
-    alias = SPECS[table].alias
+    alias = registry.specs()[table].alias
     return f"{alias} at {location(alias)}"
 
 
@@ -371,8 +370,8 @@ def _apply_batch(result, report):
 def _levels(present):
     """Group the present tables by depth in the reference graph: parents, then children."""
     depth = {}
-    for name in TABLES:
-        depth[name] = 1 + max((depth[p] for p in SPECS[name].parents), default=-1)
+    for name in registry.tables():
+        depth[name] = 1 + max((depth[p] for p in registry.specs()[name].parents), default=-1)
     levels = {}
     for name in present:
         levels.setdefault(depth[name], []).append(name)
@@ -435,12 +434,14 @@ def load(source, *, batch_size=DEFAULT_BATCH_SIZE, progress=None):
 def _guard_snapshot(present):
     """The deletion counters of every child table's database, before anything is read."""
     return {
-        t: guard.counters(SPECS[t].alias, SPECS[t].parents) for t in present if SPECS[t].references
+        t: guard.counters(registry.specs()[t].alias, registry.specs()[t].parents)
+        for t in present
+        if registry.specs()[t].references
     }
 
 
 def _load(source, batch_size, progress):
-    present = [t for t in TABLES if t in source.tables()]
+    present = [t for t in registry.tables() if t in source.tables()]
     result = LoadResult(
         source.label, started=time.time(), tables={t: TableResult(t) for t in present}
     )
@@ -467,7 +468,7 @@ def _load(source, batch_size, progress):
                 result.reject(rejection)
             progress.advance(table, read=len(batch), written=len(validated.rejections))
             if len(validated.rows):
-                after = {p: pool.sent[p] for p in SPECS[table].parents if p in pool.sent}
+                after = {p: pool.sent[p] for p in registry.specs()[table].parents if p in pool.sent}
                 pool.send(
                     table,
                     validated.lines,

@@ -35,6 +35,7 @@ from django.db import connections, transaction
 
 from crossdb import conf, guard
 from crossdb.loading import columns, indexes
+from crossdb.loading.processes import Written
 from crossdb.lookups import query_chunks, stored_rows
 from crossdb.registry import spec as spec_of
 from crossdb.results import Rejection
@@ -143,7 +144,6 @@ class BulkWriter:
         """Commit one job's rows, and those of the jobs that joined its transaction while it
         waited for its parents (``Gate.wait_for_parents``); return a
         crossdb.loading.processes.Written, or a list of (job, Written) when jobs joined."""
-        from crossdb.loading.processes import Written
 
         if not self._may_take_fast_path(job):
             return Written(*self.write_carefully(as_tuples(job)))

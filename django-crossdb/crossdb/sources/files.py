@@ -11,8 +11,9 @@ import os
 import stat
 from pathlib import Path
 
+from crossdb import registry
 from crossdb.loading.rows import Expected
-from crossdb.registry import SPECS, TABLES, fields
+from crossdb.registry import fields
 from crossdb.sources.reading import (
     Opened,
     SourceError,
@@ -36,13 +37,13 @@ KINDS = {
 
 
 def is_data_file_name(name):
-    return any(name == f"{table}{suffix}" for table in TABLES for suffix in SUFFIXES)
+    return any(name == f"{table}{suffix}" for table in registry.tables() for suffix in SUFFIXES)
 
 
 def _looks_like(name):
     """Return the table a file name seems meant for, or None (``Orders.CSV`` -> orders)."""
     stem = name.split(".", 1)[0].strip().casefold()
-    return stem if stem in TABLES else None
+    return stem if stem in registry.tables() else None
 
 
 def _why_not_readable(path):
@@ -82,7 +83,7 @@ class FileSource:
             return self._found
         if not self.directory.is_dir():
             raise SourceError(f"--from {self.directory}: no such directory")
-        candidates = {t: [] for t in TABLES}
+        candidates = {t: [] for t in registry.tables()}
         for name in sorted(os.listdir(self.directory)):
             table = _looks_like(name)
             if table is None:
@@ -132,7 +133,7 @@ class FileSource:
                     opened.read(1)
 
     def tables(self):
-        return [t for t in TABLES if t in self._scan()]
+        return [t for t in registry.tables() if t in self._scan()]
 
     def expected(self, table):
         """The file's size in bytes, and how many of them (compressed, for .gz) are read."""
@@ -154,7 +155,10 @@ class FileSource:
         path = self._scan()[table]
         read = csv_runs if _is_csv(path) else jsonl_runs
         return read(
-            path, fields(table), self._tracker(table), whole_numbers=SPECS[table].whole_numbers
+            path,
+            fields(table),
+            self._tracker(table),
+            whole_numbers=registry.specs()[table].whole_numbers,
         )
 
     def _tracker(self, table):

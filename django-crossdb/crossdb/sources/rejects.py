@@ -11,9 +11,10 @@ needed. Line numbers are those of the rejects file, which is the file the person
 
 from pathlib import Path
 
-from crossdb.loading.rows import Malformed
-from crossdb.registry import TABLES, fields
-from crossdb.results import REJECTS_COLUMNS, unsafe_cell
+from crossdb import registry
+from crossdb.loading.rows import Expected, Malformed
+from crossdb.registry import fields
+from crossdb.results import rejects_columns, unsafe_cell
 from crossdb.sources.reading import Opened, SourceError, csv_records
 
 
@@ -30,14 +31,13 @@ class RejectsFileSource:
         return [self.path.resolve()]
 
     def expected(self, table):
-        from crossdb.loading.rows import Expected
 
         return Expected(None)  # the file holds every table's rows, mixed: count rows read
 
     def check(self):
         for table in self.tables():
             with Opened(self.path) as opened:
-                header, _records = csv_records(opened, REJECTS_COLUMNS)
+                header, _records = csv_records(opened, rejects_columns())
                 header.positions(("table", *fields(table)), f" for {table} rows")
 
     def tables(self):
@@ -52,19 +52,19 @@ class RejectsFileSource:
                 column, records = self._records(opened)
                 for line, record, problem in records:
                     name = record[column] if record and column < len(record) else None
-                    if name not in TABLES:
+                    if name not in registry.tables():
                         what = problem.reason if problem else f"unknown table {name!r}"
                         raise SourceError(
                             f"{self.path}: line {line}: {what} "
                             "(the table column must be users, products or orders)"
                         )
                     present.add(name)
-            self._tables = [t for t in TABLES if t in present]
+            self._tables = [t for t in registry.tables() if t in present]
         return self._tables
 
     def _records(self, opened):
         try:
-            header, records = csv_records(opened, REJECTS_COLUMNS)
+            header, records = csv_records(opened, rejects_columns())
         except SourceError as exc:
             if "the file is empty" in str(exc):
                 raise
@@ -81,7 +81,7 @@ class RejectsFileSource:
 
     def rows(self, table):
         with Opened(self.path) as opened:
-            header, records = csv_records(opened, REJECTS_COLUMNS)
+            header, records = csv_records(opened, rejects_columns())
             column = header.keys.index("table")
             positions = header.positions(fields(table))
             raw = header.keys.index("raw") if "raw" in header.keys else None

@@ -3,11 +3,10 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from crossdb import integrity
+from crossdb import integrity, registry
 from crossdb.databases import NotReady, check_ready
 from crossdb.guard import GuardTimeout
 from crossdb.loading import indexes
-from crossdb.registry import SPECS
 
 
 class Command(BaseCommand):
@@ -53,7 +52,7 @@ class Command(BaseCommand):
         if options["show"] < 0:
             raise CommandError(f"--show must be 0 or more (got {options['show']})")
         try:
-            check_ready([s.alias for s in SPECS.values()])
+            check_ready([s.alias for s in registry.specs().values()])
         except NotReady as exc:
             raise CommandError(self.not_ready(exc)) from exc
         try:

@@ -1,12 +1,11 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from crossdb import deletion
+from crossdb import deletion, registry
 from crossdb.databases import NotReady, check_ready
-from crossdb.registry import SPECS
 
 
 def _parents():
-    return [s.name for s in SPECS.values() if s.children]
+    return [s.name for s in registry.specs().values() if s.children]
 
 
 class Command(BaseCommand):
@@ -30,14 +29,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         table, pk = options["table"], options["id"]
-        if table not in SPECS or not SPECS[table].children:
+        if table not in registry.specs() or not registry.specs()[table].children:
             raise CommandError(self.not_a_parent(table))
         try:
-            check_ready([s.alias for s in SPECS.values()])
+            check_ready([s.alias for s in registry.specs().values()])
             result = deletion.delete(table, [pk], with_children=options["with_children"])
         except (NotReady, deletion.HasChildren) as exc:
             raise CommandError(str(exc)) from exc
-        noun = SPECS[table].noun
+        noun = registry.specs()[table].noun
         for child, count in result.children.items():
             if count:
                 self.stdout.write(f"deleted {count:,} {child} of {noun} {pk}")
@@ -47,8 +46,10 @@ class Command(BaseCommand):
 
     def not_a_parent(self, table):
         choices = " or ".join(_parents())
-        if table in SPECS:
-            owners = " or ".join(SPECS[r.parent].noun for r in SPECS[table].references)
+        if table in registry.specs():
+            owners = " or ".join(
+                registry.specs()[r.parent].noun for r in registry.specs()[table].references
+            )
             return (
                 f"{table} are deleted with the {owners} they belong to "
                 f"(python manage.py delete_row {_parents()[0]} ID --with-children) "

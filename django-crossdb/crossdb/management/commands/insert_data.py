@@ -10,19 +10,19 @@ from django.core.management.base import BaseCommand, CommandError, DjangoHelpFor
 from django.db import connections
 from django.utils.module_loading import import_string
 
-from crossdb import conf, results, sources
+from crossdb import conf, registry, results, sources
 from crossdb.console import concurrency_line, progress_for, render, summary_table, totals_line
 from crossdb.databases import NotReady, check_ready
 from crossdb.loading import load
 from crossdb.loading.indexes import repair_and_say as repair_indexes
-from crossdb.registry import TABLES, alias, fields
+from crossdb.registry import alias, fields
 
 DEFAULT_GENERATOR = "crossdb.sources.generated.generated"
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 
 def _epilog():
-    formats = "\n".join(f"  {t + '.csv':<14}{','.join(fields(t))}" for t in TABLES)
+    formats = "\n".join(f"  {t + '.csv':<14}{','.join(fields(t))}" for t in registry.tables())
     return f"""\
 examples:
   insert_data                          load the built-in demo data
@@ -146,10 +146,10 @@ class Command(BaseCommand):
             "--from",
             dest="source",
             metavar="PATH",
-            help=f"a directory with {'/'.join(TABLES)} .csv or .jsonl files, "
+            help=f"a directory with {'/'.join(registry.tables())} .csv or .jsonl files, "
             "or a rejects CSV (from --rejects) after fixing it",
         )
-        for table in TABLES:
+        for table in registry.tables():
             src.add_argument(
                 f"--{table}", type=int, default=0, metavar="N", help=f"generate N {table}"
             )
@@ -206,7 +206,7 @@ class Command(BaseCommand):
         try:
             source = self.source_from(options)
             source.check()
-            check_ready(["default", *(alias(t) for t in TABLES)])
+            check_ready(["default", *(alias(t) for t in registry.tables())])
             repair_indexes(self.stdout)
         except (sources.SourceError, NotReady) as exc:
             raise CommandError(str(exc)) from exc
@@ -216,10 +216,10 @@ class Command(BaseCommand):
         return source
 
     def source_from(self, options):
-        counts = {t: options[t] for t in TABLES}
+        counts = {t: options[t] for t in registry.tables()}
         generated = any(counts.values())
         if options["source"] and generated:
-            flags = "/".join(f"--{t}" for t in TABLES)
+            flags = "/".join(f"--{t}" for t in registry.tables())
             raise CommandError(f"use either --from or {flags}, not both")
         if options["source"]:
             return sources.source_for_path(options["source"])
@@ -254,7 +254,7 @@ class Command(BaseCommand):
     @staticmethod
     def stopped_message(signum, progress):
         done = progress.written_so_far()
-        kept = ", ".join(f"{t} {done[t]:,}" for t in TABLES if t in done)
+        kept = ", ".join(f"{t} {done[t]:,}" for t in registry.tables() if t in done)
         kept = f"so far {kept} rows handled" if kept else "no batch was committed yet"
         return (
             f"stopped by {STOP_SIGNALS.get(signum, f'signal {signum}')}: committed batches "

@@ -21,7 +21,7 @@ from django.db.migrations import operations
 from django.db.models.signals import pre_migrate
 from django.dispatch import receiver
 
-from crossdb import deletion
+from crossdb import deletion, registry
 from crossdb.guard import CommitOrderError, GuardTimeout
 
 # The migrate command running in this context: (database, ExitStack holding the guard).
@@ -77,10 +77,11 @@ def _may_remove_rows(migration, using, parents):
 
 def removed_parents(plan, using):
     """The parent tables stored in using whose rows the backward steps of plan may remove."""
-    from crossdb.registry import SPECS
 
     parents = {
-        s.model._meta.label_lower: s.name for s in SPECS.values() if s.alias == using and s.children
+        s.model._meta.label_lower: s.name
+        for s in registry.specs().values()
+        if s.alias == using and s.children
     }
     removed = set()
     for migration, backwards in plan:
