@@ -2,10 +2,10 @@
 each list's own search and filters. Their child-count columns, delete pages and delete
 actions all come from the references other tables declare to them."""
 
-from crossdb.admin.filters import EmailDomainFilter, PriceFilter
 from crossdb.admin.parents import ParentAdmin
 from django.contrib import admin
 
+from core.admin.filters import EmailDomainFilter, PriceFilter
 from core.models import Product, User
 
 

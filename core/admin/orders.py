@@ -2,10 +2,10 @@
 list's own filter and sorting. Its user and product columns, links, filters, form checks,
 search by the user's email and the search help all come from the declared references."""
 
-from crossdb.admin.filters import QuantityFilter
 from crossdb.admin.referencing import ReferencingAdmin
 from django.contrib import admin
 
+from core.admin.filters import QuantityFilter
 from core.models import Order
 
 
