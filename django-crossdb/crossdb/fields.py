@@ -34,10 +34,24 @@ CASCADE = "cascade"
 ON_DELETE = (PROTECT, CASCADE)
 
 
-class CrossDatabaseReference(models.BigIntegerField):
-    """The id of a row of ``to`` ("app_label.ModelName"), which may live in another database."""
+AUTO_TO_PLAIN = {
+    "AutoField": "IntegerField",
+    "BigAutoField": "BigIntegerField",
+    "SmallAutoField": "SmallIntegerField",
+}
 
-    description = "Id of a row in another database"
+
+class CrossDatabaseReference(models.Field):
+    """The primary key of a row of ``to`` ("app_label.ModelName"), which may live in another
+    database.
+
+    The column has the type of the target's primary key, as a ``ForeignKey``'s has: a whole
+    number, a UUID or text; every conversion (a form's "7", a UUID's text, what SQLite hands
+    back) is the target key's own. ``null=True`` makes the reference optional: a row naming
+    no parent needs none.
+    """
+
+    description = "Key of a row in another database"
 
     def __init__(self, to=None, *, on_delete=None, **kwargs):
         if on_delete not in ON_DELETE:
@@ -48,7 +62,7 @@ class CrossDatabaseReference(models.BigIntegerField):
         super().__init__(**kwargs)
 
     def deconstruct(self):
-        name, path, args, kwargs = super().deconstruct()
+        name, _path, args, kwargs = super().deconstruct()
         kwargs["to"] = self.to
         kwargs["on_delete"] = self.on_delete
         if kwargs.get("db_index") is True:
@@ -56,10 +70,62 @@ class CrossDatabaseReference(models.BigIntegerField):
         return name, "crossdb.fields.CrossDatabaseReference", args, kwargs
 
     @property
+    def target_field(self):
+        """The primary key field of the referenced model."""
+        return self.target._meta.pk
+
+    def get_internal_type(self):
+        internal = self.target_field.get_internal_type()
+        return AUTO_TO_PLAIN.get(internal, internal)
+
+    def db_type(self, connection):
+        return self.target_field.rel_db_type(connection)
+
+    def rel_db_type(self, connection):
+        return self.db_type(connection)
+
+    def get_col(self, alias, output_field=None):
+        # Read back through the target key's converters (a UUID stored as text on SQLite).
+        return super().get_col(alias, output_field or self.target_field)
+
+    def get_db_converters(self, connection):
+        return self.target_field.get_db_converters(connection)
+
+    def to_python(self, value):
+        return self.target_field.to_python(value)
+
+    def get_prep_value(self, value):
+        return None if value is None else self.target_field.get_prep_value(value)
+
+    def get_db_prep_value(self, value, connection, prepared=False):
+        return self.target_field.get_db_prep_value(value, connection, prepared)
+
+    def formfield(self, **kwargs):
+        """The form field of the target key's type (a number, a UUID, text)."""
+        field = self.target_field
+        plain = type(field)
+        if plain.__name__ in AUTO_TO_PLAIN:
+            plain = getattr(models, AUTO_TO_PLAIN[plain.__name__])
+        options = {"null": self.null, "blank": self.blank, "verbose_name": self.verbose_name}
+        if isinstance(field, models.CharField):
+            options["max_length"] = field.max_length
+        return plain(**options).formfield(**kwargs)
+
+    @property
     def target(self):
         """The referenced model class, from the same app registry as the model holding the
-        reference (a migration's historical models point at historical models)."""
-        return self.model._meta.apps.get_model(self.to)
+        reference (a migration's historical models point at historical models), else from
+        the installed apps: a migration may create the table before its target's (nothing
+        tells ``makemigrations`` of the dependency, unlike a ``ForeignKey``'s), and the
+        column then takes the type of the key the target has now."""
+        from django.apps import apps
+
+        try:
+            return self.model._meta.apps.get_model(self.to)
+        except LookupError:
+            if self.model._meta.apps is apps:
+                raise
+            return apps.get_model(self.to)
 
     def target_or_none(self):
         """The referenced model class, or None when ``to`` names no installed model (a
