@@ -23,7 +23,7 @@ from multids.settings import (  # noqa: E402
     database_config,
 )
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.reviews"]
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.reviews", "tests.kinds"]
 DATABASE_SOURCES["reviews_db"] = ("REVIEWS_DATABASE_URL", "reviews.db")
 # Children's databases before their parents': a transactional test ends by flushing every
 # database in this order, and ``flush`` refuses a database whose rows other databases name
@@ -33,5 +33,12 @@ DATABASES = {**DATABASES, "reviews_db": database_config("reviews_db")}
 DATABASES = {alias: DATABASES[alias] for alias in FLUSH_ORDER}
 CROSSDB = {
     **CROSSDB,
-    "DATABASES_FOR_MODELS": {**CROSSDB["DATABASES_FOR_MODELS"], "reviews.review": "reviews_db"},
+    "DATABASES_FOR_MODELS": {
+        **CROSSDB["DATABASES_FOR_MODELS"],
+        "reviews.review": "reviews_db",
+        # every kind of field crossdb loads (tests/kinds): a parent and a child, in
+        # databases that hold other tables too
+        "kinds.shelf": "products_db",
+        "kinds.item": "reviews_db",
+    },
 }

@@ -109,8 +109,8 @@ def test_an_order_whose_user_is_missing_says_so(admin_client, rows):
         "orders_db", "INSERT INTO orders (id, user_id, product_id, quantity) VALUES (9, 99, 1, 1)"
     )
     page = page_text(admin_client.get(ORDERS))
-    assert '<strong class="errornote">user 99 not found</strong>' in page
-    assert "user 99 not found" in page_text(admin_client.get(f"{ORDERS}9/change/"))
+    assert '<strong class="errornote">customer 99 not found</strong>' in page
+    assert "customer 99 not found" in page_text(admin_client.get(f"{ORDERS}9/change/"))
 
 
 def test_user_and_product_lists_count_orders_in_one_query(admin_client, rows):
@@ -233,7 +233,7 @@ def test_a_users_email_must_be_unique_ignoring_case(admin_client, rows):
         f"{USERS}add/", {"id": "4", "name": "Al", "email": "ALICE@example.com"}
     )
     assert form_errors(response) == {
-        "email": ["email 'ALICE@example.com' is already used by user 1"]
+        "email": ["email 'ALICE@example.com' is already used by customer 1"]
     }
 
 
@@ -251,7 +251,7 @@ def test_an_order_form_shows_every_problem_at_once(admin_client, rows):
     )
     assert form_errors(response) == {
         "quantity": ["quantity must be at least 1 (got 0)"],
-        "user_id": ["user 98 does not exist"],
+        "user_id": ["customer 98 does not exist"],
         "product_id": ["product 99 does not exist"],
     }
     response = admin_client.post(
@@ -265,7 +265,7 @@ def test_an_order_form_shows_every_problem_at_once(admin_client, rows):
 
 
 def test_an_order_the_guard_refuses_is_shown_again_not_stored(admin_client, rows, monkeypatch):
-    """The validate-then-save race: the form's checks pass (patched here, as if user 99
+    """The validate-then-save race: the form's checks pass (patched here, as if customer 99
     existed when they ran), the guard refuses the save inside its transaction, and the
     admin shows the form again with the guard's words: no 500, no order, no log entry."""
     monkeypatch.setattr(ValidatedForm, "check_references", lambda self, values, valid: None)
@@ -275,7 +275,7 @@ def test_an_order_the_guard_refuses_is_shown_again_not_stored(admin_client, rows
     )
     assert response.status_code == 200
     assert list(response.context["adminform"].form.non_field_errors()) == [
-        "Not saved: order 4: user 99 does not exist in users_db; store the user first"
+        "Not saved: order 4: customer 99 does not exist in users_db; store the customer first"
     ]
     assert 'value="99"' in response.content.decode()  # the input is kept
     assert not Order.objects.filter(pk=4).exists()

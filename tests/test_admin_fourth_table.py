@@ -121,7 +121,7 @@ def test_the_add_form_refuses_a_missing_product_in_the_loaders_words(admin_clien
 
 def test_the_review_form_names_its_user_and_product(admin_client, rows):
     page = page_text(admin_client.get(f"{REVIEWS}3/change/"))
-    assert "User (users_db)" in page and "Bob &lt;bob@example.org&gt;" in page
+    assert "Customer (users_db)" in page and "Bob &lt;bob@example.org&gt;" in page
     assert "Product (products_db)" in page and "Mouse (30.00)" in page
 
 

@@ -4,7 +4,7 @@ An order of a run that names a user of the same run and a product stored by an e
 run: the validator knows the user (accepted in this run) and not the product. The orders
 writer looks the product up before it waits for the run's users batch to commit, so it
 must not look the user up then: the user is not committed yet, and the order would be
-rejected with "user 1 does not exist" (seen on PostgreSQL, about one run in three, when the
+rejected with "customer 1 does not exist" (seen on PostgreSQL, about one run in three, when the
 orders writer got there before the users writer committed).
 """
 
@@ -27,4 +27,6 @@ def test_a_parent_of_this_run_not_yet_committed_is_not_looked_up_before_the_wait
     assert kept.rows == job.rows
     recheck = Recheck(frozenset({0}), {}, {"products": frozenset({0}), "users": frozenset({0})})
     kept, rejections = writer._without_missing_parents(job._replace(recheck=recheck))
-    assert [r.reason for r in rejections] == ["user 1 does not exist"]  # not the run's: looked up
+    assert [r.reason for r in rejections] == [
+        "customer 1 does not exist"
+    ]  # not the run's: looked up

@@ -54,7 +54,7 @@ def test_insert_data_loads_validates_and_orders_the_fourth_table(tmp_path):
     assert result.tables["reviews"].stored == 1
     assert sorted(str(r) for r in result.rejections if r.table == "reviews") == [
         "reviews #2 (line 3): rating must be at most 5 (got 6)",
-        "reviews #3 (line 4): user 2 was rejected in this run",
+        "reviews #3 (line 4): customer 2 was rejected in this run",
         "reviews #4 (line 5): product 9 does not exist",
     ]
     assert list(Review.objects.values_list("pk", "user_id", "product_id", "rating")) == [
@@ -87,7 +87,7 @@ def test_deletes_follow_each_references_on_delete():
 
     assert User.objects.get(pk=1).delete() == (2, {"reviews.Review": 1, "core.User": 1})
     assert list(Review.objects.values_list("pk", flat=True)) == [2]
-    with pytest.raises(deletion.HasChildren, match="user 2 has 1 order"):
+    with pytest.raises(deletion.HasChildren, match="customer 2 has 1 order"):
         User.objects.get(pk=2).delete()
     with pytest.raises(deletion.HasChildren, match="product 1 has"):
         Product.objects.filter(pk=1).delete()

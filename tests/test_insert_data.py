@@ -18,12 +18,12 @@ from core.sources import SyntheticSource, demo_source
 from tests.conftest import all_databases, behind_the_guards_back, manage, store_customers
 
 DEMO_REJECTIONS = [
-    "users #8 (line 9): email 'alice@example.com' is already used by user 1",
+    "users #8 (line 9): email 'alice@example.com' is already used by customer 1",
     "users #10 (line 11): name is required",
     "products #10 (line 11): price must be greater than 0 (got -50.00)",
     "orders #8 (line 9): quantity must be at least 1 (got 0)",
     "orders #9 (line 10): quantity must be at least 1 (got -1)",
-    "orders #10 (line 11): user 10 was rejected in this run; product 11 does not exist",
+    "orders #10 (line 11): customer 10 was rejected in this run; product 11 does not exist",
 ]
 
 
@@ -348,5 +348,5 @@ def test_a_row_that_clashes_only_at_insert_names_the_stored_owner_of_its_email()
     stored, present, rejections = writer._insert_one_by_one([row], {7: 12})
     assert (stored, present) == (0, 0)
     assert [(r.line, r.id, r.reason) for r in rejections] == [
-        (12, 7, "email 'ALICE@example.com' is already used by user 1")
+        (12, 7, "email 'ALICE@example.com' is already used by customer 1")
     ]

@@ -43,8 +43,8 @@ def test_an_order_whose_user_was_deleted_behind_our_back_is_an_orphan():
     result = check_integrity()
     assert not result.ok
     assert result.orphan_count == DEMO_ORDERS_OF_USER_1
-    assert all(o.missing == (("user_id", "user", 1),) for o in result.orphans)
-    assert str(result.orphans[0]) == f"order {result.orphans[0].id}: user 1 not found"
+    assert all(o.missing == (("user_id", "customer", 1),) for o in result.orphans)
+    assert str(result.orphans[0]) == f"order {result.orphans[0].id}: customer 1 not found"
 
 
 @all_databases
@@ -88,8 +88,8 @@ def test_safe_delete_refuses_a_user_with_orders_and_changes_nothing():
     with pytest.raises(HasChildren) as caught:
         deletion.delete("users", [1])
     assert str(caught.value) == (
-        f"user 1 has {DEMO_ORDERS_OF_USER_1} orders; delete them first, "
-        "or delete the user with its children"
+        f"customer 1 has {DEMO_ORDERS_OF_USER_1} orders; delete them first, "
+        "or delete the customer with its children"
     )
     assert User.objects.filter(pk=1).exists()
     assert Order.objects.filter(user_id=1).count() == DEMO_ORDERS_OF_USER_1
@@ -152,11 +152,11 @@ def test_django_writes_of_an_order_need_its_parents():
     from crossdb.guard import MissingParent
 
     load_demo()
-    with pytest.raises(MissingParent, match="user 999 does not exist"):
+    with pytest.raises(MissingParent, match="customer 999 does not exist"):
         Order.objects.create(pk=500, user_id=999, product_id=1, quantity=1)
     with pytest.raises(MissingParent, match="product 999 does not exist"):
         Order.objects.bulk_create([Order(pk=501, user_id=1, product_id=999, quantity=1)])
-    with pytest.raises(MissingParent, match="user 999 does not exist"):
+    with pytest.raises(MissingParent, match="customer 999 does not exist"):
         Order.objects.filter(pk=50).update(user_id=999)
     order = Order.objects.get(pk=50)
     order.product_id = 998
@@ -186,7 +186,7 @@ def test_a_batch_size_below_one_is_refused():
 def test_check_integrity_command_exit_codes_and_json(run_command, tmp_path):
     load_demo()
     out = run_command("check_integrity", "--json", str(tmp_path / "ok.json"))
-    assert "8 orders, 0 reviews checked, 0 orphaned" in out
+    assert "8 orders, 0 reviews, 0 items checked, 0 orphaned" in out
     assert "Integrity holds." in out
     assert json.loads((tmp_path / "ok.json").read_text())["ok"] is True
 
@@ -202,14 +202,14 @@ def test_check_integrity_command_exit_codes_and_json(run_command, tmp_path):
 @all_databases
 def test_delete_row_command(run_command):
     load_demo()
-    with pytest.raises(CommandError, match="user 1 has 2 orders; delete them first"):
+    with pytest.raises(CommandError, match="customer 1 has 2 orders; delete them first"):
         run_command("delete_row", "users", "1")
-    with pytest.raises(CommandError, match="orders are deleted with the user or product"):
+    with pytest.raises(CommandError, match="orders are deleted with the customer or product"):
         run_command("delete_row", "orders", "3")
-    out = run_command("delete_row", "users", "1", "--with-orders")
-    assert "deleted 2 orders of user 1" in out
-    assert "deleted user 1" in out
-    with pytest.raises(CommandError, match="^user 1 does not exist$"):
+    out = run_command("delete_row", "users", "1", "--with-children")
+    assert "deleted 2 orders of customer 1" in out
+    assert "deleted customer 1" in out
+    with pytest.raises(CommandError, match="^customer 1 does not exist$"):
         run_command("delete_row", "users", "1")
 
 

@@ -249,7 +249,7 @@ def test_file_loads_store_and_reject_exactly_as_on_sqlite(pg_databases, tmp_path
     assert outputs["pg", "first"][0] == "8 stored, 1 already present, 14 rejected"
     assert outputs["pg", "second"][0] == "5 stored, 4 already present, 5 rejected"
     assert (
-        "users #8 (line 4): email 'GUS@EXAMPLE.COM' is already used by user 7"
+        "users #8 (line 4): email 'GUS@EXAMPLE.COM' is already used by customer 7"
         in (outputs["pg", "second"][1])
     )
     for table in ("users", "products", "orders"):
@@ -456,8 +456,8 @@ def test_a_deadlock_between_two_loaders_ends_in_clear_rejections(pg_databases, t
     # either way both rows must end as clear rejections naming the other loader's users.
     assert re.search(r"deadlocks in the writer: [01]$", out.stdout, re.M), out.stdout
     assert "stored 0 present 0" in out.stdout
-    assert "2 200 email 'TWO@example.com' is already used by user 101" in out.stdout
-    assert "3 201 email 'One@example.com' is already used by user 100" in out.stdout
+    assert "2 200 email 'TWO@example.com' is already used by customer 101" in out.stdout
+    assert "3 201 email 'One@example.com' is already used by customer 100" in out.stdout
     assert pg_rows(env, "users", "id, name, email") == [
         (100, "Other", "one@example.com"),
         (101, "Other", "two@example.com"),

@@ -26,7 +26,7 @@ from tests.conftest import all_databases, behind_the_guards_back, store_customer
 
 
 def seed():
-    """Users 1-3, products 1-2, orders 1 (user 1) and 2 (user 2)."""
+    """Users 1-3, products 1-2, orders 1 (customer 1) and 2 (customer 2)."""
     store_customers()
     store_products(("Pen", "1.50"), ("Ink", "3.00"))
     Order.objects.create(id=1, user_id=1, product_id=1, quantity=1)
@@ -54,7 +54,7 @@ def test_an_order_for_a_user_in_an_open_transaction_is_refused_and_the_rollback_
             Order.objects.create(id=500, user_id=user.id, product_id=1, quantity=1)
         raise PaymentFailed
     assert str(refused.value) == (
-        "order 500: user 500 is not committed yet (it is in this thread's open transaction "
+        "order 500: customer 500 is not committed yet (it is in this thread's open transaction "
         "on users_db); a parent counts once it is committed: write the order after that "
         "transaction commits, for instance in transaction.on_commit(..., using='users_db')"
     )
@@ -79,7 +79,7 @@ def test_update_to_a_user_in_an_open_transaction_is_refused():
     seed()
     with pytest.raises(PaymentFailed), transaction.atomic(using="users_db"):
         User.objects.create(id=501, name="Fay", email="fay@example.com")
-        with pytest.raises(MissingParent, match="user 501 is not committed yet"):
+        with pytest.raises(MissingParent, match="customer 501 is not committed yet"):
             Order.objects.filter(id=1).update(user_id=501)
         raise PaymentFailed
     assert Order.objects.get(id=1).user_id == 1
@@ -109,7 +109,9 @@ def test_a_committed_user_counts_inside_a_transaction_on_its_database_unless_del
         with pytest.raises(MissingParent) as refused:
             Order.objects.create(id=4, user_id=3, product_id=1, quantity=1)
         raise PaymentFailed
-    assert "user 3 is deleted in this thread's open transaction on users_db" in str(refused.value)
+    assert "customer 3 is deleted in this thread's open transaction on users_db" in str(
+        refused.value
+    )
     assert User.objects.filter(id=3).exists()  # the delete rolled back with the caller
     assert not Order.objects.filter(id__in=[3, 4]).exists()
     assert_clean()
@@ -180,7 +182,7 @@ def test_a_delete_inside_a_transaction_on_the_childrens_database_is_refused():
             deletion.delete("users", [1], with_children=True)
         raise PaymentFailed
     assert str(refused.value).startswith(
-        "cannot delete user 1 inside an open transaction on orders_db: the children there "
+        "cannot delete customer 1 inside an open transaction on orders_db: the children there "
         "must commit before the parent's change"
     )
     assert User.objects.filter(id=1).exists() and Order.objects.filter(user_id=1).exists()
@@ -190,9 +192,9 @@ def test_a_delete_inside_a_transaction_on_the_childrens_database_is_refused():
 @all_databases
 def test_the_base_manager_and_raw_delete_go_through_the_guard():
     seed()
-    with pytest.raises(deletion.HasChildren, match="user 1 has 1 order"):
+    with pytest.raises(deletion.HasChildren, match="customer 1 has 1 order"):
         User._base_manager.filter(id=1).delete()
-    with pytest.raises(deletion.HasChildren, match="user 2 has 1 order"):
+    with pytest.raises(deletion.HasChildren, match="customer 2 has 1 order"):
         User.objects.filter(id=2)._raw_delete(using="users_db")
     assert User._base_manager.filter(id=3)._raw_delete(using="users_db") == 1  # no orders
     assert User._base_manager.filter(id=1).exists()
@@ -291,7 +293,7 @@ def test_bulk_update_of_references_checks_the_values_not_the_expression():
         (2, 1),
     ]
     second.user_id = 999
-    with pytest.raises(MissingParent, match="^order 2: user 999 does not exist in users_db"):
+    with pytest.raises(MissingParent, match="^order 2: customer 999 does not exist in users_db"):
         Order.objects.bulk_update([second], ["user_id"])
     second.user_id = F("user_id") + 1
     with pytest.raises(MissingParent, match="expression"):
@@ -307,7 +309,7 @@ def test_ids_given_as_text_are_converted_as_django_converts_them():
     assert Order.objects.get(id=7).user_id == 1 and order.pk == 7
     Order.objects.filter(id=7).update(user_id="3")
     assert Order.objects.get(id=7).user_id == 3
-    with pytest.raises(MissingParent, match="user 99 does not exist"):
+    with pytest.raises(MissingParent, match="customer 99 does not exist"):
         Order.objects.create(id=8, user_id="99", product_id="1", quantity=1)
     with pytest.raises(ValueError, match="expected a number but got 'one'"):
         Order.objects.create(id=8, user_id="one", product_id="1", quantity=1)

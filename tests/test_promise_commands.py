@@ -153,7 +153,9 @@ def test_loaddata_of_an_order_before_its_user_is_one_line(backend_factory, tmp_p
     fixture.write_text(json.dumps([{"model": "core.order", "pk": 4, "fields": order}]))
     error = one_line_error(backend.manage("loaddata", "--database", "orders_db", str(fixture)))
     assert error.startswith("CommandError: Problem installing fixture "), error
-    assert "Could not load core.Order(pk=4): order 4: user 9 does not exist in users_db" in error
+    assert (
+        "Could not load core.Order(pk=4): order 4: customer 9 does not exist in users_db" in error
+    )
     assert backend.count("orders") == 0
 
 
@@ -195,6 +197,6 @@ def test_a_process_killed_inside_a_transaction_on_users_leaves_no_orphan(backend
     )
     done = backend.manage("shell", "-c", script)
     assert done.returncode == -9, done.stderr
-    assert "refused: order 500: user 500 is not committed yet" in done.stdout
+    assert "refused: order 500: customer 500 is not committed yet" in done.stdout
     assert 500 not in backend.ids("orders") and 500 not in backend.ids("users")
     assert clean(backend)

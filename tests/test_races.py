@@ -1,7 +1,7 @@
 """Issue 8's races, run with real processes on SQLite and on PostgreSQL, each with its
 negative control (the same schedule with ``MULTIDS_TEST_NO_GUARD=1`` must leave orphans).
 
-* a load racing ``delete_row users K`` (with and without ``--with-orders``);
+* a load racing ``delete_row users K`` (with and without ``--with-children``);
 * validate-then-save (``create``, a re-pointing ``save()``, the admin's add form) racing a
   cascading delete of the user it names;
 * two loads whose orders name each other's users: every verdict is the one a sequential
@@ -168,7 +168,7 @@ def delete_during_load(
         "delete_row",
         "users",
         str(user),
-        *(["--with-orders"] if with_orders else []),
+        *(["--with-children"] if with_orders else []),
         guard=guard,
     )
     load = processes.manage(

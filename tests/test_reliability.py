@@ -246,7 +246,7 @@ def test_check_integrity_fails_on_an_orphan_written_directly(template, tmp_path)
         db.execute("INSERT INTO orders VALUES (999, 999, 3, 1)")
     done = manage("check_integrity", data_dir=data_dir)
     assert done.returncode == 1
-    assert "order 999: user 999 not found" in done.stdout
+    assert "order 999: customer 999 not found" in done.stdout
     assert "integrity check failed: 1 orphaned row(s), 0 damaged database(s)" in done.stderr
 
 

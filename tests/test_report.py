@@ -144,7 +144,7 @@ def test_fixing_a_user_lets_the_order_that_named_it_load_with_it(run_command, tm
     out = insert(run_command, "--from", str(directory), "--rejects", str(rejects))
     assert rejected(out) == [
         "users #1 (line 2): email is not a valid email address (got 'ann@example')",
-        "orders #1 (line 2): user 1 was rejected in this run",
+        "orders #1 (line 2): customer 1 was rejected in this run",
     ]
     rejects.write_text(rejects.read_text().replace("ann@example,", "ann@example.com,"))
     out = insert(run_command, "--from", str(rejects))

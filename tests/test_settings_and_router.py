@@ -14,7 +14,7 @@ from tests.conftest import ALL_DATABASES, all_databases, manage
 EXPECTED_TABLES = {
     "users_db": {"users"},
     "orders_db": {"orders"},
-    "products_db": {"products"},
+    "products_db": {"products", "shelves"},  # the test settings' shelves (tests/kinds)
 }
 
 

@@ -537,7 +537,10 @@ def test_orders_naming_parents_stored_earlier_take_the_fast_path(fmt, tmp_path, 
     }
     dumped, reasons = load_rows(fmt, rows, tmp_path, stored=stored, batch_size=2)
     assert stored_ids(dumped)["orders"] == [1, 2, 4]
-    assert reasons == ["user 9 does not exist", "user 9 does not exist; product 8 does not exist"]
+    assert reasons == [
+        "customer 9 does not exist",
+        "customer 9 does not exist; product 8 does not exist",
+    ]
 
 
 CASE_FOLDED = [
@@ -558,9 +561,9 @@ def test_emails_equal_by_their_key_clash_in_one_run(fmt, tmp_path):
         (4, "Sepp", "straße@example.com", "strasse@example.com"),
     ]
     assert reasons == [
-        "email 'ÄNN@example.com' is already used by user 1",
-        "email 'a\u0308nn@example.com' is already used by user 1",
-        "email 'STRASSE@example.com' is already used by user 4",
+        "email 'ÄNN@example.com' is already used by customer 1",
+        "email 'a\u0308nn@example.com' is already used by customer 1",
+        "email 'STRASSE@example.com' is already used by customer 4",
     ]
 
 
@@ -577,8 +580,8 @@ def test_emails_equal_by_their_key_clash_across_two_runs(fmt, tmp_path):
     assert sorted(User.objects.values_list("id", flat=True)) == [1, 4]
     rejections = result.sorted_rejections()
     assert [r.id for r in rejections] == [2, 3, 5]
-    assert rejections[0].reason == "email 'ÄNN@example.com' is already used by user 1"
-    assert rejections[2].reason == "email 'STRASSE@example.com' is already used by user 4"
+    assert rejections[0].reason == "email 'ÄNN@example.com' is already used by customer 1"
+    assert rejections[2].reason == "email 'STRASSE@example.com' is already used by customer 4"
 
 
 @all_databases
@@ -655,8 +658,8 @@ def test_a_rejection_for_an_email_names_the_user_who_has_it(tmp_path):
     dumped, reasons = load_rows("csv", {"users": CASE_FOLDED[1:3]}, tmp_path, before, 2)
     assert stored_ids(dumped)["users"] == [1]
     assert reasons == [
-        "email 'ÄNN@example.com' is already used by user 1",
-        "email 'a\u0308nn@example.com' is already used by user 1",
+        "email 'ÄNN@example.com' is already used by customer 1",
+        "email 'a\u0308nn@example.com' is already used by customer 1",
     ]
 
 

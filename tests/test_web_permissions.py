@@ -28,7 +28,10 @@ USERS, PRODUCTS, ORDERS = "/admin/core/user/", "/admin/core/product/", "/admin/c
 ACCOUNTS = {
     "non_staff": (False, []),
     "staff": (True, []),
-    "view_only": (True, ["view_user", "view_product", "view_order", "view_review"]),
+    "view_only": (
+        True,
+        ["view_user", "view_product", "view_order", "view_review", "view_shelf", "view_item"],
+    ),
     "view_change": (
         True,
         [
@@ -36,6 +39,8 @@ ACCOUNTS = {
             "view_product",
             "view_order",
             "view_review",
+            "view_shelf",
+            "view_item",
             "change_user",
             "change_product",
             "change_order",
@@ -91,7 +96,7 @@ def login(django_user_model, db):
         user, _ = django_user_model.objects.get_or_create(username=account, is_staff=is_staff)
         user.user_permissions.set(
             Permission.objects.filter(
-                content_type__app_label__in=["core", "reviews"], codename__in=permissions
+                content_type__app_label__in=["core", "reviews", "kinds"], codename__in=permissions
             )
         )
         assert user.user_permissions.count() == len(permissions)
@@ -150,13 +155,16 @@ def test_the_full_check_runs_at_most_once_per_interval(login, rows, monkeypatch)
     first = client.post("/overview/")
     assert first.status_code == 200 and len(runs) == 1
     page = " ".join(first.content.decode().split())
-    assert "3 orders and 0 reviews checked: every user or product they name exists." in page
+    assert (
+        "3 orders, 0 reviews and 0 items checked: every customer or product or shelf they "
+        "name exists."
+    ) in page
     assert "Last full check: " in page and " UTC, took " in page
     second = client.post("/overview/")
     assert second.status_code == 429 and len(runs) == 1
     page = " ".join(second.content.decode().split())
     assert "Not run: the full check may run once every 30 seconds for the whole site" in page
-    assert "3 orders and 0 reviews checked" in page  # the last result is still shown
+    assert "3 orders, 0 reviews and 0 items checked" in page  # the last result is still shown
     # Another account, another session: the limit is the site's, not the session's.
     assert login("view_change").post("/overview/").status_code == 429
     assert len(runs) == 1
@@ -335,7 +343,7 @@ def test_an_order_clerk_cannot_find_orders_by_a_customers_email(change_orders_on
     # The control: an account that may view customers finds Alice's orders by her email.
     found = login("view_only").get(ORDERS, {"q": "alice@example.com"}).context["cl"]
     assert sorted(o.pk for o in found.result_list) == [1, 2]
-    assert "the user's email" in found.search_help_text
+    assert "the customer's email" in found.search_help_text
 
 
 def test_an_order_clerk_cannot_tell_a_stored_customer_from_a_missing_one(
@@ -349,4 +357,4 @@ def test_an_order_clerk_cannot_tell_a_stored_customer_from_a_missing_one(
     assert '<td class="field-user">#404</td>' in listed and "not found" not in listed
     assert "not found" not in change_orders_only.get(f"{ORDERS}9/change/").content.decode()
     # Who may view customers is told.
-    assert "user 404 not found" in login("view_only").get(ORDERS).content.decode()
+    assert "customer 404 not found" in login("view_only").get(ORDERS).content.decode()

@@ -47,7 +47,7 @@ class HasChildren(Exception):
         first = next(iter(counts))
         child, pk = first
         total = sum(n for (c, p), n in counts.items() if p == pk)
-        noun = spec(child).noun if total == 1 else child
+        noun = spec(child).noun if total == 1 else spec(child).plural
         more = len({p for _c, p in counts}) - 1
         self.pk, self.count = pk, total
         super().__init__(
@@ -280,7 +280,7 @@ def children_phrase(counts):
     """ "7 orders in orders_db and 1 review in reviews_db" for {child table: rows}."""
 
     return " and ".join(
-        f"{n:,} {spec(child).noun if n == 1 else child} in {spec(child).alias}"
+        f"{n:,} {spec(child).noun if n == 1 else spec(child).plural} in {spec(child).alias}"
         for child, n in counts.items()
     )
 

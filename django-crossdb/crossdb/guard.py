@@ -328,22 +328,28 @@ def refuse_open_transactions(aliases, doing):
 # --- Looking parents up -----------------------------------------------------------------
 
 
+def _as_stored(connection, parent, ids):
+    """{id as the database stores it: id as given}: a UUID is its hex on SQLite."""
+    key = parent.model._meta.pk
+    return {key.get_db_prep_value(i, connection): i for i in ids}
+
+
 def _select_ids(connection, parent, ids, *, lock=False):
     """The ids of parent's table among ids, as connection sees them; lock=True waits out a
     deleter still committing (PostgreSQL ``FOR KEY SHARE``)."""
-
     qn = connection.ops.quote_name
     pk = qn(parent.model._meta.pk.column)
     table = qn(parent.model._meta.db_table)
+    stored = _as_stored(connection, parent, ids)
     found = set()
     with connection.cursor() as cursor:
-        for chunk in query_chunks(connection, ids):
+        for chunk in query_chunks(connection, list(stored)):
             marks = ", ".join(["%s"] * len(chunk))
             sql = f"SELECT {pk} FROM {table} WHERE {pk} IN ({marks})"
             if lock and connection.vendor == "postgresql":
                 sql += " FOR KEY SHARE"
             cursor.execute(sql, chunk)
-            found.update(row[0] for row in cursor.fetchall())
+            found.update(stored.get(row[0], row[0]) for row in cursor.fetchall())
     return found
 
 
@@ -365,15 +371,19 @@ def _committed_ids(parent, ids):
 
 def _pg_key_share(connection, parent, ids):
     """``FOR KEY SHARE`` on the id list in one statement (waits for a deleter to finish)."""
-
     qn = connection.ops.quote_name
-    pk = qn(parent.model._meta.pk.column)
-    sql = f"SELECT {pk} FROM {qn(parent.model._meta.db_table)} WHERE {pk} = ANY(%s) FOR KEY SHARE"
+    key = parent.model._meta.pk
+    pk = qn(key.column)
+    sql = (
+        f"SELECT {pk} FROM {qn(parent.model._meta.db_table)} "
+        f"WHERE {pk} = ANY(%s::{key.rel_db_type(connection)}[]) FOR KEY SHARE"
+    )
+    stored = _as_stored(connection, parent, ids)
     found = set()
     with connection.cursor() as cursor:
-        for chunk in query_chunks(connection, ids):
+        for chunk in query_chunks(connection, list(stored)):
             cursor.execute(sql, [chunk])
-            found.update(row[0] for row in cursor.fetchall())
+            found.update(stored.get(row[0], row[0]) for row in cursor.fetchall())
     return found
 
 
@@ -430,9 +440,10 @@ def _kept_from_deleters(parent, ids):
     )
 
     def taken(values):
+        stored = list(_as_stored(connection, parent, values))
         try:
             with transaction.atomic(using=alias), connection.cursor() as cursor:
-                cursor.execute(sql, [list(values)])
+                cursor.execute(sql, [stored])
         except OperationalError as exc:
             if not is_lock_wait(exc):
                 raise

@@ -46,7 +46,7 @@ class Orphan:
 
     def __str__(self):
         parents = " and ".join(f"{noun} {pk}" for _field, noun, pk in self.missing)
-        return f"{self.table.removesuffix('s')} {self.id}: {parents} not found"
+        return f"{registry.spec(self.table).noun} {self.id}: {parents} not found"
 
     def names(self, noun):
         """The missing parent id of one kind (``orphan.names("user")``), or None."""
@@ -166,7 +166,7 @@ class Unbacked:
 
     def __str__(self):
         child, parent = spec(self.reference.child), spec(self.reference.parent)
-        noun = child.noun if self.rows == 1 else child.name
+        noun = child.noun if self.rows == 1 else child.plural
         return (
             f"{self.rows:,} {noun} in {child.alias} name {parent.name}, but {parent.name} in "
             f"{parent.alias} is empty or missing: restore {parent.alias} from a backup, or "
@@ -310,8 +310,8 @@ def child_batches(child, batch_size):
 
 
 def _orphans_in(child, batch):
-    absent = [
-        missing_ids(r.parent, {row[i] for row in batch})
+    absent = [  # a reference left empty (null=True) names nothing to miss
+        missing_ids(r.parent, {row[i] for row in batch if row[i] is not None})
         for i, r in enumerate(child.references, start=1)
     ]
     if not any(absent):

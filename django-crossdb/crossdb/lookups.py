@@ -1,5 +1,7 @@
 """Read-only id queries against one table, chunked under the backend's parameter limit."""
 
+import json
+
 from django.db import connections
 
 from crossdb.registry import spec
@@ -40,9 +42,10 @@ def stored_rows(table_spec, connection, alias, ids):
 def missing_ids(table, ids):
     """Return the subset of ids NOT stored in table, in one query where the backend allows.
 
-    The ids travel as one parameter (a JSON array on SQLite, an array on PostgreSQL) and
-    the database does the anti-join, so checking 50,000 references costs one round trip
-    instead of fifty ``IN`` queries of 999 parameters.
+    The ids travel as one parameter (a JSON array on SQLite, an array of the key's type on
+    PostgreSQL) and the database does the anti-join, so checking 50,000 references costs one
+    round trip instead of fifty ``IN`` queries of 999 parameters. Keys of any type travel
+    as the database stores them (a UUID as its hex on SQLite) and come back as given.
     """
 
     ids = list(ids)
@@ -51,25 +54,25 @@ def missing_ids(table, ids):
     table_spec = spec(table)
     alias = table_spec.alias
     connection = connections[alias]
+    key = table_spec.model._meta.pk
     qn = connection.ops.quote_name
     db_table = qn(table_spec.model._meta.db_table)
-    pk = qn(table_spec.model._meta.pk.column)
+    pk = qn(key.column)
+    stored = {key.get_db_prep_value(i, connection): i for i in ids}  # as stored -> as given
     if connection.vendor == "sqlite":
-        import json
-
         sql = (
             f"SELECT j.value FROM json_each(%s) AS j "
             f"WHERE NOT EXISTS (SELECT 1 FROM {db_table} AS t WHERE t.{pk} = j.value)"
         )
-        params = [json.dumps(ids)]
+        params = [json.dumps(list(stored))]
     elif connection.vendor == "postgresql":
         sql = (
-            f"SELECT x FROM unnest(%s::bigint[]) AS x "
+            f"SELECT x FROM unnest(%s::{key.rel_db_type(connection)}[]) AS x "
             f"WHERE NOT EXISTS (SELECT 1 FROM {db_table} AS t WHERE t.{pk} = x)"
         )
-        params = [ids]
+        params = [list(stored)]
     else:
         return set(ids) - existing_ids(table, ids)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return {row[0] for row in cursor.fetchall()}
+        return {stored.get(row[0], row[0]) for row in cursor.fetchall()}

@@ -64,7 +64,7 @@ class Key:
 class TableSpec:
     name: str  # the table name, also its name on the command line and in files
     model: type
-    fields: tuple  # input fields, in file and row order
+    fields: tuple  # input fields in row order: the primary key first, then the model's order
     keys: tuple  # Key, columns computed from fields and appended to each row
     references: tuple = field(default=())  # Reference, held by this table
 
@@ -74,8 +74,23 @@ class TableSpec:
 
     @property
     def noun(self):
-        """How a message names one row ("user 7")."""
-        return self.name.removesuffix("s")
+        """How a message names one row: the model's verbose name ("customer 7")."""
+        return str(self.model._meta.verbose_name)
+
+    @property
+    def plural(self):
+        """How a message names several rows ("2 orders")."""
+        return str(self.model._meta.verbose_name_plural)
+
+    @property
+    def pk(self):
+        """The primary key's column, the first of every row."""
+        return self.fields[0]
+
+    def optional_fields(self):
+        """The input fields a file may leave out (``crossdb.rules.may_be_left_out``)."""
+        meta = self.model._meta
+        return tuple(f for f in self.fields if rules.may_be_left_out(meta.get_field(f)))
 
     @cached_property
     def columns(self):
@@ -145,7 +160,13 @@ def _spec(model, routed):
         if isinstance(f, ComparisonKey)
     )
     computed = {k.column for k in keys}
-    fields = tuple(f.attname for f in model._meta.concrete_fields if f.attname not in computed)
+    pk = model._meta.pk.attname
+    # The key first, whatever its name and place in the model: every row starts with it.
+    fields = (pk,) + tuple(
+        f.attname
+        for f in model._meta.concrete_fields
+        if f.attname not in computed and f.attname != pk
+    )
     name = model._meta.db_table
     references = tuple(
         Reference(name, f.attname, f.target._meta.db_table, f.on_delete)

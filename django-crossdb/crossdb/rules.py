@@ -18,14 +18,28 @@ The rules, one sentence each:
 * Text: required, trimmed, valid UTF-8, no line breaks, no control characters except tab,
   at most ``max_length`` characters. Emails also match a simple address shape.
 * Emails are compared by ``email_key`` (NFKC, case-folded, trimmed), in Python, everywhere.
+* Floats: a finite number, plain or with an exponent (``1.5e3``), within Min/MaxValue.
+* Booleans: ``true``/``false`` (also ``t``/``f``, ``yes``/``no``, ``y``/``n``, ``1``/``0``,
+  any case; JSON's ``true``/``false``).
+* Dates: ``YYYY-MM-DD`` and a real day. Datetimes: ISO 8601 (``2024-05-01T09:30:00``, a
+  space for the ``T``, seconds and fractions optional) with its time zone (``Z`` or
+  ``+02:00``) when ``USE_TZ`` is on, since a time without one is ambiguous; none otherwise.
+* UUIDs: any form ``uuid.UUID`` reads (with or without hyphens, braces or ``urn:uuid:``).
+* A primary key or a reference follows the key's type (a reference: its target's key):
+  whole numbers from 1 to 2**63-1, a UUID, or text.
+* A field with ``null=True``, a default, or (for text) ``blank=True`` may be left empty (an
+  empty cell, JSON ``null``, or no such column at all): it takes ``None``, the default, or
+  ``""``, in that order of preference.
 
 Rules that need other rows (unique keys, references) live in ``crossdb.loading.load.RunValidator``
 and ``crossdb.guard``; their wording lives here (``parent_problem``).
 """
 
+import datetime
 import math
 import re
 import unicodedata
+import uuid
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
@@ -339,6 +353,173 @@ def text_rule(field, max_length, pattern=None, what=None):
     return convert
 
 
+# --- Floats, booleans, dates and times, UUIDs -------------------------------------------------
+
+FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DATETIME_RE = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[T ](?P<time>[0-9]{2}:[0-9]{2}(?::[0-9]{2}"
+    r"(?:\.[0-9]{1,6})?)?)(?P<zone>Z|z|[+-][0-9]{2}:?[0-9]{2})?"
+)
+
+
+def float_rule(field, low=-math.inf, high=math.inf):
+    """A finite number, plain or with an exponent, within [low, high]."""
+
+    def convert(value):
+        if isinstance(value, bool):
+            raise Invalid(field, f"{field} must be a number (got {shown(value)})")
+        if isinstance(value, (int, float, Decimal)):
+            number = float(value)
+        elif isinstance(value, str):
+            if _is_blank(value):
+                raise Invalid(field, f"{field} is required")
+            text = value.strip()
+            if not FLOAT_RE.fullmatch(text):
+                reason = _number_text_problem(field, text)
+                raise Invalid(field, reason or f"{field} must be a number (got {shown(value)})")
+            number = float(text)
+        else:
+            if _is_blank(value):
+                raise Invalid(field, f"{field} is required")
+            raise Invalid(field, f"{field} must be a number (got {shown(value)})")
+        if not math.isfinite(number):
+            raise Invalid(field, f"{field} must be a finite number (got {shown(value)})")
+        if number < low:
+            raise Invalid(field, f"{field} must be at least {low} (got {shown(value)})")
+        if number > high:
+            raise Invalid(field, f"{field} must be at most {high} (got {shown(value)})")
+        return number
+
+    return convert
+
+
+def boolean_rule(field):
+    """True or false, in the spellings people and programs write."""
+
+    def convert(value):
+        if value is True or value is False:
+            return value
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in TRUE_WORDS:
+                return True
+            if word in FALSE_WORDS:
+                return False
+            if not word:
+                raise Invalid(field, f"{field} is required")
+        elif value is None:
+            raise Invalid(field, f"{field} is required")
+        raise Invalid(field, f"{field} must be true or false (got {shown(value)})")
+
+    return convert
+
+
+def _real_day(field, text, value):
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise Invalid(field, f"{field} is not a real date (got {shown(value)})") from None
+
+
+def date_rule(field):
+    """A day written YYYY-MM-DD (a date object as it is)."""
+
+    def convert(value):
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            return value
+        if not isinstance(value, str) or _is_blank(value):
+            if _is_blank(value):
+                raise Invalid(field, f"{field} is required")
+            raise Invalid(field, f"{field} must be a date (got {shown(value)})")
+        text = value.strip()
+        if not DATE_RE.fullmatch(text):
+            raise Invalid(field, f"{field} must be a date written YYYY-MM-DD (got {shown(value)})")
+        return _real_day(field, text, value)
+
+    return convert
+
+
+def datetime_rule(field):
+    """An ISO 8601 moment; with ``USE_TZ`` it must say its time zone (a local time without
+    one names two moments a year, and which one is meant cannot be guessed)."""
+    from django.conf import settings
+
+    aware = settings.USE_TZ
+
+    def convert(value):
+        if isinstance(value, datetime.datetime):
+            moment = value
+        elif isinstance(value, str) and not _is_blank(value):
+            match = DATETIME_RE.fullmatch(value.strip())
+            if match is None:
+                raise Invalid(
+                    field,
+                    f"{field} must be a date and time written 2024-05-01T09:30:00+02:00 "
+                    f"(got {shown(value)})",
+                )
+            _real_day(field, match["date"], value)
+            zone = match["zone"] or ""
+            if zone in ("Z", "z"):
+                zone = "+00:00"
+            elif zone and ":" not in zone:
+                zone = f"{zone[:3]}:{zone[3:]}"
+            try:
+                moment = datetime.datetime.fromisoformat(f"{match['date']}T{match['time']}{zone}")
+            except ValueError:
+                raise Invalid(field, f"{field} is not a real time (got {shown(value)})") from None
+        elif _is_blank(value):
+            raise Invalid(field, f"{field} is required")
+        else:
+            raise Invalid(field, f"{field} must be a date and time (got {shown(value)})")
+        if aware and moment.tzinfo is None:
+            raise Invalid(
+                field,
+                f"{field} needs its time zone: end it with Z or an offset such as +02:00 "
+                f"(got {shown(value)})",
+            )
+        if not aware and moment.tzinfo is not None:
+            raise Invalid(
+                field, f"{field} must be a local time without a time zone (got {shown(value)})"
+            )
+        return moment
+
+    return convert
+
+
+def uuid_rule(field):
+    """A UUID in any form ``uuid.UUID`` reads."""
+
+    def convert(value):
+        if isinstance(value, uuid.UUID):
+            return value
+        if isinstance(value, str) and not _is_blank(value):
+            try:
+                return uuid.UUID(value.strip())
+            except ValueError:
+                pass
+        elif _is_blank(value):
+            raise Invalid(field, f"{field} is required")
+        raise Invalid(field, f"{field} must be a UUID (got {shown(value)})")
+
+    return convert
+
+
+def optional(rule, default):
+    """rule for a value that may be left empty (None, an empty or blank string): then
+    default() instead. Such a rule has no column pass and no bounds, so its table takes the
+    row path (``crossdb.loading.columns`` only takes tables of required whole numbers)."""
+
+    def convert(value):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return default()
+        return rule(value)
+
+    return convert
+
+
 # --- From model fields -------------------------------------------------------------------
 
 
@@ -351,13 +532,32 @@ def _bounds(field, low, high):
     return low, high
 
 
-def rule_for(field):
-    """Return the converter for one input field of a model."""
+INTEGER_KINDS = frozenset(
+    {*INT_RANGES, "BigIntegerField", "PositiveBigIntegerField", "AutoField", "BigAutoField"}
+    | {"SmallAutoField"}
+)
 
+
+def key_rule(name, key):
+    """The rule of a primary key, or of a reference to one (key: the referenced key)."""
+    kind = key.get_internal_type()
+    if kind in INTEGER_KINDS:
+        return id_rule(name)
+    if isinstance(key, models.UUIDField):
+        return uuid_rule(name)
+    if isinstance(key, (models.CharField, models.TextField)):
+        return text_rule(name, key.max_length or 1_000_000)
+    raise TypeError(f"{key.model.__name__}.{key.attname}: no loading rule for a {kind} key")
+
+
+def _required_rule(field):
+    """The rule of field's value, when one is given."""
     name = field.attname
     kind = field.get_internal_type()
-    if field.primary_key or isinstance(field, CrossDatabaseReference):
-        return id_rule(name)
+    if field.primary_key:
+        return key_rule(name, field)
+    if isinstance(field, CrossDatabaseReference):
+        return key_rule(name, field.target_field)
     if isinstance(field, models.EmailField):
         return text_rule(name, field.max_length, EMAIL_RE, "a valid email address")
     if isinstance(field, (models.CharField, models.TextField)):
@@ -365,10 +565,49 @@ def rule_for(field):
     if isinstance(field, models.DecimalField):
         positive = any(isinstance(v, Positive) for v in field.validators)
         return decimal_rule(name, field.decimal_places, field.max_digits, positive)
+    if isinstance(field, models.BooleanField):
+        return boolean_rule(name)
+    if isinstance(field, models.FloatField):
+        return float_rule(name, *_bounds(field, -math.inf, math.inf))
+    if isinstance(field, models.DateTimeField):  # before DateField, its base class
+        return datetime_rule(name)
+    if isinstance(field, models.DateField):
+        return date_rule(name)
+    if isinstance(field, models.UUIDField):
+        return uuid_rule(name)
     if kind in INT_RANGES or kind in ("BigIntegerField", "PositiveBigIntegerField"):
         low, high = INT_RANGES.get(kind, (-(2**63), 2**63 - 1))
         return integer_rule(name, *_bounds(field, low, high))
     raise TypeError(f"{field.model.__name__}.{name}: no loading rule for {kind}")
+
+
+def _default_of(field):
+    """What an empty value of field becomes (a callable), or None if it must be given."""
+    if field.primary_key:
+        return None
+    if field.null:
+        return lambda: None
+    if field.has_default():
+        return field.get_default
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        from django.utils import timezone
+
+        return timezone.now if isinstance(field, models.DateTimeField) else timezone.localdate
+    if field.blank and isinstance(field, (models.CharField, models.TextField)):
+        return str
+    return None
+
+
+def rule_for(field):
+    """Return the converter for one input field of a model."""
+    rule = _required_rule(field)
+    default = _default_of(field)
+    return rule if default is None else optional(rule, default)
+
+
+def may_be_left_out(field):
+    """Whether a file may lack field's column (its rows then take the empty value's)."""
+    return _default_of(field) is not None
 
 
 NO_PROBLEMS = ()

@@ -47,6 +47,20 @@ def parse_id(text):
     return number if 1 <= number <= rules.ID_MAX else None
 
 
+def parse_key(key, text):
+    """Return text as a value of key (a primary key field, or the key a reference names:
+    ``CrossDatabaseReference.target_field``) if it is one, else None: a whole number as
+    ``parse_id`` reads it, a UUID, or text within the key's length."""
+    if not isinstance(text, str):
+        return None
+    if key.get_internal_type() in rules.INTEGER_KINDS:
+        return parse_id(text)
+    try:
+        return rules.key_rule(key.attname, key)(text)
+    except rules.Invalid:
+        return None
+
+
 def overlong_parameter(query):
     """Say which parameter of a QueryDict is longer than MAX_PARAMETER_LENGTH, or None."""
     for name, values in query.lists():
@@ -150,8 +164,8 @@ class MultiDBModelAdmin(admin.ModelAdmin):
         return super().get_search_results(request, queryset, searchable(search_term))
 
     def get_object(self, request, object_id, from_field=None):
-        """Return None (Django's "does not exist") for anything that is not an id."""
-        if from_field is None and parse_id(object_id) is None:
+        """Return None (Django's "does not exist") for anything that is not a key."""
+        if from_field is None and parse_key(self.model._meta.pk, object_id) is None:
             return None
         return super().get_object(request, object_id, from_field)
 

@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import Q
 
-from crossdb.admin.base import parse_id
+from crossdb.admin.base import parse_key
 
 
 class RangeFilter(admin.SimpleListFilter):
@@ -50,7 +50,8 @@ class ParentIdFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() is None:
             return queryset
-        pk = parse_id(self.value())
+        key = queryset.model._meta.get_field(self.parameter_name).target_field
+        pk = parse_key(key, self.value())
         if pk is None:
             raise IncorrectLookupParameters(f"{self.parameter_name} must be an id")
         return queryset.filter(**{self.parameter_name: pk})

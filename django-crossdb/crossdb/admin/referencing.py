@@ -27,7 +27,7 @@ from django.db.models import Q
 from django.utils.html import format_html
 
 from crossdb import registry
-from crossdb.admin.base import TableAdmin, admin_url, may_view, parse_id, searchable
+from crossdb.admin.base import TableAdmin, admin_url, may_view, parse_key, searchable
 from crossdb.admin.filters import reference_filter
 from crossdb.guard import MissingParent
 
@@ -199,13 +199,16 @@ class ReferencingAdmin(TableAdmin):
             return queryset, False
         keyed = self.visible_references(request)
         conditions = Q(pk__in=[])
+        meta = self.model._meta
         for term in terms:
-            n = parse_id(term)
-            if n is not None:
-                conditions |= Q(pk=n)
-                for reference in self.spec.references:
-                    conditions |= Q(**{reference.field: n})
-            elif not term.isdigit():
+            pk = parse_key(meta.pk, term)
+            if pk is not None:
+                conditions |= Q(pk=pk)
+            for reference in self.spec.references:
+                named = parse_key(meta.get_field(reference.field).target_field, term)
+                if named is not None:
+                    conditions |= Q(**{reference.field: named})
+            if not term.isdigit():
                 for reference in keyed:
                     conditions |= Q(
                         **{f"{reference.field}__in": self._parents_keyed(reference, term)}

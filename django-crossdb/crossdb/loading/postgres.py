@@ -139,7 +139,7 @@ class PostgresBulkWriter(BulkWriter):
                 copy.write(columns.COPY_SIGNATURE + packed + columns.COPY_TRAILER)
                 return
             copy.set_types(self.copy_types)
-            for row in rows:
+            for row in self.prepare(rows):
                 copy.write_row(row)
 
     def _insert_through_staging(self, raw, rows):

@@ -63,6 +63,54 @@ def _hold_for_test():
         hold()
 
 
+# Values the database drivers take as they are: whole numbers, text, decimals (Django
+# registers SQLite's adapter), booleans and floats. Anything else (a UUID, a date, a moment)
+# goes through its field's get_db_prep_save, as Django's own saves do.
+PLAIN_TYPES = frozenset(
+    {
+        "AutoField",
+        "BigAutoField",
+        "SmallAutoField",
+        "IntegerField",
+        "BigIntegerField",
+        "SmallIntegerField",
+        "PositiveIntegerField",
+        "PositiveBigIntegerField",
+        "PositiveSmallIntegerField",
+        "CharField",
+        "TextField",
+        "DecimalField",
+        "BooleanField",
+        "FloatField",
+    }
+)
+
+
+def stored_form(model, names, connection):
+    """A function giving rows (tuples of the fields names) in the form the database driver
+    stores; the identity when every field is of a plain type (the common case costs nothing)."""
+    fields = [model._meta.get_field(name) for name in names]
+    preps = [
+        (i, field.get_db_prep_save)
+        for i, field in enumerate(fields)
+        if field.get_internal_type() not in PLAIN_TYPES
+    ]
+    if not preps:
+        return lambda rows: rows
+
+    def prepare(rows):
+        out = []
+        for row in rows:
+            values = list(row)
+            for i, prep in preps:
+                if values[i] is not None:
+                    values[i] = prep(values[i], connection)
+            out.append(tuple(values))
+        return out
+
+    return prepare
+
+
 def _rows_at(rows, indexes):
     """The rows at indexes: an array of a Block's array, else a list of its tuples."""
     if isinstance(rows, np.ndarray):
@@ -131,13 +179,14 @@ class BulkWriter:
         # Into an empty table, load first and build the secondary indexes after (finish):
         # sorted builds cost a fraction of inserting random keys into a B-tree.
         self.deferred_indexes = indexes.drop_for_load(alias, self.model)
+        self.prepare = stored_form(self.model, self.columns, self.connection)
 
     def _counters(self):
         return guard.counters(self.alias, self.parents) if self.parents else {}
 
     def insert_ignoring_conflicts(self, cursor, rows):
         """Insert rows, skipping any that clash with a unique key; return how many went in."""
-        cursor.executemany(self.insert_sql, columns.tuples(rows))
+        cursor.executemany(self.insert_sql, self.prepare(columns.tuples(rows)))
         return cursor.rowcount
 
     def write(self, job):
@@ -396,7 +445,7 @@ class BulkWriter:
         stored, present, rejections = 0, 0, []
         with self.connection.cursor() as cursor:
             for row in rows:
-                cursor.execute(self.insert_sql, row)
+                cursor.execute(self.insert_sql, self.prepare([row])[0])
                 if cursor.rowcount == 1:
                     stored += 1
                     continue

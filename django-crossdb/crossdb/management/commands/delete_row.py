@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from crossdb import deletion, registry
+from crossdb import deletion, registry, rules
 from crossdb.databases import NotReady, check_ready
+from crossdb.guard import CommitOrderError, GuardTimeout
 
 
 def _parents():
@@ -10,31 +11,39 @@ def _parents():
 
 class Command(BaseCommand):
     help = (
-        "Delete one row that other tables refer to (a user or a product) without orphaning "
-        "its children. Refused while a protecting reference has children, unless "
-        "--with-children (alias --with-orders): then the children are deleted and committed "
-        "first, then the row. Example: python manage.py delete_row users 3 --with-orders"
+        "Delete one row that rows of other tables name, without orphaning them. Refused while "
+        "a protecting reference has children, unless --with-children: then the children are "
+        "deleted and committed first, then the row. Example: python manage.py delete_row "
+        "TABLE KEY --with-children"
     )
 
     def add_arguments(self, parser):
         parser.add_argument("table", help=f"the table: {' or '.join(_parents())}")
-        parser.add_argument("id", type=int, help="the id of the row to delete")
+        parser.add_argument("id", metavar="key", help="the primary key of the row to delete")
         parser.add_argument(
             "--with-children",
-            "--with-orders",
             dest="with_children",
             action="store_true",
-            help="delete the row's children (its orders) first instead of refusing",
+            help="delete the row's children first instead of refusing",
         )
 
     def handle(self, *args, **options):
-        table, pk = options["table"], options["id"]
+        table = options["table"]
         if table not in registry.specs() or not registry.specs()[table].children:
             raise CommandError(self.not_a_parent(table))
+        key = registry.specs()[table].model._meta.pk
+        try:
+            pk = rules.key_rule(key.attname, key)(options["id"])
+        except rules.Invalid as exc:
+            raise CommandError(f"{table}: {exc}") from exc
         try:
             check_ready([s.alias for s in registry.specs().values()])
             result = deletion.delete(table, [pk], with_children=options["with_children"])
-        except (NotReady, deletion.HasChildren) as exc:
+        except deletion.HasChildren as exc:
+            raise CommandError(
+                f"{exc} (python manage.py delete_row {table} {pk} --with-children)"
+            ) from exc
+        except (NotReady, CommitOrderError, GuardTimeout) as exc:
             raise CommandError(str(exc)) from exc
         noun = registry.specs()[table].noun
         for child, count in result.children.items():
