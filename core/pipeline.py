@@ -47,7 +47,7 @@ from django.db import DatabaseError, connections
 from core import columns, guard, validation
 from core.databases import location
 from core.lookups import existing_ids
-from core.pool import LoadError, WriterPool
+from core.pool import LoadError, WriterPool, first_line
 from core.report import LoadResult, Rejection, TableResult
 from core.rows import Lines
 from core.tables import PARENT_TABLES, SPECS, TABLES
@@ -428,7 +428,7 @@ def _load(source, batch_size, progress):
     try:
         snapshot = _guard_snapshot(present)
     except DatabaseError as exc:
-        raise LoadError(f"cannot read the reference guard: {exc}") from exc
+        raise LoadError(f"cannot read the reference guard: {first_line(exc)}") from exc
     validator = RunValidator()
     pool = WriterPool(present, functools.partial(_make_writer, snapshot=snapshot), _describe)
 
@@ -459,7 +459,7 @@ def _load(source, batch_size, progress):
                 )
         pool.finish(on_report)
     except DatabaseError as exc:
-        raise LoadError(f"database error while validating: {exc}") from exc
+        raise LoadError(f"database error while validating: {first_line(exc)}") from exc
     finally:
         pool.close()
         connections.close_all()

@@ -60,6 +60,14 @@ class LoadError(Exception):
     """A failure that stops the run (a database error, a writer that died)."""
 
 
+def first_line(exc):
+    """The first line of exc's message: PostgreSQL adds CONTEXT and DETAIL lines, and
+    libpq's "server closed the connection unexpectedly" two lines of guesses, to what
+    must stay a one-line error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class Job(NamedTuple):
     """One batch for one writer."""
 
@@ -339,7 +347,8 @@ def _writer_main(
         outbox.put(Report("aborted", table))
     except (DatabaseError, OSError, RuntimeError) as exc:
         abort.set()
-        outbox.put(Report("failed", table, error=f"{table} writer ({describe(table)}): {exc}"))
+        error = f"{table} writer ({describe(table)}): {first_line(exc)}"
+        outbox.put(Report("failed", table, error=error))
     finally:
         connections.close_all()
     outbox.put(Report("done", table))

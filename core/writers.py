@@ -149,7 +149,17 @@ class BulkWriter:
     def write(self, job):
         """Commit one job's rows, and those of the jobs that joined its transaction while it
         waited for its parents (``Gate.wait_for_parents``); return a core.pool.Written, or
-        a list of (job, Written) when jobs joined."""
+        a list of (job, Written) when jobs joined.
+
+        Every error of the driver leaves as one of Django's: the COPY of ``core.pg`` and
+        ``core.segment`` talks to psycopg directly, and a connection the server ended there
+        (``pg_terminate_backend``, a restart) must fail the run with one line, as it does
+        anywhere else, not kill the writer with a traceback.
+        """
+        with self.connection.wrap_database_errors:
+            return self._write(job)
+
+    def _write(self, job):
         from core.pool import Written
 
         if not self._may_take_fast_path(job):
