@@ -8,10 +8,11 @@ one value, and load the rejects file with ``--from``.
 import argparse
 import json
 from datetime import datetime
+from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.core.management import find_commands, load_command_class
+from django.core.management import call_command, find_commands, load_command_class
 from django.core.management.base import CommandError
 
 from core.models import Order, Product, User
@@ -429,3 +430,27 @@ def test_writers_overlapped_is_true_exactly_when_some_pair_overlapped():
     result.tables["orders"].finished = 1009.8
     assert result.as_dict()["overlapping_writers"] == []
     assert result.as_dict()["writers_overlapped"] is False
+
+
+@all_databases
+def test_a_run_that_cannot_be_logged_prints_its_summary_then_one_line(bad_input, monkeypatch):
+    """The default database fails only at the end (its connection ended, say): every row
+    is committed and said, then one line says the run is not in the log."""
+    from django.db import OperationalError
+
+    from core import report
+
+    def unreachable(result):
+        raise OperationalError("terminating connection due to administrator command\nmore")
+
+    monkeypatch.setattr(report, "record", unreachable)
+    out = StringIO()
+    with pytest.raises(CommandError) as error:
+        call_command("insert_data", "--from", str(bad_input), "--no-progress", stdout=out)
+    assert "3 stored, 0 already present, 6 rejected" in out.getvalue()
+    assert str(error.value) == (
+        "the load is complete, but it could not be logged in the default database "
+        "(terminating connection due to administrator command); "
+        "the overview page will not list it"
+    )
+    assert counts() == (1, 1, 1)

@@ -7,12 +7,13 @@ import sys
 import threading
 
 from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from core import pipeline, report, sources
 from core.console import concurrency_line, progress_for, render, summary_table, totals_line
 from core.databases import NotReady, check_ready
 from core.indexes import repair_and_say as repair_indexes
+from core.pool import first_line
 from core.tables import TABLES, alias, fields
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
@@ -183,6 +184,7 @@ class Command(BaseCommand):
                     )
                 self.save(result, options)
                 self.print_result(result, options["show"])
+                self.record(result)
             except (pipeline.LoadError, sources.SourceError) as exc:
                 # a database that failed, or a file that broke off mid-way (a damaged .gz)
                 raise CommandError(
@@ -255,7 +257,17 @@ class Command(BaseCommand):
                 result.write_json(options["report"])
         except OSError as exc:
             raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from exc
-        report.record(result)
+
+    @staticmethod
+    def record(result):
+        """Log the run for the overview page, after everything else is out."""
+        try:
+            report.record(result)
+        except DatabaseError as exc:  # every row is committed; only the run's log is missing
+            raise CommandError(
+                f"the load is complete, but it could not be logged in the default database "
+                f"({first_line(exc)}); the overview page will not list it"
+            ) from exc
 
     def print_result(self, result, show):
         self.stdout.write(f"insert_data: {result.source}")
