@@ -129,9 +129,53 @@ def _number_text_problem(field, text):
         return f"{field} must be a plain number (got {shown_text}): remove the currency sign"
     if re.fullmatch(r"[+-]?[0-9.]+[eE][+-]?[0-9]+", text):
         return f"{field} must be written without an exponent (got {shown_text})"
-    if re.fullmatch(r"[+-]?[0-9][0-9,_' .]*[0-9](\.[0-9]*)?", text) and re.search("[,_' ]", text):
-        return f"{field} must be a plain number (got {shown_text}): remove the thousands separators"
+    if advice := _separators_advice(text):
+        return f"{field} must be a plain number (got {shown_text}): {advice}"
     return None
+
+
+SEPARATED_RE = re.compile(r"([+-]?)([0-9][0-9,._' ]*[0-9])")
+GROUP_MARKS_RE = re.compile("[,_' ]")
+
+
+def _separators_advice(text):
+    """What to write instead of a number with separators in it, or None.
+
+    Never an edit that changes the value: a comma is a decimal separator in much of the
+    world (``1,50`` is one and a half), so "remove the separators" is said only when every
+    comma must be a thousands separator (several of them, or a decimal dot after it). A
+    comma that can only be a decimal one (followed by other than three digits, or after
+    dots or other group marks: ``1.000,50``) is named as one, with the number it makes; a
+    lone comma before three digits (``1,500``) may be either, and both readings are given.
+    Separators that group digits in no known way (``1,5,0``) get no advice.
+    """
+    match = SEPARATED_RE.fullmatch(text)
+    if match is None or not GROUP_MARKS_RE.search(text):
+        return None
+    sign, body = match.groups()
+    comma, dot = body.rfind(","), body.rfind(".")
+    if body.count(",") == 1 and comma > dot:  # the last separator is the only comma
+        whole, fraction = body[:comma], body[comma + 1 :]
+        if not fraction.isdigit():
+            return None
+        as_decimal = f"{sign}{_digits(whole)}.{fraction}"
+        if "." in whole or GROUP_MARKS_RE.search(whole):
+            return f"the comma is the decimal separator: write {as_decimal}"
+        if len(fraction) != 3:
+            return f"write the decimal comma as a dot: {as_decimal}"
+        return (
+            f"the comma may be a decimal separator (write {as_decimal}) "
+            f"or a thousands separator (write {sign}{whole}{fraction})"
+        )
+    whole, _dot, fraction = body.partition(".")
+    _first, *groups = re.split("[,_' ]", whole)
+    if "." in fraction or len(groups[-1]) != 3 or not all(len(g) in (2, 3) for g in groups):
+        return None  # not grouped in thousands (1,000,000) or as in India (10,00,000)
+    return "remove the thousands separators"
+
+
+def _digits(text):
+    return re.sub("[^0-9]", "", text)
 
 
 def _whole_number(value, field):

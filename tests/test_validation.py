@@ -4,6 +4,7 @@ The rules come from the model fields (``core.validation.rule_for``) through the 
 registry; ``clean_user`` and friends below are that one path, per table.
 """
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -88,6 +89,42 @@ def test_product_price_rules(price, reason):
     assert reasons(clean_product(("1", "Thing", price))[1]) == [reason]
 
 
+@pytest.mark.parametrize(
+    ("price", "advice", "fixed"),
+    [
+        ("1,50", "write the decimal comma as a dot: 1.50", "1.50"),
+        ("0,5", "write the decimal comma as a dot: 0.5", "0.5"),
+        ("1.000,50", "the comma is the decimal separator: write 1000.50", "1000.50"),
+        ("1 234,5", "the comma is the decimal separator: write 1234.5", "1234.5"),
+        (
+            "1,500",
+            "the comma may be a decimal separator (write 1.500) "
+            "or a thousands separator (write 1500)",
+            "1.500",
+        ),
+        ("1,000,000", "remove the thousands separators", "1000000"),
+        ("1,000.50", "remove the thousands separators", "1000.50"),
+        ("10,00,000", "remove the thousands separators", "1000000"),
+    ],
+)
+def test_a_comma_that_may_be_a_decimal_separator_is_never_advised_away(price, advice, fixed):
+    """Following the advice keeps the value the person meant: 1,50 is never made 150. A
+    comma before three digits alone may mean either, and both are offered."""
+    (problem,) = reasons(clean_product(("1", "Pen", price))[1])
+    assert problem == f"price must be a plain number (got {price!r}): {advice}"
+    assert fixed in advice or fixed == re.sub("[, ]", "", price)
+    meant = price.replace(".", "").replace(" ", "").replace(",", ".") if fixed in advice else fixed
+    row, problems = clean_product(("1", "Pen", fixed))
+    assert (row[2], problems) == (Decimal(meant).quantize(Decimal("0.01")), ())
+
+
+@pytest.mark.parametrize("price", ["1,5,0", "12,3,456", "1,000,50", "1.5,"])
+def test_separators_that_group_no_known_way_get_no_advice(price):
+    assert reasons(clean_product(("1", "Pen", price))[1]) == [
+        f"price must be a number (got {price!r})"
+    ]
+
+
 def test_product_names_need_not_be_unique_but_must_exist():
     assert reasons(clean_product(("7", "Laptop", "1000.00"))[1]) == []
     assert reasons(clean_product(("7", " ", "1000.00"))[1]) == ["name is required"]
@@ -148,7 +185,11 @@ def test_whole_numbers_may_carry_zero_decimals(value, expected):
     ("value", "reason"),
     [
         ("1e2", "id must be written without an exponent (got '1e2')"),
-        ("1,000", "id must be a plain number (got '1,000'): remove the thousands separators"),
+        (
+            "1,000",
+            "id must be a plain number (got '1,000'): the comma may be a decimal separator "
+            "(write 1.000) or a thousands separator (write 1000)",
+        ),
         ("1_000", "id must be a plain number (got '1_000'): remove the thousands separators"),
         ("\u0663", "id must be a whole number (got '\u0663')"),  # an Arabic-Indic three
         ("0x10", "id must be a whole number (got '0x10')"),

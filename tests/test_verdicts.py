@@ -612,7 +612,8 @@ def test_text_and_numbers_follow_one_rule_in_every_format(fmt, tmp_path):
         "name contains a line break" + hint,
         "email contains a line break",
         "price must be written without an exponent (got '1e2')",
-        "price must be a plain number (got '1,000'): remove the thousands separators",
+        "price must be a plain number (got '1,000'): the comma may be a decimal separator "
+        "(write 1.000) or a thousands separator (write 1000)",
         "price must be a plain number (got '$5'): remove the currency sign",
         "id must be written without an exponent (got '1e2')",
         "quantity must be a whole number (got '3.5')",
