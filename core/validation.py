@@ -84,13 +84,28 @@ class Positive:
         return hash(Positive)
 
 
+SHOWN_CHARACTERS = 100  # a longer value is cut in a message (the rejects file keeps it whole)
+
+
 def shown(value):
-    """Render a raw value for a message: strings quoted, everything else as written."""
+    """Render a raw value for a message: strings quoted, everything else as written; a
+    value longer than ``SHOWN_CHARACTERS`` is cut, with its length (a 5,000-digit id)."""
     if isinstance(value, str):
+        if len(value) > SHOWN_CHARACTERS:
+            return f"{shown(value[: SHOWN_CHARACTERS // 2])[:-1]}...' ({len(value):,} characters)"
         if not _is_valid_text(value):
             return repr(value.encode("utf-8", "surrogateescape"))
         return repr(value)
     return str(value)
+
+
+def _shown_whole(number):
+    """A whole number for a message: as written, or how many digits it has when it is far
+    beyond any column (Python will not turn an int of over 4,300 digits into text)."""
+    if number.bit_length() <= 128:
+        return str(number)
+    sign = "a negative" if number < 0 else "a"
+    return f"{sign} number of {len(str(Decimal(abs(number)))):,} digits"
 
 
 def _is_valid_text(value):
@@ -234,16 +249,20 @@ def id_rule(field):
 
     def convert(value):
         if type(value) is str and value.isdigit() and value.isascii():
-            number = int(value)  # the common case, in two C calls
+            try:
+                number = int(value)  # the common case, in two C calls
+            except ValueError:  # over 4,300 digits, which int() refuses; Decimal does not
+                number = int(Decimal(value))
         elif type(value) is int:
             number = value
         else:
             number = _whole_number(value, field)
         if 0 < number <= ID_MAX:
             return number
+        got = _shown_whole(number)
         if number < 1:
-            raise Invalid(field, f"{field} must be a positive whole number (got {number})")
-        raise Invalid(field, f"{field} must be at most {ID_MAX} (got {number})")
+            raise Invalid(field, f"{field} must be a positive whole number (got {got})")
+        raise Invalid(field, f"{field} must be at most {ID_MAX} (got {got})")
 
     convert.column = _whole_column(1, ID_MAX)
     convert.bounds = (1, ID_MAX)  # for core.columns, which checks whole arrays
@@ -255,7 +274,10 @@ def integer_rule(field, low, high, low_is_min=False):
 
     def convert(value):
         if type(value) is str and value.isdigit() and value.isascii():
-            number = int(value)
+            try:
+                number = int(value)
+            except ValueError:  # over 4,300 digits (see id_rule)
+                number = int(Decimal(value))
         elif type(value) is int:
             number = value
         else:
@@ -263,8 +285,8 @@ def integer_rule(field, low, high, low_is_min=False):
         if low <= number <= high:
             return number
         if number < low:
-            raise Invalid(field, f"{field} must be at least {low} (got {number})")
-        raise Invalid(field, f"{field} must be at most {high} (got {number})")
+            raise Invalid(field, f"{field} must be at least {low} (got {_shown_whole(number)})")
+        raise Invalid(field, f"{field} must be at most {high} (got {_shown_whole(number)})")
 
     convert.column = _whole_column(low, high)
     convert.bounds = (low, high)

@@ -47,7 +47,7 @@ FORMATS = ("csv", "jsonl", "rejects")
 # --- Inputs -------------------------------------------------------------------------------
 
 IDS = ["1", "2", "3", "4", "5", "6", "7", "8", "5.0", " 3 ", "2.00"]
-BAD_IDS = ["0", "-1", "x", "", "1e2", "2,0"]
+BAD_IDS = ["0", "-1", "x", "", "1e2", "2,0", "9" * 5000]  # 5,000 digits: more than int() takes
 NAMES = ["Ann", "Bob", "Zoë", " Ann ", "Ann\tLee", "Lee, Ann", 'Ann "A" Lee', "=1+2", "A" * 200]
 BAD_NAMES = ["A" * 201, "", "  ", "\t", "Ann\nLee", "Ann\rLee", "Ann\u2028Lee", "Ann\x00"]
 BAD_NAMES += ["Ann\x1b", "Ann\x7f"]

@@ -37,6 +37,7 @@ import gzip
 import io
 import json
 import os
+import sys
 import zlib
 from collections import deque
 from itertools import chain, islice, repeat
@@ -736,14 +737,21 @@ def _json_record(text):
                 return f"not valid JSON (the line ends where a value should be, at column {column})"
             return f"not valid JSON (the line ends early: {exc.msg}{at} column {column})"
         return f"not valid JSON ({exc.msg}{at} column {column})"
-    except ValueError as exc:  # e.g. a number with more digits than Python converts
-        return f"not valid JSON ({exc})"
+    except ValueError:  # a whole number of more digits than int() takes: the rules judge it
+        record = json.loads(text, parse_float=NumberText, parse_int=_whole_or_text)
     except RecursionError:
         return "not valid JSON (nested too deeply)"
     if not isinstance(record, dict):
         kind = "null" if record is None else JSON_TYPES.get(type(record), "true/false")
         return f"expected a JSON object, got {kind}"
     return record
+
+
+def _whole_or_text(text):
+    """A JSON whole number as json.loads makes it, or kept as its text when it has more
+    digits than Python turns into an int (4,300): a 5,000-digit id is then one row's
+    rejection ("id must be at most ..."), not the line's, and not a crash."""
+    return NumberText(text) if len(text.lstrip("-")) > sys.get_int_max_str_digits() else int(text)
 
 
 def file_size(path):
