@@ -280,13 +280,46 @@ def test_a_table_with_nothing_written_reports_zero_seconds_not_an_error(run_comm
 
 
 @all_databases
-def test_an_unwritable_report_path_is_a_one_line_error(run_command, tmp_path):
+def test_a_report_in_a_missing_directory_is_refused_before_anything_is_read(
+    run_command, bad_input, tmp_path
+):
+    """Found before the load, not after every row was committed with nothing printed."""
     with pytest.raises(CommandError) as error:
-        insert(run_command, "--report", str(tmp_path / "no" / "report.json"))
-    assert (
-        str(error.value)
-        == f"cannot write {tmp_path / 'no' / 'report.json'}: No such file or directory"
+        insert(run_command, "--from", str(bad_input), "--report", str(tmp_path / "no" / "r.json"))
+    assert str(error.value) == (
+        f"--report {tmp_path / 'no' / 'r.json'}: no such directory: {tmp_path / 'no'}"
     )
+    assert counts() == (0, 0, 0)
+
+
+@all_databases
+@pytest.mark.parametrize("option", ["--rejects", "--report"])
+def test_an_output_naming_a_directory_is_refused_before_anything_is_read(
+    run_command, bad_input, tmp_path, option
+):
+    with pytest.raises(CommandError) as error:
+        insert(run_command, "--from", str(bad_input), option, str(tmp_path))
+    assert str(error.value) == f"{option} {tmp_path}: it is a directory; name a file"
+    assert counts() == (0, 0, 0)
+
+
+@all_databases
+def test_a_report_into_a_fifo_that_a_process_reads_is_written_there(
+    run_command, bad_input, tmp_path
+):
+    """A FIFO with a reader is a fine output (``--report >(jq .)``); the reader here is this
+    test, which opened it before the run."""
+    import os
+
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        insert(run_command, "--from", str(bad_input), "--report", str(fifo))
+        written = os.read(reader, 1 << 20)
+    finally:
+        os.close(reader)
+    assert json.loads(written)["totals"]["stored"] == 3
 
 
 COMMANDS = sorted(

@@ -177,13 +177,13 @@ class Command(BaseCommand):
         progress = progress_for(self.stdout, not options["no_progress"])
         with stop_on_signals():
             try:
-                source = self.prepare(options)
+                source, outputs = self.prepare(options)
                 with progress:
                     result = pipeline.load(
                         source, batch_size=options["batch_size"], progress=progress
                     )
-                self.save(result, options)
                 self.print_result(result, options["show"])
+                self.save(result, outputs)
                 self.record(result)
             except (pipeline.LoadError, sources.SourceError) as exc:
                 # a database that failed, or a file that broke off mid-way (a damaged .gz)
@@ -198,18 +198,29 @@ class Command(BaseCommand):
                 raise CommandError(message, returncode=128 + signum) from None
 
     def prepare(self, options):
-        """Build the source and check everything that must stop the run before it starts."""
+        """Build the source and check everything that must stop the run before it starts:
+        the output files first, so that nothing is read for a run that cannot finish."""
         try:
             source = self.source_from(options)
+            outputs = self.outputs(source, options)
             source.check()
             check_ready(["default", *(alias(t) for t in TABLES)])
             repair_indexes(self.stdout)
-        except (sources.SourceError, NotReady) as exc:
+        except (sources.SourceError, NotReady, report.OutputError) as exc:
             raise CommandError(str(exc)) from exc
-        self.refuse_overwriting_input(source, options)
         for warning in getattr(source, "warnings", list)():
             self.stderr.write(f"warning: {warning}")
-        return source
+        return source, outputs
+
+    def outputs(self, source, options):
+        """{option: core.report.OutputFile} for --rejects and --report, each checked."""
+        self.refuse_overwriting_input(source, options)
+        outputs = {}
+        for option in ("rejects", "report"):
+            if options[option]:
+                outputs[option] = report.OutputFile(f"--{option}", options[option])
+                outputs[option].check()
+        return outputs
 
     def source_from(self, options):
         generated = any(options[k] for k in ("users", "products", "orders"))
@@ -249,14 +260,19 @@ class Command(BaseCommand):
             f"are kept ({kept}); run the same command again to finish."
         )
 
-    def save(self, result, options):
-        try:
-            if options["rejects"]:
-                result.write_rejects(options["rejects"])
-            if options["report"]:
-                result.write_json(options["report"])
-        except OSError as exc:
-            raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from exc
+    @staticmethod
+    def save(result, outputs):
+        """Write --rejects and --report (checked before the load, and opened so that
+        nothing waits: ``core.report.OutputFile``)."""
+        for option, write in (("rejects", result.write_rejects), ("report", result.write_json)):
+            if option not in outputs:
+                continue
+            try:
+                write(outputs[option])
+            except report.OutputError as exc:
+                raise CommandError(str(exc)) from exc
+            except OSError as exc:  # a disk full, a reader gone
+                raise CommandError(f"cannot write {outputs[option]}: {exc.strerror}") from exc
 
     @staticmethod
     def record(result):
