@@ -99,6 +99,10 @@ class Recheck:
 
     rows: frozenset = frozenset()  # row indexes whose parent was not known at validation
     rejected: dict = field(default_factory=dict)  # parent table -> ids rejected in this run
+    # reference field -> the indexes, among rows, whose parent for it was not known: the
+    # writer looks parents up before it waits for the run's own to commit, so only these
+    # may be found missing then (a row naming a stored user may name a product of the run)
+    unknown: dict = field(default_factory=dict)
 
     def __bool__(self):
         return bool(self.rows)
@@ -184,9 +188,13 @@ class RunValidator:
             accepted.update(ids)
             self.rejected[spec.name].difference_update(ids)
         unknown = np.zeros(len(values), dtype=bool)
+        unknown_by_field = {}
         for reference in spec.references:
             named = values[:, spec.position(reference.field)]
-            unknown |= ~self._accepted_ids(reference.parent).contains(named)
+            missing = ~self._accepted_ids(reference.parent).contains(named)
+            if missing.any():
+                unknown_by_field[reference.field] = frozenset(np.flatnonzero(missing).tolist())
+                unknown |= missing
         recheck = Recheck()
         if unknown.any():
             at = np.flatnonzero(unknown)
@@ -196,7 +204,7 @@ class RunValidator:
                     named = values[at, spec.position(reference.field)].tolist()
                     if ids := self.rejected[reference.parent].intersection(named):
                         rejected[reference.parent] = frozenset(ids)
-            recheck = Recheck(frozenset(at.tolist()), rejected)
+            recheck = Recheck(frozenset(at.tolist()), rejected, unknown_by_field)
         return Validated(values, block.lines, [], recheck)
 
     def _accepted_ids(self, table):
@@ -258,6 +266,7 @@ class RunValidator:
         the column pass): one ``issuperset`` per reference settles the common case in C.
         """
         unresolved = set()
+        unknown = {}
         for reference in spec.references:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
@@ -266,10 +275,13 @@ class RunValidator:
             else:
                 named = list(map(itemgetter(position), rows))
             if not parents.issuperset(named):
-                unresolved.update(i for i, pk in enumerate(named) if pk not in parents)
+                at = frozenset(i for i, pk in enumerate(named) if pk not in parents)
+                unknown[reference.field] = at
+                unresolved |= at
         if not unresolved:
             return Recheck()
-        return Recheck(frozenset(unresolved), self._rejected_parents(spec, rows, unresolved))
+        rejected = self._rejected_parents(spec, rows, unresolved)
+        return Recheck(frozenset(unresolved), rejected, unknown)
 
     def _reject(self, spec, bad):
         """Turn rows with problems into Rejections, naming missing parents too.

@@ -237,7 +237,9 @@ class BulkWriter:
             return job, []
         to_check = sorted(recheck.rows)
         rows = _rows_at(job.rows, to_check)
-        problems = self._parent_problems(rows, to_check, recheck, set(), self.parents_found)
+        problems = self._parent_problems(
+            rows, to_check, recheck, set(), self.parents_found, only_unknown=True
+        )
         _hold_for_test()
         if not problems:
             return job, []
@@ -300,12 +302,22 @@ class BulkWriter:
                 kept_lines.append(line)
         return kept_rows, kept_lines, rejections
 
-    def _parent_problems(self, checked, to_check, recheck, suspects, known=None):
+    def _parent_problems(
+        self, checked, to_check, recheck, suspects, known=None, only_unknown=False
+    ):
         """{row index: messages} for the rows of checked (at indexes to_check) whose parents
-        are not committed, looked up inside the guard (``guard.missing_parents``)."""
+        are not committed, looked up inside the guard (``guard.missing_parents``).
+
+        only_unknown: the lookup runs before the wait for the run's own parent batches
+        (``_without_missing_parents``), so a parent the run accepted may not be committed
+        yet; only the references the validator could not settle (``Recheck.unknown``) are
+        judged, and the others are made sure of by that wait and ``_suspect_parents``.
+        """
         problems = {}
         for position, reference, pk in guard.missing_parents(self.spec, checked, known):
             index = to_check[position]
+            if only_unknown and index not in recheck.unknown.get(reference.field, ()):
+                continue  # the run's own parent: committed before this transaction is
             rejected = recheck.rejected.get(reference.parent, ()) if recheck else ()
             problem = parent_problem(
                 reference.field,

@@ -694,3 +694,37 @@ def test_rows_are_settled_in_input_order(users, case_dir):
     """Two counterexamples the property found once the writer settled keys: ids and keys go
     to rows in input order, and only to rows that are stored."""
     check_one_verdict({"rows": {"users": users, "products": [], "orders": []}}, case_dir())
+
+
+@all_databases
+def test_an_order_naming_a_stored_user_and_a_product_of_the_run_waits_for_the_product(
+    tmp_path, monkeypatch
+):
+    """The orders writer looks up the parents the run cannot vouch for (user 5, stored
+    before) before it waits for the run's own (product 1); the products writer is held
+    here until that lookup is done, so product 1 is not committed yet when it runs. It
+    must judge user 5 only: the order is stored (it was rejected, 'product 1 does not
+    exist', whenever the products writer was the slower one)."""
+    import multiprocessing
+
+    looked = multiprocessing.get_context("fork").Event()  # shared with the forked writers
+    without_missing_parents = BulkWriter._without_missing_parents
+    write = BulkWriter.write
+
+    def looking(self, job):
+        try:
+            return without_missing_parents(self, job)
+        finally:
+            looked.set()
+
+    def products_after_the_lookup(self, job):
+        if self.table == "products":
+            looked.wait(timeout=60)
+        return write(self, job)
+
+    monkeypatch.setattr(BulkWriter, "_without_missing_parents", looking)
+    monkeypatch.setattr(BulkWriter, "write", products_after_the_lookup)
+    rows = {"products": [("1", "Pen", "1.50")], "orders": [("1", "5", "1", "2")]}
+    dumped, reasons = load_rows("csv", rows, tmp_path, {"users": [(5, "Ann", "a@x.com")]})
+    assert looked.is_set()
+    assert (reasons, stored_ids(dumped)["orders"]) == ([], [1])
