@@ -32,6 +32,7 @@ The rules for a run, one sentence each:
 """
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
@@ -291,30 +292,32 @@ class RunValidator:
         """
         accepted = self.accepted.get(spec.name)
         rejected = self.rejected.get(spec.name)
+        missing = [[] for _ in bad]  # per row: (field, id) of the parents said not to exist
         for reference in spec.references:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
             wanted = {r[position] for _l, _v, r, _p in bad if r[position] is not None}
             unknown = wanted - parents
             stored = existing_ids(reference.parent, unknown) if unknown else set()
-            for _line, _values, row, problems in bad:
+            for index, (_line, _values, row, problems) in enumerate(bad):
                 pk = row[position]
                 if pk is None or pk in parents or pk in stored:
                     continue
-                problem = parent_problem(
-                    reference.field,
-                    reference.noun,
-                    pk,
-                    rejected_in_run=pk in self.rejected[reference.parent],
+                rejected_in_run = pk in self.rejected[reference.parent]
+                problems.append(
+                    parent_problem(
+                        reference.field, reference.noun, pk, rejected_in_run=rejected_in_run
+                    )
                 )
-                problems.append(problem)
+                if not rejected_in_run:
+                    missing[index].append((reference.field, pk))
         out = []
-        for line, values, row, problems in bad:
+        for (line, values, row, problems), absent in zip(bad, missing, strict=True):
             reason = "; ".join(message for _field, message in problems)
             if isinstance(line, Lines) and line.last > line and "contains a line break" in reason:
                 reason += " (an unbalanced quote?)"  # a record that ran over several lines
             raw_values = dict(zip(spec.fields, values, strict=False))
-            out.append(Rejection(spec.name, line, row[0], reason, raw_values))
+            out.append(Rejection(spec.name, line, row[0], reason, raw_values, missing=absent))
             if rejected is not None and row[0] is not None and row[0] not in accepted:
                 rejected.add(row[0])
         return out
@@ -328,6 +331,37 @@ class RunValidator:
             if ids:
                 out[reference.parent] = frozenset(ids)
         return out
+
+
+def name_parents_rejected_in_run(result):
+    """Say "user 2 was rejected in this run", not "does not exist", for every parent the
+    run rejected, wherever it was rejected.
+
+    The validator knows the parents it rejected and says so at once; a parent its writer
+    rejects (an email another user has, a conflict) is known only from the writer's report,
+    which may come in after the child's writer has judged the child. Once every report is
+    in, each "does not exist" (``Rejection.missing``) naming an id a row of its parent
+    table was rejected with is reworded, so the wording never depends on which writer
+    reported first.
+    """
+    pending = [i for i, r in enumerate(result.rejections) if r.missing]
+    if not pending:
+        return
+    rejected = {}
+    for r in result.rejections:
+        if r.id is not None and r.table in PARENT_TABLES:
+            rejected.setdefault(r.table, set()).add(r.id)
+    for index in pending:
+        rejection = result.rejections[index]
+        spec = SPECS[rejection.table]
+        parts = rejection.reason.split("; ")
+        for field_name, pk in rejection.missing:
+            reference = next(r for r in spec.references if r.field == field_name)
+            if pk in rejected.get(reference.parent, ()):
+                said = parent_problem(field_name, reference.noun, pk).message
+                meant = parent_problem(field_name, reference.noun, pk, rejected_in_run=True)
+                parts = [meant.message if part == said else part for part in parts]
+        result.rejections[index] = dataclasses.replace(rejection, reason="; ".join(parts))
 
 
 def writer_for(table, alias, gate=None, snapshot=None):
@@ -470,6 +504,7 @@ def _load(source, batch_size, progress):
                     recheck=validated.recheck,
                 )
         pool.finish(on_report)
+        name_parents_rejected_in_run(result)
     except DatabaseError as exc:
         raise LoadError(f"database error while validating: {first_line(exc)}") from exc
     finally:

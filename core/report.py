@@ -92,6 +92,9 @@ class Rejection:
     reason: str
     values: dict
     raw: str | None = None  # the record's text, when it could not be split into fields
+    # (reference field, parent id) of each parent the reason says does not exist, so the
+    # run can say "was rejected in this run" once every writer has reported (core.pipeline)
+    missing: tuple = ()
 
     @property
     def where(self):

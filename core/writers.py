@@ -26,6 +26,7 @@ A child table's writer (one holding references, ``core.tables``) also:
   its batch commits.
 """
 
+import dataclasses
 import functools
 import logging
 import os
@@ -245,8 +246,8 @@ class BulkWriter:
             return job, []
         lines = columns.line_list(job.lines, len(job.rows))
         rejections = [
-            self._rejection(
-                lines[i], columns.tuples(_rows_at(job.rows, [i]))[0], "; ".join(problems[i])
+            self._parent_rejection(
+                lines[i], columns.tuples(_rows_at(job.rows, [i]))[0], problems[i]
             )
             for i in sorted(problems)
         ]
@@ -296,7 +297,7 @@ class BulkWriter:
         kept_rows, kept_lines, rejections = [], [], []
         for index, (line, row) in enumerate(zip(lines, rows, strict=True)):
             if index in problems:
-                rejections.append(self._rejection(line, row, "; ".join(problems[index])))
+                rejections.append(self._parent_rejection(line, row, problems[index]))
             else:
                 kept_rows.append(row)
                 kept_lines.append(line)
@@ -319,17 +320,29 @@ class BulkWriter:
             if only_unknown and index not in recheck.unknown.get(reference.field, ()):
                 continue  # the run's own parent: committed before this transaction is
             rejected = recheck.rejected.get(reference.parent, ()) if recheck else ()
+            rejected_in_run = pk in rejected
+            deleted = (
+                reference.parent in suspects
+                and not (recheck and index in recheck.rows)
+                and not self.gate.any_flagged([reference.parent])
+            )
             problem = parent_problem(
                 reference.field,
                 reference.noun,
                 pk,
-                rejected_in_run=pk in rejected,
-                deleted=reference.parent in suspects
-                and not (recheck and index in recheck.rows)
-                and not self.gate.any_flagged([reference.parent]),
+                rejected_in_run=rejected_in_run,
+                deleted=deleted,
             )
-            problems.setdefault(index, []).append(problem.message)
+            absent = None if rejected_in_run or deleted else (reference.field, pk)
+            problems.setdefault(index, []).append((problem.message, absent))
         return problems
+
+    def _parent_rejection(self, line, row, problems):
+        """The Rejection of row for its ``_parent_problems``: the reasons, and the parents
+        said not to exist (``Rejection.missing``, reworded by the run if it rejected them)."""
+        reason = "; ".join(message for message, _absent in problems)
+        missing = tuple(absent for _message, absent in problems if absent is not None)
+        return dataclasses.replace(self._rejection(line, row, reason), missing=missing)
 
     def _rejection(self, line, row, reason):
         values = dict(zip(self.fields, row, strict=False))

@@ -728,3 +728,29 @@ def test_an_order_naming_a_stored_user_and_a_product_of_the_run_waits_for_the_pr
     dumped, reasons = load_rows("csv", rows, tmp_path, {"users": [(5, "Ann", "a@x.com")]})
     assert looked.is_set()
     assert (reasons, stored_ids(dumped)["orders"]) == ([], [1])
+
+
+@all_databases
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_order_naming_a_user_its_writer_rejected_says_it_was_rejected_in_this_run(fmt, tmp_path):
+    """User 2 passes every rule and is refused by the users writer (user 1 has its email):
+    the order naming it says so, as for a user the validator refused (user 3), whichever
+    writer reports first."""
+    rows = {
+        "users": [
+            ("1", "Ann", "ann@example.com"),
+            ("2", "Bob", "ANN@example.com"),
+            ("3", "", "cy@example.com"),
+        ],
+        "products": [("1", "Pen", "1.50")],
+        "orders": [("1", "2", "1", "1"), ("2", "3", "1", "1"), ("3", "9", "1", "1")],
+    }
+    dumped, reasons = load_rows(fmt, rows, tmp_path, batch_size=50)
+    assert stored_ids(dumped) == {"users": [1], "products": [1], "orders": []}
+    assert reasons == [
+        "email 'ANN@example.com' is already used by user 1",
+        "name is required",
+        "user 2 was rejected in this run",
+        "user 3 was rejected in this run",
+        "user 9 does not exist",
+    ]
