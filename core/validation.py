@@ -99,6 +99,23 @@ def shown(value):
     return str(value)
 
 
+def printable(text):
+    """text as a message may quote it to a terminal: each character that is not printable
+    written as its escape (``\x1b``, ``\u202e``; an undecodable input byte, kept as a lone
+    surrogate, as ``\xff``). A header or a file name holding ``ESC [2J`` would otherwise
+    clear the screen of whoever reads the error, or retitle their window."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escaped(char) for char in text)
+
+
+def _escaped(char):
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(char)[1:-1]
+
+
 def _shown_whole(number):
     """A whole number for a message: as written, or how many digits it has when it is far
     beyond any column (Python will not turn an int of over 4,300 digits into text)."""

@@ -6,8 +6,8 @@ import gzip
 import pytest
 
 from core.rows import Expected
-from core.sources import FileSource
-from tests.conftest import all_databases
+from core.sources import FileSource, SourceError
+from tests.conftest import all_databases, manage
 
 ORDERS = [("1", "1", "1", "3"), ("2", "1", "1", "4")]
 
@@ -109,3 +109,55 @@ def test_a_gzipped_semicolon_file_with_a_spreadsheet_header_loads(tmp_path, run_
     out = run_command("insert_data", "--from", str(tmp_path), "--no-progress")
     assert "2 stored, 0 already present, 0 rejected" in out
     assert list(User.objects.order_by("pk").values_list("name", flat=True)) == ["Ann", "Bob"]
+
+
+# --- messages that quote the input never carry its control characters -----------------------
+
+ESCAPES = "\x1b[2J\x1b]0;pwned\x07"  # clear the screen, retitle the window, ring the bell
+
+
+@pytest.mark.parametrize(
+    ("header", "found"),
+    [
+        (f"{ESCAPES},name".encode(), r"\x1b[2J\x1b]0;pwned\x07,name"),
+        (b"i\xffd\x00\x9b,name", r"i\xffd\x00\x9b,name"),  # bytes not UTF-8, a NUL
+        ("id,name,\u202eliame".encode(), r"id,name,\u202eliame"),  # right-to-left override
+    ],
+)
+def test_a_header_is_quoted_with_its_control_characters_escaped(tmp_path, header, found):
+    (tmp_path / "users.csv").write_bytes(header + b"\n1,Ann\n")
+    with pytest.raises(SourceError) as error:
+        FileSource(tmp_path).check()
+    message = str(error.value)
+    assert message.endswith(f"found {found})"), message
+    assert message.isprintable(), message
+
+
+def test_a_header_name_quoted_for_a_broken_record_is_escaped(tmp_path):
+    (tmp_path / "users.csv").write_text(
+        f'id,name,email,{ESCAPES}note\n1,Ann,a@x.com,"x\ny",extra\n', encoding="utf-8"
+    )
+    (malformed,) = read(tmp_path, "users")
+    assert malformed.reason == (
+        r"\x1b[2j\x1b]0;pwned\x07note contains a line break (an unbalanced quote?)"
+    )
+
+
+def test_a_file_name_in_a_warning_is_escaped(tmp_path):
+    (tmp_path / "users.csv").write_text("id,name,email\n1,Ann,a@x.com\n")
+    (tmp_path / f"orders.csv{ESCAPES}").write_text("id,user_id,product_id,quantity\n")
+    (warning,) = FileSource(tmp_path).warnings()
+    assert warning.startswith(rf"{tmp_path}/orders.csv\x1b[2J\x1b]0;pwned\x07: not read ("), warning
+    assert warning.isprintable()
+
+
+def test_insert_data_never_prints_a_control_character_it_read(migrated_dir, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "users.csv").write_text(f"{ESCAPES},name\n1,Ann\n", encoding="utf-8")
+    done = manage("insert_data", "--from", str(source), data_dir=migrated_dir)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"CommandError: {source}/users.csv: missing column(s) id, email (the header must "
+        rf"name id,name,email; found \x1b[2J\x1b]0;pwned\x07,name)"
+    )

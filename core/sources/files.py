@@ -23,6 +23,7 @@ from core.sources.reading import (
     open_csv,
 )
 from core.tables import SPECS, TABLES, fields
+from core.validation import printable
 
 SUFFIXES = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
 EXPECTED = "users, products or orders as .csv, .jsonl, .csv.gz or .jsonl.gz"
@@ -51,7 +52,7 @@ def _why_not_readable(path):
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         if path.is_symlink():
-            return f"a symlink to nothing: {os.readlink(path)}"
+            return f"a symlink to nothing: {printable(os.readlink(path))}"
         return "it disappeared while the directory was read"
     except OSError as exc:
         return f"cannot read ({exc.strerror})"
@@ -105,7 +106,7 @@ class FileSource:
         found = {t: paths[0] for t, paths in candidates.items() if paths}
         if not found:
             if self._skipped:
-                listed = "; ".join(f"{p.name} ({why})" for p, why in self._skipped)
+                listed = "; ".join(f"{printable(p.name)} ({why})" for p, why in self._skipped)
                 raise SourceError(f"{self.directory}: no file could be read. Found: {listed}")
             raise SourceError(f"{self.directory}: no users, products or orders file ({EXPECTED})")
         self._found = found
@@ -117,7 +118,7 @@ class FileSource:
     def warnings(self):
         """One line per file that looks meant for a table but is not read, saying why."""
         self._scan()
-        return [f"{path}: not read ({why})" for path, why in self._skipped]
+        return [f"{printable(str(path))}: not read ({why})" for path, why in self._skipped]
 
     def input_paths(self):
         return [path.resolve() for path in self._scan().values()]

@@ -45,6 +45,7 @@ from operator import itemgetter
 
 from core import columns
 from core.rows import Lines, Malformed, NumberText
+from core.validation import printable
 
 ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
 MAX_RECORD = 1 << 20  # characters in one line, one CSV field or one JSONL record
@@ -214,11 +215,14 @@ class CsvHeader:
         return [self.keys.index(f) for f in wanted]
 
     def shown(self):
+        """The header as found, for a message: control characters escaped (``printable``)."""
         text = self.delimiter.join(self.names)
-        return text if self.delimiter == "," else f"{text!r}, {DELIMITER_NAMES[self.delimiter]}"
+        if self.delimiter == ",":
+            return printable(text)
+        return f"{text!r}, {DELIMITER_NAMES[self.delimiter]}"
 
     def label(self, index):
-        return self.keys[index] if index < len(self.keys) else f"column {index + 1}"
+        return printable(self.keys[index]) if index < len(self.keys) else f"column {index + 1}"
 
 
 DELIMITER_NAMES = {",": "comma-separated", ";": "semicolon-separated", "\t": "tab-separated"}

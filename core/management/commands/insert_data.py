@@ -15,6 +15,7 @@ from core.databases import NotReady, check_ready
 from core.indexes import repair_and_say as repair_indexes
 from core.pool import first_line
 from core.tables import TABLES, alias, fields
+from core.validation import printable
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
@@ -188,7 +189,7 @@ class Command(BaseCommand):
             except (pipeline.LoadError, sources.SourceError) as exc:
                 # a database that failed, or a file that broke off mid-way (a damaged .gz)
                 raise CommandError(
-                    f"{exc}. Batches committed before the failure are kept; "
+                    f"{printable(str(exc))}. Batches committed before the failure are kept; "
                     "run the same command again to finish."
                 ) from exc
             except (Stopped, KeyboardInterrupt) as exc:
@@ -207,9 +208,9 @@ class Command(BaseCommand):
             check_ready(["default", *(alias(t) for t in TABLES)])
             repair_indexes(self.stdout)
         except (sources.SourceError, NotReady, report.OutputError) as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(printable(str(exc))) from exc
         for warning in getattr(source, "warnings", list)():
-            self.stderr.write(f"warning: {warning}")
+            self.stderr.write(f"warning: {printable(warning)}")
         return source, outputs
 
     def outputs(self, source, options):
@@ -270,7 +271,7 @@ class Command(BaseCommand):
             try:
                 write(outputs[option])
             except report.OutputError as exc:
-                raise CommandError(str(exc)) from exc
+                raise CommandError(printable(str(exc))) from exc
             except OSError as exc:  # a disk full, a reader gone
                 raise CommandError(f"cannot write {outputs[option]}: {exc.strerror}") from exc
 
@@ -286,7 +287,7 @@ class Command(BaseCommand):
             ) from exc
 
     def print_result(self, result, show):
-        self.stdout.write(f"insert_data: {result.source}")
+        self.stdout.write(f"insert_data: {printable(result.source)}")
         render(summary_table(result), self.stdout)
         self.stdout.write(totals_line(result))
         self.stdout.write(concurrency_line(result))
@@ -294,6 +295,6 @@ class Command(BaseCommand):
         if rejections:
             self.stdout.write("\nRejected rows:")
             for rejection in rejections[:show]:
-                self.stdout.write(f"  {rejection}")
+                self.stdout.write(f"  {printable(str(rejection))}")
             if len(rejections) > show:
                 self.stdout.write(f"  ... and {len(rejections) - show:,} more (use --rejects FILE)")
