@@ -11,7 +11,9 @@ Every source has the same methods, so the loader never asks which one it has:
   table of whole numbers, a ``core.columns.Block`` (the loader reads ``rows`` otherwise);
 * ``warnings()``: one line per input that looks meant for a table but is not read;
 * ``input_paths()``: the resolved files it reads, so outputs never overwrite them;
-* ``expected(table)``: a ``core.rows.Expected`` for progress bars and their ETA.
+* ``expected(table)``: a ``core.rows.Expected`` for progress bars and their ETA;
+* ``check_unchanged()``, optional: raise ``SourceError`` if a file it read has changed
+  since it was opened (still being written), once the load is done.
 
 Modules: ``reading`` (bytes to records, in bounded memory), ``files`` (a directory),
 ``rejects`` (the rejects file), ``synthetic`` (generated rows).

@@ -15,6 +15,7 @@ from core.rows import Expected
 from core.sources.reading import (
     Opened,
     SourceError,
+    changed,
     csv_rows,
     csv_runs,
     file_size,
@@ -145,6 +146,18 @@ class FileSource:
             return opened.position() if opened is not None else 0
 
         return Expected(total, "bytes", position)
+
+    def check_unchanged(self):
+        """Raise SourceError if a file read in this run has changed since it was opened:
+        rows written to it after its end was read (before it, ``Opened`` stops the run
+        itself) are not loaded, and a re-run must load them."""
+        for opened in self._reading.values():
+            try:
+                now = os.stat(opened.path)
+            except FileNotFoundError:
+                now = None  # removed once read: what was read was whole
+            if problem := changed(opened.path, opened.at_open, now):
+                raise SourceError(problem)
 
     def rows(self, table):
         path = self._scan()[table]

@@ -64,7 +64,18 @@ def too_long(what="line"):
 
 
 class Opened:
-    """A file open for reading as text, and how far into its bytes (compressed, for .gz)."""
+    """A file open for reading as text, and how far into its bytes (compressed, for .gz).
+
+    A file that is still being written is not read as if it were whole: its size and
+    modification time when it was opened are compared when its end is reached, before its
+    last line is handed on (``check_unchanged``), and a file that changed stops the run
+    (``SourceError``; what was committed stays, and the re-run finishes the load). A last
+    line without a line end is otherwise a line like any other, as for Python's csv
+    module, spreadsheets and PostgreSQL's COPY: editors and scripts often write one, and
+    refusing it would refuse their files. A writer that stops in the middle of a line for
+    longer than the whole load cannot be told from a finished file by any reader; a
+    producer that writes to another name and renames the file when done avoids it.
+    """
 
     def __init__(self, path):
         self.path = path
@@ -72,6 +83,7 @@ class Opened:
             self.raw = open(path, "rb")  # noqa: SIM115 - closed by close(), after streaming
         except OSError as exc:
             raise SourceError(f"{path}: cannot read ({exc.strerror})") from exc
+        self.at_open = os.fstat(self.raw.fileno())
         binary = self.raw
         if path.name.endswith(".gz"):
             binary = gzip.GzipFile(fileobj=self.raw, mode="rb")
@@ -114,6 +126,12 @@ class Opened:
         except READ_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read ({exc})") from exc
 
+    def check_unchanged(self):
+        """Raise SourceError if the file's size or modification time is not what it was
+        when it was opened: something is writing it while it is read."""
+        if problem := changed(self.path, self.at_open, os.fstat(self.raw.fileno())):
+            raise SourceError(problem)
+
     def readline(self, size):
         try:
             return self.text.readline(size)
@@ -148,6 +166,7 @@ class Opened:
                 yield ("\n",)  # stands for the long line, numbered in self.overlong
             else:
                 carry = block
+        self.check_unchanged()  # before the last line, which may be cut short if it changed
         if carry:
             yield (carry,)
 
@@ -568,6 +587,7 @@ def _jsonl_line_runs(opened, size):
                 yield range(first, number + 1), lines
             else:
                 yield _numbered(lines, first)
+        opened.check_unchanged()  # before the last line, as Opened.line_blocks does
         if carry:  # the last line has no line end (and a CR may end lines before it)
             yield _numbered(_lines_of(carry + "\n"), number + 1)
     except READ_ERRORS as exc:
@@ -756,6 +776,24 @@ def _whole_or_text(text):
     digits than Python turns into an int (4,300): a 5,000-digit id is then one row's
     rejection ("id must be at most ..."), not the line's, and not a crash."""
     return NumberText(text) if len(text.lstrip("-")) > sys.get_int_max_str_digits() else int(text)
+
+
+def changed(path, before, now):
+    """Say how path changed between two ``os.stat`` results (None: it did not). A file
+    renamed over it counts; a file removed after it was read does not (now is None)."""
+    if now is None or (now.st_ino, now.st_size, now.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    ):
+        return None
+    if now.st_ino != before.st_ino:
+        how = "replaced by another file"
+    elif now.st_size != before.st_size:
+        how = f"{before.st_size:,} bytes when opened, {now.st_size:,} now"
+    else:
+        how = "modified since it was opened"
+    return f"{path}: changed while it was read ({how}), so it may still be being written"
 
 
 def file_size(path):

@@ -186,6 +186,7 @@ class Command(BaseCommand):
                 self.print_result(result, options["show"])
                 self.save(result, outputs)
                 self.record(result)
+                getattr(source, "check_unchanged", lambda: None)()  # a file still being written
             except (pipeline.LoadError, sources.SourceError) as exc:
                 # a database that failed, or a file that broke off mid-way (a damaged .gz)
                 raise CommandError(
