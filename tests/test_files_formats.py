@@ -161,3 +161,66 @@ def test_insert_data_never_prints_a_control_character_it_read(migrated_dir, tmp_
         f"CommandError: {source}/users.csv: missing column(s) id, email (the header must "
         rf"name id,name,email; found \x1b[2J\x1b]0;pwned\x07,name)"
     )
+
+
+# --- files that are not the text their name says --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            '[\n  {"id": 1, "name": "Ann", "email": "a@x.com"},\n'
+            '  {"id": 2, "name": "Bob", "email": "b@x.com"}\n]\n',
+            "this is a JSON array, not JSON Lines (one object per line); "
+            "jq -c '.[]' users.jsonl writes it as JSON Lines",
+        ),
+        (
+            '\ufeff [{"id": 1, "name": "Ann", "email": "a@x.com"}]\n',
+            "this is a JSON array, not JSON Lines (one object per line); "
+            "jq -c '.[]' users.jsonl writes it as JSON Lines",
+        ),
+        (
+            '{\n  "id": 1,\n  "name": "Ann",\n  "email": "a@x.com"\n}\n',
+            "this is pretty-printed JSON, not JSON Lines (one object per line); "
+            "jq -c . users.jsonl writes it as JSON Lines",
+        ),
+    ],
+    ids=["array", "array-on-one-line", "pretty-printed-object"],
+)
+def test_a_json_document_in_a_jsonl_file_stops_the_run_before_anything_is_loaded(
+    tmp_path, text, said
+):
+    """Read line by line, a pretty-printed array loads its last object alone."""
+    (tmp_path / "users.jsonl").write_text(text, encoding="utf-8")
+    with pytest.raises(SourceError) as error:
+        FileSource(tmp_path).check()
+    assert str(error.value) == f"{tmp_path / 'users.jsonl'}: {said}"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        (
+            "users.csv",
+            gzip.compress(b"id,name,email\n1,Ann,a@x.com\n"),
+            "looks gzip-compressed; name it users.csv.gz",
+        ),
+        (
+            "orders.jsonl",
+            gzip.compress(b'{"id": 1, "user_id": 1, "product_id": 1, "quantity": 1}\n'),
+            "looks gzip-compressed; name it orders.jsonl.gz",
+        ),
+        (
+            "users.csv",
+            b"PK\x03\x04\x14\x00\x06\x00[Content_Types].xml",
+            "looks like a ZIP archive (an Excel workbook?), not text; save it as CSV",
+        ),
+    ],
+    ids=["gzip-csv", "gzip-jsonl", "xlsx"],
+)
+def test_compressed_data_under_a_text_name_is_named_not_printed(tmp_path, name, content, said):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SourceError) as error:
+        FileSource(tmp_path).check()
+    assert str(error.value) == f"{tmp_path / name}: {said}"

@@ -22,6 +22,7 @@ from core.sources.reading import (
     jsonl_rows,
     jsonl_runs,
     open_csv,
+    refuse_json_array,
 )
 from core.tables import SPECS, TABLES, fields
 from core.validation import printable
@@ -131,7 +132,7 @@ class FileSource:
                     header, _reader = open_csv(opened, fields(table))
                     header.positions(fields(table))
                 else:
-                    opened.read(1)
+                    refuse_json_array(opened)
 
     def tables(self):
         return [t for t in TABLES if t in self._scan()]

@@ -52,6 +52,8 @@ MAX_RECORD = 1 << 20  # characters in one line, one CSV field or one JSONL recor
 BLOCK = 1 << 16  # characters read at a time: the peak memory of reading is a few blocks
 DELIMITERS = (",", ";", "\t")  # tried on the header line; the one naming most fields wins
 READ_ERRORS = (OSError, EOFError, zlib.error)  # a damaged .gz fails mid-stream
+GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"  # also .xlsx and .ods files, which are ZIP archives
 csv.field_size_limit(MAX_RECORD)
 
 
@@ -84,6 +86,9 @@ class Opened:
         except OSError as exc:
             raise SourceError(f"{path}: cannot read ({exc.strerror})") from exc
         self.at_open = os.fstat(self.raw.fileno())
+        if problem := self._not_text():
+            self.raw.close()
+            raise SourceError(f"{path}: {problem}")
         binary = self.raw
         if path.name.endswith(".gz"):
             binary = gzip.GzipFile(fileobj=self.raw, mode="rb")
@@ -96,6 +101,16 @@ class Opened:
         self.blocks = None  # the blocks of lines not yet handed to it (open_csv)
         self.skipped = 0  # lines read past it, as whole-number blocks (csv_runs)
         self.final = None  # the position when it was closed
+
+    def _not_text(self):
+        """Why the file's first bytes say it is not the text its name promises, or None:
+        read as text, compressed data gives rows of binary garbage, each rejected."""
+        head = self.raw.peek(len(ZIP_MAGIC))[: len(ZIP_MAGIC)]
+        if head.startswith(GZIP_MAGIC) and not self.path.name.endswith(".gz"):
+            return f"looks gzip-compressed; name it {self.path.name}.gz"
+        if head.startswith(ZIP_MAGIC):
+            return "looks like a ZIP archive (an Excel workbook?), not text; save it as CSV"
+        return None
 
     def position(self):
         if self.final is not None:
@@ -794,6 +809,24 @@ def changed(path, before, now):
     else:
         how = "modified since it was opened"
     return f"{path}: changed while it was read ({how}), so it may still be being written"
+
+
+def refuse_json_array(opened):
+    """Raise SourceError if a .jsonl file holds one JSON document over many lines instead
+    of one object per line: each line would be rejected but the last object's, which loads
+    (a pretty-printed array was half loaded that way). Reads the first lines only."""
+    text = opened.read(BLOCK).lstrip()
+    first_line = text.split("\n", 1)[0].strip()
+    if text.startswith("["):
+        what, jq = "a JSON array", "'.[]'"
+    elif first_line == "{":
+        what, jq = "pretty-printed JSON", "."
+    else:
+        return
+    raise SourceError(
+        f"{opened.path}: this is {what}, not JSON Lines (one object per line); "
+        f"jq -c {jq} {opened.path.name} writes it as JSON Lines"
+    )
 
 
 def file_size(path):
