@@ -5,6 +5,7 @@ every write with a newline, which turns rich's in-place redraw into one new line
 refresh. Bars are drawn only when that stream is a terminal.
 """
 
+import re
 import time
 
 from rich.console import Console
@@ -143,6 +144,30 @@ def concurrency_line(result):
     if overlaps:
         return f"Writers at the same time: {', '.join(overlaps)}"
     return "Writers at the same time: none (each finished before the next began)"
+
+
+def encoding_hints(result):
+    """One line per table most of whose rows were rejected for bytes that are not UTF-8:
+    the file is most likely in another encoding, which --encoding names (each row alone
+    says only that it is not UTF-8). Such bytes are read as the surrogates U+DC80-U+DCFF
+    (surrogateescape); a lone surrogate written as a JSON escape is no sign of it."""
+    hints = []
+    for table in result.tables.values():
+        bad = sum(1 for r in result.rejections if r.table == table.table and _undecoded(r))
+        if bad and bad * 2 > table.read:
+            hints.append(
+                f"most {table.table} rows ({bad:,} of {table.read:,}) are not valid UTF-8: "
+                "if the file is in another encoding, give it, e.g. --encoding latin-1 "
+                "(or cp1252, utf-16)"
+            )
+    return hints
+
+
+UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _undecoded(rejection):
+    return any(isinstance(v, str) and UNDECODED.search(v) for v in rejection.values.values())
 
 
 def totals_line(result):

@@ -53,6 +53,9 @@ LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 FORBIDDEN_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
+NOT_UTF8 = "is not valid UTF-8 text"  # also counted per table for the --encoding hint
+
+
 class Problem(NamedTuple):
     field: str | None
     message: str
@@ -218,7 +221,7 @@ def _whole_number(value, field):
         raise Invalid(field, f"{field} is required")
     if isinstance(value, str):
         if not _is_valid_text(value):
-            raise Invalid(field, f"{field} is not valid UTF-8 text")
+            raise Invalid(field, f"{field} {NOT_UTF8}")
         text = value.strip()
         if PLAIN_NUMBER_RE.fullmatch(text):
             number = Decimal(text)
@@ -326,7 +329,7 @@ def decimal_rule(field, places, max_digits, positive):
             value = repr(value)
         if isinstance(value, str):
             if not _is_valid_text(value):
-                raise Invalid(field, f"{field} is not valid UTF-8 text")
+                raise Invalid(field, f"{field} {NOT_UTF8}")
             text = value.strip()
             if not PLAIN_NUMBER_RE.fullmatch(text):
                 reason = _number_text_problem(field, text)
@@ -367,7 +370,7 @@ def text_rule(field, max_length, pattern=None, what=None):
         if (bad := FORBIDDEN_RE.search(value)) is not None:
             char = bad.group()
             if "\ud800" <= char <= "\udfff":
-                raise Invalid(field, f"{field} is not valid UTF-8 text")
+                raise Invalid(field, f"{field} {NOT_UTF8}")
             if char in LINE_BREAKS:
                 raise Invalid(field, f"{field} contains a line break")
             raise Invalid(field, f"{field} contains a control character (U+{ord(char):04X})")

@@ -2,8 +2,11 @@
 tab between fields, gzipped files, and the progress a file source reports."""
 
 import gzip
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from core.rows import Expected
 from core.sources import FileSource, SourceError
@@ -224,3 +227,98 @@ def test_compressed_data_under_a_text_name_is_named_not_printed(tmp_path, name, 
     with pytest.raises(SourceError) as error:
         FileSource(tmp_path).check()
     assert str(error.value) == f"{tmp_path / name}: {said}"
+
+
+# --- --encoding -------------------------------------------------------------------------------
+
+LATIN = "id,name,email\n1,José,jose@example.com\n2,Renée,renee@example.com\n3,Ann,ann@example.com\n"
+
+
+def insert(directory, *options):
+    out, err = StringIO(), StringIO()
+    call_command(
+        "insert_data", "--from", str(directory), "--no-progress", *options, stdout=out, stderr=err
+    )
+    return out.getvalue(), err.getvalue()
+
+
+@all_databases
+@pytest.mark.parametrize(
+    ("encoding", "name", "text"),
+    [
+        ("latin-1", "users.csv", LATIN),
+        ("cp1252", "users.csv", LATIN.replace("Ann", "Ann €")),
+        ("utf-16", "users.csv", LATIN),
+        ("latin-1", "users.jsonl", '{"id": 1, "name": "José", "email": "jose@example.com"}\n'),
+    ],
+    ids=["latin-1", "cp1252", "utf-16", "latin-1-jsonl"],
+)
+def test_files_in_another_encoding_load_with_encoding(tmp_path, encoding, name, text):
+    from core.models import User
+
+    (tmp_path / name).write_bytes(text.encode(encoding))
+    out, err = insert(tmp_path, "--encoding", encoding)
+    assert " 0 rejected" in out and err == "", out + err
+    names = [line.split(",")[1] for line in text.splitlines()[1:]]
+    if name.endswith(".csv"):
+        assert list(User.objects.order_by("pk").values_list("name", flat=True)) == names
+    else:
+        assert User.objects.get().name == "José"
+
+
+@all_databases
+def test_a_file_whose_rows_mostly_fail_utf8_gets_one_hint_naming_encoding(tmp_path):
+    (tmp_path / "users.csv").write_bytes(LATIN.encode("latin-1"))
+    out, err = insert(tmp_path)
+    assert "users #1 (line 2): name is not valid UTF-8 text" in out
+    assert err == (
+        "warning: most users rows (2 of 3) are not valid UTF-8: if the file is in another "
+        "encoding, give it, e.g. --encoding latin-1 (or cp1252, utf-16)\n"
+    )
+
+
+@all_databases
+def test_one_row_that_fails_utf8_gets_no_hint(tmp_path):
+    (tmp_path / "users.csv").write_bytes(
+        LATIN.replace("José", "Jos\udce9").encode("utf-8", "surrogateescape")
+    )
+    out, err = insert(tmp_path)
+    assert "users #1 (line 2): name is not valid UTF-8 text" in out and err == ""
+
+
+def test_a_utf16_file_read_as_utf8_is_named_before_anything_is_read(tmp_path):
+    (tmp_path / "users.csv").write_bytes(LATIN.encode("utf-16"))
+    with pytest.raises(SourceError) as error:
+        FileSource(tmp_path).check()
+    assert str(error.value) == (
+        f"{tmp_path / 'users.csv'}: starts with a UTF-16 byte-order mark; give --encoding utf-16"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--encoding", "klingon"],
+            "--encoding klingon: Python knows no such encoding; give one "
+            "such as utf-8, latin-1, cp1252 or utf-16",
+        ),
+        (
+            ["--encoding", "hex"],
+            "--encoding hex: not a text encoding; give one such as utf-8, "
+            "latin-1, cp1252 or utf-16",
+        ),
+    ],
+    ids=["unknown", "not-text"],
+)
+def test_an_encoding_python_cannot_read_text_with_is_refused(tmp_path, args, message):
+    (tmp_path / "users.csv").write_text(LATIN)
+    with pytest.raises(CommandError) as error:
+        insert(tmp_path, *args)
+    assert str(error.value) == message
+
+
+def test_encoding_without_from_is_refused():
+    with pytest.raises(CommandError) as error:
+        call_command("insert_data", "--encoding", "latin-1", "--no-progress")
+    assert str(error.value) == "--encoding is for files read with --from"

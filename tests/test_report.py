@@ -34,9 +34,11 @@ def write(directory, name, content):
 
 
 def rejected(out):
+    """The rejection lines printed (not the warnings after them, such as --encoding's)."""
     if "\nRejected rows:\n" not in out:
         return []
-    return [line.strip() for line in out.split("\nRejected rows:\n", 1)[1].splitlines()]
+    lines = out.split("\nRejected rows:\n", 1)[1].splitlines()
+    return [line.strip() for line in lines if not line.startswith("warning: ")]
 
 
 def summary(out):

@@ -416,8 +416,8 @@ def test_a_csv_only_fast_path_that_rejects_repeated_ids_fails_the_property(case_
     original = RunValidator.validate
     csv_runs = files.csv_runs
 
-    def as_lists(path, wanted, track=None, whole_numbers=False):  # as csv.reader gives them
-        for run in csv_runs(path, wanted, track):
+    def as_lists(path, wanted, track=None, whole_numbers=False, encoding=None):  # as csv.reader
+        for run in csv_runs(path, wanted, track, encoding=encoding):
             yield [(line, list(v) if isinstance(v, tuple) else v) for line, v in run]
 
     def validate(self, table, batch):

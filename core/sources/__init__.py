@@ -48,13 +48,14 @@ def demo_source():
     return source
 
 
-def source_for_path(path):
-    """A directory of files, or a rejects CSV being fed back."""
+def source_for_path(path, encoding=None):
+    """A directory of files, or a rejects CSV being fed back; encoding: of the files (None:
+    UTF-8), any codec Python knows."""
     path = Path(path)
     if path.is_file() and is_data_file_name(path.name):
         raise SourceError(
             f"--from {path}: give the directory that holds it, not the file: --from {path.parent}"
         )
     if path.is_file():
-        return RejectsFileSource(path)
-    return FileSource(path)
+        return RejectsFileSource(path, encoding)
+    return FileSource(path, encoding)

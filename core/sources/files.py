@@ -72,8 +72,9 @@ def _why_not_readable(path):
 class FileSource:
     """The users, products and orders files (.csv or .jsonl, maybe gzipped) of one directory."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, encoding=None):
         self.directory = Path(directory)
+        self.encoding = encoding  # of every file (None: UTF-8), as --encoding names it
         self.label = str(self.directory)
         self._found = None
         self._skipped = []  # (path, why not read)
@@ -127,7 +128,7 @@ class FileSource:
 
     def check(self):
         for table, path in self._scan().items():
-            with Opened(path) as opened:
+            with Opened(path, self.encoding) as opened:
                 if _is_csv(path):
                     header, _reader = open_csv(opened, fields(table))
                     header.positions(fields(table))
@@ -163,13 +164,17 @@ class FileSource:
     def rows(self, table):
         path = self._scan()[table]
         read = csv_rows if _is_csv(path) else jsonl_rows
-        return read(path, fields(table), track=self._tracker(table))
+        return read(path, fields(table), track=self._tracker(table), encoding=self.encoding)
 
     def runs(self, table):
         path = self._scan()[table]
         read = csv_runs if _is_csv(path) else jsonl_runs
         return read(
-            path, fields(table), self._tracker(table), whole_numbers=SPECS[table].whole_numbers
+            path,
+            fields(table),
+            self._tracker(table),
+            whole_numbers=SPECS[table].whole_numbers,
+            encoding=self.encoding,
         )
 
     def _tracker(self, table):

@@ -32,6 +32,7 @@ first with plain numbers and reads it in a few numpy passes (1M orders in about 
 instead of about 9 s). Any other run goes line by line.
 """
 
+import codecs
 import csv
 import gzip
 import io
@@ -51,7 +52,9 @@ ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
 MAX_RECORD = 1 << 20  # characters in one line, one CSV field or one JSONL record
 BLOCK = 1 << 16  # characters read at a time: the peak memory of reading is a few blocks
 DELIMITERS = (",", ";", "\t")  # tried on the header line; the one naming most fields wins
-READ_ERRORS = (OSError, EOFError, zlib.error)  # a damaged .gz fails mid-stream
+# a damaged .gz fails mid-stream; a codec other than UTF-8 may fail where surrogateescape
+# cannot keep the bytes (an odd byte at the end of a UTF-16 file)
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeError)
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"  # also .xlsx and .ods files, which are ZIP archives
 csv.field_size_limit(MAX_RECORD)
@@ -59,6 +62,14 @@ csv.field_size_limit(MAX_RECORD)
 
 class SourceError(Exception):
     """A problem with the input as a whole; the run stops before writing anything."""
+
+
+def text_encoding(name):
+    """The codec to read a file with: name (any Python knows), or UTF-8 when it is None;
+    UTF-8 always as ``utf-8-sig``, which drops a spreadsheet's byte-order mark."""
+    if name is None or codecs.lookup(name).name == "utf-8":
+        return ENCODING
+    return name
 
 
 def too_long(what="line"):
@@ -79,8 +90,9 @@ class Opened:
     producer that writes to another name and renames the file when done avoids it.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, encoding=None):
         self.path = path
+        self.encoding = encoding  # None: UTF-8, a byte-order mark allowed (ENCODING)
         try:
             self.raw = open(path, "rb")  # noqa: SIM115 - closed by close(), after streaming
         except OSError as exc:
@@ -94,7 +106,7 @@ class Opened:
             binary = gzip.GzipFile(fileobj=self.raw, mode="rb")
         # surrogateescape keeps undecodable bytes, so the validator rejects only that row
         self.text = io.TextIOWrapper(
-            binary, encoding=ENCODING, errors="surrogateescape", newline=""
+            binary, encoding=text_encoding(encoding), errors="surrogateescape", newline=""
         )
         self.overlong = set()  # numbers of the lines replaced by a blank line
         self.counter = None  # the csv reader, whose line_num numbers the lines handed out
@@ -110,6 +122,8 @@ class Opened:
             return f"looks gzip-compressed; name it {self.path.name}.gz"
         if head.startswith(ZIP_MAGIC):
             return "looks like a ZIP archive (an Excel workbook?), not text; save it as CSV"
+        if self.encoding is None and head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return "starts with a UTF-16 byte-order mark; give --encoding utf-16"
         return None
 
     def position(self):
@@ -139,7 +153,13 @@ class Opened:
         try:
             return self.text.read(size)
         except READ_ERRORS as exc:
-            raise SourceError(f"{self.path}: cannot read ({exc})") from exc
+            raise self.read_error(exc) from exc
+
+    def read_error(self, exc):
+        if isinstance(exc, UnicodeError):
+            encoding = self.encoding or "UTF-8"
+            return SourceError(f"{self.path}: cannot read it as {encoding} ({exc})")
+        return SourceError(f"{self.path}: cannot read ({exc})")
 
     def check_unchanged(self):
         """Raise SourceError if the file's size or modification time is not what it was
@@ -151,7 +171,7 @@ class Opened:
         try:
             return self.text.readline(size)
         except READ_ERRORS as exc:
-            raise SourceError(f"{self.path}: cannot read ({exc})") from exc
+            raise self.read_error(exc) from exc
 
     def line_blocks(self):
         """Yield iterables of complete lines, about BLOCK characters at a time.
@@ -349,13 +369,13 @@ class Pushback:
         self.back.append(item)
 
 
-def csv_rows(path, wanted, track=None):
+def csv_rows(path, wanted, track=None, encoding=None):
     """Return an iterator of (line, values) per record of a data file after its header;
     blank lines are skipped. ``track(opened)`` is told the open file (for progress)."""
-    return chain.from_iterable(csv_runs(path, wanted, track))
+    return chain.from_iterable(csv_runs(path, wanted, track, encoding=encoding))
 
 
-def csv_runs(path, wanted, track=None, whole_numbers=False):
+def csv_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
     """Return an iterator of runs of (line, values), in file order.
 
     The csv module splits ``FAST_RECORDS`` records at a time, in C. A run where every record
@@ -369,11 +389,11 @@ def csv_runs(path, wanted, track=None, whole_numbers=False):
     to ``columns.parse``; a block it takes goes out as one ``columns.Block``, never seen by
     the csv module, and any other goes to the csv module as above.
     """
-    return _csv_runs(path, wanted, track, whole_numbers)
+    return _csv_runs(path, wanted, track, whole_numbers, encoding)
 
 
-def _csv_runs(path, wanted, track, whole_numbers):
-    with Opened(path) as opened:
+def _csv_runs(path, wanted, track, whole_numbers, encoding):
+    with Opened(path, encoding) as opened:
         if track is not None:
             track(opened)
         log = LineLog()
@@ -557,9 +577,9 @@ def _records(opened, header, reader):
 JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
-def jsonl_rows(path, wanted, track=None):
+def jsonl_rows(path, wanted, track=None, encoding=None):
     """Yield (line, values) per non-blank line, reading at most MAX_RECORD characters of it."""
-    with Opened(path) as opened:
+    with Opened(path, encoding) as opened:
         if track is not None:
             track(opened)
         yield from _jsonl_rows(opened, wanted)  # json.loads dwarfs the extra generator
@@ -606,7 +626,7 @@ def _jsonl_line_runs(opened, size):
         if carry:  # the last line has no line end (and a CR may end lines before it)
             yield _numbered(_lines_of(carry + "\n"), number + 1)
     except READ_ERRORS as exc:
-        raise SourceError(f"{opened.path}: cannot read ({exc})") from exc
+        raise opened.read_error(exc) from exc
 
 
 def _lines_of(text):
@@ -671,7 +691,7 @@ JSONL_RUN = 4096  # lines offered to columns.parse_jsonl at once
 JSONL_RUN_CHARS = 4 * BLOCK  # and at most about this many characters of them
 
 
-def jsonl_runs(path, wanted, track=None, whole_numbers=False):
+def jsonl_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
     """Return an iterator of runs of (line, values), in file order: exactly what
     ``jsonl_rows`` gives, read ``JSONL_RUN`` lines (fewer when they are long) at a time.
 
@@ -680,7 +700,7 @@ def jsonl_runs(path, wanted, track=None, whole_numbers=False):
     is first offered to ``columns.parse_jsonl``, and one it takes goes out as one
     ``columns.Block``.
     """
-    with Opened(path) as opened:
+    with Opened(path, encoding) as opened:
         if track is not None:
             track(opened)
         for numbers, texts in _jsonl_line_runs(opened, JSONL_RUN_CHARS):

@@ -1,6 +1,8 @@
 import argparse
 import atexit
+import codecs
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -10,7 +12,14 @@ from django.core.management.base import BaseCommand, CommandError, DjangoHelpFor
 from django.db import DatabaseError, connections
 
 from core import pipeline, report, sources
-from core.console import concurrency_line, progress_for, render, summary_table, totals_line
+from core.console import (
+    concurrency_line,
+    encoding_hints,
+    progress_for,
+    render,
+    summary_table,
+    totals_line,
+)
 from core.databases import NotReady, check_ready
 from core.indexes import repair_and_say as repair_indexes
 from core.pool import first_line
@@ -51,6 +60,28 @@ def _exit_now(code):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _codec(name):
+    """name if Python can read text with it (``--encoding``), else a one-line error."""
+    if name is None:
+        return None
+    try:
+        codecs.lookup(name)
+        why = None
+    except LookupError:
+        why = "Python knows no such encoding"
+    if why is None:
+        try:
+            io.TextIOWrapper(io.BytesIO(), encoding=name)
+        except LookupError:  # a codec of bytes to bytes (hex, zlib)
+            why = "not a text encoding"
+    if why:
+        raise CommandError(
+            f"--encoding {printable(name)}: {why}; give one such as utf-8, latin-1, cp1252 "
+            "or utf-16"
+        )
+    return name
 
 
 class _HelpFormatter(DjangoHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -144,6 +175,12 @@ class Command(BaseCommand):
             help="a directory with users/products/orders .csv or .jsonl files, "
             "or a rejects CSV (from --rejects) after fixing it",
         )
+        src.add_argument(
+            "--encoding",
+            metavar="CODEC",
+            help="the encoding of the --from files (default UTF-8; any codec Python knows, "
+            "e.g. latin-1, cp1252, utf-16)",
+        )
         src.add_argument("--users", type=int, default=0, metavar="N", help="generate N users")
         src.add_argument("--products", type=int, default=0, metavar="N", help="generate N products")
         src.add_argument("--orders", type=int, default=0, metavar="N", help="generate N orders")
@@ -184,6 +221,9 @@ class Command(BaseCommand):
                         source, batch_size=options["batch_size"], progress=progress
                     )
                 self.print_result(result, options["show"])
+                if not options["encoding"]:
+                    for hint in encoding_hints(result):
+                        self.stderr.write(f"warning: {hint}")
                 self.save(result, outputs)
                 self.record(result)
                 getattr(source, "check_unchanged", lambda: None)()  # a file still being written
@@ -228,8 +268,10 @@ class Command(BaseCommand):
         generated = any(options[k] for k in ("users", "products", "orders"))
         if options["source"] and generated:
             raise CommandError("use either --from or --users/--products/--orders, not both")
+        if options["encoding"] and not options["source"]:
+            raise CommandError("--encoding is for files read with --from")
         if options["source"]:
-            return sources.source_for_path(options["source"])
+            return sources.source_for_path(options["source"], _codec(options["encoding"]))
         if generated or any(options[k] < 0 for k in ("users", "products", "orders")):
             return sources.SyntheticSource(
                 options["users"], options["products"], options["orders"], options["seed"]
