@@ -17,7 +17,13 @@ The rules, one sentence each:
   field has the ``Positive`` validator.
 * Text: required, trimmed, valid UTF-8, no line breaks, no control characters except tab,
   at most ``max_length`` characters. Emails also match a simple address shape.
+* Emails hold no invisible character (``INVISIBLE``: zero-width spaces and joiners, bidi
+  controls, soft hyphens...): ``zw\u200bs@x`` looks like ``zws@x`` and is another address.
 * Emails are compared by ``email_key`` (NFKC, case-folded, trimmed), in Python, everywhere.
+  Letters that merely look alike stay distinct (Turkish ``ı`` and ``i``, Cyrillic ``а``
+  and Latin ``a``): they are different letters, so different mailboxes to a mail server,
+  and folding them (Unicode's confusable skeletons) would refuse real people whose
+  addresses differ by one, and change the key of every stored row.
 
 Rules that need other rows (unique keys, references) live in ``core.pipeline.RunValidator``
 and ``core.guard``; their wording lives here (``parent_problem``).
@@ -44,7 +50,19 @@ INT_RANGES = {
 QUANTITY_MAX = 2**31 - 1
 # Deliberately simple: one "@", no spaces, a dot in the domain. Django's EmailValidator is
 # stricter but ten times slower, which matters at a million rows.
-EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+# What shows as nothing but makes two texts differ: every format character (Unicode
+# category Cf: zero-width space, joiners, bidi controls, soft hyphen, byte-order mark, tags)
+# and the default-ignorable letters and marks (combining grapheme joiner, Hangul fillers,
+# variation selectors). tests/test_validation.py checks the list against unicodedata.
+INVISIBLE = (
+    "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f"
+    "\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+    "\U000e0100-\U000e01ef"
+)
+INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
+EMAIL_RE = re.compile(f"[^@\\s{INVISIBLE}]+@[^@\\s.{INVISIBLE}]+(\\.[^@\\s.{INVISIBLE}]+)+")
 PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 # One scan finds everything a text value may not contain: line breaks, control characters
@@ -380,6 +398,12 @@ def text_rule(field, max_length, pattern=None, what=None):
         if len(text) > max_length:
             raise Invalid(field, f"{field} is longer than {max_length} characters")
         if pattern is not None and not pattern.fullmatch(text):
+            if invisible := INVISIBLE_RE.search(text):  # a pattern refuses them (EMAIL_RE)
+                raise Invalid(
+                    field,
+                    f"{field} contains an invisible character (U+{ord(invisible.group()):04X}): "
+                    "it looks the same as the address without it",
+                )
             raise Invalid(field, f"{field} is not {what} (got {shown(value)})")
         return text
 

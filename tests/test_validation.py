@@ -243,3 +243,39 @@ def test_one_comparison_key_for_emails(a, b):
 @given(st.text(st.characters(codec="ascii"), max_size=30) | st.text(max_size=30))
 def test_the_ascii_way_to_the_email_key_is_the_general_one(text):
     assert email_key(text) == reference_rules.email_key(text)
+
+
+def test_the_invisible_characters_are_every_format_character_and_default_ignorable_letter():
+    """core.validation.INVISIBLE, written out as ranges, against this Python's Unicode data
+    (a newer Unicode with new format characters fails here until the list is extended)."""
+    import sys
+
+    from core.validation import INVISIBLE_RE
+
+    listed = {c for c in range(sys.maxunicode + 1) if INVISIBLE_RE.match(chr(c))}
+    assert listed == {c for c in range(sys.maxunicode + 1) if reference_rules.invisible(chr(c))}
+
+
+@pytest.mark.parametrize(
+    ("email", "code"),
+    [
+        ("zw\u200bs@example.com", "200B"),  # zero-width space
+        ("ann\u00ad@example.com", "00AD"),  # soft hyphen
+        ("ann@exam\u200dple.com", "200D"),  # zero-width joiner
+        ("\u202eann@example.com", "202E"),  # right-to-left override
+        ("a\u034fnn@example.com", "034F"),  # combining grapheme joiner
+        ("ann@example.com\ufeff", "FEFF"),  # byte-order mark
+    ],
+)
+def test_an_email_with_an_invisible_character_is_refused(email, code):
+    assert reasons(clean_user(("1", "Ann", email))[1]) == [
+        f"email contains an invisible character (U+{code}): it looks the same as the "
+        "address without it"
+    ]
+
+
+def test_letters_that_only_look_alike_make_different_emails():
+    """Documented choice (core.validation): a dotless i is another letter, so another
+    mailbox; both are accepted, and their keys differ."""
+    assert reasons(clean_user(("1", "Ann", "zw\u0131s@example.com"))[1]) == []
+    assert email_key("zw\u0131s@example.com") != email_key("zwis@example.com")

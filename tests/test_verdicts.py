@@ -53,6 +53,7 @@ BAD_NAMES = ["A" * 201, "", "  ", "\t", "Ann\nLee", "Ann\rLee", "Ann\u2028Lee", 
 BAD_NAMES += ["Ann\x1b", "Ann\x7f"]
 CASED = ["ann", "ANN", "änn", "ÄNN", "a\u0308nn", "straße", "STRASSE", "Strasse", "ﬀ", "FF"]
 LOCALS = CASED + ["bob", "cy", "dee", "eve", "fay", "gus", "hal", "ida", "jo", "kim"]
+LOCALS += ["kım", "k\u200bim", "ki\u00adm"]  # a look-alike letter; invisible characters
 DOMAINS = ["example.com", "EXAMPLE.com"]
 BAD_EMAILS = ["ann", "ann@example", "a nn@example.com", "ann@@example.com", "", "ann@x.com\n"]
 PRICES = ["1.5", "1.50", "1.500", "2", "0.01", ".5", "5.", " 2.5 ", "9999999999.99"]
