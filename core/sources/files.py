@@ -7,6 +7,7 @@ not read and is named in ``warnings()``: a silent 0 for a table is the worst ans
 scan never opens anything that is not a regular file, so a FIFO cannot hang it.
 """
 
+import difflib
 import os
 import stat
 from pathlib import Path
@@ -43,9 +44,25 @@ def is_data_file_name(name):
 
 
 def _looks_like(name):
-    """Return the table a file name seems meant for, or None (``Orders.CSV`` -> orders)."""
-    stem = name.split(".", 1)[0].strip().casefold()
-    return stem if stem in TABLES else None
+    """Return the table a file name seems meant for, or None: ``Orders.CSV`` -> orders, and
+    a near miss such as ``product.csv`` or ``ordres.csv`` (``difflib``'s ratio of at least
+    0.8), which would otherwise be left out without a word."""
+    stem = _stem(name).casefold()
+    if stem in TABLES:
+        return stem
+    close = difflib.get_close_matches(stem, TABLES, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _stem(name):
+    return name.split(".", 1)[0].strip()
+
+
+def _near_miss(name, table):
+    """Why name, meant for table but not named for it (``product.csv``), is not read."""
+    suffix = name[len(name.split(".", 1)[0]) :].casefold()
+    meant = table + (suffix if suffix in SUFFIXES else ".csv")
+    return f"no table is called '{printable(_stem(name))}'; did you mean {meant}?"
 
 
 def _why_not_readable(path):
@@ -99,6 +116,8 @@ class FileSource:
                     continue
             elif is_data_file_name(name.casefold()):
                 why = f"file names are lower case: rename it {name.casefold()}"
+            elif _stem(name).casefold() != table:
+                why = _near_miss(name, table)
             else:
                 why = f"unknown extension: name it {table}.csv, .jsonl, .csv.gz or .jsonl.gz"
             self._skipped.append((path, why))
