@@ -29,6 +29,7 @@ Rules that need other rows (unique keys, references) live in ``core.pipeline.Run
 and ``core.guard``; their wording lives here (``parent_problem``).
 """
 
+import json
 import math
 import re
 import unicodedata
@@ -108,15 +109,29 @@ class Positive:
 SHOWN_CHARACTERS = 100  # a longer value is cut in a message (the rejects file keeps it whole)
 
 
+JSON_WORDS = {True: "true", False: "false", None: "null"}
+
+
 def shown(value):
     """Render a raw value for a message: strings quoted, everything else as written; a
-    value longer than ``SHOWN_CHARACTERS`` is cut, with its length (a 5,000-digit id)."""
+    value longer than ``SHOWN_CHARACTERS`` is cut, with its length (a 5,000-digit id).
+
+    true, false and null, arrays and objects are written as JSON writes them, not as
+    Python does (``True``, ``{'a': 1}``): a JSON Lines file is where they come from.
+    """
     if isinstance(value, str):
         if len(value) > SHOWN_CHARACTERS:
             return f"{shown(value[: SHOWN_CHARACTERS // 2])[:-1]}...' ({len(value):,} characters)"
         if not _is_valid_text(value):
             return repr(value.encode("utf-8", "surrogateescape"))
         return repr(value)
+    if value is None or isinstance(value, bool):
+        return JSON_WORDS[value]
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        if len(text) > SHOWN_CHARACTERS:
+            text = f"{text[: SHOWN_CHARACTERS // 2]}... ({len(text):,} characters)"
+        return printable(text)
     return str(value)
 
 

@@ -222,11 +222,33 @@ def test_jsonl_rejections_name_the_line_and_the_problem(tmp_path, load):
     write(tmp_path, "users.jsonl", "\n".join(lines) + "\n")
     assert load(tmp_path) == [
         "users (line 2): id must be a whole number (got 6.5)",
-        "users (line 3): id must be a whole number (got True)",
+        "users (line 3): id must be a whole number (got true)",
         "users (line 5): id must be a whole number (got 'eight')",
         "users #9 (line 6): name is not valid UTF-8 text",
     ]
     assert [u[0] for u in users()] == [1, 12]
+
+
+@all_databases
+def test_jsonl_keys_match_in_any_case_with_spaces_as_csv_headers_do(tmp_path, load):
+    lines = [
+        '{"ID": 1, "Name": "Ann", " EMAIL ": "ann@example.com"}',
+        '{"id": 2, "ID": 99, "name": "Bob", "email": "bob@example.com"}',  # exact key wins
+        '{"Id": 3, "iD": 4, "name": "Cy", "email": "cy@example.com"}',
+    ]
+    write(tmp_path, "users.jsonl", "\n".join(lines) + "\n")
+    assert load(tmp_path) == ["users (line 3): field id is given twice ('Id' and 'iD')"]
+    assert [u[0] for u in users()] == [1, 2]
+
+
+def test_json_values_are_quoted_in_json_not_python(tmp_path):
+    from core.tables import SPECS
+
+    _row, problems = SPECS["users"].clean((False, {"first": "Ann", "tags": [None]}, "a@x.com"))
+    assert [message for _field, message in problems] == [
+        "id must be a whole number (got false)",
+        'name must be text (got {"first": "Ann", "tags": [null]})',
+    ]
 
 
 def test_jsonl_lines_that_cannot_be_split_say_why_and_keep_their_text(tmp_path):

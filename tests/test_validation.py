@@ -137,7 +137,7 @@ def test_product_names_need_not_be_unique_but_must_exist():
         ("-1", "quantity must be at least 1 (got -1)"),
         ("2.5", "quantity must be a whole number (got '2.5')"),
         (2.5, "quantity must be a whole number (got 2.5)"),
-        (True, "quantity must be a whole number (got True)"),
+        (True, "quantity must be a whole number (got true)"),
         ("", "quantity is required"),
     ],
 )

@@ -683,8 +683,30 @@ def _jsonl_row(number, text, wanted):
         return number, Malformed(record, text)
     missing = [n for n in wanted if n not in record]
     if missing:
+        record = _by_header_name(record)
+        if isinstance(record, str):
+            return number, Malformed(record, text)
+        missing = [n for n in wanted if n not in record]
+    if missing:
         return number, Malformed(f"missing field(s) {', '.join(missing)}", text)
     return number, tuple(record[n] for n in wanted)
+
+
+def _by_header_name(record):
+    """record keyed as a CSV header is matched (``normalized``: any case, spaces, a BOM),
+    or a str saying which keys collide. Only for a line that lacks a wanted key as
+    written, so lines keyed exactly (every fast path) pay nothing; a key written exactly
+    wins over one that only matches this way."""
+    keyed = {}
+    for key, value in record.items():
+        name = normalized(key)
+        if name in keyed:
+            return (
+                f"field {printable(name)} is given twice "
+                f"({printable(keyed[name][0])!r} and {printable(key)!r})"
+            )
+        keyed[name] = (key, value)
+    return {name: value for name, (_key, value) in keyed.items()}
 
 
 JSONL_RUN = 4096  # lines offered to columns.parse_jsonl at once
