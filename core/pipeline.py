@@ -478,12 +478,14 @@ def _load(source, batch_size, progress):
     validator = RunValidator()
     pool = WriterPool(present, functools.partial(_make_writer, snapshot=snapshot), _describe)
 
+    reported = dict.fromkeys(present, 0)  # rows of the batches whose report was read
+
     def on_report(report):
         _apply_batch(result, report)
         written = report.written
-        progress.advance(
-            report.table, written=written.stored + written.present + len(written.rejections)
-        )
+        rows = written.stored + written.present + len(written.rejections)
+        reported[report.table] += rows
+        progress.advance(report.table, written=rows)
 
     pool.start()
     try:
@@ -510,5 +512,15 @@ def _load(source, batch_size, progress):
     finally:
         pool.close()
         connections.close_all()
+        _count_unreported(pool, reported, progress)
     result.finished = time.time()
     return result
+
+
+def _count_unreported(pool, reported, progress):
+    """Tell progress about batches committed but not reported yet: a run stopped (Ctrl-C)
+    or failed leaves their reports unread, and what it says was kept must count them
+    ("users 50,000" was said when 100,000 were committed)."""
+    for table, rows in reported.items():
+        if unreported := pool.committed_rows(table) - rows:
+            progress.advance(table, written=unreported)

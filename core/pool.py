@@ -371,6 +371,7 @@ class WriterPool:
         self.outbox = self.context.Queue()
         self.inboxes = {t: self.context.Queue(QUEUE_BATCHES) for t in self.tables}
         self.sent = dict.fromkeys(self.tables, 0)
+        self.sizes = {t: [] for t in self.tables}  # rows of each batch sent, in order
         self.done = set()
         self.processes = {}
         self.error = None
@@ -411,6 +412,7 @@ class WriterPool:
     def send(self, table, lines, rows, after, on_report, recheck=frozenset()):
         """Queue one batch for table's writer; on_report(report) gets every report meanwhile."""
         self.sent[table] += 1
+        self.sizes[table].append(len(rows))
         job = Job(self.sent[table], lines, rows, after, recheck)
         while True:
             try:
@@ -435,6 +437,12 @@ class WriterPool:
                 self.done.add(message.table)
             elif message.kind == "batch":
                 on_report(message)
+
+    def committed_rows(self, table):
+        """Rows in the batches table's writer has committed, from the count it shares
+        (``committed``), whether or not its reports have been read: after a stop, the
+        reports still in the queue are never read, but their rows are kept."""
+        return sum(self.sizes[table][: self.committed[table].value])
 
     def _exited_normally_unheard(self, tables):
         return any(t not in self.done and self.processes[t].exitcode == 0 for t in tables)
