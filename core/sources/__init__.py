@@ -22,7 +22,7 @@ Modules: ``reading`` (bytes to records, in bounded memory), ``files`` (a directo
 from pathlib import Path
 
 from core.sources.files import FileSource, is_data_file_name
-from core.sources.reading import MAX_RECORD, SourceError
+from core.sources.reading import MAX_RECORD, SourceError, check_encoding
 from core.sources.rejects import RejectsFileSource
 from core.sources.synthetic import FIRST_ID, SyntheticSource
 
@@ -50,7 +50,8 @@ def demo_source():
 
 def source_for_path(path, encoding=None):
     """A directory of files, or a rejects CSV being fed back; encoding: of the files (None:
-    UTF-8), any codec Python knows."""
+    UTF-8), any text codec Python knows (else SourceError)."""
+    check_encoding(encoding)
     path = Path(path)
     if path.is_file() and is_data_file_name(path.name):
         raise SourceError(

@@ -64,6 +64,26 @@ class SourceError(Exception):
     """A problem with the input as a whole; the run stops before writing anything."""
 
 
+def check_encoding(name):
+    """Raise SourceError, naming --encoding, unless Python can read text with name (None:
+    UTF-8). A codec of bytes to bytes (hex, zlib) is known but reads no text."""
+    if name is None:
+        return
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        why = "Python knows no such encoding"
+    else:
+        try:
+            io.TextIOWrapper(io.BytesIO(), encoding=name)
+            return
+        except LookupError:
+            why = "not a text encoding"
+    raise SourceError(
+        f"--encoding {printable(name)}: {why}; give one such as utf-8, latin-1, cp1252 or utf-16"
+    )
+
+
 def text_encoding(name):
     """The codec to read a file with: name (any Python knows), or UTF-8 when it is None;
     UTF-8 always as ``utf-8-sig``, which drops a spreadsheet's byte-order mark."""

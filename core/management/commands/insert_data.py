@@ -1,8 +1,6 @@
 import argparse
 import atexit
-import codecs
 import contextlib
-import io
 import os
 import signal
 import sys
@@ -60,28 +58,6 @@ def _exit_now(code):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _codec(name):
-    """name if Python can read text with it (``--encoding``), else a one-line error."""
-    if name is None:
-        return None
-    try:
-        codecs.lookup(name)
-        why = None
-    except LookupError:
-        why = "Python knows no such encoding"
-    if why is None:
-        try:
-            io.TextIOWrapper(io.BytesIO(), encoding=name)
-        except LookupError:  # a codec of bytes to bytes (hex, zlib)
-            why = "not a text encoding"
-    if why:
-        raise CommandError(
-            f"--encoding {printable(name)}: {why}; give one such as utf-8, latin-1, cp1252 "
-            "or utf-16"
-        )
-    return name
 
 
 class _HelpFormatter(DjangoHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -271,7 +247,7 @@ class Command(BaseCommand):
         if options["encoding"] and not options["source"]:
             raise CommandError("--encoding is for files read with --from")
         if options["source"]:
-            return sources.source_for_path(options["source"], _codec(options["encoding"]))
+            return sources.source_for_path(options["source"], options["encoding"])
         if generated or any(options[k] < 0 for k in ("users", "products", "orders")):
             return sources.SyntheticSource(
                 options["users"], options["products"], options["orders"], options["seed"]
