@@ -338,7 +338,7 @@ def name_parents_rejected_in_run(result):
     run rejected, wherever it was rejected.
 
     The validator knows the parents it rejected and says so at once; a parent its writer
-    rejects (an email another user has, a conflict) is known only from the writer's report,
+    rejects (an email another user has) is known only from the writer's report,
     which may come in after the child's writer has judged the child. Once every report is
     in, each "does not exist" (``Rejection.missing``) naming an id a row of its parent
     table was rejected with is reworded, so the wording never depends on which writer
