@@ -203,9 +203,9 @@ class Processes:
         self.started.append(process)
         return process
 
-    def python(self, backend, *args, guard=True, **popen):
+    def python(self, backend, *args, guard=True, env=None, **popen):
         """``python -m tests.concurrency ARGS`` against backend."""
-        env = backend.env(guard=guard)
+        env = backend.env(guard=guard, **(env or {}))
         return self.start([sys.executable, "-m", "tests.concurrency", *args], env, **popen)
 
     def manage(self, backend, *args, guard=True, env=None, **popen):
@@ -911,6 +911,8 @@ def crossload_main(args):
 
     With --stale the writers see parents as they were when this process started, as the
     loader did before issue 8 (parents looked up once, at validation): the negative control.
+    LOG.ready says the process is set up (and has seen the parents, with --stale); the test
+    lets both loads go only then, so neither sees the other's users at its start.
     """
     _setup_django()
     from crossdb import guard
@@ -953,6 +955,7 @@ def crossload_main(args):
         return written
 
     BulkWriter.write = logged_write
+    Path(f"{args.log}.ready").touch()  # set up, and with --stale the parents seen taken
     while not Path(args.go).exists():
         time.sleep(0.002)
     call_command(
@@ -978,6 +981,37 @@ def command_main(args):
     while not Path(args.go).exists():
         time.sleep(0.001)
     print(f"GO {time.time()}", file=sys.stderr, flush=True)
+    execute_from_command_line(["manage.py", *args.argv])
+
+
+def pausedload_main(args):
+    """A manage.py command (insert_data) whose main process stops reading once it has sent
+    ``--after`` rows of ``--table`` to the writers, at a batch boundary: it writes how many
+    it sent into PAUSE.paused and waits for PAUSE.go. Every row sent is then committed or
+    on its way, and none after it is read: a schedule that holds on any machine, however
+    busy, where stopping the process at a share of rows seen committed depended on how soon
+    the test looked."""
+    _setup_django()
+    from crossdb.loading import load
+    from django.core.management import execute_from_command_line
+
+    batches = load.table_batches
+
+    def pausing(source, table, size):
+        sent, paused = 0, False
+        for batch in batches(source, table, size):
+            if table == args.table and sent >= args.after and not paused:
+                paused = True
+                note = Path(f"{args.pause}.tmp")
+                note.write_text(str(sent))
+                note.replace(f"{args.pause}.paused")  # whole when the test reads it
+                deadline = time.monotonic() + 300
+                while not Path(f"{args.pause}.go").exists() and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            yield batch
+            sent += len(batch)
+
+    load.table_batches = pausing
     execute_from_command_line(["manage.py", *args.argv])
 
 
@@ -1020,8 +1054,13 @@ def main(argv=None):
     command = sub.add_parser("command")
     command.add_argument("--go", required=True)
     command.add_argument("argv", nargs=argparse.REMAINDER)
+    paused = sub.add_parser("pausedload")
+    paused.add_argument("--table", required=True)
+    paused.add_argument("--after", type=int, required=True)
+    paused.add_argument("--pause", required=True)
+    paused.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    commands = {"command": command_main}
+    commands = {"command": command_main, "pausedload": pausedload_main}
     commands |= {"worker": worker_main, "observer": observer_main, "saver": saver_main}
     commands |= {"cascader": cascader_main, "crossload": crossload_main}
     commands[args.command](args)

@@ -14,7 +14,9 @@ It is written to be read, not to be fast: one loop over the rows, parents before
   2 decimal places and 12 digits; stored with exactly 2 places.
 * name, email: trimmed, not empty, at most max_length characters, no line break and no
   control character other than tab (Unicode category Cc, plus the line and paragraph
-  separators); an email has one ``@``, no spaces and a dot in its domain.
+  separators); an email has one ``@``, no spaces and a dot in its domain, and no character
+  that shows as nothing (category Cf, or a default-ignorable letter or mark). Letters that
+  only look alike (``ı`` and ``i``) make different emails.
 * The first row with an id that passes every rule (its fields, its email's key, its parents)
   wins the id. A later row with that id, or a row whose id is already stored, is "already
   present" when its data is the same (emails compared by key) and rejected otherwise.
@@ -82,9 +84,20 @@ def text(value, max_length):
     return value
 
 
+# Default-ignorable code points that are not format characters (Cf): the combining
+# grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian free variation
+# selectors, variation selectors.
+IGNORABLE = {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0}
+IGNORABLE |= {*range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)}
+
+
+def invisible(char):
+    return unicodedata.category(char) == "Cf" or ord(char) in IGNORABLE
+
+
 def email(value):
     value = text(value, EMAIL_MAX)
-    if not EMAIL.fullmatch(value):
+    if not EMAIL.fullmatch(value) or any(map(invisible, value)):
         raise Bad(value)
     return value
 

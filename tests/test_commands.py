@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from io import StringIO
@@ -90,6 +91,27 @@ def test_rejects_and_report_naming_one_file_is_refused(migrated_dir, tmp_path):
     assert done.returncode == 1
     assert f"--rejects and --report both name {same}; give two files" in done.stderr
     assert not same.exists()
+
+
+@pytest.mark.parametrize("option", ["--rejects", "--report"])
+def test_an_output_fifo_that_nobody_reads_is_refused_at_once_not_waited_on(
+    migrated_dir, input_dir, option
+):
+    """Opening a FIFO for writing waits for a reader, for ever if none comes: the run must
+    say so before it reads anything (the timeout only keeps a hang from stopping the suite)."""
+    fifo = migrated_dir / "out.fifo"
+    os.mkfifo(fifo)
+    done = manage(
+        "insert_data", f"--from={input_dir}", option, str(fifo), data_dir=migrated_dir, timeout=120
+    )
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.strip() == (
+        f"CommandError: {option} {fifo}: a FIFO that no process is reading; "
+        "start its reader first, or name a regular file"
+    )
+    assert "stored" not in done.stdout  # refused before the load
+    with sqlite3.connect(migrated_dir / "users.db") as db:
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
 
 
 @all_databases

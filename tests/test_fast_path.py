@@ -20,12 +20,12 @@ from tests.conftest import all_databases
 def test_a_parent_of_this_run_not_yet_committed_is_not_looked_up_before_the_wait():
     Product.objects.create(id=1, name="Pen", price="2.00")
     writer = BulkWriter("orders", "orders_db")
-    recheck = Recheck(frozenset({0}), {}, {"products": frozenset({0})})
+    recheck = Recheck(frozenset({0}), {}, {"product_id": frozenset({0})})
     job = Job(1, [2], [(1, 1, 1, 2)], {"users": 1}, recheck)  # user 1: the run's, uncommitted
     kept, rejections = writer._without_missing_parents(job)
     assert rejections == []
     assert kept.rows == job.rows
-    recheck = Recheck(frozenset({0}), {}, {"products": frozenset({0}), "users": frozenset({0})})
+    recheck = Recheck(frozenset({0}), {}, {"product_id": frozenset({0}), "user_id": frozenset({0})})
     kept, rejections = writer._without_missing_parents(job._replace(recheck=recheck))
     assert [r.reason for r in rejections] == [
         "customer 1 does not exist"

@@ -40,6 +40,19 @@ def test_files_meant_for_a_table_but_not_read_are_named_with_the_reason(tmp_path
     assert source.input_paths() == [(tmp_path / "users.csv").resolve()]
 
 
+def test_a_file_named_almost_like_a_table_is_named_with_the_name_meant(tmp_path):
+    """product.csv was left out without a word, while Users.csv and orders.txt got one."""
+    make(tmp_path, "users.csv", "product.csv", "ordres.jsonl", "notes.csv", "order_items.csv")
+    source = FileSource(tmp_path)
+    assert source.tables() == ["users"]
+    assert source.warnings() == [
+        f"{tmp_path}/ordres.jsonl: not read "
+        "(no table is called 'ordres'; did you mean orders.jsonl?)",
+        f"{tmp_path}/product.csv: not read "
+        "(no table is called 'product'; did you mean products.csv?)",
+    ]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
 def test_an_unreadable_file_is_named(tmp_path):
     make(tmp_path, "users.csv", "orders.csv")

@@ -183,3 +183,61 @@ def test_a_line_end_cut_between_two_blocks_is_one_line_end(tmp_path, blocks, end
     path.write_bytes((header + "1" * length + end + "5,1,1,1" + end).encode())
     rows = list(csv_rows(path, ("id", "user_id", "product_id", "quantity")))
     assert rows[-1] == (3, ("5", "1", "1", "1"))
+
+
+HUGE = "9" * 5000  # more digits than int() takes from text (4,300)
+
+
+@all_databases
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("users.csv", f"id,name,email\n1,Ann,a@x.com\n{HUGE},Big,b@x.com\n3,Cy,c@x.com\n"),
+        (
+            "users.jsonl",
+            '{"id": 1, "name": "Ann", "email": "a@x.com"}\n'
+            f'{{"id": {HUGE}, "name": "Big", "email": "b@x.com"}}\n'
+            '{"id": 3, "name": "Cy", "email": "c@x.com"}\n',
+        ),
+    ],
+)
+def test_an_id_of_5000_digits_is_one_rejected_row(tmp_path, run_command, name, text):
+    from core.models import User
+
+    (tmp_path / name).write_text(text)
+    rejects = tmp_path / "rejects.csv"
+    out = run_command(
+        "insert_data", "--from", str(tmp_path), "--no-progress", f"--rejects={rejects}"
+    )
+    line = 3 if name.endswith(".csv") else 2
+    reason = "id must be at most 9223372036854775807 (got a number of 5,000 digits)"
+    assert f"users (line {line}): {reason}" in out
+    assert list(User.objects.order_by("pk").values_list("pk", flat=True)) == [1, 3]
+    assert HUGE in rejects.read_text()
+
+
+@all_databases
+def test_a_quantity_of_5000_digits_in_a_table_of_whole_numbers_is_one_rejected_row(
+    tmp_path, run_command
+):
+    from core.models import Order
+
+    (tmp_path / "users.csv").write_text("id,name,email\n1,Ann,a@x.com\n")
+    (tmp_path / "products.csv").write_text("id,name,price\n1,Pen,1.50\n")
+    (tmp_path / "orders.csv").write_text(
+        "id,user_id,product_id,quantity\n1,1,1,1\n2,1,1,-"
+        + HUGE
+        + "\n3,1,1,2\n4,1,1,"
+        + HUGE
+        + "\n"
+    )
+    out = run_command("insert_data", "--from", str(tmp_path), "--no-progress")
+    assert (
+        "orders #2 (line 3): quantity must be at least 1 (got a negative number of 5,000 digits)"
+        in out
+    )
+    assert (
+        "orders #4 (line 5): quantity must be at most 2147483647 (got a number of 5,000 digits)"
+        in out
+    )
+    assert list(Order.objects.order_by("pk").values_list("pk", flat=True)) == [1, 3]

@@ -350,3 +350,46 @@ def test_a_row_that_clashes_only_at_insert_names_the_stored_owner_of_its_email()
     assert [(r.line, r.id, r.reason) for r in rejections] == [
         (12, 7, "email 'ALICE@example.com' is already used by customer 1")
     ]
+
+
+@all_databases
+def test_ctrl_c_counts_every_batch_committed_even_if_its_report_was_not_read(tmp_path, monkeypatch):
+    """Ctrl-C arrives while the main process validates users batch 2 and batch 1's report
+    is still in the queue (the main process reads reports only when it sends): the stop
+    message counts batch 1's rows, which are kept (it said no batch was committed)."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    (tmp_path / "users.csv").write_text(
+        "id,name,email\n" + "".join(f"{i},U{i},u{i}@example.com\n" for i in range(1, 31))
+    )
+    validate = load.RunValidator.validate
+    calls = []
+
+    def ctrl_c_at_the_second_batch(self, table, batch):
+        calls.append(table)
+        if len(calls) == 2:
+            deadline = time.monotonic() + 60
+            while User.objects.count() < 10 and time.monotonic() < deadline:
+                time.sleep(0.01)  # until batch 1 is committed, however slow the machine
+            raise KeyboardInterrupt
+        return validate(self, table, batch)
+
+    monkeypatch.setattr(load.RunValidator, "validate", ctrl_c_at_the_second_batch)
+    with pytest.raises(CommandError) as error:
+        call_command(
+            "insert_data",
+            "--from",
+            str(tmp_path),
+            "--batch-size=10",
+            "--no-progress",
+            stdout=StringIO(),
+        )
+    assert User.objects.count() == 10
+    assert error.value.returncode == 130
+    assert str(error.value) == (
+        "stopped by Ctrl-C (SIGINT): committed batches are kept (so far users 10 rows "
+        "handled); run the same command again to finish."
+    )

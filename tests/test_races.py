@@ -13,9 +13,7 @@ bounded in tries and in seconds.
 
 import csv
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -158,6 +156,8 @@ def delete_during_load(
     """
     reset(backend)
     load_args = prepare(backend) if prepare else LOAD
+    if isinstance(fire, PausedLoad):
+        load_args = fire.wrap(load_args)
     rejects = backend.data_dir / "rejects.csv"
     go = backend.data_dir / f"go-{time.monotonic_ns()}"
     delete = processes.python(
@@ -171,13 +171,9 @@ def delete_during_load(
         *(["--with-children"] if with_orders else []),
         guard=guard,
     )
-    load = processes.manage(
-        backend,
-        *load_args,
-        f"--rejects={rejects}",
-        guard=guard,
-        env=({HOLD: hold} if hold else {}) | ({} if segments else BATCH_BY_BATCH),
-    )
+    env = ({HOLD: hold} if hold else {}) | ({} if segments else BATCH_BY_BATCH)
+    start = processes.python if isinstance(fire, PausedLoad) else processes.manage
+    load = start(backend, *load_args, f"--rejects={rejects}", guard=guard, env=env)
     try:
         resume = fire(load)
         go.touch()
@@ -241,25 +237,38 @@ def delete_during_load(
     return facts
 
 
-def after_orders_landed(backend, share):
-    """fire(): once share of the load's orders are committed, pause the load's main process.
+class PausedLoad:
+    """fire(): the load's main process pauses once it has sent the first share of its
+    orders (``python -m tests.concurrency pausedload``, at a batch boundary), the writers
+    commit what was sent and go idle, holding no lock, and the delete runs to its end while
+    the later orders are still unread; resume() lets the load go on.
 
-    SIGSTOP reaches only the main process (the reader and validator), not its writers: they
-    commit what is queued and go idle, holding no lock, and the delete runs to its end while
-    the user's later orders are still unread. That makes the schedule deterministic on an
-    idle machine too, where a 60 000-order load can otherwise finish before the delete's
-    first statement. The returned resume() sends SIGCONT once the delete has ended.
+    The pause is a point in the load, not a moment: a user whose orders all come later
+    (``user_for("late")``) has none committed when the delete runs, whatever the machine's
+    speed. It used to be a SIGSTOP sent once the test saw that share committed, and on a
+    busy machine the load had run past the user's first orders by then (the guard-off
+    delete was refused, and the negative control found no orphan).
     """
 
-    def fire(load):
-        assert wait_until(
-            lambda: load.poll() is not None or backend.count("orders") >= share * ORDERS, 120
-        ), "the load wrote no orders in 120 s"
-        assert load.poll() is None, "the load ended before the delete could race it"
-        os.kill(load.pid, signal.SIGSTOP)
-        return lambda: os.kill(load.pid, signal.SIGCONT)
+    def __init__(self, backend, share):
+        self.backend = backend
+        self.after = int(share * ORDERS)
+        self.pause = backend.data_dir / f"pause-{time.monotonic_ns()}"
 
-    return fire
+    def wrap(self, load_args):
+        """The load's arguments, for ``python -m tests.concurrency``."""
+        pause = ["--table=orders", f"--after={self.after}", f"--pause={self.pause}"]
+        return ["pausedload", *pause, *load_args]
+
+    def __call__(self, load):
+        paused = Path(f"{self.pause}.paused")
+        assert wait_until(lambda: load.poll() is not None or paused.exists(), 300), "no pause"
+        assert load.poll() is None, "the load ended before its pause"
+        sent = int(paused.read_text())
+        count = self.backend.count
+        assert wait_until(lambda: count("orders") >= sent, 300), "the orders sent never landed"
+        assert count("orders") == sent, (count("orders"), sent)  # and none after them
+        return Path(f"{self.pause}.go").touch
 
 
 def at_random_moment(backend, rng):
@@ -290,7 +299,7 @@ def test_delete_row_racing_a_load_never_leaves_an_orphan(backend_factory):
                     processes,
                     user=user,
                     with_orders=with_orders,
-                    fire=after_orders_landed(backend, share),
+                    fire=PausedLoad(backend, share),
                 )
             )
         # Random moments, bounded in time and count.
@@ -330,7 +339,7 @@ def test_negative_control_delete_row_racing_a_load_without_the_guard(backend_fac
                     processes,
                     user=user_for(kind, rng),
                     with_orders=with_orders,
-                    fire=after_orders_landed(backend, share),
+                    fire=PausedLoad(backend, share),
                     guard=False,
                 )
             )
@@ -363,15 +372,23 @@ def user_in_the_first_batch():
     return min(u for u, orders in named().items() if orders[0][0] < BATCH and len(orders) > 2)
 
 
-def while_the_first_batch_holds(hold):
+def while_the_first_batch_holds(hold, *, until_the_delete_ends=False):
     """fire(): once the load's first batch has looked its parents up and holds its
     transaction open (``HOLD``), let it go on one second later, whatever the delete is
-    doing by then: done (nothing stopped it) or waiting for the guard."""
+    doing by then: done (nothing stopped it) or waiting for the guard.
+
+    until_the_delete_ends: let it go only once the delete has ended, for a delete that
+    nothing may stop (the guard off, on PostgreSQL): it then always runs inside the hold,
+    where one second was not always enough for its start-up on a busy machine. A delete
+    the guard stops would wait for ever that way (until HOLD gives up).
+    """
 
     def fire(load):
         held = Path(f"{hold}.held")
         assert wait_until(lambda: load.poll() is not None or held.exists(), 120), "no hold"
         assert load.poll() is None, "the load ended before its first batch held"
+        if until_the_delete_ends:
+            return Path(f"{hold}.go").touch  # called once the delete has ended
         timer = threading.Timer(1.0, Path(f"{hold}.go").touch)
         timer.start()
         return timer.join  # after the delete ended: the batch has been let go
@@ -404,7 +421,7 @@ def test_delete_row_racing_a_load_of_orders_whose_users_were_stored_earlier(back
                 processes,
                 user=user_for("spread", random.Random(8)),
                 with_orders=True,
-                fire=after_orders_landed(backend, 0.3),
+                fire=PausedLoad(backend, 0.3),
                 prepare=parents_stored_earlier,
             )
         )
@@ -436,7 +453,7 @@ def test_negative_control_a_load_of_orders_whose_users_were_stored_earlier_witho
             processes,
             user=user_in_the_first_batch(),
             with_orders=False,
-            fire=while_the_first_batch_holds(hold),
+            fire=while_the_first_batch_holds(hold, until_the_delete_ends=True),
             guard=False,
             prepare=parents_stored_earlier,
             hold=hold,
@@ -613,7 +630,11 @@ def cross_loads(backend, *, stale):
                 str(go),
                 *(["--stale"] if stale else []),
             )
-        time.sleep(1.5)  # both processes import Django and wait at the line
+        # Both processes set up (with --stale, parents seen) and waiting at the line: a
+        # fixed pause let a process slow to import Django see the other's users already
+        # committed, and the negative control then found nothing wrong on a busy machine.
+        ready = [work / f"{name}.jsonl.ready" for name in sources]
+        assert wait_until(lambda: all(r.exists() for r in ready), 120), "a load never started"
         go.touch()
         outputs = {n: p.communicate(timeout=300) for n, p in started.items()}
     for name, process in started.items():

@@ -8,13 +8,14 @@ one value, and load the rejects file with ``--from``.
 import argparse
 import json
 from datetime import datetime
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from crossdb.loading.rows import Lines, Malformed
 from crossdb.results import LoadResult, Rejection, TableResult
 from crossdb.sources import RejectsFileSource
-from django.core.management import find_commands, load_command_class
+from django.core.management import call_command, find_commands, load_command_class
 from django.core.management.base import CommandError
 
 from core.models import Order, Product, User
@@ -33,9 +34,11 @@ def write(directory, name, content):
 
 
 def rejected(out):
+    """The rejection lines printed (not the warnings after them, such as --encoding's)."""
     if "\nRejected rows:\n" not in out:
         return []
-    return [line.strip() for line in out.split("\nRejected rows:\n", 1)[1].splitlines()]
+    lines = out.split("\nRejected rows:\n", 1)[1].splitlines()
+    return [line.strip() for line in lines if not line.startswith("warning: ")]
 
 
 def summary(out):
@@ -229,7 +232,7 @@ def test_a_rejects_file_that_cannot_be_read_stops_the_run(run_command, tmp_path,
 
 @all_databases
 def test_the_json_report_has_counts_and_timings_per_table_and_in_total(run_command, tmp_path):
-    report = tmp_path / "report.json"
+    report = tmp_path / "results.json"
     insert(run_command, "--report", str(report))
     insert(run_command, "--report", str(report))  # a re-run: everything is already present
     data = json.loads(report.read_text())
@@ -263,7 +266,7 @@ def test_a_table_with_nothing_written_reports_zero_seconds_not_an_error(run_comm
     directory = tmp_path / "in"
     directory.mkdir()
     write(directory, "users.csv", "id,name,email\n1,,a@example.com\n")
-    report = tmp_path / "report.json"
+    report = tmp_path / "results.json"
     insert(run_command, "--from", str(directory), "--report", str(report))
     users = json.loads(report.read_text())["tables"]["users"]
     assert users == {
@@ -279,13 +282,46 @@ def test_a_table_with_nothing_written_reports_zero_seconds_not_an_error(run_comm
 
 
 @all_databases
-def test_an_unwritable_report_path_is_a_one_line_error(run_command, tmp_path):
+def test_a_report_in_a_missing_directory_is_refused_before_anything_is_read(
+    run_command, bad_input, tmp_path
+):
+    """Found before the load, not after every row was committed with nothing printed."""
     with pytest.raises(CommandError) as error:
-        insert(run_command, "--report", str(tmp_path / "no" / "report.json"))
-    assert (
-        str(error.value)
-        == f"cannot write {tmp_path / 'no' / 'report.json'}: No such file or directory"
+        insert(run_command, "--from", str(bad_input), "--report", str(tmp_path / "no" / "r.json"))
+    assert str(error.value) == (
+        f"--report {tmp_path / 'no' / 'r.json'}: no such directory: {tmp_path / 'no'}"
     )
+    assert counts() == (0, 0, 0)
+
+
+@all_databases
+@pytest.mark.parametrize("option", ["--rejects", "--report"])
+def test_an_output_naming_a_directory_is_refused_before_anything_is_read(
+    run_command, bad_input, tmp_path, option
+):
+    with pytest.raises(CommandError) as error:
+        insert(run_command, "--from", str(bad_input), option, str(tmp_path))
+    assert str(error.value) == f"{option} {tmp_path}: it is a directory; name a file"
+    assert counts() == (0, 0, 0)
+
+
+@all_databases
+def test_a_report_into_a_fifo_that_a_process_reads_is_written_there(
+    run_command, bad_input, tmp_path
+):
+    """A FIFO with a reader is a fine output (``--report >(jq .)``); the reader here is this
+    test, which opened it before the run."""
+    import os
+
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        insert(run_command, "--from", str(bad_input), "--report", str(fifo))
+        written = os.read(reader, 1 << 20)
+    finally:
+        os.close(reader)
+    assert json.loads(written)["totals"]["stored"] == 3
 
 
 def _commands():
@@ -444,3 +480,26 @@ def test_writers_overlapped_is_true_exactly_when_some_pair_overlapped():
     result.tables["orders"].finished = 1009.8
     assert result.as_dict()["overlapping_writers"] == []
     assert result.as_dict()["writers_overlapped"] is False
+
+
+@all_databases
+def test_a_run_that_cannot_be_logged_prints_its_summary_then_one_line(bad_input, monkeypatch):
+    """The default database fails only at the end (its connection ended, say): every row
+    is committed and said, then one line says the run is not in the log."""
+    from crossdb import results
+    from django.db import OperationalError
+
+    def unreachable(result):
+        raise OperationalError("terminating connection due to administrator command\nmore")
+
+    monkeypatch.setattr(results, "record", unreachable)
+    out = StringIO()
+    with pytest.raises(CommandError) as error:
+        call_command("insert_data", "--from", str(bad_input), "--no-progress", stdout=out)
+    assert "3 stored, 0 already present, 6 rejected" in out.getvalue()
+    assert str(error.value) == (
+        "the load is complete, but it could not be logged in the default database "
+        "(terminating connection due to administrator command); "
+        "the overview page will not list it"
+    )
+    assert counts() == (1, 1, 1)

@@ -31,10 +31,12 @@ def write(directory, name, content):
 
 
 def rejected(out):
-    """Return the rejection lines insert_data printed, in the order it printed them."""
+    """Return the rejection lines insert_data printed, in the order it printed them (the
+    warnings written after them, such as the --encoding hint, are not rejections)."""
     if "\nRejected rows:\n" not in out:
         return []
-    return [line.strip() for line in out.split("\nRejected rows:\n", 1)[1].splitlines()]
+    lines = out.split("\nRejected rows:\n", 1)[1].splitlines()
+    return [line.strip() for line in lines if not line.startswith("warning: ")]
 
 
 @pytest.fixture
@@ -144,7 +146,7 @@ def test_an_invalid_utf8_byte_rejects_that_row_and_the_rest_loads(tmp_path, load
 @all_databases
 def test_an_invalid_utf8_byte_in_an_id_is_named(tmp_path, load):
     write(tmp_path, "users.csv", b"id,name,email\n1\xe9,Ann,ann@example.com\n")
-    assert load(tmp_path) == ["users (line 2): id is not valid UTF-8 text"]
+    assert load(tmp_path) == ["users (line 2): id is not valid UTF-8 text"]  # and the hint
 
 
 def test_a_line_over_the_size_limit_is_malformed_and_the_rest_is_read(tmp_path):
@@ -221,11 +223,35 @@ def test_jsonl_rejections_name_the_line_and_the_problem(tmp_path, load):
     write(tmp_path, "users.jsonl", "\n".join(lines) + "\n")
     assert load(tmp_path) == [
         "users (line 2): id must be a whole number (got 6.5)",
-        "users (line 3): id must be a whole number (got True)",
+        "users (line 3): id must be a whole number (got true)",
         "users (line 5): id must be a whole number (got 'eight')",
         "users #9 (line 6): name is not valid UTF-8 text",
     ]
     assert [u[0] for u in users()] == [1, 12]
+
+
+@all_databases
+def test_jsonl_keys_match_in_any_case_with_spaces_as_csv_headers_do(tmp_path, load):
+    lines = [
+        '{"ID": 1, "Name": "Ann", " EMAIL ": "ann@example.com"}',
+        '{"id": 2, "ID": 99, "name": "Bob", "email": "bob@example.com"}',  # exact key wins
+        '{"Id": 3, "iD": 4, "name": "Cy", "email": "cy@example.com"}',
+    ]
+    write(tmp_path, "users.jsonl", "\n".join(lines) + "\n")
+    assert load(tmp_path) == ["users (line 3): field id is given twice ('Id' and 'iD')"]
+    assert [u[0] for u in users()] == [1, 2]
+
+
+def test_json_values_are_quoted_in_json_not_python(tmp_path):
+    from crossdb import registry
+
+    _row, problems = registry.specs()["users"].clean(
+        (False, {"first": "Ann", "tags": [None]}, "a@x.com")
+    )
+    assert [message for _field, message in problems] == [
+        "id must be a whole number (got false)",
+        'name must be text (got {"first": "Ann", "tags": [null]})',
+    ]
 
 
 def test_jsonl_lines_that_cannot_be_split_say_why_and_keep_their_text(tmp_path):

@@ -154,3 +154,56 @@ def test_no_bars_when_the_output_is_not_a_terminal(migrated_dir):
     assert "\x1b[" not in done.stdout + done.stderr
     assert not [line for line in done.stdout.splitlines() if BAR_LINE.match(line)], done.stdout
     assert "222,000 stored" in done.stdout
+
+
+def bar_line(progress, table):
+    """The bar of table as drawn, on a console wide enough for it on one line."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    task = next(t for t in progress.bars.tasks if t.description == table)
+    Console(file=out, width=160).print(progress.bars.make_tasks_table([task]))
+    return out.getvalue()
+
+
+def rate_and_eta(line):
+    rate = int(re.search(r"([\d,]+) rows/s", line).group(1).replace(",", ""))
+    h, m, s = map(int, re.search(r"ETA (\d+):(\d\d):(\d\d)", line).groups())
+    return rate, h * 3600 + m * 60 + s
+
+
+@pytest.mark.parametrize("unit", ["rows", "bytes"])
+def test_the_eta_is_what_is_left_at_the_rate_shown_beside_it(monkeypatch, unit):
+    """orders are started with the others but read only once every user is (20 s here, on
+    a clock the test moves): the rows/s shown and the ETA come from one measure, so the
+    ETA is the rows (or bytes) left at that rate. The ETA was rich's, from the last
+    moments' speed, and said 0:00:10 beside 30,481 rows/s with 900,000 rows left."""
+    import sys
+    from collections import namedtuple
+
+    from crossdb import console
+
+    clock = [1000.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])
+    Expected = namedtuple("Expected", "total unit position", defaults=("rows", None))
+    position = [0]
+    if unit == "rows":
+        expected = Expected(1_000_000, "rows")
+    else:
+        expected = Expected(50_000_000, "bytes", lambda: position[0])
+    progress = console.RichProgress(sys.stdout)
+    progress.start("orders", expected)
+    clock[0] += 20  # the users are read first
+    progress.advance("orders", read=50_000)
+    for _ in range(2):
+        clock[0] += 1.64
+        position[0] += 2_500_000
+        progress.advance("orders", read=50_000, written=50_000)
+    rate, eta = rate_and_eta(bar_line(progress, "orders"))
+    assert rate == round(100_000 / 3.28)
+    if unit == "rows":
+        assert eta == round(900_000 / (100_000 / 3.28))  # 900,000 rows left
+    else:
+        assert eta == round(45_000_000 / (5_000_000 / 3.28))  # 45 MB left at 1.5 MB/s

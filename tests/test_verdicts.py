@@ -48,12 +48,13 @@ FORMATS = ("csv", "jsonl", "rejects")
 # --- Inputs -------------------------------------------------------------------------------
 
 IDS = ["1", "2", "3", "4", "5", "6", "7", "8", "5.0", " 3 ", "2.00"]
-BAD_IDS = ["0", "-1", "x", "", "1e2", "2,0"]
+BAD_IDS = ["0", "-1", "x", "", "1e2", "2,0", "9" * 5000]  # 5,000 digits: more than int() takes
 NAMES = ["Ann", "Bob", "Zoë", " Ann ", "Ann\tLee", "Lee, Ann", 'Ann "A" Lee', "=1+2", "A" * 200]
 BAD_NAMES = ["A" * 201, "", "  ", "\t", "Ann\nLee", "Ann\rLee", "Ann\u2028Lee", "Ann\x00"]
 BAD_NAMES += ["Ann\x1b", "Ann\x7f"]
 CASED = ["ann", "ANN", "änn", "ÄNN", "a\u0308nn", "straße", "STRASSE", "Strasse", "ﬀ", "FF"]
 LOCALS = CASED + ["bob", "cy", "dee", "eve", "fay", "gus", "hal", "ida", "jo", "kim"]
+LOCALS += ["kım", "k\u200bim", "ki\u00adm"]  # a look-alike letter; invisible characters
 DOMAINS = ["example.com", "EXAMPLE.com"]
 BAD_EMAILS = ["ann", "ann@example", "a nn@example.com", "ann@@example.com", "", "ann@x.com\n"]
 PRICES = ["1.5", "1.50", "1.500", "2", "0.01", ".5", "5.", " 2.5 ", "9999999999.99"]
@@ -417,8 +418,8 @@ def test_a_csv_only_fast_path_that_rejects_repeated_ids_fails_the_property(case_
     original = RunValidator.validate
     csv_runs = files.csv_runs
 
-    def as_lists(path, wanted, track=None, whole_numbers=False):  # as csv.reader gives them
-        for run in csv_runs(path, wanted, track):
+    def as_lists(path, wanted, track=None, whole_numbers=False, encoding=None):  # as csv.reader
+        for run in csv_runs(path, wanted, track, encoding=encoding):
             yield [(line, list(v) if isinstance(v, tuple) else v) for line, v in run]
 
     def validate(self, table, batch):
@@ -616,7 +617,8 @@ def test_text_and_numbers_follow_one_rule_in_every_format(fmt, tmp_path):
         "name contains a line break" + hint,
         "email contains a line break",
         "price must be written without an exponent (got '1e2')",
-        "price must be a plain number (got '1,000'): remove the thousands separators",
+        "price must be a plain number (got '1,000'): the comma may be a decimal separator "
+        "(write 1.000) or a thousands separator (write 1000)",
         "price must be a plain number (got '$5'): remove the currency sign",
         "id must be written without an exponent (got '1e2')",
         "quantity must be a whole number (got '3.5')",
@@ -697,3 +699,63 @@ def test_rows_are_settled_in_input_order(users, case_dir):
     """Two counterexamples the property found once the writer settled keys: ids and keys go
     to rows in input order, and only to rows that are stored."""
     check_one_verdict({"rows": {"users": users, "products": [], "orders": []}}, case_dir())
+
+
+@all_databases
+def test_an_order_naming_a_stored_user_and_a_product_of_the_run_waits_for_the_product(
+    tmp_path, monkeypatch
+):
+    """The orders writer looks up the parents the run cannot vouch for (user 5, stored
+    before) before it waits for the run's own (product 1); the products writer is held
+    here until that lookup is done, so product 1 is not committed yet when it runs. It
+    must judge user 5 only: the order is stored (it was rejected, 'product 1 does not
+    exist', whenever the products writer was the slower one)."""
+    import multiprocessing
+
+    looked = multiprocessing.get_context("fork").Event()  # shared with the forked writers
+    without_missing_parents = BulkWriter._without_missing_parents
+    write = BulkWriter.write
+
+    def looking(self, job):
+        try:
+            return without_missing_parents(self, job)
+        finally:
+            looked.set()
+
+    def products_after_the_lookup(self, job):
+        if self.table == "products":
+            looked.wait(timeout=60)
+        return write(self, job)
+
+    monkeypatch.setattr(BulkWriter, "_without_missing_parents", looking)
+    monkeypatch.setattr(BulkWriter, "write", products_after_the_lookup)
+    rows = {"products": [("1", "Pen", "1.50")], "orders": [("1", "5", "1", "2")]}
+    dumped, reasons = load_rows("csv", rows, tmp_path, {"users": [(5, "Ann", "a@x.com")]})
+    assert looked.is_set()
+    assert (reasons, stored_ids(dumped)["orders"]) == ([], [1])
+
+
+@all_databases
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_order_naming_a_user_its_writer_rejected_says_it_was_rejected_in_this_run(fmt, tmp_path):
+    """User 2 passes every rule and is refused by the users writer (user 1 has its email):
+    the order naming it says so, as for a user the validator refused (user 3), whichever
+    writer reports first."""
+    rows = {
+        "users": [
+            ("1", "Ann", "ann@example.com"),
+            ("2", "Bob", "ANN@example.com"),
+            ("3", "", "cy@example.com"),
+        ],
+        "products": [("1", "Pen", "1.50")],
+        "orders": [("1", "2", "1", "1"), ("2", "3", "1", "1"), ("3", "9", "1", "1")],
+    }
+    dumped, reasons = load_rows(fmt, rows, tmp_path, batch_size=50)
+    assert stored_ids(dumped) == {"users": [1], "products": [1], "orders": []}
+    assert reasons == [
+        "email 'ANN@example.com' is already used by user 1",
+        "name is required",
+        "user 2 was rejected in this run",
+        "user 3 was rejected in this run",
+        "user 9 does not exist",
+    ]

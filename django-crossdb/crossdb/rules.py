@@ -17,7 +17,13 @@ The rules, one sentence each:
   field has the ``Positive`` validator.
 * Text: required, trimmed, valid UTF-8, no line breaks, no control characters except tab,
   at most ``max_length`` characters. Emails also match a simple address shape.
+* Emails hold no invisible character (``INVISIBLE``: zero-width spaces and joiners, bidi
+  controls, soft hyphens...): ``zw\u200bs@x`` looks like ``zws@x`` and is another address.
 * Emails are compared by ``email_key`` (NFKC, case-folded, trimmed), in Python, everywhere.
+  Letters that merely look alike stay distinct (Turkish ``ı`` and ``i``, Cyrillic ``а``
+  and Latin ``a``): they are different letters, so different mailboxes to a mail server,
+  and folding them (Unicode's confusable skeletons) would refuse real people whose
+  addresses differ by one, and change the key of every stored row.
 * Floats: a finite number, plain or with an exponent (``1.5e3``), within Min/MaxValue.
 * Booleans: ``true``/``false`` (also ``t``/``f``, ``yes``/``no``, ``y``/``n``, ``1``/``0``,
   any case; JSON's ``true``/``false``).
@@ -36,6 +42,7 @@ and ``crossdb.guard``; their wording lives here (``parent_problem``).
 """
 
 import datetime
+import json
 import math
 import re
 import unicodedata
@@ -63,6 +70,18 @@ INT_RANGES = {
 QUANTITY_MAX = 2**31 - 1
 # Deliberately simple: one "@", no spaces, a dot in the domain. Django's EmailValidator is
 # stricter but ten times slower, which matters at a million rows.
+# What shows as nothing but makes two texts differ: every format character (Unicode
+# category Cf: zero-width space, joiners, bidi controls, soft hyphen, byte-order mark, tags)
+# and the default-ignorable letters and marks (combining grapheme joiner, Hangul fillers,
+# variation selectors). tests/test_validation.py checks the list against unicodedata.
+INVISIBLE = (
+    "\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f"
+    "\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+    "\U000e0100-\U000e01ef"
+)
+INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
@@ -70,6 +89,9 @@ LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 # (C0 other than tab, DEL, C1), and lone surrogates (undecodable input bytes, kept by
 # surrogateescape).
 FORBIDDEN_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+NOT_UTF8 = "is not valid UTF-8 text"  # also counted per table for the --encoding hint
 
 
 class Problem(NamedTuple):
@@ -103,13 +125,59 @@ class Positive:
         return hash(Positive)
 
 
+SHOWN_CHARACTERS = 100  # a longer value is cut in a message (the rejects file keeps it whole)
+
+
+JSON_WORDS = {True: "true", False: "false", None: "null"}
+
+
 def shown(value):
-    """Render a raw value for a message: strings quoted, everything else as written."""
+    """Render a raw value for a message: strings quoted, everything else as written; a
+    value longer than ``SHOWN_CHARACTERS`` is cut, with its length (a 5,000-digit id).
+
+    true, false and null, arrays and objects are written as JSON writes them, not as
+    Python does (``True``, ``{'a': 1}``): a JSON Lines file is where they come from.
+    """
     if isinstance(value, str):
+        if len(value) > SHOWN_CHARACTERS:
+            return f"{shown(value[: SHOWN_CHARACTERS // 2])[:-1]}...' ({len(value):,} characters)"
         if not _is_valid_text(value):
             return repr(value.encode("utf-8", "surrogateescape"))
         return repr(value)
+    if value is None or isinstance(value, bool):
+        return JSON_WORDS[value]
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        if len(text) > SHOWN_CHARACTERS:
+            text = f"{text[: SHOWN_CHARACTERS // 2]}... ({len(text):,} characters)"
+        return printable(text)
     return str(value)
+
+
+def printable(text):
+    """text as a message may quote it to a terminal: each character that is not printable
+    written as its escape (``\x1b``, ``\u202e``; an undecodable input byte, kept as a lone
+    surrogate, as ``\xff``). A header or a file name holding ``ESC [2J`` would otherwise
+    clear the screen of whoever reads the error, or retitle their window."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escaped(char) for char in text)
+
+
+def _escaped(char):
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(char)[1:-1]
+
+
+def _shown_whole(number):
+    """A whole number for a message: as written, or how many digits it has when it is far
+    beyond any column (Python will not turn an int of over 4,300 digits into text)."""
+    if number.bit_length() <= 128:
+        return str(number)
+    sign = "a negative" if number < 0 else "a"
+    return f"{sign} number of {len(str(Decimal(abs(number)))):,} digits"
 
 
 def _is_valid_text(value):
@@ -148,8 +216,8 @@ def _number_text_problem(field, text):
         return f"{field} must be a plain number (got {shown_text}): remove the currency sign"
     if re.fullmatch(r"[+-]?[0-9.]+[eE][+-]?[0-9]+", text):
         return f"{field} must be written without an exponent (got {shown_text})"
-    if re.fullmatch(r"[+-]?[0-9][0-9,_' .]*[0-9](\.[0-9]*)?", text) and re.search("[,_' ]", text):
-        return f"{field} must be a plain number (got {shown_text}): remove the thousands separators"
+    if advice := _separators_advice(text):
+        return f"{field} must be a plain number (got {shown_text}): {advice}"
     return None
 
 
@@ -172,6 +240,50 @@ def _digits(text, field):
     return int(text)
 
 
+SEPARATED_RE = re.compile(r"([+-]?)([0-9][0-9,._' ]*[0-9])")
+GROUP_MARKS_RE = re.compile("[,_' ]")
+
+
+def _separators_advice(text):
+    """What to write instead of a number with separators in it, or None.
+
+    Never an edit that changes the value: a comma is a decimal separator in much of the
+    world (``1,50`` is one and a half), so "remove the separators" is said only when every
+    comma must be a thousands separator (several of them, or a decimal dot after it). A
+    comma that can only be a decimal one (followed by other than three digits, or after
+    dots or other group marks: ``1.000,50``) is named as one, with the number it makes; a
+    lone comma before three digits (``1,500``) may be either, and both readings are given.
+    Separators that group digits in no known way (``1,5,0``) get no advice.
+    """
+    match = SEPARATED_RE.fullmatch(text)
+    if match is None or not GROUP_MARKS_RE.search(text):
+        return None
+    sign, body = match.groups()
+    comma, dot = body.rfind(","), body.rfind(".")
+    if body.count(",") == 1 and comma > dot:  # the last separator is the only comma
+        whole, fraction = body[:comma], body[comma + 1 :]
+        if not fraction.isdigit():
+            return None
+        as_decimal = f"{sign}{_digits(whole)}.{fraction}"
+        if "." in whole or GROUP_MARKS_RE.search(whole):
+            return f"the comma is the decimal separator: write {as_decimal}"
+        if len(fraction) != 3:
+            return f"write the decimal comma as a dot: {as_decimal}"
+        return (
+            f"the comma may be a decimal separator (write {as_decimal}) "
+            f"or a thousands separator (write {sign}{whole}{fraction})"
+        )
+    whole, _dot, fraction = body.partition(".")
+    _first, *groups = re.split("[,_' ]", whole)
+    if "." in fraction or len(groups[-1]) != 3 or not all(len(g) in (2, 3) for g in groups):
+        return None  # not grouped in thousands (1,000,000) or as in India (10,00,000)
+    return "remove the thousands separators"
+
+
+def _digits(text):
+    return re.sub("[^0-9]", "", text)
+
+
 def _whole_number(value, field):
     """Return value as an int: ints, whole-number strings (``7``, ``7.00``), whole Decimals."""
     if type(value) is int:
@@ -180,7 +292,7 @@ def _whole_number(value, field):
         raise Invalid(field, f"{field} is required")
     if isinstance(value, str):
         if not _is_valid_text(value):
-            raise Invalid(field, f"{field} is not valid UTF-8 text")
+            raise Invalid(field, f"{field} {NOT_UTF8}")
         text = value.strip()
         if PLAIN_NUMBER_RE.fullmatch(text):
             number = Decimal(text)
@@ -237,9 +349,10 @@ def id_rule(field):
             number = _whole_number(value, field)
         if 0 < number <= ID_MAX:
             return number
+        got = _shown_whole(number)
         if number < 1:
-            raise Invalid(field, f"{field} must be a positive whole number (got {number})")
-        raise Invalid(field, f"{field} must be at most {ID_MAX} (got {number})")
+            raise Invalid(field, f"{field} must be a positive whole number (got {got})")
+        raise Invalid(field, f"{field} must be at most {ID_MAX} (got {got})")
 
     convert.column = _whole_column(1, ID_MAX)
     convert.bounds = (1, ID_MAX)  # for crossdb.loading.columns, which checks whole arrays
@@ -259,8 +372,8 @@ def integer_rule(field, low, high, low_is_min=False):
         if low <= number <= high:
             return number
         if number < low:
-            raise Invalid(field, f"{field} must be at least {low} (got {number})")
-        raise Invalid(field, f"{field} must be at most {high} (got {number})")
+            raise Invalid(field, f"{field} must be at least {low} (got {_shown_whole(number)})")
+        raise Invalid(field, f"{field} must be at most {high} (got {_shown_whole(number)})")
 
     convert.column = _whole_column(low, high)
     convert.bounds = (low, high)
@@ -283,7 +396,7 @@ def decimal_rule(field, places, max_digits, positive):
             value = repr(value)
         if isinstance(value, str):
             if not _is_valid_text(value):
-                raise Invalid(field, f"{field} is not valid UTF-8 text")
+                raise Invalid(field, f"{field} {NOT_UTF8}")
             text = value.strip()
             if not PLAIN_NUMBER_RE.fullmatch(text):
                 reason = _number_text_problem(field, text)
@@ -313,8 +426,15 @@ def decimal_rule(field, places, max_digits, positive):
 # --- Text --------------------------------------------------------------------------------
 
 
-def text_rule(field, max_length, pattern=None, what=None):
-    """Required text: trimmed, valid UTF-8, no line break or control character."""
+def text_rule(field, max_length, pattern=None, what=None, visible=False):
+    """Required text: trimmed, valid UTF-8, no line break or control character; with
+    visible, no invisible character either (``INVISIBLE``: emails).
+
+    Every invisible character lies outside ASCII, so an ASCII column (nearly every email)
+    is cleared of them by one ``isascii`` over the whole column: a pattern or a scan that
+    knew them would cost each value twice the time (their ranges reach past the BMP, where
+    the regex engine tests a character against each range in turn).
+    """
 
     def convert(value):
         if type(value) is not str:
@@ -324,7 +444,7 @@ def text_rule(field, max_length, pattern=None, what=None):
         if (bad := FORBIDDEN_RE.search(value)) is not None:
             char = bad.group()
             if "\ud800" <= char <= "\udfff":
-                raise Invalid(field, f"{field} is not valid UTF-8 text")
+                raise Invalid(field, f"{field} {NOT_UTF8}")
             if char in LINE_BREAKS:
                 raise Invalid(field, f"{field} contains a line break")
             raise Invalid(field, f"{field} contains a control character (U+{ord(char):04X})")
@@ -333,6 +453,12 @@ def text_rule(field, max_length, pattern=None, what=None):
             raise Invalid(field, f"{field} is required")
         if len(text) > max_length:
             raise Invalid(field, f"{field} is longer than {max_length} characters")
+        if visible and not text.isascii() and (invisible := INVISIBLE_RE.search(text)):
+            raise Invalid(
+                field,
+                f"{field} contains an invisible character (U+{ord(invisible.group()):04X}): "
+                "it looks the same as the address without it",
+            )
         if pattern is not None and not pattern.fullmatch(text):
             raise Invalid(field, f"{field} is not {what} (got {shown(value)})")
         return text
@@ -346,6 +472,8 @@ def text_rule(field, max_length, pattern=None, what=None):
         if lengths and (min(lengths) < 1 or max(lengths) > max_length):
             return None
         if pattern is not None and not all(map(pattern.fullmatch, texts)):
+            return None
+        if visible and not "".join(texts).isascii() and any(map(INVISIBLE_RE.search, texts)):
             return None
         return texts
 
@@ -559,7 +687,7 @@ def _required_rule(field):
     if isinstance(field, CrossDatabaseReference):
         return key_rule(name, field.target_field)
     if isinstance(field, models.EmailField):
-        return text_rule(name, field.max_length, EMAIL_RE, "a valid email address")
+        return text_rule(name, field.max_length, EMAIL_RE, "a valid email address", visible=True)
     if isinstance(field, (models.CharField, models.TextField)):
         return text_rule(name, field.max_length or 1_000_000)
     if isinstance(field, models.DecimalField):

@@ -32,6 +32,7 @@ The rules for a run, one sentence each:
 """
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
@@ -47,7 +48,7 @@ from django.db import DatabaseError, connections
 from crossdb import guard, registry, rules
 from crossdb.databases import location
 from crossdb.loading import columns
-from crossdb.loading.processes import LoadError, WriterPool
+from crossdb.loading.processes import LoadError, WriterPool, first_line
 from crossdb.loading.rows import Lines
 from crossdb.loading.writers import BulkWriter
 from crossdb.lookups import existing_ids
@@ -99,9 +100,10 @@ class Recheck:
 
     rows: frozenset = frozenset()  # row indexes whose parent was not known at validation
     rejected: dict = field(default_factory=dict)  # parent table -> ids rejected in this run
-    # parent table -> the row indexes whose parent of that table was not known: the only
-    # references the fast path looks up before the run's own parents are committed
-    by_parent: dict = field(default_factory=dict)
+    # reference field -> the indexes, among rows, whose parent for it was not known: the
+    # writer looks parents up before it waits for the run's own to commit, so only these
+    # may be found missing then (a row naming a stored user may name a product of the run)
+    unknown: dict = field(default_factory=dict)
 
     def __bool__(self):
         return bool(self.rows)
@@ -187,15 +189,13 @@ class RunValidator:
             accepted.update(ids)
             self.rejected[spec.name].difference_update(ids)
         unknown = np.zeros(len(values), dtype=bool)
-        by_parent = {}
+        unknown_by_field = {}
         for reference in spec.references:
             named = values[:, spec.position(reference.field)]
             missing = ~self._accepted_ids(reference.parent).contains(named)
             if missing.any():
+                unknown_by_field[reference.field] = frozenset(np.flatnonzero(missing).tolist())
                 unknown |= missing
-                by_parent[reference.parent] = by_parent.get(reference.parent, frozenset()) | (
-                    frozenset(np.flatnonzero(missing).tolist())
-                )
         recheck = Recheck()
         if unknown.any():
             at = np.flatnonzero(unknown)
@@ -205,7 +205,7 @@ class RunValidator:
                     named = values[at, spec.position(reference.field)].tolist()
                     if ids := self.rejected[reference.parent].intersection(named):
                         rejected[reference.parent] = frozenset(ids)
-            recheck = Recheck(frozenset(at.tolist()), rejected, by_parent)
+            recheck = Recheck(frozenset(at.tolist()), rejected, unknown_by_field)
         return Validated(values, block.lines, [], recheck)
 
     def _accepted_ids(self, table):
@@ -268,7 +268,7 @@ class RunValidator:
         the column pass): one ``issuperset`` per reference settles the common case in C.
         """
         unresolved = set()
-        by_parent = {}
+        unknown = {}
         for reference in spec.references:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
@@ -277,15 +277,13 @@ class RunValidator:
             else:
                 named = list(map(itemgetter(position), rows))
             if not parents.issuperset(named):
-                unknown = {i for i, pk in enumerate(named) if pk not in parents}
-                unresolved.update(unknown)
-                by_parent[reference.parent] = by_parent.get(reference.parent, frozenset()) | (
-                    frozenset(unknown)
-                )
+                at = frozenset(i for i, pk in enumerate(named) if pk not in parents)
+                unknown[reference.field] = at
+                unresolved |= at
         if not unresolved:
             return Recheck()
         rejected = self._rejected_parents(spec, rows, unresolved)
-        return Recheck(frozenset(unresolved), rejected, by_parent)
+        return Recheck(frozenset(unresolved), rejected, unknown)
 
     def _reject(self, spec, bad):
         """Turn rows with problems into Rejections, naming missing parents too.
@@ -295,30 +293,32 @@ class RunValidator:
         """
         accepted = self.accepted.get(spec.name)
         rejected = self.rejected.get(spec.name)
+        missing = [[] for _ in bad]  # per row: (field, id) of the parents said not to exist
         for reference in spec.references:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
             wanted = {r[position] for _l, _v, r, _p in bad if r[position] is not None}
             unknown = wanted - parents
             stored = existing_ids(reference.parent, unknown) if unknown else set()
-            for _line, _values, row, problems in bad:
+            for index, (_line, _values, row, problems) in enumerate(bad):
                 pk = row[position]
                 if pk is None or pk in parents or pk in stored:
                     continue
-                problem = parent_problem(
-                    reference.field,
-                    reference.noun,
-                    pk,
-                    rejected_in_run=pk in self.rejected[reference.parent],
+                rejected_in_run = pk in self.rejected[reference.parent]
+                problems.append(
+                    parent_problem(
+                        reference.field, reference.noun, pk, rejected_in_run=rejected_in_run
+                    )
                 )
-                problems.append(problem)
+                if not rejected_in_run:
+                    missing[index].append((reference.field, pk))
         out = []
-        for line, values, row, problems in bad:
+        for (line, values, row, problems), absent in zip(bad, missing, strict=True):
             reason = "; ".join(message for _field, message in problems)
             if isinstance(line, Lines) and line.last > line and "contains a line break" in reason:
                 reason += " (an unbalanced quote?)"  # a record that ran over several lines
             raw_values = dict(zip(spec.fields, values, strict=False))
-            out.append(Rejection(spec.name, line, row[0], reason, raw_values))
+            out.append(Rejection(spec.name, line, row[0], reason, raw_values, missing=absent))
             if rejected is not None and row[0] is not None and row[0] not in accepted:
                 rejected.add(row[0])
         return out
@@ -332,6 +332,37 @@ class RunValidator:
             if ids:
                 out[reference.parent] = frozenset(ids)
         return out
+
+
+def name_parents_rejected_in_run(result):
+    """Say "user 2 was rejected in this run", not "does not exist", for every parent the
+    run rejected, wherever it was rejected.
+
+    The validator knows the parents it rejected and says so at once; a parent its writer
+    rejects (an email another user has) is known only from the writer's report,
+    which may come in after the child's writer has judged the child. Once every report is
+    in, each "does not exist" (``Rejection.missing``) naming an id a row of its parent
+    table was rejected with is reworded, so the wording never depends on which writer
+    reported first.
+    """
+    pending = [i for i, r in enumerate(result.rejections) if r.missing]
+    if not pending:
+        return
+    rejected = {}
+    for r in result.rejections:
+        if r.id is not None and r.table in registry.parent_tables():
+            rejected.setdefault(r.table, set()).add(r.id)
+    for index in pending:
+        rejection = result.rejections[index]
+        spec = registry.specs()[rejection.table]
+        parts = rejection.reason.split("; ")
+        for field_name, pk in rejection.missing:
+            reference = next(r for r in spec.references if r.field == field_name)
+            if pk in rejected.get(reference.parent, ()):
+                said = parent_problem(field_name, reference.noun, pk).message
+                meant = parent_problem(field_name, reference.noun, pk, rejected_in_run=True)
+                parts = [meant.message if part == said else part for part in parts]
+        result.rejections[index] = dataclasses.replace(rejection, reason="; ".join(parts))
 
 
 def writer_for(table, alias, gate=None, snapshot=None):
@@ -448,16 +479,18 @@ def _load(source, batch_size, progress):
     try:
         snapshot = _guard_snapshot(present)
     except DatabaseError as exc:
-        raise LoadError(f"cannot read the reference guard: {exc}") from exc
+        raise LoadError(f"cannot read the reference guard: {first_line(exc)}") from exc
     validator = RunValidator()
     pool = WriterPool(present, functools.partial(_make_writer, snapshot=snapshot), _describe)
+
+    reported = dict.fromkeys(present, 0)  # rows of the batches whose report was read
 
     def on_report(report):
         _apply_batch(result, report)
         written = report.written
-        progress.advance(
-            report.table, written=written.stored + written.present + len(written.rejections)
-        )
+        rows = written.stored + written.present + len(written.rejections)
+        reported[report.table] += rows
+        progress.advance(report.table, written=rows)
 
     pool.start()
     try:
@@ -478,10 +511,21 @@ def _load(source, batch_size, progress):
                     recheck=validated.recheck,
                 )
         pool.finish(on_report)
+        name_parents_rejected_in_run(result)
     except DatabaseError as exc:
-        raise LoadError(f"database error while validating: {exc}") from exc
+        raise LoadError(f"database error while validating: {first_line(exc)}") from exc
     finally:
         pool.close()
         connections.close_all()
+        _count_unreported(pool, reported, progress)
     result.finished = time.time()
     return result
+
+
+def _count_unreported(pool, reported, progress):
+    """Tell progress about batches committed but not reported yet: a run stopped (Ctrl-C)
+    or failed leaves their reports unread, and what it says was kept must count them
+    ("users 50,000" was said when 100,000 were committed)."""
+    for table, rows in reported.items():
+        if unreported := pool.committed_rows(table) - rows:
+            progress.advance(table, written=unreported)

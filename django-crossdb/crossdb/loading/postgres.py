@@ -33,6 +33,7 @@ commit. Because a rolled-back transaction also drops a table it created, it is r
 as existing only once a transaction that created it has committed.
 """
 
+import logging
 import re
 
 import numpy as np
@@ -44,6 +45,24 @@ from crossdb.loading.segment import Segment
 from crossdb.loading.writers import BulkWriter, _Redo
 
 SAVEPOINT = "multids_copy"
+
+
+class _LostConnectionEcho(logging.Filter):
+    """Drop psycopg's "error ignored terminating <Copy>: the connection is lost".
+
+    When the server ends the connection in the middle of a COPY (``pg_terminate_backend``,
+    a restart), psycopg logs this while the error that ended the COPY goes on, and that
+    error is already the writer's one-line failure; the echo would be a second line with
+    nothing new in it. Any other record of psycopg's passes.
+    """
+
+    def filter(self, record):
+        if not str(record.msg).startswith("error ignored terminating"):
+            return True
+        return "connection is lost" not in record.getMessage()
+
+
+logging.getLogger("psycopg").addFilter(_LostConnectionEcho())
 
 
 def packed_rows(types, rows):

@@ -60,6 +60,14 @@ class LoadError(Exception):
     """A failure that stops the run (a database error, a writer that died)."""
 
 
+def first_line(exc):
+    """The first line of exc's message: PostgreSQL adds CONTEXT and DETAIL lines, and
+    libpq's "server closed the connection unexpectedly" two lines of guesses, to what
+    must stay a one-line error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class Job(NamedTuple):
     """One batch for one writer."""
 
@@ -338,7 +346,8 @@ def _writer_main(
         outbox.put(Report("aborted", table))
     except (DatabaseError, OSError, RuntimeError) as exc:
         abort.set()
-        outbox.put(Report("failed", table, error=f"{table} writer ({describe(table)}): {exc}"))
+        error = f"{table} writer ({describe(table)}): {first_line(exc)}"
+        outbox.put(Report("failed", table, error=error))
     finally:
         connections.close_all()
     outbox.put(Report("done", table))
@@ -361,6 +370,7 @@ class WriterPool:
         self.outbox = self.context.Queue()
         self.inboxes = {t: self.context.Queue(QUEUE_BATCHES) for t in self.tables}
         self.sent = dict.fromkeys(self.tables, 0)
+        self.sizes = {t: [] for t in self.tables}  # rows of each batch sent, in order
         self.done = set()
         self.processes = {}
         self.error = None
@@ -401,6 +411,7 @@ class WriterPool:
     def send(self, table, lines, rows, after, on_report, recheck=frozenset()):
         """Queue one batch for table's writer; on_report(report) gets every report meanwhile."""
         self.sent[table] += 1
+        self.sizes[table].append(len(rows))
         job = Job(self.sent[table], lines, rows, after, recheck)
         while True:
             try:
@@ -425,6 +436,12 @@ class WriterPool:
                 self.done.add(message.table)
             elif message.kind == "batch":
                 on_report(message)
+
+    def committed_rows(self, table):
+        """Rows in the batches table's writer has committed, from the count it shares
+        (``committed``), whether or not its reports have been read: after a stop, the
+        reports still in the queue are never read, but their rows are kept."""
+        return sum(self.sizes[table][: self.committed[table].value])
 
     def _exited_normally_unheard(self, tables):
         return any(t not in self.done and self.processes[t].exitcode == 0 for t in tables)

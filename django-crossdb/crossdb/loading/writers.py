@@ -26,6 +26,7 @@ A child table's writer (one holding references, ``crossdb.registry``) also:
   its batch commits.
 """
 
+import dataclasses
 import functools
 import logging
 import time
@@ -192,8 +193,18 @@ class BulkWriter:
     def write(self, job):
         """Commit one job's rows, and those of the jobs that joined its transaction while it
         waited for its parents (``Gate.wait_for_parents``); return a
-        crossdb.loading.processes.Written, or a list of (job, Written) when jobs joined."""
+        crossdb.loading.processes.Written, or a list of (job, Written) when jobs joined.
 
+        Every error of the driver leaves as one of Django's: the COPY of
+        ``crossdb.loading.postgres`` and ``crossdb.loading.segment`` talks to psycopg
+        directly, and a connection the server ended there (``pg_terminate_backend``, a
+        restart) must fail the run with one line, as it does anywhere else, not kill the
+        writer with a traceback.
+        """
+        with self.connection.wrap_database_errors:
+            return self._write(job)
+
+    def _write(self, job):
         if not self._may_take_fast_path(job):
             return Written(*self.write_carefully(as_tuples(job)))
         joined = [job]
@@ -272,7 +283,7 @@ class BulkWriter:
             return job, []
         problems = {}
         for reference in self.spec.references:
-            to_check = sorted(recheck.by_parent.get(reference.parent, ()))
+            to_check = sorted(recheck.unknown.get(reference.field, ()))
             if not to_check:
                 continue
             rows = _rows_at(job.rows, to_check)
@@ -286,8 +297,8 @@ class BulkWriter:
             return job, []
         lines = columns.line_list(job.lines, len(job.rows))
         rejections = [
-            self._rejection(
-                lines[i], columns.tuples(_rows_at(job.rows, [i]))[0], "; ".join(problems[i])
+            self._parent_rejection(
+                lines[i], columns.tuples(_rows_at(job.rows, [i]))[0], problems[i]
             )
             for i in sorted(problems)
         ]
@@ -337,7 +348,7 @@ class BulkWriter:
         kept_rows, kept_lines, rejections = [], [], []
         for index, (line, row) in enumerate(zip(lines, rows, strict=True)):
             if index in problems:
-                rejections.append(self._rejection(line, row, "; ".join(problems[index])))
+                rejections.append(self._parent_rejection(line, row, problems[index]))
             else:
                 kept_rows.append(row)
                 kept_lines.append(line)
@@ -352,17 +363,29 @@ class BulkWriter:
         for position, reference, pk in missing:
             index = to_check[position]
             rejected = recheck.rejected.get(reference.parent, ()) if recheck else ()
+            rejected_in_run = pk in rejected
+            deleted = (
+                reference.parent in suspects
+                and not (recheck and index in recheck.rows)
+                and not self.gate.any_flagged([reference.parent])
+            )
             problem = parent_problem(
                 reference.field,
                 reference.noun,
                 pk,
-                rejected_in_run=pk in rejected,
-                deleted=reference.parent in suspects
-                and not (recheck and index in recheck.rows)
-                and not self.gate.any_flagged([reference.parent]),
+                rejected_in_run=rejected_in_run,
+                deleted=deleted,
             )
-            problems.setdefault(index, []).append(problem.message)
+            absent = None if rejected_in_run or deleted else (reference.field, pk)
+            problems.setdefault(index, []).append((problem.message, absent))
         return problems
+
+    def _parent_rejection(self, line, row, problems):
+        """The Rejection of row for its ``_parent_problems``: the reasons, and the parents
+        said not to exist (``Rejection.missing``, reworded by the run if it rejected them)."""
+        reason = "; ".join(message for message, _absent in problems)
+        missing = tuple(absent for _message, absent in problems if absent is not None)
+        return dataclasses.replace(self._rejection(line, row, reason), missing=missing)
 
     def _rejection(self, line, row, reason):
         values = dict(zip(self.fields, row, strict=False))

@@ -12,16 +12,18 @@ Every source has the same methods, so the loader never asks which one it has:
   otherwise);
 * ``warnings()``: one line per input that looks meant for a table but is not read;
 * ``input_paths()``: the resolved files it reads, so outputs never overwrite them;
-* ``expected(table)``: a ``crossdb.loading.rows.Expected`` for progress bars and their ETA.
+* ``expected(table)``: a ``crossdb.loading.rows.Expected`` for progress bars and their ETA;
+* ``check_unchanged()``, optional: raise ``SourceError`` if a file it read has changed
+  since it was opened (still being written), once the load is done.
 
 Modules: ``reading`` (bytes to records, in bounded memory), ``files`` (a directory),
-``rejects`` (the rejects file).
+``rejects`` (the rejects file), ``generated`` (rows made up for any registry).
 """
 
 from pathlib import Path
 
 from crossdb.sources.files import FileSource, is_data_file_name
-from crossdb.sources.reading import MAX_RECORD, SourceError
+from crossdb.sources.reading import MAX_RECORD, SourceError, check_encoding
 from crossdb.sources.rejects import RejectsFileSource
 
 __all__ = [
@@ -33,13 +35,15 @@ __all__ = [
 ]
 
 
-def source_for_path(path):
-    """A directory of files, or a rejects CSV being fed back."""
+def source_for_path(path, encoding=None):
+    """A directory of files, or a rejects CSV being fed back; encoding: of the files (None:
+    UTF-8), any text codec Python knows (else SourceError)."""
+    check_encoding(encoding)
     path = Path(path)
     if path.is_file() and is_data_file_name(path.name):
         raise SourceError(
             f"--from {path}: give the directory that holds it, not the file: --from {path.parent}"
         )
     if path.is_file():
-        return RejectsFileSource(path)
-    return FileSource(path)
+        return RejectsFileSource(path, encoding)
+    return FileSource(path, encoding)

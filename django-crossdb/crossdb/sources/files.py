@@ -7,6 +7,7 @@ not read and is named in ``warnings()``: a silent 0 for a table is the worst ans
 scan never opens anything that is not a regular file, so a FIFO cannot hang it.
 """
 
+import difflib
 import os
 import stat
 from pathlib import Path
@@ -14,15 +15,18 @@ from pathlib import Path
 from crossdb import registry
 from crossdb.loading.rows import Expected
 from crossdb.registry import fields
+from crossdb.rules import printable
 from crossdb.sources.reading import (
     Opened,
     SourceError,
+    changed,
     csv_rows,
     csv_runs,
     file_size,
     jsonl_rows,
     jsonl_runs,
     open_csv,
+    refuse_json_array,
 )
 
 SUFFIXES = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
@@ -41,9 +45,26 @@ def is_data_file_name(name):
 
 
 def _looks_like(name):
-    """Return the table a file name seems meant for, or None (``Orders.CSV`` -> orders)."""
-    stem = name.split(".", 1)[0].strip().casefold()
-    return stem if stem in registry.tables() else None
+    """Return the table a file name seems meant for, or None: ``Orders.CSV`` -> orders, and
+    a near miss such as ``product.csv`` or ``ordres.csv`` (``difflib``'s ratio of at least
+    0.8), which would otherwise be left out without a word."""
+    stem = _stem(name).casefold()
+    tables = registry.tables()
+    if stem in tables:
+        return stem
+    close = difflib.get_close_matches(stem, tables, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _stem(name):
+    return name.split(".", 1)[0].strip()
+
+
+def _near_miss(name, table):
+    """Why name, meant for table but not named for it (``product.csv``), is not read."""
+    suffix = name[len(name.split(".", 1)[0]) :].casefold()
+    meant = table + (suffix if suffix in SUFFIXES else ".csv")
+    return f"no table is called '{printable(_stem(name))}'; did you mean {meant}?"
 
 
 def _why_not_readable(path):
@@ -52,7 +73,7 @@ def _why_not_readable(path):
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         if path.is_symlink():
-            return f"a symlink to nothing: {os.readlink(path)}"
+            return f"a symlink to nothing: {printable(os.readlink(path))}"
         return "it disappeared while the directory was read"
     except OSError as exc:
         return f"cannot read ({exc.strerror})"
@@ -70,8 +91,9 @@ def _why_not_readable(path):
 class FileSource:
     """The users, products and orders files (.csv or .jsonl, maybe gzipped) of one directory."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, encoding=None):
         self.directory = Path(directory)
+        self.encoding = encoding  # of every file (None: UTF-8), as --encoding names it
         self.label = str(self.directory)
         self._found = None
         self._skipped = []  # (path, why not read)
@@ -96,6 +118,8 @@ class FileSource:
                     continue
             elif is_data_file_name(name.casefold()):
                 why = f"file names are lower case: rename it {name.casefold()}"
+            elif _stem(name).casefold() != table:
+                why = _near_miss(name, table)
             else:
                 why = f"unknown extension: name it {table}.csv, .jsonl, .csv.gz or .jsonl.gz"
             self._skipped.append((path, why))
@@ -106,7 +130,7 @@ class FileSource:
         found = {t: paths[0] for t, paths in candidates.items() if paths}
         if not found:
             if self._skipped:
-                listed = "; ".join(f"{p.name} ({why})" for p, why in self._skipped)
+                listed = "; ".join(f"{printable(p.name)} ({why})" for p, why in self._skipped)
                 raise SourceError(f"{self.directory}: no file could be read. Found: {listed}")
             raise SourceError(f"{self.directory}: no users, products or orders file ({EXPECTED})")
         self._found = found
@@ -118,19 +142,19 @@ class FileSource:
     def warnings(self):
         """One line per file that looks meant for a table but is not read, saying why."""
         self._scan()
-        return [f"{path}: not read ({why})" for path, why in self._skipped]
+        return [f"{printable(str(path))}: not read ({why})" for path, why in self._skipped]
 
     def input_paths(self):
         return [path.resolve() for path in self._scan().values()]
 
     def check(self):
         for table, path in self._scan().items():
-            with Opened(path) as opened:
+            with Opened(path, self.encoding) as opened:
                 if _is_csv(path):
                     header, _reader = open_csv(opened, fields(table))
                     header.positions(fields(table))
                 else:
-                    opened.read(1)
+                    refuse_json_array(opened)
 
     def tables(self):
         return [t for t in registry.tables() if t in self._scan()]
@@ -146,10 +170,22 @@ class FileSource:
 
         return Expected(total, "bytes", position)
 
+    def check_unchanged(self):
+        """Raise SourceError if a file read in this run has changed since it was opened:
+        rows written to it after its end was read (before it, ``Opened`` stops the run
+        itself) are not loaded, and a re-run must load them."""
+        for opened in self._reading.values():
+            try:
+                now = os.stat(opened.path)
+            except FileNotFoundError:
+                now = None  # removed once read: what was read was whole
+            if problem := changed(opened.path, opened.at_open, now):
+                raise SourceError(problem)
+
     def rows(self, table):
         path = self._scan()[table]
         read = csv_rows if _is_csv(path) else jsonl_rows
-        return read(path, fields(table), track=self._tracker(table))
+        return read(path, fields(table), track=self._tracker(table), encoding=self.encoding)
 
     def runs(self, table):
         path = self._scan()[table]
@@ -159,6 +195,7 @@ class FileSource:
             fields(table),
             self._tracker(table),
             whole_numbers=registry.specs()[table].whole_numbers,
+            encoding=self.encoding,
         )
 
     def _tracker(self, table):

@@ -32,11 +32,13 @@ first with plain numbers and reads it in a few numpy passes (1M orders in about 
 instead of about 9 s). Any other run goes line by line.
 """
 
+import codecs
 import csv
 import gzip
 import io
 import json
 import os
+import sys
 import zlib
 from collections import deque
 from itertools import chain, islice, repeat
@@ -44,12 +46,17 @@ from operator import itemgetter
 
 from crossdb.loading import columns
 from crossdb.loading.rows import Lines, Malformed, NumberText
+from crossdb.rules import printable
 
 ENCODING = "utf-8-sig"  # tolerate a byte-order mark from spreadsheet exports
 MAX_RECORD = 1 << 20  # characters in one line, one CSV field or one JSONL record
 BLOCK = 1 << 16  # characters read at a time: the peak memory of reading is a few blocks
 DELIMITERS = (",", ";", "\t")  # tried on the header line; the one naming most fields wins
-READ_ERRORS = (OSError, EOFError, zlib.error)  # a damaged .gz fails mid-stream
+# a damaged .gz fails mid-stream; a codec other than UTF-8 may fail where surrogateescape
+# cannot keep the bytes (an odd byte at the end of a UTF-16 file)
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeError)
+GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"  # also .xlsx and .ods files, which are ZIP archives
 csv.field_size_limit(MAX_RECORD)
 
 
@@ -57,31 +64,87 @@ class SourceError(Exception):
     """A problem with the input as a whole; the run stops before writing anything."""
 
 
+def check_encoding(name):
+    """Raise SourceError, naming --encoding, unless Python can read text with name (None:
+    UTF-8). A codec of bytes to bytes (hex, zlib) is known but reads no text."""
+    if name is None:
+        return
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        why = "Python knows no such encoding"
+    else:
+        try:
+            io.TextIOWrapper(io.BytesIO(), encoding=name)
+            return
+        except LookupError:
+            why = "not a text encoding"
+    raise SourceError(
+        f"--encoding {printable(name)}: {why}; give one such as utf-8, latin-1, cp1252 or utf-16"
+    )
+
+
+def text_encoding(name):
+    """The codec to read a file with: name (any Python knows), or UTF-8 when it is None;
+    UTF-8 always as ``utf-8-sig``, which drops a spreadsheet's byte-order mark."""
+    if name is None or codecs.lookup(name).name == "utf-8":
+        return ENCODING
+    return name
+
+
 def too_long(what="line"):
     return f"the {what} is longer than {MAX_RECORD:,} characters"
 
 
 class Opened:
-    """A file open for reading as text, and how far into its bytes (compressed, for .gz)."""
+    """A file open for reading as text, and how far into its bytes (compressed, for .gz).
 
-    def __init__(self, path):
+    A file that is still being written is not read as if it were whole: its size and
+    modification time when it was opened are compared when its end is reached, before its
+    last line is handed on (``check_unchanged``), and a file that changed stops the run
+    (``SourceError``; what was committed stays, and the re-run finishes the load). A last
+    line without a line end is otherwise a line like any other, as for Python's csv
+    module, spreadsheets and PostgreSQL's COPY: editors and scripts often write one, and
+    refusing it would refuse their files. A writer that stops in the middle of a line for
+    longer than the whole load cannot be told from a finished file by any reader; a
+    producer that writes to another name and renames the file when done avoids it.
+    """
+
+    def __init__(self, path, encoding=None):
         self.path = path
+        self.encoding = encoding  # None: UTF-8, a byte-order mark allowed (ENCODING)
         try:
             self.raw = open(path, "rb")  # noqa: SIM115 - closed by close(), after streaming
         except OSError as exc:
             raise SourceError(f"{path}: cannot read ({exc.strerror})") from exc
+        self.at_open = os.fstat(self.raw.fileno())
+        if problem := self._not_text():
+            self.raw.close()
+            raise SourceError(f"{path}: {problem}")
         binary = self.raw
         if path.name.endswith(".gz"):
             binary = gzip.GzipFile(fileobj=self.raw, mode="rb")
         # surrogateescape keeps undecodable bytes, so the validator rejects only that row
         self.text = io.TextIOWrapper(
-            binary, encoding=ENCODING, errors="surrogateescape", newline=""
+            binary, encoding=text_encoding(encoding), errors="surrogateescape", newline=""
         )
         self.overlong = set()  # numbers of the lines replaced by a blank line
         self.counter = None  # the csv reader, whose line_num numbers the lines handed out
         self.blocks = None  # the blocks of lines not yet handed to it (open_csv)
         self.skipped = 0  # lines read past it, as whole-number blocks (csv_runs)
         self.final = None  # the position when it was closed
+
+    def _not_text(self):
+        """Why the file's first bytes say it is not the text its name promises, or None:
+        read as text, compressed data gives rows of binary garbage, each rejected."""
+        head = self.raw.peek(len(ZIP_MAGIC))[: len(ZIP_MAGIC)]
+        if head.startswith(GZIP_MAGIC) and not self.path.name.endswith(".gz"):
+            return f"looks gzip-compressed; name it {self.path.name}.gz"
+        if head.startswith(ZIP_MAGIC):
+            return "looks like a ZIP archive (an Excel workbook?), not text; save it as CSV"
+        if self.encoding is None and head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return "starts with a UTF-16 byte-order mark; give --encoding utf-16"
+        return None
 
     def position(self):
         if self.final is not None:
@@ -110,13 +173,25 @@ class Opened:
         try:
             return self.text.read(size)
         except READ_ERRORS as exc:
-            raise SourceError(f"{self.path}: cannot read ({exc})") from exc
+            raise self.read_error(exc) from exc
+
+    def read_error(self, exc):
+        if isinstance(exc, UnicodeError):
+            encoding = self.encoding or "UTF-8"
+            return SourceError(f"{self.path}: cannot read it as {encoding} ({exc})")
+        return SourceError(f"{self.path}: cannot read ({exc})")
+
+    def check_unchanged(self):
+        """Raise SourceError if the file's size or modification time is not what it was
+        when it was opened: something is writing it while it is read."""
+        if problem := changed(self.path, self.at_open, os.fstat(self.raw.fileno())):
+            raise SourceError(problem)
 
     def readline(self, size):
         try:
             return self.text.readline(size)
         except READ_ERRORS as exc:
-            raise SourceError(f"{self.path}: cannot read ({exc})") from exc
+            raise self.read_error(exc) from exc
 
     def line_blocks(self):
         """Yield iterables of complete lines, about BLOCK characters at a time.
@@ -146,6 +221,7 @@ class Opened:
                 yield ("\n",)  # stands for the long line, numbered in self.overlong
             else:
                 carry = block
+        self.check_unchanged()  # before the last line, which may be cut short if it changed
         if carry:
             yield (carry,)
 
@@ -213,11 +289,14 @@ class CsvHeader:
         return [self.keys.index(f) for f in wanted]
 
     def shown(self):
+        """The header as found, for a message: control characters escaped (``printable``)."""
         text = self.delimiter.join(self.names)
-        return text if self.delimiter == "," else f"{text!r}, {DELIMITER_NAMES[self.delimiter]}"
+        if self.delimiter == ",":
+            return printable(text)
+        return f"{text!r}, {DELIMITER_NAMES[self.delimiter]}"
 
     def label(self, index):
-        return self.keys[index] if index < len(self.keys) else f"column {index + 1}"
+        return printable(self.keys[index]) if index < len(self.keys) else f"column {index + 1}"
 
 
 DELIMITER_NAMES = {",": "comma-separated", ";": "semicolon-separated", "\t": "tab-separated"}
@@ -310,13 +389,13 @@ class Pushback:
         self.back.append(item)
 
 
-def csv_rows(path, wanted, track=None):
+def csv_rows(path, wanted, track=None, encoding=None):
     """Return an iterator of (line, values) per record of a data file after its header;
     blank lines are skipped. ``track(opened)`` is told the open file (for progress)."""
-    return chain.from_iterable(csv_runs(path, wanted, track))
+    return chain.from_iterable(csv_runs(path, wanted, track, encoding=encoding))
 
 
-def csv_runs(path, wanted, track=None, whole_numbers=False):
+def csv_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
     """Return an iterator of runs of (line, values), in file order.
 
     The csv module splits ``FAST_RECORDS`` records at a time, in C. A run where every record
@@ -330,11 +409,11 @@ def csv_runs(path, wanted, track=None, whole_numbers=False):
     to ``columns.parse``; a block it takes goes out as one ``columns.Block``, never seen by
     the csv module, and any other goes to the csv module as above.
     """
-    return _csv_runs(path, wanted, track, whole_numbers)
+    return _csv_runs(path, wanted, track, whole_numbers, encoding)
 
 
-def _csv_runs(path, wanted, track, whole_numbers):
-    with Opened(path) as opened:
+def _csv_runs(path, wanted, track, whole_numbers, encoding):
+    with Opened(path, encoding) as opened:
         if track is not None:
             track(opened)
         log = LineLog()
@@ -518,9 +597,9 @@ def _records(opened, header, reader):
 JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
-def jsonl_rows(path, wanted, track=None):
+def jsonl_rows(path, wanted, track=None, encoding=None):
     """Yield (line, values) per non-blank line, reading at most MAX_RECORD characters of it."""
-    with Opened(path) as opened:
+    with Opened(path, encoding) as opened:
         if track is not None:
             track(opened)
         yield from _jsonl_rows(opened, wanted)  # json.loads dwarfs the extra generator
@@ -563,10 +642,11 @@ def _jsonl_line_runs(opened, size):
                 yield range(first, number + 1), lines
             else:
                 yield _numbered(lines, first)
+        opened.check_unchanged()  # before the last line, as Opened.line_blocks does
         if carry:  # the last line has no line end (and a CR may end lines before it)
             yield _numbered(_lines_of(carry + "\n"), number + 1)
     except READ_ERRORS as exc:
-        raise SourceError(f"{opened.path}: cannot read ({exc})") from exc
+        raise opened.read_error(exc) from exc
 
 
 def _lines_of(text):
@@ -623,15 +703,37 @@ def _jsonl_row(number, text, wanted):
         return number, Malformed(record, text)
     missing = [n for n in wanted if n not in record]
     if missing:
+        record = _by_header_name(record)
+        if isinstance(record, str):
+            return number, Malformed(record, text)
+        missing = [n for n in wanted if n not in record]
+    if missing:
         return number, Malformed(f"missing field(s) {', '.join(missing)}", text)
     return number, tuple(record[n] for n in wanted)
+
+
+def _by_header_name(record):
+    """record keyed as a CSV header is matched (``normalized``: any case, spaces, a BOM),
+    or a str saying which keys collide. Only for a line that lacks a wanted key as
+    written, so lines keyed exactly (every fast path) pay nothing; a key written exactly
+    wins over one that only matches this way."""
+    keyed = {}
+    for key, value in record.items():
+        name = normalized(key)
+        if name in keyed:
+            return (
+                f"field {printable(name)} is given twice "
+                f"({printable(keyed[name][0])!r} and {printable(key)!r})"
+            )
+        keyed[name] = (key, value)
+    return {name: value for name, (_key, value) in keyed.items()}
 
 
 JSONL_RUN = 4096  # lines offered to columns.parse_jsonl at once
 JSONL_RUN_CHARS = 4 * BLOCK  # and at most about this many characters of them
 
 
-def jsonl_runs(path, wanted, track=None, whole_numbers=False):
+def jsonl_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
     """Return an iterator of runs of (line, values), in file order: exactly what
     ``jsonl_rows`` gives, read ``JSONL_RUN`` lines (fewer when they are long) at a time.
 
@@ -640,7 +742,7 @@ def jsonl_runs(path, wanted, track=None, whole_numbers=False):
     is first offered to ``columns.parse_jsonl``, and one it takes goes out as one
     ``columns.Block``.
     """
-    with Opened(path) as opened:
+    with Opened(path, encoding) as opened:
         if track is not None:
             track(opened)
         for numbers, texts in _jsonl_line_runs(opened, JSONL_RUN_CHARS):
@@ -736,14 +838,57 @@ def _json_record(text):
                 return f"not valid JSON (the line ends where a value should be, at column {column})"
             return f"not valid JSON (the line ends early: {exc.msg}{at} column {column})"
         return f"not valid JSON ({exc.msg}{at} column {column})"
-    except ValueError as exc:  # e.g. a number with more digits than Python converts
-        return f"not valid JSON ({exc})"
+    except ValueError:  # a whole number of more digits than int() takes: the rules judge it
+        record = json.loads(text, parse_float=NumberText, parse_int=_whole_or_text)
     except RecursionError:
         return "not valid JSON (nested too deeply)"
     if not isinstance(record, dict):
         kind = "null" if record is None else JSON_TYPES.get(type(record), "true/false")
         return f"expected a JSON object, got {kind}"
     return record
+
+
+def _whole_or_text(text):
+    """A JSON whole number as json.loads makes it, or kept as its text when it has more
+    digits than Python turns into an int (4,300): a 5,000-digit id is then one row's
+    rejection ("id must be at most ..."), not the line's, and not a crash."""
+    return NumberText(text) if len(text.lstrip("-")) > sys.get_int_max_str_digits() else int(text)
+
+
+def changed(path, before, now):
+    """Say how path changed between two ``os.stat`` results (None: it did not). A file
+    renamed over it counts; a file removed after it was read does not (now is None)."""
+    if now is None or (now.st_ino, now.st_size, now.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    ):
+        return None
+    if now.st_ino != before.st_ino:
+        how = "replaced by another file"
+    elif now.st_size != before.st_size:
+        how = f"{before.st_size:,} bytes when opened, {now.st_size:,} now"
+    else:
+        how = "modified since it was opened"
+    return f"{path}: changed while it was read ({how}), so it may still be being written"
+
+
+def refuse_json_array(opened):
+    """Raise SourceError if a .jsonl file holds one JSON document over many lines instead
+    of one object per line: each line would be rejected but the last object's, which loads
+    (a pretty-printed array was half loaded that way). Reads the first lines only."""
+    text = opened.read(BLOCK).lstrip()
+    first_line = text.split("\n", 1)[0].strip()
+    if text.startswith("["):
+        what, jq = "a JSON array", "'.[]'"
+    elif first_line == "{":
+        what, jq = "pretty-printed JSON", "."
+    else:
+        return
+    raise SourceError(
+        f"{opened.path}: this is {what}, not JSON Lines (one object per line); "
+        f"jq -c {jq} {opened.path.name} writes it as JSON Lines"
+    )
 
 
 def file_size(path):

@@ -19,8 +19,9 @@ from crossdb.sources.reading import Opened, SourceError, csv_records
 
 
 class RejectsFileSource:
-    def __init__(self, path):
+    def __init__(self, path, encoding=None):
         self.path = Path(path)
+        self.encoding = encoding  # None: UTF-8, as written; --encoding once a program saved it
         self.label = str(self.path)
         self._tables = None
 
@@ -36,7 +37,7 @@ class RejectsFileSource:
 
     def check(self):
         for table in self.tables():
-            with Opened(self.path) as opened:
+            with Opened(self.path, self.encoding) as opened:
                 header, _records = csv_records(opened, rejects_columns())
                 header.positions(("table", *fields(table)), f" for {table} rows")
 
@@ -48,7 +49,7 @@ class RejectsFileSource:
         """
         if self._tables is None:
             present = set()
-            with Opened(self.path) as opened:
+            with Opened(self.path, self.encoding) as opened:
                 column, records = self._records(opened)
                 for line, record, problem in records:
                     name = record[column] if record and column < len(record) else None
@@ -80,7 +81,7 @@ class RejectsFileSource:
         )
 
     def rows(self, table):
-        with Opened(self.path) as opened:
+        with Opened(self.path, self.encoding) as opened:
             header, records = csv_records(opened, rejects_columns())
             column = header.keys.index("table")
             positions = header.positions(fields(table))

@@ -7,15 +7,24 @@ import sys
 import threading
 
 from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.utils.module_loading import import_string
 
 from crossdb import conf, registry, results, sources
-from crossdb.console import concurrency_line, progress_for, render, summary_table, totals_line
+from crossdb.console import (
+    concurrency_line,
+    encoding_hints,
+    progress_for,
+    render,
+    summary_table,
+    totals_line,
+)
 from crossdb.databases import NotReady, check_ready
 from crossdb.loading import load
 from crossdb.loading.indexes import repair_and_say as repair_indexes
+from crossdb.loading.processes import first_line
 from crossdb.registry import alias, fields
+from crossdb.rules import printable
 
 DEFAULT_GENERATOR = "crossdb.sources.generated.generated"
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
@@ -154,6 +163,16 @@ class Command(BaseCommand):
                 f"--{table}", type=int, default=0, metavar="N", help=f"generate N {table}"
             )
         src.add_argument(
+            "--encoding",
+            metavar="CODEC",
+            help="the encoding of the --from files (default UTF-8; any codec Python knows, "
+            "e.g. latin-1, cp1252, utf-16)",
+        )
+        for table in registry.tables():
+            src.add_argument(
+                f"--{table}", type=int, default=0, metavar="N", help=f"generate N {table}"
+            )
+        src.add_argument(
             "--seed", type=int, default=0, metavar="S", help="seed for generated data (default 0)"
         )
         loading = parser.add_argument_group("loading")
@@ -184,15 +203,20 @@ class Command(BaseCommand):
         progress = progress_for(self.stdout, not options["no_progress"])
         with stop_on_signals():
             try:
-                source = self.prepare(options)
+                source, outputs = self.prepare(options)
                 with progress:
                     result = load.load(source, batch_size=options["batch_size"], progress=progress)
-                self.save(result, options)
                 self.print_result(result, options["show"])
+                if not options["encoding"]:
+                    for hint in encoding_hints(result):
+                        self.stderr.write(f"warning: {hint}")
+                self.save(result, outputs)
+                self.record(result)
+                getattr(source, "check_unchanged", lambda: None)()  # a file still being written
             except (load.LoadError, sources.SourceError) as exc:
                 # a database that failed, or a file that broke off mid-way (a damaged .gz)
                 raise CommandError(
-                    f"{exc}. Batches committed before the failure are kept; "
+                    f"{printable(str(exc))}. Batches committed before the failure are kept; "
                     "run the same command again to finish."
                 ) from exc
             except (Stopped, KeyboardInterrupt) as exc:
@@ -202,18 +226,29 @@ class Command(BaseCommand):
                 raise CommandError(message, returncode=128 + signum) from None
 
     def prepare(self, options):
-        """Build the source and check everything that must stop the run before it starts."""
+        """Build the source and check everything that must stop the run before it starts:
+        the output files first, so that nothing is read for a run that cannot finish."""
         try:
             source = self.source_from(options)
+            outputs = self.outputs(source, options)
             source.check()
             check_ready(["default", *(alias(t) for t in registry.tables())])
             repair_indexes(self.stdout)
-        except (sources.SourceError, NotReady) as exc:
-            raise CommandError(str(exc)) from exc
-        self.refuse_overwriting_input(source, options)
+        except (sources.SourceError, NotReady, results.OutputError) as exc:
+            raise CommandError(printable(str(exc))) from exc
         for warning in getattr(source, "warnings", list)():
-            self.stderr.write(f"warning: {warning}")
-        return source
+            self.stderr.write(f"warning: {printable(warning)}")
+        return source, outputs
+
+    def outputs(self, source, options):
+        """{option: core.results.OutputFile} for --rejects and --report, each checked."""
+        self.refuse_overwriting_input(source, options)
+        outputs = {}
+        for option in ("rejects", "report"):
+            if options[option]:
+                outputs[option] = results.OutputFile(f"--{option}", options[option])
+                outputs[option].check()
+        return outputs
 
     def source_from(self, options):
         counts = {t: options[t] for t in registry.tables()}
@@ -221,8 +256,10 @@ class Command(BaseCommand):
         if options["source"] and generated:
             flags = "/".join(f"--{t}" for t in registry.tables())
             raise CommandError(f"use either --from or {flags}, not both")
+        if options["encoding"] and not options["source"]:
+            raise CommandError("--encoding is for files read with --from")
         if options["source"]:
-            return sources.source_for_path(options["source"])
+            return sources.source_for_path(options["source"], options["encoding"])
         if generated or any(n < 0 for n in counts.values()):
             return import_string(conf.get("GENERATOR") or DEFAULT_GENERATOR)(
                 counts, options["seed"]
@@ -261,18 +298,33 @@ class Command(BaseCommand):
             f"are kept ({kept}); run the same command again to finish."
         )
 
-    def save(self, result, options):
+    @staticmethod
+    def save(result, outputs):
+        """Write --rejects and --report (checked before the load, and opened so that
+        nothing waits: ``crossdb.results.OutputFile``)."""
+        for option, write in (("rejects", result.write_rejects), ("report", result.write_json)):
+            if option not in outputs:
+                continue
+            try:
+                write(outputs[option])
+            except results.OutputError as exc:
+                raise CommandError(printable(str(exc))) from exc
+            except OSError as exc:  # a disk full, a reader gone
+                raise CommandError(f"cannot write {outputs[option]}: {exc.strerror}") from exc
+
+    @staticmethod
+    def record(result):
+        """Log the run for the overview page, after everything else is out."""
         try:
-            if options["rejects"]:
-                result.write_rejects(options["rejects"])
-            if options["report"]:
-                result.write_json(options["report"])
-        except OSError as exc:
-            raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from exc
-        results.record(result)
+            results.record(result)
+        except DatabaseError as exc:  # every row is committed; only the run's log is missing
+            raise CommandError(
+                f"the load is complete, but it could not be logged in the default database "
+                f"({first_line(exc)}); the overview page will not list it"
+            ) from exc
 
     def print_result(self, result, show):
-        self.stdout.write(f"insert_data: {result.source}")
+        self.stdout.write(f"insert_data: {printable(result.source)}")
         render(summary_table(result), self.stdout)
         self.stdout.write(totals_line(result))
         self.stdout.write(concurrency_line(result))
@@ -280,6 +332,6 @@ class Command(BaseCommand):
         if rejections:
             self.stdout.write("\nRejected rows:")
             for rejection in rejections[:show]:
-                self.stdout.write(f"  {rejection}")
+                self.stdout.write(f"  {printable(str(rejection))}")
             if len(rejections) > show:
                 self.stdout.write(f"  ... and {len(rejections) - show:,} more (use --rejects FILE)")
