@@ -202,6 +202,9 @@ def test_the_overview_shows_every_database_and_the_last_load(browser, site):
     check = "input[value='Check every file and reference now']"
     browser.find_element(By.CSS_SELECTOR, check).click()
     result = wait_for(browser, "#integrity-result").text
-    assert result == "7 orders and 0 reviews checked: every user or product they name exists."
+    assert result == (
+        "7 orders, 0 reviews and 0 items checked: every customer or product or shelf they name "
+        "exists."
+    )
     statuses = browser.find_elements(By.CSS_SELECTOR, "#databases .status-ok")
     assert len(statuses) == len(ALL_DATABASES)

@@ -12,12 +12,11 @@ row.
 from io import StringIO
 
 import pytest
-from crossdb.sources import FileSource, SourceError
+from crossdb.sources import FileSource, SourceError, reading
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from core.models import Order
-from core.sources import reading
 from tests.conftest import all_databases
 
 ORDERS_HEADER = "id,user_id,product_id,quantity\n"

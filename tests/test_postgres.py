@@ -370,7 +370,7 @@ def test_concurrent_processes_with_clashing_emails_get_clear_rejections(pg_datab
         assert len(rows) + stored_per_process[p] == count
         for row in rows:
             owner = owners[row["email"].lower()]
-            assert row["reason"] == f"email {row['email']!r} is already used by user {owner}"
+            assert row["reason"] == f"email {row['email']!r} is already used by customer {owner}"
             assert owner // 10_000 != p
         rejected += len(rows)
     assert rejected == 2 * count

@@ -212,7 +212,7 @@ def delete_during_load(
     mine = {order for _position, order in named()[user]}
     users = backend.ids("users")
     orders = dict(backend.query("orders", "id, user_id"))
-    deleted = delete.returncode == 0 and f"deleted user {user}" in delete.stdout
+    deleted = delete.returncode == 0 and f"deleted customer {user}" in delete.stdout
     facts["deleted"] = deleted
     facts["rejected"] = len(rejected)
     facts["stored_of_user"] = sum(1 for o in mine if o in orders)
@@ -222,13 +222,13 @@ def delete_during_load(
         for row in rejected:
             assert row["table"] == "orders" and int(row["id"]) in mine, row
             assert row["reason"] in (
-                f"user {user} was deleted while this load ran",
-                f"user {user} does not exist",
+                f"customer {user} was deleted while this load ran",
+                f"customer {user} does not exist",
             ), row
         assert set(orders) == set(range(FIRST_ID, FIRST_ID + ORDERS)) - mine
     else:
         # refused (PROTECT with committed orders) or fired before the user was committed
-        assert f"user {user} has" in delete.stderr or "does not exist" in delete.stderr, (
+        assert f"customer {user} has" in delete.stderr or "does not exist" in delete.stderr, (
             delete.stderr
         )
         assert rejected == [], rejected[:5]
@@ -529,7 +529,7 @@ def check_save_race(facts):
     refusals = [op for op in facts["saves"] if op["outcome"] == "refused"]
     for op in refusals:
         assert op["error_type"] in ("MissingParent", "form"), op
-        assert f"user {op['user']} does not exist" in op["reason"], op
+        assert f"customer {op['user']} does not exist" in op["reason"], op
     errors = [op for op in facts["saves"] if op["outcome"] == "error"]
     assert errors == [], errors[:3]
     return refusals
@@ -675,7 +675,7 @@ def cross_loads(backend, *, stale):
         and not stored & set(rejected),
         "reasons": {row["reason"] for row in rejected.values()},
         "rejected_reason_names_user": all(
-            row["reason"] == f"user {cross_user(order)} does not exist"
+            row["reason"] == f"customer {cross_user(order)} does not exist"
             for order, row in rejected.items()
         ),
     }

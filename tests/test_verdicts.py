@@ -705,10 +705,10 @@ def test_rows_are_settled_in_input_order(users, case_dir):
 def test_an_order_naming_a_stored_user_and_a_product_of_the_run_waits_for_the_product(
     tmp_path, monkeypatch
 ):
-    """The orders writer looks up the parents the run cannot vouch for (user 5, stored
+    """The orders writer looks up the parents the run cannot vouch for (customer 5, stored
     before) before it waits for the run's own (product 1); the products writer is held
     here until that lookup is done, so product 1 is not committed yet when it runs. It
-    must judge user 5 only: the order is stored (it was rejected, 'product 1 does not
+    must judge customer 5 only: the order is stored (it was rejected, 'product 1 does not
     exist', whenever the products writer was the slower one)."""
     import multiprocessing
 
@@ -738,8 +738,8 @@ def test_an_order_naming_a_stored_user_and_a_product_of_the_run_waits_for_the_pr
 @all_databases
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_an_order_naming_a_user_its_writer_rejected_says_it_was_rejected_in_this_run(fmt, tmp_path):
-    """User 2 passes every rule and is refused by the users writer (user 1 has its email):
-    the order naming it says so, as for a user the validator refused (user 3), whichever
+    """User 2 passes every rule and is refused by the users writer (customer 1 has its email):
+    the order naming it says so, as for a user the validator refused (customer 3), whichever
     writer reports first."""
     rows = {
         "users": [
@@ -753,9 +753,9 @@ def test_an_order_naming_a_user_its_writer_rejected_says_it_was_rejected_in_this
     dumped, reasons = load_rows(fmt, rows, tmp_path, batch_size=50)
     assert stored_ids(dumped) == {"users": [1], "products": [1], "orders": []}
     assert reasons == [
-        "email 'ANN@example.com' is already used by user 1",
+        "email 'ANN@example.com' is already used by customer 1",
         "name is required",
-        "user 2 was rejected in this run",
-        "user 3 was rejected in this run",
-        "user 9 does not exist",
+        "customer 2 was rejected in this run",
+        "customer 3 was rejected in this run",
+        "customer 9 does not exist",
     ]

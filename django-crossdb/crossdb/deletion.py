@@ -88,11 +88,11 @@ def in_progress(table_spec):
     return table_spec.name in _IN_PROGRESS.get()
 
 
-def count_children(table, pks):
-    """Return {(child table, parent pk): number of children} for the given parents."""
-
+def count_children(table, pks, references=None):
+    """Return {(child table, parent pk): number of children} for the given parents, over
+    references (default: every reference to table)."""
     counts = {}
-    for reference in spec(table).children:
+    for reference in spec(table).children if references is None else references:
         child = spec(reference.child)
         for chunk in query_chunks(connections[child.alias], pks):
             rows = (
@@ -328,11 +328,11 @@ def _children_committed():
 
 def _refuse_protected(parent, references, pks, with_children):
     """Raise HasChildren if a PROTECT reference still has children of pks."""
-    protected = {r.child for r in references if r.on_delete != CASCADE}
+    protected = [r for r in references if r.on_delete != CASCADE]
     if with_children or not protected:
         return
-    counts = {key: n for key, n in count_children(parent.name, pks).items() if key[0] in protected}
-    if counts:
+    counts = count_children(parent.name, pks, protected)  # a CASCADE one of the same table
+    if counts:  # does not keep the row
         raise HasChildren(parent, counts)
 
 

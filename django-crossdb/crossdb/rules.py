@@ -221,14 +221,33 @@ def _number_text_problem(field, text):
     return None
 
 
-def _too_many_digits(field, digits):
-    """The reason for a whole number far beyond any column's range, named by its size.
+class _TooManyDigits(Exception):
+    """A whole number far beyond any column's range, known by its sign and size alone.
 
     ``int()`` refuses to read more than 4,300 digits (a ValueError, which was a 500 in the
     admin and a traceback in ``insert_data``), ``int(Decimal)`` of a million digits takes
-    half a minute, and a message should not repeat thousands of them.
+    half a minute, and a message should not repeat thousands of them: such a value is never
+    converted, and its rule names the bound it passes (``_beyond``).
     """
-    return Invalid(field, f"{field} is too large: it has {digits:,} digits")
+
+    def __init__(self, negative, digits):
+        super().__init__(negative, digits)
+        self.negative, self.digits = negative, digits
+
+    def shown(self):
+        return f"{'a negative' if self.negative else 'a'} number of {self.digits:,} digits"
+
+
+def _too_many_digits(field, digits, negative=False):
+    return _TooManyDigits(negative, digits)
+
+
+def _beyond(field, huge, low, high, key=False):
+    """The Invalid for a huge whole number, by the bound it passes (key: an id's words)."""
+    if huge.negative:
+        bound = "a positive whole number" if key else f"at least {low}"
+        return Invalid(field, f"{field} must be {bound} (got {huge.shown()})")
+    return Invalid(field, f"{field} must be at most {high} (got {huge.shown()})")
 
 
 def _digits(text, field):
@@ -264,7 +283,7 @@ def _separators_advice(text):
         whole, fraction = body[:comma], body[comma + 1 :]
         if not fraction.isdigit():
             return None
-        as_decimal = f"{sign}{_digits(whole)}.{fraction}"
+        as_decimal = f"{sign}{_only_digits(whole)}.{fraction}"
         if "." in whole or GROUP_MARKS_RE.search(whole):
             return f"the comma is the decimal separator: write {as_decimal}"
         if len(fraction) != 3:
@@ -280,7 +299,7 @@ def _separators_advice(text):
     return "remove the thousands separators"
 
 
-def _digits(text):
+def _only_digits(text):
     return re.sub("[^0-9]", "", text)
 
 
@@ -297,7 +316,7 @@ def _whole_number(value, field):
         if PLAIN_NUMBER_RE.fullmatch(text):
             number = Decimal(text)
             if number and number.adjusted() >= MAX_WHOLE_DIGITS:
-                raise _too_many_digits(field, number.adjusted() + 1)
+                raise _too_many_digits(field, number.adjusted() + 1, number < 0)
             if number == number.to_integral_value():
                 return int(number)
         elif reason := _number_text_problem(field, text):
@@ -341,12 +360,15 @@ def id_rule(field):
     """An id or a reference: a whole number from 1 to ID_MAX."""
 
     def convert(value):
-        if type(value) is str and value.isdigit() and value.isascii():
-            number = _digits(value, field)  # the common case: a few C calls
-        elif type(value) is int:
-            number = value
-        else:
-            number = _whole_number(value, field)
+        try:
+            if type(value) is str and value.isdigit() and value.isascii():
+                number = _digits(value, field)  # the common case: a few C calls
+            elif type(value) is int:
+                number = value
+            else:
+                number = _whole_number(value, field)
+        except _TooManyDigits as huge:
+            raise _beyond(field, huge, 1, ID_MAX, key=True) from None
         if 0 < number <= ID_MAX:
             return number
         got = _shown_whole(number)
@@ -363,12 +385,15 @@ def integer_rule(field, low, high, low_is_min=False):
     """A whole number in [low, high]; low and high come from the column and its validators."""
 
     def convert(value):
-        if type(value) is str and value.isdigit() and value.isascii():
-            number = _digits(value, field)
-        elif type(value) is int:
-            number = value
-        else:
-            number = _whole_number(value, field)
+        try:
+            if type(value) is str and value.isdigit() and value.isascii():
+                number = _digits(value, field)
+            elif type(value) is int:
+                number = value
+            else:
+                number = _whole_number(value, field)
+        except _TooManyDigits as huge:
+            raise _beyond(field, huge, low, high) from None
         if low <= number <= high:
             return number
         if number < low:

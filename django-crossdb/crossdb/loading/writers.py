@@ -506,7 +506,7 @@ class BulkWriter:
             f"{name} {shown(value)}"
             for name, value in zip(self.fields[1:], earlier[1 : len(self.fields)], strict=True)
         )
-        reason = f"id {row[0]} is already stored with different data ({stored})"
+        reason = f"{self.spec.pk} {row[0]} is already stored with different data ({stored})"
         return self._rejection(line, row, reason)
 
     def finish(self):

@@ -19,6 +19,7 @@ from crossdb.rules import printable
 from crossdb.sources.reading import (
     Opened,
     SourceError,
+    Wanted,
     changed,
     csv_rows,
     csv_runs,
@@ -42,6 +43,11 @@ KINDS = {
 
 def is_data_file_name(name):
     return any(name == f"{table}{suffix}" for table in registry.tables() for suffix in SUFFIXES)
+
+
+def _wanted(table):
+    """The fields of table's rows, with those a file may leave out."""
+    return Wanted(fields(table), registry.spec(table).optional_fields())
 
 
 def _looks_like(name):
@@ -151,8 +157,8 @@ class FileSource:
         for table, path in self._scan().items():
             with Opened(path, self.encoding) as opened:
                 if _is_csv(path):
-                    header, _reader = open_csv(opened, fields(table))
-                    header.positions(fields(table))
+                    header, _reader = open_csv(opened, _wanted(table))
+                    header.positions(_wanted(table))
                 else:
                     refuse_json_array(opened)
 
@@ -185,14 +191,14 @@ class FileSource:
     def rows(self, table):
         path = self._scan()[table]
         read = csv_rows if _is_csv(path) else jsonl_rows
-        return read(path, fields(table), track=self._tracker(table), encoding=self.encoding)
+        return read(path, _wanted(table), track=self._tracker(table), encoding=self.encoding)
 
     def runs(self, table):
         path = self._scan()[table]
         read = csv_runs if _is_csv(path) else jsonl_runs
         return read(
             path,
-            fields(table),
+            _wanted(table),
             self._tracker(table),
             whole_numbers=registry.specs()[table].whole_numbers,
             encoding=self.encoding,

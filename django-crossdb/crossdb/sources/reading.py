@@ -258,6 +258,26 @@ def _split(text, quotes):
     return text.splitlines(True)
 
 
+class Wanted(tuple):
+    """The fields a table's rows are read for, in row order, and those of them a file may
+    leave out (``optional``: ``crossdb.rules.may_be_left_out``): a missing column or key
+    of those reads as None, which their rule turns into the field's empty value."""
+
+    optional = frozenset()
+
+    def __new__(cls, names, optional=()):
+        wanted = super().__new__(cls, names)
+        wanted.optional = frozenset(optional)
+        return wanted
+
+    def __reduce__(self):
+        return (Wanted, (tuple(self), tuple(self.optional)))
+
+
+def optional_of(wanted):
+    return getattr(wanted, "optional", frozenset())
+
+
 def normalized(name):
     """Compare header names as people write them: any case, spaces or a BOM around them."""
     return name.strip().lstrip("\ufeff").strip().casefold()
@@ -274,8 +294,10 @@ class CsvHeader:
         self.keys = [normalized(n) for n in names]
 
     def positions(self, wanted, what=""):
-        """Return the index of each wanted field; raise SourceError if one is missing or twice."""
-        missing = [f for f in wanted if f not in self.keys]
+        """Return the index of each wanted field (None for an optional one the file lacks);
+        raise SourceError if one is missing or twice."""
+        optional = optional_of(wanted)
+        missing = [f for f in wanted if f not in self.keys and f not in optional]
         if missing:
             raise SourceError(
                 f"{self.path}: missing column(s) {', '.join(missing)}{what} "
@@ -286,7 +308,7 @@ class CsvHeader:
             raise SourceError(
                 f"{self.path}: column(s) {', '.join(twice)} appear more than once; keep one"
             )
-        return [self.keys.index(f) for f in wanted]
+        return [self.keys.index(f) if f in self.keys else None for f in wanted]
 
     def shown(self):
         """The header as found, for a message: control characters escaped (``printable``)."""
@@ -360,7 +382,10 @@ def rewritten(record, delimiter):
 
 
 def _picker(positions, width):
-    """Return a C-level function taking a record to the tuple of the wanted fields."""
+    """Return a C-level function taking a record to the tuple of the wanted fields (a
+    Python one when the file lacks an optional field, which reads as None)."""
+    if None in positions:
+        return lambda record: tuple(None if p is None else record[p] for p in positions)
     if positions == list(range(width)):
         return tuple
     if len(positions) == 1:
@@ -701,15 +726,16 @@ def _jsonl_row(number, text, wanted):
     record = _json_record(text)
     if isinstance(record, str):
         return number, Malformed(record, text)
+    optional = optional_of(wanted)
     missing = [n for n in wanted if n not in record]
     if missing:
         record = _by_header_name(record)
         if isinstance(record, str):
             return number, Malformed(record, text)
-        missing = [n for n in wanted if n not in record]
+        missing = [n for n in wanted if n not in record and n not in optional]
     if missing:
         return number, Malformed(f"missing field(s) {', '.join(missing)}", text)
-    return number, tuple(record[n] for n in wanted)
+    return number, tuple(record.get(n) for n in wanted)
 
 
 def _by_header_name(record):

@@ -158,10 +158,6 @@ class Command(BaseCommand):
             help=f"a directory with {'/'.join(registry.tables())} .csv or .jsonl files, "
             "or a rejects CSV (from --rejects) after fixing it",
         )
-        for table in registry.tables():
-            src.add_argument(
-                f"--{table}", type=int, default=0, metavar="N", help=f"generate N {table}"
-            )
         src.add_argument(
             "--encoding",
             metavar="CODEC",
