@@ -365,7 +365,9 @@ class GuardMachine(RuleBasedStateMachine):
                 candidates = [pk for pk in seen if pk not in committed]
             else:
                 candidates = [pk for pk in POOLS[model] if pk not in seen]
-        pk = (candidates or pool)[which % len(candidates or pool)]
+        if not candidates:
+            source, candidates = f"pool: none {source}", pool
+        pk = candidates[which % len(candidates)]
         note(f"{label}: {pk} ({source})")
         return pk
 
@@ -379,7 +381,9 @@ class GuardMachine(RuleBasedStateMachine):
                 used = {email_key(e) for e in User.objects.values_list("email", flat=True)}
             except TransactionManagementError:
                 used = set()
-            candidates = [e for e in EMAIL_POOL if email_key(e) not in used] or EMAIL_POOL
+            candidates = [e for e in EMAIL_POOL if email_key(e) not in used]
+            if not candidates:
+                source, candidates = "pool: no unused key", EMAIL_POOL
         email = candidates[which % len(candidates)]
         note(f"{label}: {email!r} ({source})")
         return email
