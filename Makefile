@@ -41,8 +41,9 @@ format: $(STAMP)
 test: lint  ## install the dev tools, lint, then the whole test suite
 	$(BIN)/pytest
 
-soak: $(STAMP)  ## long loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS writers, MULTIDS_SOAK_SECONDS of checker per backend
-	MULTIDS_SOAK=1 $(BIN)/pytest -m slow -s tests/test_reliability.py tests/test_checker.py tests/test_overview.py
+soak: $(STAMP)  ## long loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS writers, MULTIDS_SOAK_SECONDS of checker per backend, MULTIDS_MACHINE_EXAMPLES guard machine examples per backend
+	MULTIDS_SOAK=1 $(BIN)/pytest -m slow -s tests/test_reliability.py tests/test_checker.py tests/test_overview.py tests/test_guard_machine.py
+	MULTIDS_SOAK=1 $(BIN)/pytest -m slow -s --ds tests.settings_postgres tests/test_guard_machine.py
 
 clean:
 	rm -rf $(VENV) *.db *.db-wal *.db-shm bench-data
