@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import DatabaseError, connections
 
-from crossdb import guard, registry
+from crossdb import causal, guard, registry
 from crossdb.databases import sqlite_file_missing
 from crossdb.lookups import missing_ids, query_chunks
 from crossdb.registry import spec
@@ -200,11 +200,38 @@ def unbacked_references():
     return found
 
 
-def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progress=None):
+def check_integrity(
+    *, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progress=None, replica=False
+):
     """Check every reference and every SQLite file; return an IntegrityResult.
 
     progress, if given, is called with the number of rows checked after each batch.
+    replica: read the children from replicas and their parents where they are causally
+    visible (``crossdb.causal``: a replica that replayed what the children depend on, else
+    the primary); an orphan found so is confirmed on the primaries before it counts, since
+    deletes reach the children's replica after the parents' (CAUSAL_READS off: on the
+    same aliases, as a plain replica reader would).
     """
+    if replica:
+        with causal.reading():
+            return _check_integrity(batch_size, keep, progress, Reader())
+    return _check_integrity(batch_size, keep, progress, None)
+
+
+class Reader:
+    """Where ``check_integrity --replica`` reads: children, then their parents."""
+
+    def __init__(self):
+        self.confirm_on_primaries = causal.enabled()
+
+    def children(self, child):
+        return causal.for_children(child.alias)
+
+    def parents(self, table):
+        return causal.for_parents(spec(table).alias)
+
+
+def _check_integrity(batch_size, keep, progress, reader):
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     # A load into an empty table holds it locked until its commit (crossdb.loading.segment), and a
@@ -212,19 +239,19 @@ def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progres
     with contextlib.ExitStack() as bounded:
         for alias in sorted({s.alias for s in registry.specs().values()}):
             bounded.enter_context(guard.bounded(alias, "a lock a writer holds"))
-        return _check(batch_size, keep, progress)
+        return _check(batch_size, keep, progress, reader)
 
 
-def _check(batch_size, keep, progress):
+def _check(batch_size, keep, progress, reader=None):
     result = IntegrityResult()
     for alias in settings.DATABASES:
         result.databases[alias] = file_check(alias)
     for child in child_tables():
         result.rows_checked[child.name] = 0
         try:
-            for batch in child_batches(child, batch_size):
+            for batch in child_batches(child, batch_size, reader):
                 result.rows_checked[child.name] += len(batch)
-                orphans = _confirmed(child, _orphans_in(child, batch))
+                orphans = _confirmed(child, _orphans_in(child, batch, reader), reader)
                 result.orphan_count += len(orphans)
                 result.orphans.extend(orphans[: max(keep - len(result.orphans), 0)])
                 if progress:
@@ -293,13 +320,14 @@ def _reference_columns(child):
     return ("pk", *(r.field for r in child.references))
 
 
-def child_batches(child, batch_size):
+def child_batches(child, batch_size, reader=None):
     """Yield lists of (id, *reference ids), in id order, batch_size at a time."""
     last = 0
-    rows = child.model.objects.using(child.alias)
     while True:
+        alias = reader.children(child) if reader else child.alias
         batch = list(
-            rows.filter(pk__gt=last)
+            child.model.objects.using(alias)
+            .filter(pk__gt=last)
             .order_by("pk")
             .values_list(*_reference_columns(child))[:batch_size]
         )
@@ -309,9 +337,11 @@ def child_batches(child, batch_size):
         last = batch[-1][0]
 
 
-def _orphans_in(child, batch):
+def _orphans_in(child, batch, reader=None):
     absent = [
-        missing_ids(r.parent, {row[i] for row in batch})
+        missing_ids(
+            r.parent, {row[i] for row in batch}, alias=reader.parents(r.parent) if reader else None
+        )
         for i, r in enumerate(child.references, start=1)
     ]
     if not any(absent):
@@ -328,24 +358,29 @@ def _orphans_in(child, batch):
     return orphans
 
 
-def _confirmed(child, orphans):
+def _confirmed(child, orphans, reader=None):
     """Keep the orphans whose row is still stored and still misses a parent.
 
     A delete running beside the check removes the child before its parent; a child read
-    before that delete and checked after it would otherwise be a false orphan.
+    before that delete and checked after it would otherwise be a false orphan. Read from
+    replicas, they are confirmed on the primaries (reader.confirm_on_primaries), or again
+    where they were found.
     """
     if not orphans:
         return []
-    connection = connections[child.alias]
+    if reader is not None and reader.confirm_on_primaries:
+        reader = None
+    alias = reader.children(child) if reader else child.alias
+    connection = connections[alias]
     still = [
         row
         for chunk in query_chunks(connection, [o.id for o in orphans])
-        for row in child.model.objects.using(child.alias)
+        for row in child.model.objects.using(alias)
         .filter(pk__in=chunk)
         .order_by("pk")
         .values_list(*_reference_columns(child))
     ]
-    return _orphans_in(child, still)
+    return _orphans_in(child, still, reader)
 
 
 def file_check(alias):

@@ -37,19 +37,20 @@ def stored_rows(table_spec, connection, alias, ids):
     }
 
 
-def missing_ids(table, ids):
+def missing_ids(table, ids, alias=None):
     """Return the subset of ids NOT stored in table, in one query where the backend allows.
 
     The ids travel as one parameter (a JSON array on SQLite, an array on PostgreSQL) and
     the database does the anti-join, so checking 50,000 references costs one round trip
-    instead of fifty ``IN`` queries of 999 parameters.
+    instead of fifty ``IN`` queries of 999 parameters. alias: where to read the table
+    (default: its database; a replica for ``check_integrity --replica``).
     """
 
     ids = list(ids)
     if not ids:
         return set()
     table_spec = spec(table)
-    alias = table_spec.alias
+    alias = alias or table_spec.alias
     connection = connections[alias]
     qn = connection.ops.quote_name
     db_table = qn(table_spec.model._meta.db_table)
@@ -69,7 +70,7 @@ def missing_ids(table, ids):
         )
         params = [ids]
     else:
-        return set(ids) - existing_ids(table, ids)
+        return set(ids) - existing_ids(table, ids)  # other backends: on the primary
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {row[0] for row in cursor.fetchall()}

@@ -14,7 +14,7 @@ from django.contrib.auth import get_permission_codename
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
-from crossdb import guard, registry, rules
+from crossdb import causal, guard, registry, replicas, rules
 from crossdb.admin.forms import ValidatedForm
 from crossdb.routers import database_for
 
@@ -208,6 +208,14 @@ class TableChangeList(ChangeList):
         many at most (a COUNT over a LIMIT), however large it is."""
         rows = self.root_queryset.order_by()[: FACETS_MAX_ROWS + 1]
         return rows.count() > FACETS_MAX_ROWS
+
+    def get_queryset(self, request, exclude_parameters=None):
+        """The page's rows from a replica where it shows the reader's writes
+        (``crossdb.causal``), else from the primary."""
+        queryset = super().get_queryset(request, exclude_parameters)
+        if not replicas.of(queryset.db):
+            return queryset
+        return queryset.using(causal.for_model(self.model))
 
     def get_results(self, request):
         super().get_results(request)
