@@ -1,0 +1,126 @@
+"""Processes of tests/test_replicas.py and bench/replicas.py: ``python -m tests.replica_clients
+reader|deleter ...`` against the databases (and replicas) the environment names.
+
+* ``reader``: loops, each turn a reader of its own (as a request is), over every order
+  through the ORM and the router (so from the orders replica when it is usable), then looks
+  each order's user up through the router; counts the orders seen without their user. It
+  stops once a turn saw ``--expect`` orders (the number in the file, once it exists), or at
+  ``--seconds``. Writes a JSON summary: turns, orders seen, misses, reads per alias, and each
+  turn's duration.
+* ``deleter``: logs in to the admin with Django's test client and deletes users through the
+  delete confirmation page, one after the other, until ``--stop`` exists; logs every answer.
+"""
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+
+def _setup():
+    import django
+
+    from tests.launch import set_hooks
+
+    django.setup()
+    set_hooks()
+
+
+def reader_main(args):
+    _setup()
+    from crossdb import causal, replicas
+    from django.db import connections
+
+    from core.models import Order, User
+
+    deadline = time.monotonic() + args.seconds
+    turns, misses, examples, durations = 0, 0, [], []
+    best = 0
+    expect_file = Path(args.expect)
+    while time.monotonic() < deadline:
+        expect = int(expect_file.read_text()) if expect_file.exists() else None
+        started = time.perf_counter()
+        with causal.reading():
+            orders = list(Order.objects.order_by("id").values_list("id", "user_id"))
+            wanted = sorted({user for _order, user in orders})
+            users = set()
+            for start in range(0, len(wanted), 5000):
+                chunk = wanted[start : start + 5000]
+                users.update(User.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+        durations.append(time.perf_counter() - started)
+        turns += 1
+        best = max(best, len(orders))
+        missing = [(order, user) for order, user in orders if user not in users]
+        misses += len(missing)
+        examples.extend(missing[: max(5 - len(examples), 0)])
+        for connection in connections.all():
+            connection.close()
+        if expect is not None and len(orders) >= expect and turns >= args.min_turns:
+            break
+        time.sleep(args.pause)
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "turns": turns,
+                "orders_seen": best,
+                "misses": misses,
+                "examples": examples,
+                "served": dict(replicas.SERVED),
+                "durations": durations,
+            }
+        )
+    )
+
+
+def deleter_main(args):
+    _setup()
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from core.models import User
+
+    staff = get_user_model().objects.create_superuser(
+        f"deleter{args.seed}", f"deleter{args.seed}@example.com", "pw-deleter"
+    )
+    client = Client(raise_request_exception=False)
+    client.force_login(staff)
+    rng = random.Random(args.seed)
+    log = Path(args.log).open("a", encoding="utf-8")
+    while not Path(args.stop).exists():
+        ids = list(User.objects.using("users_db").values_list("pk", flat=True)[:2000])
+        if not ids:
+            break
+        pk = rng.choice(ids)
+        response = client.post(f"/admin/core/user/{pk}/delete/", {"post": "yes"})
+        answer = {"user": pk, "status": response.status_code}
+        if response.status_code == 302:
+            after = client.get(response["Location"])
+            answer["message"] = " ".join(
+                str(m) for m in after.context["messages"] if after.context
+            )[:300]
+        log.write(json.dumps(answer) + "\n")
+        log.flush()
+    log.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tests.replica_clients")
+    sub = parser.add_subparsers(dest="command", required=True)
+    reader = sub.add_parser("reader")
+    reader.add_argument("--expect", required=True, help="file holding the orders to expect")
+    reader.add_argument("--out", required=True)
+    reader.add_argument("--seconds", type=float, default=120)
+    reader.add_argument("--min-turns", type=int, default=3)
+    reader.add_argument("--pause", type=float, default=0.05)
+    deleter = sub.add_parser("deleter")
+    deleter.add_argument("--log", required=True)
+    deleter.add_argument("--stop", required=True)
+    deleter.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    {"reader": reader_main, "deleter": deleter_main}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

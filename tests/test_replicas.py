@@ -1,0 +1,265 @@
+"""Read replicas with causal reads (issue 31), against real streaming replicas.
+
+``.ci/setup-replicas.sh`` makes two PostgreSQL primaries on this machine, each with a hot
+standby: A (127.0.0.1:5433, replica 5434) holds default, users and products; B (5435,
+replica 5436) holds orders. Each test creates its databases on the primaries (replication
+brings them to the replicas), points the processes it starts at them by URL with
+``*_DATABASE_REPLICA_URLS``, and drops them at the end. Lag is injected deterministically by
+pausing replay (``pg_wal_replay_pause()``) or with ``recovery_min_apply_delay``; every
+test resumes replay and restarts a stopped replica when it ends.
+
+Without the clusters these tests skip with one line saying how to make them; in CI (``CI``
+set) they fail instead.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.concurrency import Backend, Processes, wait_until
+
+pytestmark = pytest.mark.postgres
+
+HOST = "127.0.0.1"
+PRIMARY_A, REPLICA_A, PRIMARY_B, REPLICA_B = 5433, 5434, 5435, 5436
+# alias -> (primary port, replica port or None)
+PLACES = {
+    "default": (PRIMARY_A, None),
+    "users_db": (PRIMARY_A, REPLICA_A),
+    "products_db": (PRIMARY_A, REPLICA_A),
+    "orders_db": (PRIMARY_B, REPLICA_B),
+}
+VARIABLES = {
+    "default": "DATABASE",
+    "users_db": "USERS_DATABASE",
+    "orders_db": "ORDERS_DATABASE",
+    "products_db": "PRODUCTS_DATABASE",
+}
+CLUSTERS = {REPLICA_A: "multids_a_replica", REPLICA_B: "multids_b_replica"}
+
+
+def _in_ci():
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def url(port, name, user="multids"):
+    return f"postgresql://{user}@{HOST}:{port}/{name}"
+
+
+def admin(port):
+    """A superuser connection (trust on 127.0.0.1) to the postgres database of port."""
+    return psycopg.connect(url(port, "postgres", "postgres"), autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def replica_servers():
+    """The four servers, once each answered as what it should be; skip (fail in CI) if not."""
+    try:
+        for port in PRIMARY_A, REPLICA_A, PRIMARY_B, REPLICA_B:
+            with admin(port) as db:
+                recovering = db.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            if recovering != (port in CLUSTERS):
+                raise psycopg.OperationalError(f"{HOST}:{port} is not what the setup makes")
+    except psycopg.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = f"the replica clusters are not running ({first}); run: bash .ci/setup-replicas.sh"
+        if _in_ci():
+            pytest.fail(f"CI is set, so the replica tests must run: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+def replay(port, action):
+    """Pause or resume replay on a replica, and wait until it is so."""
+    with admin(port) as db:
+        db.execute(f"SELECT pg_wal_replay_{action}()")
+        if action == "pause":
+            assert wait_until(
+                lambda: (
+                    db.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] == "paused"
+                ),
+                30,
+            )
+
+
+def apply_delay(port, setting):
+    with admin(port) as db:
+        if setting is None:
+            db.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
+        else:
+            db.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{setting}'")
+        db.execute("SELECT pg_reload_conf()")
+
+
+def cluster(port, action):
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", "15", CLUSTERS[port], action],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def heal():
+    """Whatever a test did to the replicas, undone: running, replaying, no delay."""
+    for port in CLUSTERS:
+        try:
+            with admin(port):
+                pass
+        except psycopg.OperationalError:
+            cluster(port, "start")
+            assert wait_until(lambda p=port: _answers(p), 60, 0.2)
+        replay(port, "resume")
+        apply_delay(port, None)
+
+
+def _answers(port):
+    try:
+        with admin(port):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def replayed_everything(port_primary, port_replica, timeout=60):
+    """Wait until the replica has replayed what its primary has written so far."""
+    with admin(port_primary) as db:
+        target = db.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    with admin(port_replica) as db:
+        return wait_until(
+            lambda: db.execute(
+                "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s) >= 0", [target]
+            ).fetchone()[0],
+            timeout,
+            0.02,
+        )
+
+
+@pytest.fixture
+def replicated(replica_servers, tmp_path):
+    """make(**env) -> a migrated Backend whose databases live on the primaries, with the
+    replicas named by *_DATABASE_REPLICA_URLS; everything dropped and healed after."""
+    created = []
+
+    def make():
+        tag = uuid.uuid4().hex[:8]
+        urls = {}
+        for alias, (primary, replica) in PLACES.items():
+            name = f"multids_test_{tag}_{alias}"
+            with admin(primary) as db:
+                db.execute(sql.SQL("CREATE DATABASE {} OWNER multids").format(sql.Identifier(name)))
+            created.append((primary, name))
+            urls[f"{VARIABLES[alias]}_URL"] = url(primary, name)
+            if replica is not None:
+                urls[f"{VARIABLES[alias]}_REPLICA_URLS"] = url(replica, name)
+        data_dir = tmp_path / f"data-{tag}"
+        data_dir.mkdir()
+        backend = Backend("postgresql", data_dir, "multids.settings", urls)
+        backend.migrate()
+        for primary, replica in {(p, r) for p, r in PLACES.values() if r}:
+            assert replayed_everything(primary, replica)
+        return backend
+
+    try:
+        yield make
+    finally:
+        heal()
+        for port, name in created:
+            with admin(port) as db:
+                db.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+def clients(backend, *args, env=None, **popen):
+    """``python -m tests.replica_clients ARGS`` against backend, as a process."""
+    return [sys.executable, "-m", "tests.replica_clients", *args], backend.env(**(env or {}))
+
+
+def load_and_read(backend, tmp_path, *, causal, users=2000, orders=6000):
+    """Pause the users replica, load users, products and orders while a reader loops over
+    the orders on the orders replica and looks each user up; then check_integrity
+    --replica. Returns (reader's summary, check's exit status, its report)."""
+    reads = {"MULTIDS_CAUSAL_READS": "1" if causal else "0"}
+    expect = tmp_path / f"expect-{uuid.uuid4().hex[:6]}"
+    out = tmp_path / f"reader-{uuid.uuid4().hex[:6]}.json"
+    replay(REPLICA_A, "pause")  # users and products: the replica shows none of the load
+    with Processes() as processes:
+        args, env = clients(
+            backend, "reader", "--expect", str(expect), "--out", str(out), env=reads
+        )
+        reader = processes.start(args, env)
+        load = backend.manage(
+            "insert_data",
+            "--users",
+            str(users),
+            "--products",
+            "50",
+            "--orders",
+            str(orders),
+            "--seed",
+            "31",
+            "--no-progress",
+        )
+        assert load.returncode == 0, load.stderr[-2000:]
+        expect.write_text(str(backend.count("orders")))
+        _out, err = reader.communicate(timeout=300)
+        assert reader.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    report_path = tmp_path / f"check-{uuid.uuid4().hex[:6]}.json"
+    check = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "launch.py"),
+            "check_integrity",
+            "--replica",
+            "--json",
+            str(report_path),
+        ],
+        env=backend.env(**reads),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert "Traceback" not in check.stderr, check.stderr[-3000:]
+    return json.loads(out.read_text()), check.returncode, json.loads(report_path.read_text())
+
+
+def test_a_reader_of_the_replicas_never_sees_an_order_without_its_user(replicated, tmp_path):
+    """Users' replay paused for the whole load: the orders replica shows every order, the
+    users replica none of their users. Causal reads look the users up where the orders'
+    watermark is replayed (here: the primary, once the 2 s wait gave up)."""
+    backend = replicated()
+    summary, status, report = load_and_read(backend, tmp_path, causal=True)
+    print(
+        f"\ncausal reads on: {summary['turns']} turns, {summary['orders_seen']} orders seen, "
+        f"{summary['misses']} without their user, reads {summary['served']}; "
+        f"check_integrity --replica: {report['orphan_count']} orphans"
+    )
+    assert summary["orders_seen"] == backend.count("orders") > 0
+    assert summary["misses"] == 0, summary["examples"]
+    # The orders came from the orders replica: the test is about replicas, not the primary.
+    assert summary["served"].get("orders_db_replica_1", 0) > 0, summary["served"]
+    assert status == 0 and report["orphan_count"] == 0, report["orphans"][:5]
+
+
+def test_negative_control_without_causal_reads_the_reader_sees_orders_without_users(
+    replicated, tmp_path
+):
+    backend = replicated()
+    summary, status, report = load_and_read(backend, tmp_path, causal=False)
+    print(
+        f"\ncausal reads off: {summary['turns']} turns, {summary['orders_seen']} orders "
+        f"seen, {summary['misses']} without their user, reads {summary['served']}; "
+        f"check_integrity --replica: {report['orphan_count']} false orphans"
+    )
+    assert summary["orders_seen"] == backend.count("orders") > 0
+    assert summary["misses"] > 0
+    assert status == 1 and report["orphan_count"] > 0
