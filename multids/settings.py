@@ -354,6 +354,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},  # stderr
     "loggers": {
         "core": {"handlers": ["console"], "level": os.environ.get("MULTIDS_LOG_LEVEL", "WARNING")},
+        # crossdb: a replica skipped or used again, one line each (crossdb.replicas).
+        "crossdb": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },

@@ -12,10 +12,18 @@ Without the clusters these tests skip with one line saying how to make them; in 
 set) they fail instead.
 """
 
+import html
+import http.cookiejar
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -23,7 +31,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.concurrency import Backend, Processes, wait_until
+from tests.concurrency import ROOT, Backend, Processes, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -263,3 +271,203 @@ def test_negative_control_without_causal_reads_the_reader_sees_orders_without_us
     assert summary["orders_seen"] == backend.count("orders") > 0
     assert summary["misses"] > 0
     assert status == 1 and report["orphan_count"] > 0
+
+
+# --- over HTTP: read-your-writes, and a replica stopped mid-test ---------------------------
+
+
+class Browser:
+    """A person's browser against the server: cookies kept, forms posted with their CSRF
+    token, redirects followed; every answer's status recorded."""
+
+    def __init__(self, base):
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.statuses = []
+
+    def open(self, path, data=None):
+        body = None if data is None else urllib.parse.urlencode(data).encode()
+        request = urllib.request.Request(self.base + path, data=body)
+        if data is not None:
+            request.add_header("Referer", self.base + path)
+        try:
+            with self.opener.open(request, timeout=60) as response:
+                self.statuses.append(response.status)
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            self.statuses.append(exc.code)
+            return exc.code, exc.read().decode(errors="replace")
+
+    def csrf(self, page):
+        return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+
+    def login(self, username, password):
+        _status, page = self.open("/admin/login/")
+        status, page = self.open(
+            "/admin/login/?next=/admin/",
+            {"csrfmiddlewaretoken": self.csrf(page), "username": username, "password": password},
+        )
+        assert status == 200 and "Log out" in page, page[-1500:]
+
+    def cookie(self, name):
+        return next((c.value for c in self.jar if c.name == name), None)
+
+    def drop_cookie(self, name):
+        for c in list(self.jar):
+            if c.name == name:
+                self.jar.clear(c.domain, c.path, c.name)
+
+    def save_user_name(self, pk, name):
+        """Change user pk's name on its change page; return the page the redirect shows."""
+        _status, page = self.open(f"/admin/core/user/{pk}/change/")
+        email = re.search(r'name="email"[^>]*value="([^"]*)"', page).group(1)
+        status, page = self.open(
+            f"/admin/core/user/{pk}/change/",
+            {"csrfmiddlewaretoken": self.csrf(page), "name": name, "email": email, "_save": "Save"},
+        )
+        assert status == 200 and "was changed successfully" in page, page[-2000:]
+        return page
+
+    def listed(self, path):
+        """The rows of a changelist (its result table only, not the messages above it)."""
+        status, page = self.open(path)
+        assert status == 200, page[-2000:]
+        match = re.search(r'<table id="result_list">.*?</table>', page, re.S)
+        return html.unescape(match.group(0)) if match else ""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def site(replicated, tmp_path):
+    """A migrated backend with a few customers and orders, served by gunicorn on
+    127.0.0.1; yields (backend, a logged-in Browser, the server's log path)."""
+    backend = replicated()
+    loaded = backend.manage(
+        "insert_data", "--users", "30", "--products", "5", "--orders", "60", "--no-progress"
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    env = backend.env(DJANGO_SUPERUSER_PASSWORD="pw-replicas")
+    made = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "staff",
+            "--email",
+            "staff@example.com",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    for primary, replica in ((PRIMARY_A, REPLICA_A), (PRIMARY_B, REPLICA_B)):
+        assert replayed_everything(primary, replica)
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "multids.wsgi",
+                "--bind",
+                f"{HOST}:{port}",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    try:
+        browser = Browser(f"http://{HOST}:{port}")
+        assert wait_until(lambda: _serves(browser), 60, 0.1), log_path.read_text()[-2000:]
+        browser.login("staff", "pw-replicas")
+        yield backend, browser, log_path
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def _serves(browser):
+    try:
+        return browser.open("/admin/login/")[0] == 200
+    except OSError:
+        return False
+
+
+def name_of(backend, pk):
+    return dict(backend.query("users", "id, name"))[pk]
+
+
+def test_read_your_writes_over_http_with_the_replica_delayed_by_a_second(site):
+    """The save's redirect shows the new name although the users replica applies commits
+    1 s late; once the replica has replayed it the cookie goes and the list is read from
+    the replica again (shown by pausing it and changing the row behind the site's back)."""
+    backend, browser, _log = site
+    apply_delay(REPLICA_A, "1s")
+    new = f"Renamed {uuid.uuid4().hex[:6]}"
+    first = min(backend.ids("users"))
+    page = browser.save_user_name(first, new)
+    rows = html.unescape(re.search(r'<table id="result_list">.*?</table>', page, re.S).group(0))
+    assert new in rows  # the next page, read while the replica is a second behind
+    assert browser.cookie("crossdb_positions")
+    assert new in browser.listed("/admin/core/user/")
+    # Back to the replica once it has replayed the save: the cookie is dropped...
+    assert wait_until(
+        lambda: browser.listed("/admin/core/user/") and browser.cookie("crossdb_positions") is None,
+        30,
+        0.2,
+    )
+    apply_delay(REPLICA_A, None)
+    assert replayed_everything(PRIMARY_A, REPLICA_A)
+    # ... and the list comes from the replica: paused, it does not show a change made since.
+    replay(REPLICA_A, "pause")
+    with psycopg.connect(backend.urls["USERS_DATABASE_URL"], autocommit=True) as db:
+        db.execute("UPDATE users SET name = 'Changed behind the site' WHERE id = %s", [first])
+    rows = browser.listed("/admin/core/user/")
+    assert new in rows and "Changed behind the site" not in rows
+    assert set(browser.statuses) == {200}
+
+
+def test_negative_control_without_the_positions_the_next_page_is_stale(site):
+    """The same save with the users replica paused: the browser that keeps the cookie sees
+    its write, the same browser without the cookie reads the replica and does not."""
+    backend, browser, _log = site
+    replay(REPLICA_A, "pause")
+    new = f"Renamed {uuid.uuid4().hex[:6]}"
+    second = sorted(backend.ids("users"))[1]
+    browser.save_user_name(second, new)
+    assert name_of(backend, second) == new
+    assert new in browser.listed("/admin/core/user/")
+    browser.drop_cookie("crossdb_positions")
+    assert new not in browser.listed("/admin/core/user/")
+
+
+def test_a_replica_stopped_mid_test_sends_reads_to_the_primary_within_one_request(site):
+    backend, browser, log_path = site
+    orders = backend.count("orders")
+    assert f"{orders} orders" in browser.open("/admin/core/order/")[1]
+    cluster(REPLICA_B, "stop")  # the orders replica, with the site reading from it
+    for _ in range(5):
+        status, page = browser.open("/admin/core/order/")
+        assert status == 200 and f"{orders} orders" in page, page[-1500:]
+    assert set(browser.statuses) == {200}
+    said = [line for line in log_path.read_text().splitlines() if "is not used" in line]
+    assert len(said) == 1 and "orders_db_replica_1" in said[0], said
