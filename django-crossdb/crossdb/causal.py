@@ -48,11 +48,11 @@ process), or a block (``reading()``, e.g. ``check_integrity --replica``). Its st
 context variable, so async views and ``sync_to_async`` share it.
 
 Deletes are ordered the other way (children first, then the parent); a reader whose child
-replica lags while the parent replica has replayed a delete could see a child of a deleted
-parent. ``check_integrity --replica`` confirms every orphan on the primaries before it
-reports it, and reads that show a missing parent fall back to the primary too; a reader
-that must never see such a row reads the children from the primary (a write made the
-deleter's own session do that).
+replica lags while the parent replica has replayed a delete can see a child of a deleted
+parent until the child replica catches up. ``check_integrity --replica`` confirms every
+orphan on the primaries before it reports it; the deleter's own session reads the
+primaries until the replicas have replayed its delete (read-your-writes). docs/replicas.md
+says what closing it fully would take.
 """
 
 from __future__ import annotations
