@@ -10,6 +10,8 @@ reader|deleter ...`` against the databases (and replicas) the environment names.
 * ``deleter``: logs in to the admin with Django's test client and deletes users through the
   delete confirmation page, one after the other, until ``--stop`` exists (or ``--user``
   once); logs every answer.
+* ``async``: the admin through Django's ASGI handler: a save, then the list with and
+  without the positions cookie.
 """
 
 import argparse
@@ -106,6 +108,48 @@ def deleter_main(args):
     log.close()
 
 
+def async_main(args):
+    """Over Django's ASGI handler (the middleware in its async mode): rename a customer in
+    the admin, then read the customers list with the positions cookie and without it."""
+    _setup()
+    import asyncio
+    import html
+    import re
+
+    from asgiref.sync import sync_to_async
+    from django.contrib.auth import get_user_model
+    from django.test import AsyncClient
+
+    from core.models import User
+
+    def listed(response):
+        match = re.search(r'<table id="result_list">.*?</table>', response.content.decode(), re.S)
+        return html.unescape(match.group(0)) if match else ""
+
+    async def run():
+        staff = await sync_to_async(get_user_model().objects.create_superuser)(
+            "async-staff", "async@example.com", "pw-async"
+        )
+        client = AsyncClient()
+        await client.aforce_login(staff)
+        pk, email = await sync_to_async(
+            lambda: User.objects.using("users_db").order_by("pk").values_list("pk", "email")[0]
+        )()
+        saved = await client.post(
+            f"/admin/core/user/{pk}/change/", {"name": args.name, "email": email, "_save": "Save"}
+        )
+        with_cookie = listed(await client.get("/admin/core/user/"))
+        client.cookies.pop("crossdb_positions", None)
+        without = listed(await client.get("/admin/core/user/"))
+        return {
+            "saved": saved.status_code,
+            "with_cookie": args.name in with_cookie,
+            "without_cookie": args.name in without,
+        }
+
+    print(json.dumps(asyncio.run(run())))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.replica_clients")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,8 +164,10 @@ def main(argv=None):
     deleter.add_argument("--stop", required=True)
     deleter.add_argument("--seed", type=int, default=0)
     deleter.add_argument("--user", type=int, help="delete this user once, then exit")
+    asynchronous = sub.add_parser("async")
+    asynchronous.add_argument("--name", required=True)
     args = parser.parse_args(argv)
-    {"reader": reader_main, "deleter": deleter_main}[args.command](args)
+    {"reader": reader_main, "deleter": deleter_main, "async": async_main}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -477,6 +477,20 @@ def test_a_replica_stopped_mid_test_sends_reads_to_the_primary_within_one_reques
     assert len(said) == 1 and "orders_db_replica_1" in said[0], said
 
 
+def test_read_your_writes_through_the_asgi_handler(replicated):
+    """The middleware in its async mode (Django's ASGI handler, AsyncClient): with the users
+    replica paused, the save is read back with the cookie, and not without it."""
+    backend = replicated()
+    stored_parents(backend, users=5, products=1)
+    replay(REPLICA_A, "pause")
+    name = f"Async {uuid.uuid4().hex[:6]}"
+    args, env = clients(backend, "async", "--name", name)
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"saved": 302, "with_cookie": True, "without_cookie": False}, result
+
+
 # --- loaders racing deletes through the admin, replicas attached ---------------------------
 
 ONE_BY_ONE = {"MULTIDS_LOAD_SEGMENT_MB": "0"}  # commit batch by batch, so deletes interleave
