@@ -477,6 +477,27 @@ def test_a_replica_stopped_mid_test_sends_reads_to_the_primary_within_one_reques
     assert len(said) == 1 and "orders_db_replica_1" in said[0], said
 
 
+def replica_row(page, alias):
+    row = re.search(rf'<tr id="replica-{alias}">(.*?)</tr>', page, re.S).group(1)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", row)).split())
+
+
+def test_the_overview_shows_each_replica_its_lag_and_whether_reads_use_it(site):
+    backend, browser, _log = site
+    replay(REPLICA_A, "pause")
+    backend.manage("insert_data", "--no-progress", "--users=300", "--seed=5", check=True)
+    cluster(REPLICA_B, "stop")
+    status, page = browser.open("/overview/")
+    assert status == 200, page[-2000:]
+    users = replica_row(page, "users_db_replica_1")
+    assert re.search(r"users_db .* [1-9][\d,]* bytes, [\d.]+ s \(replay paused\) used$", users), (
+        users
+    )
+    orders = replica_row(page, "orders_db_replica_1")
+    assert "unknown" in orders and "not used: unreachable" in orders, orders
+    assert "reads go to orders_db" in orders, orders
+
+
 def test_read_your_writes_through_the_asgi_handler(replicated):
     """The middleware in its async mode (Django's ASGI handler, AsyncClient): with the users
     replica paused, the save is read back with the cookie, and not without it."""
