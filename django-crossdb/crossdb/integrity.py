@@ -20,6 +20,7 @@ by ``migrate_all`` or ``check_integrity --repair``.
 """
 
 import contextlib
+import contextvars
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -214,8 +215,12 @@ def check_integrity(
     """
     if replica:
         with causal.reading():
-            return _check_integrity(batch_size, keep, progress, Reader())
-    return _check_integrity(batch_size, keep, progress, None)
+            token = _reader.set(Reader())
+            try:
+                return _check_integrity(batch_size, keep, progress)
+            finally:
+                _reader.reset(token)
+    return _check_integrity(batch_size, keep, progress)
 
 
 class Reader:
@@ -231,7 +236,11 @@ class Reader:
         return causal.for_parents(spec(table).alias)
 
 
-def _check_integrity(batch_size, keep, progress, reader):
+# The Reader of a check_integrity(replica=True) under way (None: every read on the primaries).
+_reader = contextvars.ContextVar("crossdb_integrity_reader", default=None)
+
+
+def _check_integrity(batch_size, keep, progress):
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     # A load into an empty table holds it locked until its commit (crossdb.loading.segment), and a
@@ -239,19 +248,19 @@ def _check_integrity(batch_size, keep, progress, reader):
     with contextlib.ExitStack() as bounded:
         for alias in sorted({s.alias for s in registry.specs().values()}):
             bounded.enter_context(guard.bounded(alias, "a lock a writer holds"))
-        return _check(batch_size, keep, progress, reader)
+        return _check(batch_size, keep, progress)
 
 
-def _check(batch_size, keep, progress, reader=None):
+def _check(batch_size, keep, progress):
     result = IntegrityResult()
     for alias in settings.DATABASES:
         result.databases[alias] = file_check(alias)
     for child in child_tables():
         result.rows_checked[child.name] = 0
         try:
-            for batch in child_batches(child, batch_size, reader):
+            for batch in child_batches(child, batch_size):
                 result.rows_checked[child.name] += len(batch)
-                orphans = _confirmed(child, _orphans_in(child, batch, reader), reader)
+                orphans = _confirmed(child, _orphans_in(child, batch))
                 result.orphan_count += len(orphans)
                 result.orphans.extend(orphans[: max(keep - len(result.orphans), 0)])
                 if progress:
@@ -320,9 +329,10 @@ def _reference_columns(child):
     return ("pk", *(r.field for r in child.references))
 
 
-def child_batches(child, batch_size, reader=None):
+def child_batches(child, batch_size):
     """Yield lists of (id, *reference ids), in id order, batch_size at a time."""
     last = 0
+    reader = _reader.get()
     while True:
         alias = reader.children(child) if reader else child.alias
         batch = list(
@@ -337,11 +347,10 @@ def child_batches(child, batch_size, reader=None):
         last = batch[-1][0]
 
 
-def _orphans_in(child, batch, reader=None):
+def _orphans_in(child, batch):
+    reader = _reader.get()
     absent = [
-        missing_ids(
-            r.parent, {row[i] for row in batch}, alias=reader.parents(r.parent) if reader else None
-        )
+        _missing(reader, r.parent, {row[i] for row in batch})
         for i, r in enumerate(child.references, start=1)
     ]
     if not any(absent):
@@ -358,7 +367,14 @@ def _orphans_in(child, batch, reader=None):
     return orphans
 
 
-def _confirmed(child, orphans, reader=None):
+def _missing(reader, table, ids):
+    """The ids not stored in table, read where reader reads parents (default: its database)."""
+    if reader is None:
+        return missing_ids(table, ids)
+    return missing_ids(table, ids, alias=reader.parents(table))
+
+
+def _confirmed(child, orphans):
     """Keep the orphans whose row is still stored and still misses a parent.
 
     A delete running beside the check removes the child before its parent; a child read
@@ -368,8 +384,13 @@ def _confirmed(child, orphans, reader=None):
     """
     if not orphans:
         return []
+    reader = _reader.get()
     if reader is not None and reader.confirm_on_primaries:
-        reader = None
+        token = _reader.set(None)  # children and parents read again on the primaries
+        try:
+            return _confirmed(child, orphans)
+        finally:
+            _reader.reset(token)
     alias = reader.children(child) if reader else child.alias
     connection = connections[alias]
     still = [
@@ -380,7 +401,7 @@ def _confirmed(child, orphans, reader=None):
         .order_by("pk")
         .values_list(*_reference_columns(child))
     ]
-    return _orphans_in(child, still, reader)
+    return _orphans_in(child, still)
 
 
 def file_check(alias):
