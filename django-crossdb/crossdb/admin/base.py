@@ -211,9 +211,10 @@ class TableChangeList(ChangeList):
 
     def get_queryset(self, request, exclude_parameters=None):
         """The page's rows from a replica where it shows the reader's writes
-        (``crossdb.causal``), else from the primary."""
+        (``crossdb.causal``), else from the primary. A POST (an action, the list's edits)
+        changes the rows it reads: those stay on the primary."""
         queryset = super().get_queryset(request, exclude_parameters)
-        if not replicas.of(queryset.db):
+        if request.method not in ("GET", "HEAD") or not replicas.of(queryset.db):
             return queryset
         return queryset.using(causal.for_model(self.model))
 
