@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -622,13 +621,17 @@ def test_loaders_racing_admin_deletes_with_replicas_attached_leave_no_orphan(rep
 
 def delete_while_a_batch_holds(backend, tmp_path, *, guard):
     """A load of orders whose first batch holds (``HOLD``) after looking its users up; staff
-    delete the first order's user through the admin meanwhile; the batch goes on a second
-    later. Returns (the user, whether it is gone, orphans after)."""
+    delete the first order's user through the admin meanwhile; the batch goes on once the
+    delete waits for the guard (guard on), or once it has ended (guard off: nothing waits).
+    Returns (the user, whether it is gone, orphans after)."""
     users, products = stored_parents(backend)
     directory = tmp_path / "held-load"
-    orders_csv(directory, 20_000_000, 600, users, products, seed=7)
-    with open(directory / "orders.csv", encoding="utf-8") as handle:
-        user = int(list(csv.DictReader(handle))[0]["user_id"])
+    # The first order's user has no other order: nothing but the held batch names it.
+    user, others = users[0], users[1:]
+    orders_csv(directory, 20_000_001, 599, others, products, seed=7)
+    rows = (directory / "orders.csv").read_text(encoding="utf-8").splitlines()
+    rows.insert(1, f"20000000,{user},{products[0]},1")
+    (directory / "orders.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     hold = str(tmp_path / "hold")
     with Processes() as processes:
         load = processes.manage(
@@ -643,8 +646,6 @@ def delete_while_a_batch_holds(backend, tmp_path, *, guard):
         )
         assert wait_until(lambda: load.poll() is not None or Path(f"{hold}.held").exists(), 120)
         assert load.poll() is None, load.communicate()[1][-2000:]
-        timer = threading.Timer(1.0, Path(f"{hold}.go").touch)
-        timer.start()
         args, env = clients(
             backend,
             "deleter",
@@ -657,13 +658,29 @@ def delete_while_a_batch_holds(backend, tmp_path, *, guard):
             env={} if guard else {"MULTIDS_TEST_NO_GUARD": "1"},
         )
         deleter = processes.start(args, env)
+        if guard:
+            # The batch goes on once the delete waits for the guard it holds (no clock).
+            assert wait_until(lambda: deleter.poll() is not None or waits_for_guard(backend), 120)
+            Path(f"{hold}.go").touch()
         _out, err = deleter.communicate(timeout=300)
         assert deleter.returncode == 0 and "Traceback" not in err, err[-3000:]
-        timer.join()
+        Path(f"{hold}.go").touch()  # without the guard nothing waited: the batch goes on now
         _out, err = load.communicate(timeout=300)
         assert load.returncode == 0, err[-2000:]
     _status, report = backend.check_integrity()
     return user, user not in backend.ids("users"), report["orphan_count"]
+
+
+def waits_for_guard(backend):
+    """Whether a session waits for the guard (an advisory lock) in the orders database."""
+    with psycopg.connect(backend.urls["ORDERS_DATABASE_URL"]) as db:
+        return (
+            db.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE NOT l.granted AND l.locktype = 'advisory' AND d.datname = current_database()"
+            ).fetchone()[0]
+            > 0
+        )
 
 
 def test_an_admin_delete_waits_for_a_held_batch_and_keeps_its_orders(replicated, tmp_path):
