@@ -588,6 +588,17 @@ def test_loaders_racing_admin_deletes_with_replicas_attached_leave_no_orphan(rep
         for loader in loaders:
             _out, err = loader.communicate(timeout=600)
             assert loader.returncode == 0, err[-2000:]
+        # One more answer from each deleter once every order is in: a delete that must be
+        # refused (every user has orders by now, or is gone).
+        logs = [tmp_path / f"deletes-{n}.jsonl" for n in range(2)]
+
+        def answers_in(log):
+            return len(log.read_text().splitlines()) if log.exists() else 0
+
+        answered = [answers_in(log) for log in logs]
+        assert wait_until(
+            lambda: all(answers_in(log) > n for log, n in zip(logs, answered, strict=True)), 120
+        )
         stop.touch()
         expect.write_text(str(backend.count("orders")))
         for process in [*deleters, reader]:

@@ -143,22 +143,21 @@ def forget() -> None:
 
 
 def _announce(status: Status) -> None:
-    """Log once when a replica stops being used, and once when it is used again."""
+    """Log once when a replica stops being used (with why), and once when it is used
+    again; a reason that changes while it stays unused says nothing more."""
     reason = status.reason
     with _lock:
-        if _announced.get(status.alias, None) == reason and status.alias in _announced:
-            return
-        before = _announced.get(status.alias)
-        first = status.alias not in _announced
+        before = _announced.get(status.alias, None)
+        known = status.alias in _announced
         _announced[status.alias] = reason
-    if reason is not None:
+    if reason is not None and (before is None):
         log.warning(
             "replica %s of %s is not used, reads go to the primary: %s",
             status.alias,
             status.primary,
             reason,
         )
-    elif not first or before is not None:
+    elif reason is None and known and before is not None:
         log.warning("replica %s of %s is used again", status.alias, status.primary)
 
 
