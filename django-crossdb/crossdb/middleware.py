@@ -24,6 +24,7 @@ import logging
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core import signing
+from django.db import DatabaseError
 
 from crossdb import causal, replicas
 
@@ -56,7 +57,10 @@ def positions_from(request) -> dict[str, int]:
 def _finish(request, response, reader: causal.ReaderState) -> None:
     """Take the positions of the request's committed writes; keep in the cookie those some
     replica has not replayed yet, delete it when none is left."""
-    causal.take_positions(reader)
+    try:
+        causal.take_positions(reader)
+    except DatabaseError as exc:  # the primary went away after the write: its reads fail too
+        log.warning("cannot read the position of this request's writes: %s", exc)
     keep = causal.settled(reader)
     if keep:
         signed = signing.get_cookie_signer(salt=SALT).sign(
