@@ -137,6 +137,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # Read-your-writes on replicas: a request sees its session's writes (crossdb.causal).
+    "crossdb.middleware.CausalReadsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -238,6 +240,53 @@ def database_config(alias, env=os.environ):
 
 DATABASES = {alias: database_config(alias) for alias in DATABASE_SOURCES}
 
+
+def replica_variable(alias):
+    """The variable listing alias's replicas: ``ORDERS_DATABASE_URL`` ->
+    ``ORDERS_DATABASE_REPLICA_URLS``."""
+    return DATABASE_SOURCES[alias][0].removesuffix("_URL") + "_REPLICA_URLS"
+
+
+def replica_databases(databases, env=os.environ):
+    """({replica alias: DATABASES entry}, {primary alias: [replica aliases]}) from each
+    alias's ``*_DATABASE_REPLICA_URLS`` (comma-separated PostgreSQL URLs; none: no replica).
+
+    A replica is read through crossdb's replica backend (a read it fails is served by the
+    primary) and, in tests, mirrors its primary's test database."""
+    entries, by_primary = {}, {}
+    for alias, primary in databases.items():
+        variable = replica_variable(alias)
+        urls = [u.strip() for u in env.get(variable, "").split(",") if u.strip()]
+        if not urls:
+            continue
+        if primary["ENGINE"] != "django.db.backends.postgresql":
+            raise ImproperlyConfigured(
+                f"{variable} lists replicas, but {DATABASE_SOURCES[alias][0]} is not a "
+                "PostgreSQL URL: streaming replicas need a PostgreSQL primary"
+            )
+        for number, url in enumerate(urls, 1):
+            try:
+                config = dj_database_url.parse(url, conn_max_age=0)
+            except ValueError as exc:
+                raise ImproperlyConfigured(
+                    f"{variable}: {url!r} is not a valid URL: {exc}"
+                ) from exc
+            if config.get("ENGINE") != "django.db.backends.postgresql":
+                raise ImproperlyConfigured(
+                    f"{variable}: {url!r} is not a PostgreSQL URL (a replica streams from a "
+                    "PostgreSQL primary)"
+                )
+            config["ENGINE"] = "crossdb.backends.replica"
+            config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 2)
+            config["TEST"] = {"MIRROR": alias}
+            entries[f"{alias}_replica_{number}"] = config
+            by_primary.setdefault(alias, []).append(f"{alias}_replica_{number}")
+    return entries, by_primary
+
+
+REPLICA_DATABASES, REPLICAS = replica_databases(DATABASES)
+DATABASES.update(REPLICA_DATABASES)
+
 DATABASE_ROUTERS = ["crossdb.routers.DatabaseRouter"]
 
 # crossdb's settings (crossdb.conf has each one's default). DATABASES_FOR_MODELS says which
@@ -262,6 +311,13 @@ CROSSDB = {
     "DEFAULT_SOURCE": "core.sources.demo_source",  # insert_data with no --from
     "GENERATOR": "core.sources.synthetic.generated",  # insert_data --users N ...
     "STATE_DIR": DATA_DIR,  # the overview's throttle file
+    # Read replicas from *_DATABASE_REPLICA_URLS (README, Read replicas); reads are causal
+    # (crossdb.causal) unless MULTIDS_CAUSAL_READS=0.
+    "REPLICAS": REPLICAS,
+    "CAUSAL_READS": _env_flag("MULTIDS_CAUSAL_READS", default=True),
+    "CAUSAL_WAIT_SECONDS": _env_seconds("MULTIDS_CAUSAL_WAIT_SECONDS", 2),
+    "REPLICA_MAX_LAG_SECONDS": _env_seconds("MULTIDS_REPLICA_MAX_LAG_SECONDS", 60),
+    "REPLICA_MAX_LAG_BYTES": _env_megabytes("MULTIDS_REPLICA_MAX_LAG_MB", 8) * 1024 * 1024,
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -298,6 +354,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},  # stderr
     "loggers": {
         "core": {"handlers": ["console"], "level": os.environ.get("MULTIDS_LOG_LEVEL", "WARNING")},
+        # crossdb: a replica skipped or used again, one line each (crossdb.replicas).
+        "crossdb": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },

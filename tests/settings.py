@@ -20,7 +20,9 @@ from multids.settings import (  # noqa: E402
     DATABASE_SOURCES,
     DATABASES,
     INSTALLED_APPS,
+    REPLICA_DATABASES,
     database_config,
+    replica_databases,
 )
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.reviews", "tests.kinds"]
@@ -30,9 +32,18 @@ DATABASE_SOURCES["reviews_db"] = ("REVIEWS_DATABASE_URL", "reviews.db")
 # (core/management/commands/flush.py), as it would for anyone else.
 FLUSH_ORDER = ["default", "orders_db", "reviews_db", "users_db", "products_db"]
 DATABASES = {**DATABASES, "reviews_db": database_config("reviews_db")}
-DATABASES = {alias: DATABASES[alias] for alias in FLUSH_ORDER}
+_REVIEWS_REPLICAS, _REVIEWS_REPLICA_ALIASES = replica_databases(
+    {"reviews_db": DATABASES["reviews_db"]}
+)
+# Replicas (tests/test_replicas.py's processes) after their primaries.
+DATABASES = {
+    **{alias: DATABASES[alias] for alias in FLUSH_ORDER},
+    **REPLICA_DATABASES,
+    **_REVIEWS_REPLICAS,
+}
 CROSSDB = {
     **CROSSDB,
+    "REPLICAS": {**CROSSDB["REPLICAS"], **_REVIEWS_REPLICA_ALIASES},
     "DATABASES_FOR_MODELS": {
         **CROSSDB["DATABASES_FOR_MODELS"],
         "reviews.review": "reviews_db",

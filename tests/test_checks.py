@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test.utils import isolate_apps
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, manage
 
 
 def check_says(settings, **changes):
@@ -135,3 +135,72 @@ def test_a_misconfigured_project_says_so_in_one_line_each_not_a_traceback(tmp_pa
     assert done.returncode == 1
     assert "Traceback" not in done.stderr, done.stderr
     assert "(crossdb.E003)" in done.stderr and "'nowhere'" in done.stderr
+
+
+def test_replicas_of_an_alias_that_is_not_a_routed_postgresql_database(settings):
+    text = check_says(settings, CROSSDB={**settings.CROSSDB, "REPLICAS": {"users_db": ["r1"]}})
+    assert (
+        "(crossdb.E009) CROSSDB[\"REPLICAS\"] lists replicas of 'users_db', which is not a "
+        "PostgreSQL database of DATABASES_FOR_MODELS"
+    ) in text
+    assert (
+        "(crossdb.E009) CROSSDB[\"REPLICAS\"] names 'r1' as a replica of 'users_db', "
+        "which is not in DATABASES"
+    ) in text
+
+
+def test_replicas_that_are_not_a_mapping_of_lists(settings):
+    text = check_says(settings, CROSSDB={**settings.CROSSDB, "REPLICAS": ["users_db"]})
+    assert '(crossdb.E009) CROSSDB["REPLICAS"] must map a routed alias to a list' in text
+
+
+def test_a_replica_setting_out_of_range(settings):
+    changed = {**settings.CROSSDB, "CAUSAL_WAIT_SECONDS": -1, "CAUSAL_READS": "yes"}
+    text = check_says(settings, CROSSDB=changed)
+    assert (
+        '(crossdb.E010) CROSSDB["CAUSAL_WAIT_SECONDS"] must be a number 0 or more (got -1)' in text
+    )
+    assert '(crossdb.E010) CROSSDB["CAUSAL_READS"] must be True or False' in text
+
+
+def test_replicas_without_the_middleware_is_a_warning(settings):
+    databases = {alias: dict(config) for alias, config in settings.DATABASES.items()}
+    databases["users_db"] = {**databases["users_db"], "ENGINE": "django.db.backends.postgresql"}
+    databases["users_db_replica_1"] = {
+        **databases["users_db"],
+        "ENGINE": "crossdb.backends.replica",
+    }
+    with pytest.warns(UserWarning, match="Overriding setting DATABASES"):
+        settings.DATABASES = databases
+    settings.CROSSDB = {**settings.CROSSDB, "REPLICAS": {"users_db": ["users_db_replica_1"]}}
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "crossdb" not in m]
+    messages = [m for m in checks.check_settings() if m.id.startswith("crossdb.")]
+    assert [m.id for m in messages] == ["crossdb.W002"], messages
+
+
+@pytest.mark.parametrize(
+    "env, said",
+    [
+        (
+            {"USERS_DATABASE_REPLICA_URLS": "postgres://u@h/users"},
+            "USERS_DATABASE_REPLICA_URLS lists replicas, but USERS_DATABASE_URL is not a "
+            "PostgreSQL URL",
+        ),
+        (
+            {
+                "USERS_DATABASE_URL": "postgres://u@h/users",
+                "USERS_DATABASE_REPLICA_URLS": "postgres://u@r/users,sqlite:////tmp/x.db",
+            },
+            "USERS_DATABASE_REPLICA_URLS: 'sqlite:////tmp/x.db' is not a PostgreSQL URL",
+        ),
+        ({"MULTIDS_CAUSAL_READS": "maybe"}, "MULTIDS_CAUSAL_READS must be 1/true/yes/on"),
+        ({"MULTIDS_CAUSAL_WAIT_SECONDS": "-2"}, "MULTIDS_CAUSAL_WAIT_SECONDS must be a number"),
+    ],
+)
+def test_a_bad_replica_variable_is_one_line(tmp_path, env, said):
+    done = manage("check", data_dir=tmp_path, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"django.core.exceptions.ImproperlyConfigured: {done.stderr.split(': ', 1)[1].strip()}"
+    ]
+    assert said in done.stderr

@@ -14,6 +14,14 @@ and these checks say why.
 * ``crossdb.E007``: a routed model is not a ``GuardedModel`` (its writes would bypass the
   guard).
 * ``crossdb.E008``: ``DATABASE_ROUTERS`` lacks ``crossdb.routers.DatabaseRouter``.
+* ``crossdb.E009``: ``REPLICAS`` is not {routed PostgreSQL alias: [replica aliases]}, or
+  names a replica alias ``DATABASES`` lacks or whose ENGINE is not
+  ``crossdb.backends.replica``.
+* ``crossdb.E010``: a replica setting (``CAUSAL_READS``, ``CAUSAL_WAIT_SECONDS``,
+  ``REPLICA_MAX_LAG_SECONDS``, ...) is not a boolean or a number in its range.
+* ``crossdb.W002``: replicas are configured but ``MIDDLEWARE`` lacks
+  ``crossdb.middleware.CausalReadsMiddleware`` (a request would not see the previous
+  request's writes).
 * ``crossdb.W001``: a routed SQLite database does not open transactions with ``BEGIN
   IMMEDIATE`` (``OPTIONS["transaction_mode"]``), which the guard's SQLite side relies on.
 """
@@ -45,6 +53,7 @@ def check_settings(app_configs=None, **kwargs):
         *_cycles(),
         *_router(),
         *_sqlite_transactions(),
+        *_replicas(),
     ]
 
 
@@ -209,3 +218,93 @@ def _sqlite_transactions():
                 )
             )
     return warnings
+
+
+MIDDLEWARE = "crossdb.middleware.CausalReadsMiddleware"
+REPLICA_NUMBERS = {  # setting: (lowest allowed, whether the lowest itself is allowed)
+    "CAUSAL_WAIT_SECONDS": (0, True),
+    "REPLICA_MAX_LAG_SECONDS": (0, False),
+    "REPLICA_MAX_LAG_BYTES": (0, False),
+    "REPLICA_CHECK_SECONDS": (0, True),
+    "REPLICA_RETRY_SECONDS": (0, True),
+}
+
+
+def _replicas():
+    from crossdb.replicas import ENGINE
+
+    if not isinstance(getattr(settings, "CROSSDB", {}), dict):
+        return []  # E001 says so
+    errors = []
+    given = conf.get("REPLICAS")
+    if not isinstance(given, dict):
+        given = None
+    for aliases in (given or {}).values():
+        if not isinstance(aliases, list | tuple) or not all(isinstance(a, str) for a in aliases):
+            given = None
+            break
+    if given is None:
+        return [
+            checks.Error(
+                f"{_setting('REPLICAS')} must map a routed alias to a list of replica aliases",
+                hint='For example {"orders_db": ["orders_db_replica_1"]}.',
+                id="crossdb.E009",
+            )
+        ]
+    routed = set(databases_for_models().values())
+    for primary, aliases in given.items():
+        config = settings.DATABASES.get(primary, {})
+        if primary not in routed or config.get("ENGINE") != "django.db.backends.postgresql":
+            errors.append(
+                checks.Error(
+                    f"{_setting('REPLICAS')} lists replicas of {primary!r}, which is not a "
+                    "PostgreSQL database of DATABASES_FOR_MODELS",
+                    hint="Streaming replicas are for routed PostgreSQL primaries.",
+                    id="crossdb.E009",
+                )
+            )
+        for alias in aliases:
+            engine = settings.DATABASES.get(alias, {}).get("ENGINE")
+            if engine != ENGINE:
+                missing = alias not in settings.DATABASES
+                errors.append(
+                    checks.Error(
+                        f"{_setting('REPLICAS')} names {alias!r} as a replica of {primary!r}, "
+                        + (
+                            "which is not in DATABASES"
+                            if missing
+                            else f"whose ENGINE is {engine!r}"
+                        ),
+                        hint=f"Give DATABASES[{alias!r}] the replica's URL and "
+                        f"ENGINE = {ENGINE!r}.",
+                        id="crossdb.E009",
+                    )
+                )
+    if not isinstance(conf.get("CAUSAL_READS"), bool):
+        errors.append(
+            checks.Error(
+                f"{_setting('CAUSAL_READS')} must be True or False",
+                id="crossdb.E010",
+            )
+        )
+    for name, (lowest, inclusive) in REPLICA_NUMBERS.items():
+        value = conf.get(name)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value != value or value < lowest or (value == lowest and not inclusive):
+            bound = f"{lowest} or more" if inclusive else f"above {lowest}"
+            errors.append(
+                checks.Error(
+                    f"{_setting(name)} must be a number {bound} (got {value!r})",
+                    id="crossdb.E010",
+                )
+            )
+    if given and MIDDLEWARE not in settings.MIDDLEWARE:
+        errors.append(
+            checks.Warning(
+                f"{_setting('REPLICAS')} lists replicas but MIDDLEWARE lacks {MIDDLEWARE!r}",
+                hint="Without it a request may read a replica that has not replayed the "
+                "previous request's writes.",
+                id="crossdb.W002",
+            )
+        )
+    return errors

@@ -39,6 +39,23 @@ DEFAULTS = {
     # Where small state files live (the overview's throttle); None: BASE_DIR, else the
     # working directory.
     "STATE_DIR": None,
+    # Read replicas (crossdb.replicas, crossdb.causal): primary alias -> [replica aliases],
+    # each a DATABASES entry with ENGINE "crossdb.backends.replica". None: every read goes
+    # to the primary.
+    "REPLICAS": {},
+    # A reader that read children reads their parents from a replica only once it has
+    # replayed the parents' positions those children depend on; False turns that off
+    # (read-your-writes stays on).
+    "CAUSAL_READS": True,
+    # How long a reader waits for a parent database's replica to replay what the children
+    # it read depend on, before it reads the parents from the primary.
+    "CAUSAL_WAIT_SECONDS": 2.0,
+    # A replica further behind its primary than either bound is skipped.
+    "REPLICA_MAX_LAG_SECONDS": 60.0,
+    "REPLICA_MAX_LAG_BYTES": 8 * 1024 * 1024,
+    # How often a process checks each replica's lag, and how long a failed one is skipped.
+    "REPLICA_CHECK_SECONDS": 1.0,
+    "REPLICA_RETRY_SECONDS": 5.0,
 }
 
 

@@ -69,7 +69,7 @@ from django.apps import apps
 from django.db import IntegrityError, OperationalError, connections, transaction
 from django.db import models as dj_models
 
-from crossdb import conf
+from crossdb import causal, conf
 from crossdb.databases import location
 from crossdb.lookups import query_chunks
 from crossdb.registry import spec
@@ -574,3 +574,5 @@ def require_parents(table_spec, alias, objs, references=None):
             else (f"a new {table_spec.noun}")
         )
         raise MissingParent(f"{what}: {why_missing(reference, pk)}{more}")
+    # Replicas: the child's database records the parents' positions it now depends on.
+    causal.record(alias, (spec(r.parent).alias for r in references))

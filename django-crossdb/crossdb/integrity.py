@@ -20,12 +20,13 @@ by ``migrate_all`` or ``check_integrity --repair``.
 """
 
 import contextlib
+import contextvars
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import DatabaseError, connections
 
-from crossdb import guard, registry
+from crossdb import causal, guard, registry
 from crossdb.databases import sqlite_file_missing
 from crossdb.lookups import missing_ids, query_chunks
 from crossdb.registry import spec
@@ -200,11 +201,46 @@ def unbacked_references():
     return found
 
 
-def check_integrity(*, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progress=None):
+def check_integrity(
+    *, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progress=None, replica=False
+):
     """Check every reference and every SQLite file; return an IntegrityResult.
 
     progress, if given, is called with the number of rows checked after each batch.
+    replica: read the children from replicas and their parents where they are causally
+    visible (``crossdb.causal``: a replica that replayed what the children depend on, else
+    the primary); an orphan found so is confirmed on the primaries before it counts, since
+    deletes reach the children's replica after the parents' (CAUSAL_READS off: on the
+    same aliases, as a plain replica reader would).
     """
+    if replica:
+        with causal.reading():
+            token = _reader.set(Reader())
+            try:
+                return _check_integrity(batch_size, keep, progress)
+            finally:
+                _reader.reset(token)
+    return _check_integrity(batch_size, keep, progress)
+
+
+class Reader:
+    """Where ``check_integrity --replica`` reads: children, then their parents."""
+
+    def __init__(self):
+        self.confirm_on_primaries = causal.enabled()
+
+    def children(self, child):
+        return causal.for_children(child.alias)
+
+    def parents(self, table):
+        return causal.for_parents(spec(table).alias)
+
+
+# The Reader of a check_integrity(replica=True) under way (None: every read on the primaries).
+_reader = contextvars.ContextVar("crossdb_integrity_reader", default=None)
+
+
+def _check_integrity(batch_size, keep, progress):
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     # A load into an empty table holds it locked until its commit (crossdb.loading.segment), and a
@@ -296,10 +332,12 @@ def _reference_columns(child):
 def child_batches(child, batch_size):
     """Yield lists of (id, *reference ids), in id order, batch_size at a time."""
     last = 0
-    rows = child.model.objects.using(child.alias)
+    reader = _reader.get()
     while True:
+        alias = reader.children(child) if reader else child.alias
         batch = list(
-            rows.filter(pk__gt=last)
+            child.model.objects.using(alias)
+            .filter(pk__gt=last)
             .order_by("pk")
             .values_list(*_reference_columns(child))[:batch_size]
         )
@@ -310,8 +348,9 @@ def child_batches(child, batch_size):
 
 
 def _orphans_in(child, batch):
+    reader = _reader.get()
     absent = [  # a reference left empty (null=True) names nothing to miss
-        missing_ids(r.parent, {row[i] for row in batch if row[i] is not None})
+        _missing(reader, r.parent, {row[i] for row in batch if row[i] is not None})
         for i, r in enumerate(child.references, start=1)
     ]
     if not any(absent):
@@ -328,19 +367,36 @@ def _orphans_in(child, batch):
     return orphans
 
 
+def _missing(reader, table, ids):
+    """The ids not stored in table, read where reader reads parents (default: its database)."""
+    if reader is None:
+        return missing_ids(table, ids)
+    return missing_ids(table, ids, alias=reader.parents(table))
+
+
 def _confirmed(child, orphans):
     """Keep the orphans whose row is still stored and still misses a parent.
 
     A delete running beside the check removes the child before its parent; a child read
-    before that delete and checked after it would otherwise be a false orphan.
+    before that delete and checked after it would otherwise be a false orphan. Read from
+    replicas, they are confirmed on the primaries (reader.confirm_on_primaries), or again
+    where they were found.
     """
     if not orphans:
         return []
-    connection = connections[child.alias]
+    reader = _reader.get()
+    if reader is not None and reader.confirm_on_primaries:
+        token = _reader.set(None)  # children and parents read again on the primaries
+        try:
+            return _confirmed(child, orphans)
+        finally:
+            _reader.reset(token)
+    alias = reader.children(child) if reader else child.alias
+    connection = connections[alias]
     still = [
         row
         for chunk in query_chunks(connection, [o.id for o in orphans])
-        for row in child.model.objects.using(child.alias)
+        for row in child.model.objects.using(alias)
         .filter(pk__in=chunk)
         .order_by("pk")
         .values_list(*_reference_columns(child))

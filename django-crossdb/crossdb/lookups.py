@@ -39,20 +39,22 @@ def stored_rows(table_spec, connection, alias, ids):
     }
 
 
-def missing_ids(table, ids):
+def missing_ids(table, ids, alias=None):
     """Return the subset of ids NOT stored in table, in one query where the backend allows.
 
     The ids travel as one parameter (a JSON array on SQLite, an array of the key's type on
     PostgreSQL) and the database does the anti-join, so checking 50,000 references costs one
     round trip instead of fifty ``IN`` queries of 999 parameters. Keys of any type travel
     as the database stores them (a UUID as its hex on SQLite) and come back as given.
+    alias: where to read the table (default: its database; a replica for
+    ``check_integrity --replica``).
     """
 
     ids = list(ids)
     if not ids:
         return set()
     table_spec = spec(table)
-    alias = table_spec.alias
+    alias = alias or table_spec.alias
     connection = connections[alias]
     key = table_spec.model._meta.pk
     qn = connection.ops.quote_name
@@ -72,7 +74,7 @@ def missing_ids(table, ids):
         )
         params = [list(stored)]
     else:
-        return set(ids) - existing_ids(table, ids)
+        return set(ids) - existing_ids(table, ids)  # other backends: on the primary
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {stored.get(row[0], row[0]) for row in cursor.fetchall()}

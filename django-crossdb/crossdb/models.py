@@ -11,7 +11,7 @@ from django.db import models
 # through the reference guard): imported from here, as Django users expect a model base.
 from crossdb.orm import GuardedModel, GuardedQuerySet
 
-__all__ = ["GuardedModel", "GuardedQuerySet", "LoadRun", "ReferenceGuard"]
+__all__ = ["CausalPosition", "GuardedModel", "GuardedQuerySet", "LoadRun", "ReferenceGuard"]
 
 
 class ReferenceGuard(models.Model):
@@ -46,3 +46,28 @@ class LoadRun(models.Model):
 
     def __str__(self):
         return f"{self.source} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class CausalPosition(models.Model):
+    """The highest position of a parent database's primary that rows of this (child)
+    database depend on, in a few slots so writers do not queue on one row.
+
+    Written in the transaction of every guarded child write and read by readers of the
+    replicas before they read parents (``crossdb.causal``); it lives in every routed
+    database and replicates with its rows.
+    """
+
+    parent_alias = models.CharField(max_length=100)
+    slot = models.SmallIntegerField()
+    position = models.BigIntegerField()
+
+    class Meta:
+        db_table = "crossdb_causal_positions"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["parent_alias", "slot"], name="crossdb_causal_position_slot"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.parent_alias}[{self.slot}]: {self.position}"

@@ -26,7 +26,7 @@ from django.db import router, transaction
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
-from crossdb import deletion, registry, rules
+from crossdb import causal, deletion, registry, rules
 from crossdb.guard import (
     ChangedParentKey,
     MissingParent,
@@ -145,6 +145,7 @@ class GuardedQuerySet(dj_models.QuerySet):
             share(self.db, tuple(dict.fromkeys(r.parent for r in touched)))
             for reference in touched:
                 kwargs[reference.field] = self._checked_parent(table_spec, reference, kwargs)
+            causal.record(self.db, (spec(r.parent).alias for r in touched))
             return super().update(**kwargs)
 
     update.alters_data = True

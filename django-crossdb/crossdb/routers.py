@@ -12,10 +12,11 @@ missing, ``crossdb.checks``). To move a model to another database, change its li
 counters (``crossdb.models.ReferenceGuard``), and holds nothing else.
 """
 
-from crossdb import conf
+from crossdb import conf, replicas
 
-# Models every routed database holds besides its own (the guard's counters).
-EVERY_DOMAIN_DATABASE = {"crossdb.referenceguard"}
+# Models every routed database holds besides its own (the guard's counters, and the
+# positions of parent databases its rows depend on: crossdb.causal).
+EVERY_DOMAIN_DATABASE = {"crossdb.referenceguard", "crossdb.causalposition"}
 
 
 def databases_for_models():
@@ -35,8 +36,14 @@ def database_for(model):
 
 class DatabaseRouter:
     def db_for_read(self, model, **hints):
-        """Read a routed model from its own database."""
-        return database_for(model)
+        """Read a routed model from its own database, or from one of its replicas where the
+        reader's writes and the parents of the children it read are replayed
+        (``crossdb.causal``)."""
+        if not replicas.configured():
+            return database_for(model)
+        from crossdb import causal  # it reads the registry, which imports this module
+
+        return causal.for_model(model)
 
     def db_for_write(self, model, **hints):
         """Write a routed model to its own database."""
@@ -48,6 +55,8 @@ class DatabaseRouter:
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         """Create a routed table only in its database, and nothing else in such a database."""
+        if replicas.is_replica(db):
+            return False  # a replica is written by replication alone
         domains = domain_databases()
         if model_name is not None:
             label = f"{app_label}.{model_name}"

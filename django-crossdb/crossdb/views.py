@@ -31,7 +31,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from crossdb import integrity, registry
+from crossdb import integrity, registry, replicas
 from crossdb.databases import location
 from crossdb.models import LoadRun
 from crossdb.routers import database_for
@@ -102,6 +102,14 @@ def database_status(alias, files=None):
         return status
     status["integrity"] = (files or {}).get(alias)
     return status
+
+
+def replica_rows():
+    """Each replica as the page shows it: its lag in bytes and seconds, whether reads use
+    it, and why not (checked now: a few milliseconds per replica)."""
+    return [
+        status.as_dict() | {"location": location(status.alias)} for status in replicas.statuses()
+    ]
 
 
 def run_row(run):
@@ -223,8 +231,13 @@ def reference_words():
 
 
 def full_check():
-    """Check every reference of every table; return what the page shows, as JSON data."""
-    result = integrity.check_integrity()
+    """Check every reference of every table; return what the page shows, as JSON data.
+    With replicas, the children and their parents are read from them where that is causal
+    (``crossdb.causal``), and a suspected orphan is confirmed on the primaries."""
+    if replicas.configured():
+        result = integrity.check_integrity(replica=True)
+    else:
+        result = integrity.check_integrity()
     checked = listed(f"{n:,} {table}" for table, n in result.rows_checked.items())
     return result.as_dict() | {
         "orphan_lines": [str(o) for o in result.orphans],
@@ -263,7 +276,12 @@ def overview(request):
     context = {
         **admin.site.each_context(request),
         "title": "Databases overview",
-        "databases": [database_status(alias, files) for alias in settings.DATABASES],
+        "databases": [
+            database_status(alias, files)
+            for alias in settings.DATABASES
+            if not replicas.is_replica(alias)
+        ],
+        "replicas": replica_rows(),
         "runs": [run_row(r) for r in runs],
         "chart": rows_per_second_chart(runs),
         "check": check,

@@ -14,7 +14,7 @@ from django.contrib.auth import get_permission_codename
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
-from crossdb import guard, registry, rules
+from crossdb import causal, guard, registry, replicas, rules
 from crossdb.admin.forms import ValidatedForm
 from crossdb.routers import database_for
 
@@ -222,6 +222,15 @@ class TableChangeList(ChangeList):
         many at most (a COUNT over a LIMIT), however large it is."""
         rows = self.root_queryset.order_by()[: FACETS_MAX_ROWS + 1]
         return rows.count() > FACETS_MAX_ROWS
+
+    def get_queryset(self, request, exclude_parameters=None):
+        """The page's rows from a replica where it shows the reader's writes
+        (``crossdb.causal``), else from the primary. A POST (an action, the list's edits)
+        changes the rows it reads: those stay on the primary."""
+        queryset = super().get_queryset(request, exclude_parameters)
+        if request.method not in ("GET", "HEAD") or not replicas.of(queryset.db):
+            return queryset
+        return queryset.using(causal.for_model(self.model))
 
     def get_results(self, request):
         super().get_results(request)

@@ -26,7 +26,7 @@ from django.contrib import admin
 from django.db.models import Q
 from django.utils.html import format_html
 
-from crossdb import registry
+from crossdb import causal, registry
 from crossdb.admin.base import TableAdmin, admin_url, may_view, parse_key, searchable
 from crossdb.admin.filters import reference_filter
 from crossdb.guard import MissingParent
@@ -55,7 +55,9 @@ def attach_parents(rows, table_spec, references=None):
     for parent_table, references in by_parent.items():
         parent = registry.spec(parent_table)
         ids = {getattr(row, r.field) for row in rows for r in references} - {None}
-        found = parent.model.objects.using(parent.alias).in_bulk(list(ids)) if ids else {}
+        # Replicas: where the rows just read depend on is replayed (crossdb.causal).
+        where = causal.for_parents(parent.alias)
+        found = parent.model.objects.using(where).in_bulk(list(ids)) if ids else {}
         for row in rows:
             for reference in references:
                 row.parents[reference.field] = found.get(getattr(row, reference.field))

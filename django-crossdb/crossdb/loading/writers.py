@@ -34,7 +34,7 @@ import time
 import numpy as np
 from django.db import connections, transaction
 
-from crossdb import conf, guard
+from crossdb import causal, conf, guard
 from crossdb.loading import columns, indexes
 from crossdb.loading.processes import Written
 from crossdb.lookups import query_chunks, stored_rows
@@ -245,6 +245,7 @@ class BulkWriter:
                     raise _Redo
                 if segment is not None and not segment.build_key():
                     raise _Redo
+                causal.record_for(self.table, self.alias)  # replicas: what the rows depend on
         except _Redo:
             # Every joined job was rolled back with it: they go back to the queue, to be
             # written again after this one, which is written carefully on its own.
@@ -322,6 +323,7 @@ class BulkWriter:
                     self.gate.wait_for_parents()
                     rows, lines, rejections = self._verify_parents(job)
                     stored, present, more = self._classify_and_insert(rows, lines)
+                    causal.record_for(self.table, self.alias)
                     return stored, present, rejections + more
             except _Redo:
                 # Another process inserted a clashing row between our read and our insert

@@ -41,6 +41,12 @@ class Command(BaseCommand):
             "orphans, or --show if larger; the count covers all)",
         )
         parser.add_argument(
+            "--replica",
+            action="store_true",
+            help="read from the read replicas (CROSSDB['REPLICAS']) where they have replayed "
+            "what the rows read depend on; a suspected orphan is confirmed on the primaries",
+        )
+        parser.add_argument(
             "--repair",
             action="store_true",
             help="first build the indexes a stopped load left missing (migrate_all does too)",
@@ -60,6 +66,7 @@ class Command(BaseCommand):
             result = integrity.check_integrity(
                 batch_size=options["batch_size"],
                 keep=max(options["show"], integrity.DEFAULT_KEEP),
+                replica=options["replica"],
             )
         except GuardTimeout as exc:
             raise CommandError(str(exc)) from exc

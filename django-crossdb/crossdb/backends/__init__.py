@@ -1,0 +1,1 @@
+"""Database backends of crossdb: ``crossdb.backends.replica`` for read replicas."""
