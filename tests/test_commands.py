@@ -35,7 +35,7 @@ def section(text, title):
 def test_help_shows_examples_and_file_formats(help_text):
     examples = section(help_text, "examples")
     assert "insert_data --from DIR" in examples
-    assert "insert_data --users 1000 --products 100 --orders 10000 --seed 7" in examples
+    assert "insert_data --users 1000 --products 1000 --orders 10000 --seed 7" in examples
     assert "insert_data --from rejects.csv" in examples
     formats = help_text.split("file formats", 1)[1]
     assert "users.csv     id,name,email" in formats  # laid out as written, not re-wrapped

@@ -30,7 +30,7 @@ def test_clean_data_passes_with_every_file_ok():
     load_demo()
     result = check_integrity()
     assert result.ok
-    assert (result.orders_checked, result.orphan_count, result.orphans) == (DEMO_ORDERS, 0, [])
+    assert (result.children_checked, result.orphan_count, result.orphans) == (DEMO_ORDERS, 0, [])
     assert result.databases == dict.fromkeys(
         ["default", "users_db", "orders_db", "products_db", "reviews_db"], "ok"
     )
@@ -56,7 +56,7 @@ def test_orphans_are_found_across_batches_and_only_the_first_few_are_kept():
     expected = Order.objects.filter(product_id__lte=last).count()
     assert expected > 10
     result = check_integrity(batch_size=7, keep=3)
-    assert result.orders_checked == 500
+    assert result.children_checked == 500
     assert result.orphan_count == expected
     assert [o.id for o in result.orphans] == list(
         Order.objects.filter(product_id__lte=last).order_by("pk").values_list("pk", flat=True)[:3]
@@ -79,7 +79,7 @@ def test_an_orphan_that_is_gone_by_the_time_it_is_confirmed_is_not_reported(monk
 
     monkeypatch.setattr(integrity, "_orphans_in", read_then_delete)
     result = check_integrity()
-    assert (result.orders_checked, result.orphan_count) == (DEMO_ORDERS, 0)
+    assert (result.children_checked, result.orphan_count) == (DEMO_ORDERS, 0)
 
 
 @all_databases

@@ -58,7 +58,9 @@ def test_overview_shows_every_database_and_the_recent_loads(admin_client):
     assert "users: 8" in page and "products: 9" in page and "orders: 7" in page
     assert "load_runs: 1" in page
     # One bar per registered table (the fourth, reviews, too) for the one run.
-    assert re.findall(r"<rect class=\"(\w+)\"", page) == list(registry.tables())
+    assert re.findall(r"<rect class=\"series-\d\" data-table=\"(\w+)\"", page) == list(
+        registry.tables()
+    )
     assert "<td>24</td> <td>0</td> <td>6</td>" in page  # stored, already present, rejected
     # The files are checked by the full check, on request; the page shows its last result.
     assert page.count("<td>not checked yet</td>") == len(ALL_DATABASES)

@@ -531,7 +531,7 @@ def test_a_writer_whose_connection_the_server_ends_fails_in_one_line(
         "MULTIDS_LOAD_SEGMENT_MB": segment_mb,
     }
     load = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "insert_data", "--from", str(source)],
+        [sys.executable, str(ROOT / "tests" / "launch.py"), "insert_data", "--from", str(source)],
         cwd=ROOT,
         env=environment,
         stdout=subprocess.PIPE,

@@ -208,7 +208,8 @@ def test_a_rejects_row_with_a_field_too_many_is_malformed_like_any_csv_line(tmp_
             HEADER
             + b"users,2,1,r,Ann,ann@example.com,,,,,\r\nuser,3,2,r,Bob,b@example.com,,,,,\r\n",
             "{path}: line 3: unknown table 'user' "
-            "(the table column must be users, products or orders)",
+            "(the table column must be users or products or shelves or orders or reviews or "
+            "items)",
         ),
         (
             b"table,line,id,reason,user_id,product_id\r\norders,2,1,r,1,1\r\n",

@@ -346,8 +346,8 @@ def _not_gzip(tmp_path):
 def _no_files(tmp_path):
     write(tmp_path, "customers.csv", "id,name\n")
     return tmp_path, (
-        f"{tmp_path}: no users, products or orders file "
-        "(users, products or orders as .csv, .jsonl, .csv.gz or .jsonl.gz)"
+        f"{tmp_path}: no file of a table (users or products or shelves or orders or reviews "
+        "or items as .csv, .jsonl, .csv.gz or .jsonl.gz)"
     )
 
 

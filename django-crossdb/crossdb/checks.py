@@ -247,7 +247,7 @@ def _replicas():
         return [
             checks.Error(
                 f"{_setting('REPLICAS')} must map a routed alias to a list of replica aliases",
-                hint='For example {"orders_db": ["orders_db_replica_1"]}.',
+                hint='For example {"books": ["books_replica_1"]}.',
                 id="crossdb.E009",
             )
         ]

@@ -118,7 +118,7 @@ class IntegrityResult:
     shared_keys: list[SharedKey] = field(default_factory=list)  # rows sharing one key
 
     @property
-    def orders_checked(self):
+    def children_checked(self):
         """Every child row checked (the orders, and any other table with references)."""
         return sum(self.rows_checked.values())
 
@@ -264,7 +264,7 @@ def _check(batch_size, keep, progress):
                 result.orphan_count += len(orphans)
                 result.orphans.extend(orphans[: max(keep - len(result.orphans), 0)])
                 if progress:
-                    progress(result.orders_checked)
+                    progress(result.children_checked)
         except DatabaseError as exc:  # a damaged file: report how far the scan got
             if guard.is_lock_wait(exc):
                 raise  # not damage: bounded() says what held it

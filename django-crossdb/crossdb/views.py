@@ -40,6 +40,7 @@ from crossdb.throttle import Throttle
 RECENT_RUNS = 10
 CHART_WIDTH, CHART_HEIGHT = 640, 220
 CHART_MARGIN = {"left": 64, "right": 12, "top": 12, "bottom": 40}
+SERIES = 6  # colours in overview.css, taken in turn by the tables
 MAX_TICKS = 5  # at most this many steps between 0 and the top of the y-axis
 FULL_CHECK_INTERVAL = 30  # seconds between two full checks, for the whole site
 full_check_throttle = Throttle("overview-full-check", FULL_CHECK_INTERVAL)
@@ -187,6 +188,7 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
                     "width": round(bar - 1, 1),
                     "height": round(h, 1),
                     "table": table,
+                    "series": f"series-{j % SERIES}",
                     "title": f"{run}: {table} {value:,.0f} rows/s",
                 }
             )
@@ -206,7 +208,9 @@ def rows_per_second_chart(runs, width=CHART_WIDTH, height=CHART_HEIGHT):
         "bars": bars,
         "labels": labels,
         "ticks": ticks,
-        "tables": registry.tables(),
+        "tables": [
+            {"name": t, "series": f"series-{j % SERIES}"} for j, t in enumerate(registry.tables())
+        ],
     }
 
 
@@ -242,7 +246,7 @@ def full_check():
     return result.as_dict() | {
         "orphan_lines": [str(o) for o in result.orphans],
         "checked_words": checked or "nothing",
-        "rows_checked_total": result.orders_checked,
+        "rows_checked_total": result.children_checked,
     }
 
 

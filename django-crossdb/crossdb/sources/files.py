@@ -31,7 +31,13 @@ from crossdb.sources.reading import (
 )
 
 SUFFIXES = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
-EXPECTED = "users, products or orders as .csv, .jsonl, .csv.gz or .jsonl.gz"
+
+
+def expected():
+    """What a directory may hold, for a message: a file per table, in its formats."""
+    return f"{' or '.join(registry.tables())} as .csv, .jsonl, .csv.gz or .jsonl.gz"
+
+
 KINDS = {
     stat.S_ISDIR: "a directory",
     stat.S_ISFIFO: "a FIFO",
@@ -138,7 +144,7 @@ class FileSource:
             if self._skipped:
                 listed = "; ".join(f"{printable(p.name)} ({why})" for p, why in self._skipped)
                 raise SourceError(f"{self.directory}: no file could be read. Found: {listed}")
-            raise SourceError(f"{self.directory}: no users, products or orders file ({EXPECTED})")
+            raise SourceError(f"{self.directory}: no file of a table ({expected()})")
         self._found = found
         return found
 

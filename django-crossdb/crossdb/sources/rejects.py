@@ -57,7 +57,7 @@ class RejectsFileSource:
                         what = problem.reason if problem else f"unknown table {name!r}"
                         raise SourceError(
                             f"{self.path}: line {line}: {what} "
-                            "(the table column must be users, products or orders)"
+                            f"(the table column must be {' or '.join(registry.tables())})"
                         )
                     present.add(name)
             self._tables = [t for t in registry.tables() if t in present]

@@ -125,7 +125,7 @@ class Command(BaseCommand):
         checked = ", ".join(f"{n:,} {table}" for table, n in result.rows_checked.items())
         self.stdout.write(f"{checked or 'nothing'} checked, {result.orphan_count:,} orphaned")
         if result.scan_error:
-            self.stdout.write(f"orders scan {result.scan_error}")
+            self.stdout.write(f"the scan of {result.scan_error}")
         for orphan in result.orphans[:show]:
             self.stdout.write(f"  {orphan}")
         if result.orphan_count > show:

@@ -20,8 +20,8 @@ class Command(flush.Command):
     help = (
         "Remove every row from one database, as Django's flush does, without orphaning rows "
         "of other databases that name its rows: refused while such children exist, unless "
-        "--with-children deletes them first. Example: python manage.py flush --database "
-        "orders_db --no-input, then python manage.py flush --database users_db --no-input"
+        "--with-children deletes them first. Flush the children's databases first, then "
+        "their parents'. Example: python manage.py flush --database ALIAS --no-input"
     )
 
     def add_arguments(self, parser):
@@ -30,7 +30,7 @@ class Command(flush.Command):
             "--with-children",
             action="store_true",
             help="also delete the rows of other databases that name this database's rows "
-            "(the orders naming the users flushed), committed before the flush",
+            "(the children of the rows flushed), committed before the flush",
         )
 
     def handle(self, **options):

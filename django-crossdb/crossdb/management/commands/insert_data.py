@@ -32,11 +32,15 @@ STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 def _epilog():
     formats = "\n".join(f"  {t + '.csv':<14}{','.join(fields(t))}" for t in registry.tables())
+    # Ten children for each parent, as a shop has ten orders for each customer.
+    generate = " ".join(
+        f"--{s.name} {10000 if s.references else 1000}" for s in registry.specs().values()
+    )
     return f"""\
 examples:
-  insert_data                          load the built-in demo data
+  insert_data                          load the default source ({_default_source_words()})
   insert_data --from DIR               load the files below from DIR
-  insert_data --users 1000 --products 100 --orders 10000 --seed 7
+  insert_data {generate} --seed 7
   insert_data --from DIR --rejects rejects.csv --report run.json
   insert_data --from rejects.csv       feed the rejected rows back once fixed
 

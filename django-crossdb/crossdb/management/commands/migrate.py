@@ -32,8 +32,8 @@ class Command(migrate.Command):
     help = (
         migrate.Command.help
         + " Unapplying the migrations of a table that rows of other databases name (migrate "
-        "core zero --database users_db while orders name users) is refused while such rows "
-        "exist: delete them, or unapply the children's database first."
+        "APP zero --database ALIAS) is refused while such rows exist: delete them, or "
+        "unapply the children's database first."
     )
 
     def handle(self, *args, **options):

@@ -31,8 +31,9 @@ GUARD_TABLE = ReferenceGuard._meta.db_table
 
 class Command(BaseCommand):
     help = (
-        "Apply migrations to every configured database (default, users_db, orders_db, "
-        "products_db) and say, for each, which tables were created. Safe to run again."
+        "Apply migrations to every configured database and say, for each, which tables were "
+        "created; refuse (exit 1) to leave a table empty while rows of other databases name "
+        "its rows. Safe to run again."
     )
 
     def handle(self, *args, **options):
