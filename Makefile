@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev-$(CHECKSUM)
 DEMO_STAMP := $(VENV)/.installed-demo-$(CHECKSUM)
 MANAGE := $(BIN)/python manage.py
 
-.PHONY: demo test lint format migrate bench soak serve clean
+.PHONY: demo test lint typecheck format migrate bench soak serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+typecheck: $(STAMP)  ## mypy over the reusable app (settings in pyproject.toml)
+	$(BIN)/mypy
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint  ## install the dev tools, lint, then the whole test suite
+test: lint typecheck  ## install the dev tools, lint, type checks, then the whole test suite
 	$(BIN)/pytest
 
 soak: $(STAMP)  ## long loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS writers, MULTIDS_SOAK_SECONDS of checker per backend, MULTIDS_MACHINE_EXAMPLES guard machine examples per backend

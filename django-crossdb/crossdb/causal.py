@@ -101,9 +101,10 @@ def state() -> ReaderState:
 @contextlib.contextmanager
 def reading(positions: dict[str, int] | None = None) -> Iterator[ReaderState]:
     """Run the block as a reader of its own (a request, a check), starting from positions."""
-    token = _state.set(ReaderState(positions=dict(positions or {})))
+    reader = ReaderState(positions=dict(positions or {}))
+    token = _state.set(reader)
     try:
-        yield _state.get()
+        yield reader
     finally:
         _state.reset(token)
 

@@ -34,7 +34,9 @@ from crossdb.registry import spec
 
 # Parent tables whose rows this context is deleting under the exclusive guard: their
 # QuerySet._raw_delete() is the deletion itself, not a way around it.
-_IN_PROGRESS = contextvars.ContextVar("multids_deleting", default=frozenset())
+_IN_PROGRESS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "multids_deleting", default=frozenset()
+)
 
 
 class HasChildren(Exception):

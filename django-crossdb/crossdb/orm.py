@@ -20,6 +20,8 @@ What still bypasses the ORM (raw SQL, another program) is for ``check_integrity`
 """
 
 import contextvars
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.db import models as dj_models
 from django.db import router, transaction
@@ -75,12 +77,29 @@ class KeyNotComputable(ValueError):
     """An update would leave a comparison key out of step with its source."""
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _alters_data(queryset_only: bool = False) -> Callable[[_F], _F]:
+    """Django's marks on a method that writes (templates never call it) and, for
+    ``QuerySet.delete``, one a manager does not copy: the overrides keep them."""
+
+    def mark(method: _F) -> _F:
+        method.alters_data = True  # type: ignore[attr-defined]
+        if queryset_only:
+            method.queryset_only = True  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
 class GuardedQuerySet(dj_models.QuerySet):
     """QuerySet whose bulk writes and deletes keep cross-database references true."""
 
     def _table_spec(self):
         return _spec(self.model)
 
+    @_alters_data()
     def bulk_create(self, objs, *args, **kwargs):
         table_spec = self._table_spec()
         if table_spec is None:
@@ -96,8 +115,7 @@ class GuardedQuerySet(dj_models.QuerySet):
             require_parents(table_spec, self.db, objs)
             return super().bulk_create(objs, *args, **kwargs)
 
-    bulk_create.alters_data = True
-
+    @_alters_data()
     def bulk_update(self, objs, fields, batch_size=None):
         table_spec = self._table_spec()
         if table_spec is None or not fields:
@@ -124,8 +142,7 @@ class GuardedQuerySet(dj_models.QuerySet):
         finally:
             _CHECKED_BY_BULK_UPDATE.reset(token)
 
-    bulk_update.alters_data = True
-
+    @_alters_data()
     def update(self, **kwargs):
         table_spec = self._table_spec()
         if table_spec is None or _CHECKED_BY_BULK_UPDATE.get() is self.model:
@@ -147,8 +164,6 @@ class GuardedQuerySet(dj_models.QuerySet):
                 kwargs[reference.field] = self._checked_parent(table_spec, reference, kwargs)
             causal.record(self.db, (spec(r.parent).alias for r in touched))
             return super().update(**kwargs)
-
-    update.alters_data = True
 
     def _with_computed_keys(self, table_spec, kwargs):
         """kwargs with each key computed from its source's new value; refuse a key set
@@ -190,6 +205,7 @@ class GuardedQuerySet(dj_models.QuerySet):
             )
         return pk
 
+    @_alters_data(queryset_only=True)
     def delete(self):
 
         table_spec = self._table_spec()
@@ -199,9 +215,7 @@ class GuardedQuerySet(dj_models.QuerySet):
         result = deletion.delete(table_spec.name, pks)
         return result.total, result.by_model()
 
-    delete.alters_data = True
-    delete.queryset_only = True
-
+    @_alters_data()
     def _raw_delete(self, using):
         """Django's fast delete, kept for tables nothing references; a parent's rows go
         through ``crossdb.deletion`` (PROTECT refuses, CASCADE deletes the children first)."""
@@ -211,8 +225,6 @@ class GuardedQuerySet(dj_models.QuerySet):
             return super()._raw_delete(using)
         pks = list(self.using(using).values_list("pk", flat=True))
         return deletion.delete(table_spec.name, pks).parents
-
-    _raw_delete.alters_data = True
 
 
 class GuardedModel(dj_models.Model):
@@ -226,6 +238,7 @@ class GuardedModel(dj_models.Model):
         # Collector, refresh_from_db): make it the guarded one.
         base_manager_name = "objects"
 
+    @_alters_data()
     def save(self, *args, using=None, update_fields=None, **kwargs):
         """Save inside a transaction, so the guard taken by pre_save is held until commit;
         a key whose source is saved is saved with it."""
@@ -236,8 +249,7 @@ class GuardedModel(dj_models.Model):
         with bounded(using), transaction.atomic(using=using):
             return super().save(*args, using=using, update_fields=update_fields, **kwargs)
 
-    save.alters_data = True
-
+    @_alters_data()
     def delete(self, using=None, keep_parents=False):
 
         table_spec = _spec(type(self))
@@ -245,8 +257,6 @@ class GuardedModel(dj_models.Model):
             return super().delete(using=using, keep_parents=keep_parents)
         result = deletion.delete(table_spec.name, [self.pk])
         return result.total, result.by_model()
-
-    delete.alters_data = True
 
     def clean(self):
         """Apply the loader's rules and check the references, with the loader's words."""

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import DatabaseError, connections
 
@@ -168,7 +169,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _on_replica(alias: str, sql: str) -> tuple:
     """Run sql on the replica's own connection, never falling back to the primary."""
-    connection = connections[alias]
+    connection: Any = connections[alias]  # a replica's wrapper: crossdb.replicas' own attribute
     before = getattr(connection, "fallback", False)
     connection.fallback = False
     try:

@@ -263,7 +263,7 @@ class Wanted(tuple):
     leave out (``optional``: ``crossdb.rules.may_be_left_out``): a missing column or key
     of those reads as None, which their rule turns into the field's empty value."""
 
-    optional = frozenset()
+    optional: frozenset[str] = frozenset()
 
     def __new__(cls, names, optional=()):
         wanted = super().__new__(cls, names)
@@ -788,7 +788,7 @@ def _jsonl_run(numbers, texts, wanted, whole_numbers):
 
 
 # The C scanner json.loads itself ends in, with json.loads's own parse_float.
-SCAN_JSON = json.JSONDecoder(parse_float=NumberText).scan_once
+SCAN_JSON = json.JSONDecoder(parse_float=NumberText).scan_once  # type: ignore[attr-defined]
 
 
 def _scanned(texts, wanted):
