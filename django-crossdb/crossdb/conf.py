@@ -12,9 +12,12 @@ Read on every use (a dictionary lookup), so ``override_settings`` and test fixtu
 at once and nothing is read at import time.
 """
 
+from pathlib import Path
+from typing import Any
+
 from django.conf import settings
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     # "app_label.modelname" -> database alias: the one place that says which model lives
     # where. Models not named here stay on Django's default routing.
     "DATABASES_FOR_MODELS": {},
@@ -59,15 +62,13 @@ DEFAULTS = {
 }
 
 
-def get(name):
+def get(name: str) -> Any:
     """The value of setting name: ``settings.CROSSDB[name]`` if given, else its default."""
     if name not in DEFAULTS:
         raise KeyError(f"crossdb has no setting {name!r}")
     return getattr(settings, "CROSSDB", {}).get(name, DEFAULTS[name])
 
 
-def state_dir():
-    from pathlib import Path
-
+def state_dir() -> Path:
     configured = get("STATE_DIR") or getattr(settings, "BASE_DIR", None)
     return Path(configured) if configured else Path.cwd()

@@ -13,12 +13,17 @@ child's batch never has to wait for a table that comes after it. No other module
 table references which.
 """
 
+from __future__ import annotations
+
 import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, cast
 
 from django.apps import apps
 from django.core.signals import setting_changed
+from django.db.models import Field, Model
 from django.dispatch import receiver
 
 from crossdb import rules
@@ -36,7 +41,7 @@ class Reference:
     on_delete: str
 
     @property
-    def noun(self):
+    def noun(self) -> str:
         return specs()[self.parent].noun
 
 
@@ -46,12 +51,12 @@ class Key:
 
     column: str
     source: str
-    normalize: object
-    max_length: int
+    normalize: Callable[[Any], Any]
+    max_length: int | None
 
-    def problem(self, key):
+    def problem(self, key: str | None) -> rules.Problem | None:
         """The Problem for a key its column cannot hold, or None."""
-        if key is not None and len(key) > self.max_length:
+        if key is not None and self.max_length is not None and len(key) > self.max_length:
             return rules.Problem(
                 self.source,
                 f"{self.source} is too long to compare ({len(key)} characters once "
@@ -63,57 +68,63 @@ class Key:
 @dataclass(frozen=True, eq=False)
 class TableSpec:
     name: str  # the table name, also its name on the command line and in files
-    model: type
-    fields: tuple  # input fields in row order: the primary key first, then the model's order
-    keys: tuple  # Key, columns computed from fields and appended to each row
-    references: tuple = field(default=())  # Reference, held by this table
+    model: type[Model]
+    fields: tuple[
+        str, ...
+    ]  # input fields in row order: the primary key first, then the model's order
+    keys: tuple[Key, ...]  # Key, columns computed from fields and appended to each row
+    references: tuple[Reference, ...] = field(default=())  # Reference, held by this table
 
     @property
-    def alias(self):
+    def alias(self) -> str | None:
         return database_for(self.model)
 
     @property
-    def noun(self):
+    def noun(self) -> str:
         """How a message names one row: the model's verbose name ("customer 7")."""
         return str(self.model._meta.verbose_name)
 
     @property
-    def plural(self):
+    def plural(self) -> str:
         """How a message names several rows ("2 orders")."""
         return str(self.model._meta.verbose_name_plural)
 
     @property
-    def pk(self):
+    def pk(self) -> str:
         """The primary key's column, the first of every row."""
         return self.fields[0]
 
-    def optional_fields(self):
+    def optional_fields(self) -> tuple[str, ...]:
         """The input fields a file may leave out (``crossdb.rules.may_be_left_out``)."""
         meta = self.model._meta
-        return tuple(f for f in self.fields if rules.may_be_left_out(meta.get_field(f)))
+        return tuple(
+            f for f in self.fields if rules.may_be_left_out(cast(Field, meta.get_field(f)))
+        )
 
     @cached_property
-    def columns(self):
+    def columns(self) -> tuple[str, ...]:
         """The columns a writer writes: the input fields, then the computed keys."""
         return self.fields + tuple(k.column for k in self.keys)
 
     @cached_property
-    def converters(self):
-        return tuple(rules.rule_for(self.model._meta.get_field(f)) for f in self.fields)
+    def converters(self) -> tuple[rules.Converter, ...]:
+        return tuple(
+            rules.rule_for(cast(Field, self.model._meta.get_field(f))) for f in self.fields
+        )
 
     @cached_property
-    def _key_steps(self):
+    def _key_steps(self) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
         return tuple((self.fields.index(k.source), k.normalize) for k in self.keys)
 
     @cached_property
-    def whole_numbers(self):
+    def whole_numbers(self) -> bool:
         """Whether every input field is a whole number in a range (``crossdb.loading.columns``)."""
         return not self.keys and all(hasattr(c, "bounds") for c in self.converters)
 
-    def position(self, name):
+    def position(self, name: str) -> int:
         return self.columns.index(name)
 
-    def clean(self, values):
+    def clean(self, values: Sequence[Any]) -> tuple[tuple[Any, ...], Sequence[rules.Problem]]:
         """Return (row in column order, problems) for one row of raw input values.
 
         The one path every source's rows take; on a valid row it costs one C-level map over
@@ -135,25 +146,25 @@ class TableSpec:
                 return row, problems
         return row, rules.NO_PROBLEMS
 
-    def comparable(self, row):
+    def comparable(self, row: Sequence[Any]) -> tuple[Any, ...]:
         """Row in the form that decides "identical data": keys instead of their sources."""
         skip = {self.fields.index(k.source) for k in self.keys}
         values = [v for i, v in enumerate(row[: len(self.fields)]) if i not in skip]
         return (*values, *row[len(self.fields) :])
 
     @property
-    def children(self):
+    def children(self) -> tuple[Reference, ...]:
         """The references other tables hold to this one."""
         return tuple(
             r for spec in specs().values() for r in spec.references if r.parent == self.name
         )
 
     @property
-    def parents(self):
+    def parents(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(r.parent for r in self.references))
 
 
-def _spec(model, routed):
+def _spec(model: type[Model], routed: set[str]) -> TableSpec:
     keys = tuple(
         Key(f.attname, f.source, f.normalize, f.max_length)
         for f in model._meta.concrete_fields
@@ -176,10 +187,11 @@ def _spec(model, routed):
     return TableSpec(name, model, fields, keys, references)
 
 
-def _commit_order(specs):
+def _commit_order(specs: Iterable[TableSpec]) -> dict[str, TableSpec]:
     """Order specs so every parent comes before its children. Tables caught in a cycle of
     references (``crossdb.checks`` reports it) come last, in the settings' order."""
-    ordered, placed = [], set()
+    ordered: list[TableSpec] = []
+    placed: set[str] = set()
     pending = list(specs)
     while pending:
         ready = [s for s in pending if all(p in placed or p == s.name for p in s.parents)]
@@ -193,10 +205,10 @@ def _commit_order(specs):
     return {s.name: s for s in ordered}
 
 
-_specs = None  # {table: TableSpec} in commit order, once built
+_specs: dict[str, TableSpec] | None = None  # {table: TableSpec} in commit order, once built
 
 
-def build():
+def build() -> dict[str, TableSpec]:
     """Build the registry from the settings and the models (``CrossdbConfig.ready()``, and
     again when the settings change). A name that is not an installed model is left out:
     a misconfiguration is ``crossdb.checks``' error to report, never a traceback here."""
@@ -212,35 +224,35 @@ def build():
     return _specs
 
 
-def specs():
+def specs() -> dict[str, TableSpec]:
     """{table: TableSpec} of every routed model, parents before their children."""
     return _specs if _specs is not None else build()
 
 
-def tables():
+def tables() -> tuple[str, ...]:
     """The routed tables in commit order (parents first)."""
     return tuple(specs())
 
 
-def models():
+def models() -> dict[str, type[Model]]:
     """{table: model} in commit order."""
     return {name: s.model for name, s in specs().items()}
 
 
-def parent_tables():
+def parent_tables() -> tuple[str, ...]:
     """The tables other tables reference."""
     return tuple(name for name, s in specs().items() if s.children)
 
 
 @receiver(setting_changed)
-def _rebuild(setting, **kwargs):
+def _rebuild(setting: str, **kwargs: Any) -> None:
     """Tests and ``override_settings`` change CROSSDB: build again on next use."""
     global _specs
     if setting in ("CROSSDB", "DATABASES"):
         _specs = None
 
 
-def spec(table_or_model):
+def spec(table_or_model: str | type[Model] | Model) -> TableSpec:
     """Return the TableSpec of a table name, a model class or a model instance."""
     if isinstance(table_or_model, str):
         return specs()[table_or_model]
@@ -248,10 +260,10 @@ def spec(table_or_model):
     return specs()[model._meta.db_table]
 
 
-def fields(table):
+def fields(table: str) -> tuple[str, ...]:
     """Return the input field names of table, in row order."""
     return specs()[table].fields
 
 
-def alias(table):
+def alias(table: str) -> str | None:
     return specs()[table].alias

@@ -12,6 +12,12 @@ missing, ``crossdb.checks``). To move a model to another database, change its li
 counters (``crossdb.models.ReferenceGuard``), and holds nothing else.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Model
+
 from crossdb import conf, replicas
 
 # Models every routed database holds besides its own (the guard's counters, and the
@@ -19,23 +25,23 @@ from crossdb import conf, replicas
 EVERY_DOMAIN_DATABASE = {"crossdb.referenceguard", "crossdb.causalposition"}
 
 
-def databases_for_models():
+def databases_for_models() -> dict[str, str]:
     """{"app_label.modelname": alias}, from the settings, read on each call."""
     return {k.lower(): v for k, v in conf.get("DATABASES_FOR_MODELS").items()}
 
 
-def domain_databases():
+def domain_databases() -> frozenset[str]:
     """The aliases that hold routed models (and nothing else)."""
     return frozenset(databases_for_models().values())
 
 
-def database_for(model):
+def database_for(model: type[Model] | Model) -> str | None:
     """Return the alias that stores model, or None for models crossdb does not route."""
     return databases_for_models().get(model._meta.label_lower)
 
 
 class DatabaseRouter:
-    def db_for_read(self, model, **hints):
+    def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
         """Read a routed model from its own database, or from one of its replicas where the
         reader's writes and the parents of the children it read are replayed
         (``crossdb.causal``)."""
@@ -45,15 +51,17 @@ class DatabaseRouter:
 
         return causal.for_model(model)
 
-    def db_for_write(self, model, **hints):
+    def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
         """Write a routed model to its own database."""
         return database_for(model)
 
-    def allow_relation(self, obj1, obj2, **hints):
+    def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
         """Refuse relations between objects stored in different databases."""
         return None if obj1._state.db == obj2._state.db else False
 
-    def allow_migrate(self, db, app_label, model_name=None, **hints):
+    def allow_migrate(
+        self, db: str, app_label: str, model_name: str | None = None, **hints: Any
+    ) -> bool | None:
         """Create a routed table only in its database, and nothing else in such a database."""
         if replicas.is_replica(db):
             return False  # a replica is written by replication alone

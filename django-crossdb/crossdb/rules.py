@@ -41,14 +41,17 @@ Rules that need other rows (unique keys, references) live in ``crossdb.loading.l
 and ``crossdb.guard``; their wording lives here (``parent_problem``).
 """
 
+from __future__ import annotations
+
 import datetime
 import json
 import math
 import re
 import unicodedata
 import uuid
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -99,10 +102,28 @@ class Problem(NamedTuple):
     message: str
 
 
+class Converter(Protocol):
+    """A rule: one raw value in, the cleaned value out (or ``Invalid``)."""
+
+    def __call__(self, value: Any, /) -> Any: ...
+
+
+class ColumnConverter(Converter, Protocol):
+    """A rule that can also clean a whole column at once (None: go value by value)."""
+
+    column: Callable[[Sequence[Any]], list[Any] | None]
+
+
+class WholeConverter(ColumnConverter, Protocol):
+    """A whole-number rule, with the bounds ``crossdb.loading.columns`` checks arrays against."""
+
+    bounds: tuple[int, int]
+
+
 class Invalid(ValueError):
     """A field value that breaks a rule; carries the field name for the Problem."""
 
-    def __init__(self, field, message):
+    def __init__(self, field: str | None, message: str) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
@@ -112,16 +133,16 @@ class Invalid(ValueError):
 class Positive:
     """Declare on a numeric model field that it must be greater than 0."""
 
-    def __call__(self, value):
+    def __call__(self, value: Any) -> None:
         from django.core.exceptions import ValidationError
 
         if value is not None and value <= 0:
             raise ValidationError(f"must be greater than 0 (got {value})")
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Positive)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(Positive)
 
 
@@ -131,7 +152,7 @@ SHOWN_CHARACTERS = 100  # a longer value is cut in a message (the rejects file k
 JSON_WORDS = {True: "true", False: "false", None: "null"}
 
 
-def shown(value):
+def shown(value: Any) -> str:
     """Render a raw value for a message: strings quoted, everything else as written; a
     value longer than ``SHOWN_CHARACTERS`` is cut, with its length (a 5,000-digit id).
 
@@ -154,7 +175,7 @@ def shown(value):
     return str(value)
 
 
-def printable(text):
+def printable(text: str) -> str:
     """text as a message may quote it to a terminal: each character that is not printable
     written as its escape (``\x1b``, ``\u202e``; an undecodable input byte, kept as a lone
     surrogate, as ``\xff``). A header or a file name holding ``ESC [2J`` would otherwise
@@ -164,14 +185,14 @@ def printable(text):
     return "".join(char if char.isprintable() else _escaped(char) for char in text)
 
 
-def _escaped(char):
+def _escaped(char: str) -> str:
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
         return f"\\x{code - 0xDC00:02x}"
     return repr(char)[1:-1]
 
 
-def _shown_whole(number):
+def _shown_whole(number: int) -> str:
     """A whole number for a message: as written, or how many digits it has when it is far
     beyond any column (Python will not turn an int of over 4,300 digits into text)."""
     if number.bit_length() <= 128:
@@ -180,7 +201,7 @@ def _shown_whole(number):
     return f"{sign} number of {len(str(Decimal(abs(number)))):,} digits"
 
 
-def _is_valid_text(value):
+def _is_valid_text(value: str) -> bool:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes survive reading as lone surrogates
@@ -188,11 +209,11 @@ def _is_valid_text(value):
     return True
 
 
-def _is_blank(value):
+def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def email_key(email):
+def email_key(email: str) -> str:
     """Return the form in which two emails are compared: trimmed, NFKC, case-folded.
 
     ``straße@x`` and ``STRASSE@x`` are one address, as are ``änn@x`` written precomposed or
@@ -209,7 +230,7 @@ def email_key(email):
 # --- Numbers ----------------------------------------------------------------------------
 
 
-def _number_text_problem(field, text):
+def _number_text_problem(field: str, text: str) -> str | None:
     """Say what to remove from a number written in something other than plain notation."""
     shown_text = shown(text)
     if any(unicodedata.category(c) == "Sc" for c in text):
@@ -230,19 +251,21 @@ class _TooManyDigits(Exception):
     converted, and its rule names the bound it passes (``_beyond``).
     """
 
-    def __init__(self, negative, digits):
+    def __init__(self, negative: bool, digits: int) -> None:
         super().__init__(negative, digits)
         self.negative, self.digits = negative, digits
 
-    def shown(self):
+    def shown(self) -> str:
         return f"{'a negative' if self.negative else 'a'} number of {self.digits:,} digits"
 
 
-def _too_many_digits(field, digits, negative=False):
+def _too_many_digits(field: str, digits: int, negative: bool = False) -> _TooManyDigits:
     return _TooManyDigits(negative, digits)
 
 
-def _beyond(field, huge, low, high, key=False):
+def _beyond(
+    field: str, huge: _TooManyDigits, low: float, high: float, key: bool = False
+) -> Invalid:
     """The Invalid for a huge whole number, by the bound it passes (key: an id's words)."""
     if huge.negative:
         bound = "a positive whole number" if key else f"at least {low}"
@@ -250,7 +273,7 @@ def _beyond(field, huge, low, high, key=False):
     return Invalid(field, f"{field} must be at most {high} (got {huge.shown()})")
 
 
-def _digits(text, field):
+def _digits(text: str, field: str) -> int:
     """int(text) for a string of ASCII digits, refusing one with too many to be in range."""
     if len(text) > MAX_WHOLE_DIGITS:  # int() counts leading zeros towards its limit
         text = text.lstrip("0") or "0"
@@ -263,7 +286,7 @@ SEPARATED_RE = re.compile(r"([+-]?)([0-9][0-9,._' ]*[0-9])")
 GROUP_MARKS_RE = re.compile("[,_' ]")
 
 
-def _separators_advice(text):
+def _separators_advice(text: str) -> str | None:
     """What to write instead of a number with separators in it, or None.
 
     Never an edit that changes the value: a comma is a decimal separator in much of the
@@ -299,11 +322,11 @@ def _separators_advice(text):
     return "remove the thousands separators"
 
 
-def _only_digits(text):
+def _only_digits(text: str) -> str:
     return re.sub("[^0-9]", "", text)
 
 
-def _whole_number(value, field):
+def _whole_number(value: Any, field: str) -> int:
     """Return value as an int: ints, whole-number strings (``7``, ``7.00``), whole Decimals."""
     if type(value) is int:
         return value
@@ -328,14 +351,14 @@ def _whole_number(value, field):
     raise Invalid(field, f"{field} must be a whole number (got {shown(value)})")
 
 
-def _whole_column(low, high):
+def _whole_column(low: int, high: int) -> Callable[[Sequence[Any]], list[Any] | None]:
     """The same rule for a whole column at once, in C-level passes; None: go value by value.
 
     Only columns whose every value takes the common case (ASCII digit strings, or ints) are
     converted here; anything else goes through the scalar rule, which gives the reasons.
     """
 
-    def column(values):
+    def column(values: Sequence[Any]) -> list[Any] | None:
         kinds = set(map(type, values))
         if kinds == {str}:
             digits = "".join(values)  # one pass each below, instead of one call per value
@@ -356,10 +379,10 @@ def _whole_column(low, high):
     return column
 
 
-def id_rule(field):
+def id_rule(field: str) -> WholeConverter:
     """An id or a reference: a whole number from 1 to ID_MAX."""
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         try:
             if type(value) is str and value.isdigit() and value.isascii():
                 number = _digits(value, field)  # the common case: a few C calls
@@ -376,15 +399,16 @@ def id_rule(field):
             raise Invalid(field, f"{field} must be a positive whole number (got {got})")
         raise Invalid(field, f"{field} must be at most {ID_MAX} (got {got})")
 
-    convert.column = _whole_column(1, ID_MAX)
-    convert.bounds = (1, ID_MAX)  # for crossdb.loading.columns, which checks whole arrays
-    return convert
+    rule = cast(WholeConverter, convert)  # a function with two attributes
+    rule.column = _whole_column(1, ID_MAX)
+    rule.bounds = (1, ID_MAX)  # for crossdb.loading.columns, which checks whole arrays
+    return rule
 
 
-def integer_rule(field, low, high, low_is_min=False):
+def integer_rule(field: str, low: int, high: int, low_is_min: bool = False) -> WholeConverter:
     """A whole number in [low, high]; low and high come from the column and its validators."""
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         try:
             if type(value) is str and value.isdigit() and value.isascii():
                 number = _digits(value, field)
@@ -400,17 +424,18 @@ def integer_rule(field, low, high, low_is_min=False):
             raise Invalid(field, f"{field} must be at least {low} (got {_shown_whole(number)})")
         raise Invalid(field, f"{field} must be at most {high} (got {_shown_whole(number)})")
 
-    convert.column = _whole_column(low, high)
-    convert.bounds = (low, high)
-    return convert
+    rule = cast(WholeConverter, convert)
+    rule.column = _whole_column(low, high)
+    rule.bounds = (low, high)
+    return rule
 
 
-def decimal_rule(field, places, max_digits, positive):
+def decimal_rule(field: str, places: int, max_digits: int, positive: bool) -> Converter:
     """A finite decimal in plain notation with at most ``places`` decimal places."""
     quantum = Decimal(1).scaleb(-places)
     largest = Decimal(10) ** (max_digits - places) - quantum
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         if _is_blank(value):
             raise Invalid(field, f"{field} is required")
         if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
@@ -451,7 +476,13 @@ def decimal_rule(field, places, max_digits, positive):
 # --- Text --------------------------------------------------------------------------------
 
 
-def text_rule(field, max_length, pattern=None, what=None, visible=False):
+def text_rule(
+    field: str,
+    max_length: int,
+    pattern: re.Pattern[str] | None = None,
+    what: str | None = None,
+    visible: bool = False,
+) -> ColumnConverter:
     """Required text: trimmed, valid UTF-8, no line break or control character; with
     visible, no invisible character either (``INVISIBLE``: emails).
 
@@ -461,7 +492,7 @@ def text_rule(field, max_length, pattern=None, what=None, visible=False):
     the regex engine tests a character against each range in turn).
     """
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         if type(value) is not str:
             if _is_blank(value):
                 raise Invalid(field, f"{field} is required")
@@ -488,7 +519,7 @@ def text_rule(field, max_length, pattern=None, what=None, visible=False):
             raise Invalid(field, f"{field} is not {what} (got {shown(value)})")
         return text
 
-    def column(values):
+    def column(values: Sequence[Any]) -> list[Any] | None:
         """The same rule for a whole column, in C-level passes; None: go value by value."""
         if set(map(type, values)) != {str} or any(map(FORBIDDEN_RE.search, values)):
             return None
@@ -502,8 +533,9 @@ def text_rule(field, max_length, pattern=None, what=None, visible=False):
             return None
         return texts
 
-    convert.column = column
-    return convert
+    rule = cast(ColumnConverter, convert)
+    rule.column = column
+    return rule
 
 
 # --- Floats, booleans, dates and times, UUIDs -------------------------------------------------
@@ -518,10 +550,10 @@ DATETIME_RE = re.compile(
 )
 
 
-def float_rule(field, low=-math.inf, high=math.inf):
+def float_rule(field: str, low: float = -math.inf, high: float = math.inf) -> Converter:
     """A finite number, plain or with an exponent, within [low, high]."""
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         if isinstance(value, bool):
             raise Invalid(field, f"{field} must be a number (got {shown(value)})")
         if isinstance(value, (int, float, Decimal)):
@@ -549,10 +581,10 @@ def float_rule(field, low=-math.inf, high=math.inf):
     return convert
 
 
-def boolean_rule(field):
+def boolean_rule(field: str) -> Converter:
     """True or false, in the spellings people and programs write."""
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         if value is True or value is False:
             return value
         if isinstance(value, str):
@@ -570,17 +602,17 @@ def boolean_rule(field):
     return convert
 
 
-def _real_day(field, text, value):
+def _real_day(field: str, text: str, value: Any) -> datetime.date:
     try:
         return datetime.date.fromisoformat(text)
     except ValueError:
         raise Invalid(field, f"{field} is not a real date (got {shown(value)})") from None
 
 
-def date_rule(field):
+def date_rule(field: str) -> Converter:
     """A day written YYYY-MM-DD (a date object as it is)."""
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
             return value
         if not isinstance(value, str) or _is_blank(value):
@@ -595,14 +627,14 @@ def date_rule(field):
     return convert
 
 
-def datetime_rule(field):
+def datetime_rule(field: str) -> Converter:
     """An ISO 8601 moment; with ``USE_TZ`` it must say its time zone (a local time without
     one names two moments a year, and which one is meant cannot be guessed)."""
     from django.conf import settings
 
     aware = settings.USE_TZ
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         if isinstance(value, datetime.datetime):
             moment = value
         elif isinstance(value, str) and not _is_blank(value):
@@ -642,10 +674,10 @@ def datetime_rule(field):
     return convert
 
 
-def uuid_rule(field):
+def uuid_rule(field: str) -> Converter:
     """A UUID in any form ``uuid.UUID`` reads."""
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         if isinstance(value, uuid.UUID):
             return value
         if isinstance(value, str) and not _is_blank(value):
@@ -660,12 +692,12 @@ def uuid_rule(field):
     return convert
 
 
-def optional(rule, default):
+def optional(rule: Converter, default: Callable[[], Any]) -> Converter:
     """rule for a value that may be left empty (None, an empty or blank string): then
     default() instead. Such a rule has no column pass and no bounds, so its table takes the
     row path (``crossdb.loading.columns`` only takes tables of required whole numbers)."""
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         if value is None or (isinstance(value, str) and not value.strip()):
             return default()
         return rule(value)
@@ -676,7 +708,7 @@ def optional(rule, default):
 # --- From model fields -------------------------------------------------------------------
 
 
-def _bounds(field, low, high):
+def _bounds(field: models.Field[Any, Any], low: _N, high: _N) -> tuple[_N, _N]:
     for validator in field.validators:
         if isinstance(validator, MinValueValidator):
             low = max(low, validator.limit_value)
@@ -685,13 +717,16 @@ def _bounds(field, low, high):
     return low, high
 
 
+_N = TypeVar("_N", int, float)
+
+
 INTEGER_KINDS = frozenset(
     {*INT_RANGES, "BigIntegerField", "PositiveBigIntegerField", "AutoField", "BigAutoField"}
     | {"SmallAutoField"}
 )
 
 
-def key_rule(name, key):
+def key_rule(name: str, key: models.Field[Any, Any]) -> Converter:
     """The rule of a primary key, or of a reference to one (key: the referenced key)."""
     kind = key.get_internal_type()
     if kind in INTEGER_KINDS:
@@ -703,7 +738,7 @@ def key_rule(name, key):
     raise TypeError(f"{key.model.__name__}.{key.attname}: no loading rule for a {kind} key")
 
 
-def _required_rule(field):
+def _required_rule(field: models.Field[Any, Any]) -> Converter:
     """The rule of field's value, when one is given."""
     name = field.attname
     kind = field.get_internal_type()
@@ -712,7 +747,9 @@ def _required_rule(field):
     if isinstance(field, CrossDatabaseReference):
         return key_rule(name, field.target_field)
     if isinstance(field, models.EmailField):
-        return text_rule(name, field.max_length, EMAIL_RE, "a valid email address", visible=True)
+        return text_rule(
+            name, field.max_length or 1_000_000, EMAIL_RE, "a valid email address", visible=True
+        )
     if isinstance(field, (models.CharField, models.TextField)):
         return text_rule(name, field.max_length or 1_000_000)
     if isinstance(field, models.DecimalField):
@@ -734,7 +771,7 @@ def _required_rule(field):
     raise TypeError(f"{field.model.__name__}.{name}: no loading rule for {kind}")
 
 
-def _default_of(field):
+def _default_of(field: models.Field[Any, Any]) -> Callable[[], Any] | None:
     """What an empty value of field becomes (a callable), or None if it must be given."""
     if field.primary_key:
         return None
@@ -751,37 +788,41 @@ def _default_of(field):
     return None
 
 
-def rule_for(field):
+def rule_for(field: models.Field[Any, Any]) -> Converter:
     """Return the converter for one input field of a model."""
     rule = _required_rule(field)
     default = _default_of(field)
     return rule if default is None else optional(rule, default)
 
 
-def may_be_left_out(field):
+def may_be_left_out(field: models.Field[Any, Any]) -> bool:
     """Whether a file may lack field's column (its rows then take the empty value's)."""
     return _default_of(field) is not None
 
 
-NO_PROBLEMS = ()
+NO_PROBLEMS: tuple[Problem, ...] = ()
 
 
-def collect(values, converters, names):
+def collect(
+    values: Sequence[Any], converters: Sequence[Converter], names: Sequence[str]
+) -> tuple[tuple[Any, ...], Sequence[Problem]]:
     """Apply every converter; return (cleaned tuple, problems), naming each bad field."""
-    cleaned = []
-    problems = NO_PROBLEMS
+    cleaned: list[Any] = []
+    problems: Sequence[Problem] = NO_PROBLEMS
     for value, convert in zip(values, converters, strict=True):
         try:
             cleaned.append(convert(value))
         except Invalid as exc:
-            if problems is NO_PROBLEMS:
+            if not isinstance(problems, list):  # NO_PROBLEMS
                 problems = []  # allocated only for bad rows
             problems.append(Problem(exc.field, exc.message))
             cleaned.append(None)
     return tuple(cleaned), problems
 
 
-def parent_problem(field, noun, pk, *, rejected_in_run=False, deleted=False):
+def parent_problem(
+    field: str, noun: str, pk: Any, *, rejected_in_run: bool = False, deleted: bool = False
+) -> Problem:
     """Say why a reference cannot be followed."""
     if rejected_in_run:
         return Problem(field, f"{noun} {pk} was rejected in this run")
@@ -790,10 +831,10 @@ def parent_problem(field, noun, pk, *, rejected_in_run=False, deleted=False):
     return Problem(field, f"{noun} {pk} does not exist")
 
 
-def raise_for(problems):
+def raise_for(problems: Sequence[Problem]) -> None:
     """Turn validation problems into a Django ValidationError keyed by field."""
     if problems:
-        errors = {}
+        errors: dict[str, list[str]] = {}
         for problem in problems:
             errors.setdefault(problem.field or "__all__", []).append(problem.message)
         raise ValidationError(errors)
