@@ -26,25 +26,32 @@ and these checks say why.
   IMMEDIATE`` (``OPTIONS["transaction_mode"]``), which the guard's SQLite side relies on.
 """
 
-import difflib
+from __future__ import annotations
 
-from django.apps import apps
+import difflib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core import checks
+from django.db.models import Model
 
 from crossdb import conf
-from crossdb.fields import references_of
+from crossdb.fields import CrossDatabaseReference, references_of
 from crossdb.routers import databases_for_models
 
 ROUTER = "crossdb.routers.DatabaseRouter"
 
 
-def _setting(name):
+def _setting(name: str) -> str:
     return f'CROSSDB["{name}"]'
 
 
 @checks.register(checks.Tags.models, checks.Tags.database, "crossdb")
-def check_settings(app_configs=None, **kwargs):
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """Every problem of crossdb's configuration, each once."""
     return [
         *_unknown_settings(),
@@ -57,7 +64,7 @@ def check_settings(app_configs=None, **kwargs):
     ]
 
 
-def _unknown_settings():
+def _unknown_settings() -> list[checks.CheckMessage]:
     given = getattr(settings, "CROSSDB", {})
     if not isinstance(given, dict):
         return [
@@ -67,7 +74,7 @@ def _unknown_settings():
                 id="crossdb.E001",
             )
         ]
-    errors = []
+    errors: list[checks.CheckMessage] = []
     for name in sorted(set(given) - set(conf.DEFAULTS)):
         close = difflib.get_close_matches(name, conf.DEFAULTS, n=1)
         hint = f"Did you mean {close[0]!r}?" if close else f"Known: {', '.join(conf.DEFAULTS)}."
@@ -81,10 +88,10 @@ def _unknown_settings():
     return errors
 
 
-def _routed_models():
+def _routed_models() -> list[checks.CheckMessage]:
     from crossdb.orm import GuardedModel
 
-    errors = []
+    errors: list[checks.CheckMessage] = []
     for label, alias in databases_for_models().items():
         try:
             model = apps.get_model(label)
@@ -121,7 +128,9 @@ def _routed_models():
     return errors
 
 
-def _reference_fields(models=None):
+def _reference_fields(
+    models: Iterable[type[Model]] | None = None,
+) -> Iterator[tuple[type[Model], CrossDatabaseReference]]:
     """(model, field) for every CrossDatabaseReference of models (default: every installed
     model)."""
     for model in apps.get_models() if models is None else models:
@@ -129,9 +138,9 @@ def _reference_fields(models=None):
             yield model, field
 
 
-def _references(models=None):
+def _references(models: Iterable[type[Model]] | None = None) -> list[checks.CheckMessage]:
     routed = databases_for_models()
-    errors = []
+    errors: list[checks.CheckMessage] = []
     for model, field in _reference_fields(models):
         where = f"{model._meta.label}.{field.name}"
         target = field.target_or_none()
@@ -160,15 +169,16 @@ def _references(models=None):
     return errors
 
 
-def _cycles(models=None):
+def _cycles(models: Iterable[type[Model]] | None = None) -> list[checks.CheckMessage]:
     """Tables whose references lead back to themselves (an edge to itself is allowed: the
     row's parent is then in the same table and database)."""
-    edges = {}
+    edges: dict[str, set[str]] = {}
     for model, field in _reference_fields(models):
         target = field.target_or_none()
         if target is not None and target is not model:
             edges.setdefault(model._meta.label, set()).add(target._meta.label)
-    placed, pending = set(), set(edges) | {t for ts in edges.values() for t in ts}
+    placed: set[str] = set()
+    pending = set(edges) | {t for ts in edges.values() for t in ts}
     while True:
         ready = {m for m in pending if edges.get(m, set()) <= placed}
         if not ready:
@@ -187,7 +197,7 @@ def _cycles(models=None):
     ]
 
 
-def _router():
+def _router() -> list[checks.CheckMessage]:
     if ROUTER in getattr(settings, "DATABASE_ROUTERS", []) or not databases_for_models():
         return []
     return [
@@ -200,8 +210,8 @@ def _router():
     ]
 
 
-def _sqlite_transactions():
-    warnings = []
+def _sqlite_transactions() -> list[checks.CheckMessage]:
+    warnings: list[checks.CheckMessage] = []
     for alias in sorted(set(databases_for_models().values()) & set(settings.DATABASES)):
         config = settings.DATABASES[alias]
         if not config.get("ENGINE", "").endswith("sqlite3"):
@@ -230,12 +240,12 @@ REPLICA_NUMBERS = {  # setting: (lowest allowed, whether the lowest itself is al
 }
 
 
-def _replicas():
+def _replicas() -> list[checks.CheckMessage]:
     from crossdb.replicas import ENGINE
 
     if not isinstance(getattr(settings, "CROSSDB", {}), dict):
         return []  # E001 says so
-    errors = []
+    errors: list[checks.CheckMessage] = []
     given = conf.get("REPLICAS")
     if not isinstance(given, dict):
         given = None

@@ -20,9 +20,13 @@ order cannot be kept inside the caller's open transaction on a children's databa
 delete there is refused (``crossdb.guard.CommitOrderError``) before anything is written.
 """
 
+from __future__ import annotations
+
 import contextlib
 import contextvars
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
 from django.db.models import Count
@@ -31,6 +35,12 @@ from crossdb import guard, registry
 from crossdb.fields import CASCADE
 from crossdb.lookups import query_chunks
 from crossdb.registry import spec
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+    from django.db.transaction import Atomic
+
+    from crossdb.registry import Reference, TableSpec
 
 # Parent tables whose rows this context is deleting under the exclusive guard: their
 # QuerySet._raw_delete() is the deletion itself, not a way around it.
@@ -42,7 +52,7 @@ _IN_PROGRESS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 class HasChildren(Exception):
     """Rows still have children that a PROTECT reference keeps."""
 
-    def __init__(self, table_spec, counts):
+    def __init__(self, table_spec: TableSpec, counts: dict[tuple[str, Any], int]) -> None:
 
         self.table = table_spec.name
         self.counts = counts  # {(child table, pk): count}
@@ -69,14 +79,14 @@ class Deleted:
     """What a delete removed: rows per table."""
 
     parents: int = 0
-    children: dict = field(default_factory=dict)  # child table -> rows deleted
+    children: dict[str, int] = field(default_factory=dict)  # child table -> rows deleted
     table: str = ""
 
     @property
-    def total(self):
+    def total(self) -> int:
         return self.parents + sum(self.children.values())
 
-    def by_model(self):
+    def by_model(self) -> dict[str, int]:
         """Django's ``QuerySet.delete()`` shape: {"app_label.Model": count}."""
 
         counts = {spec(t).model._meta.label: n for t, n in self.children.items() if n}
@@ -85,15 +95,17 @@ class Deleted:
         return counts
 
 
-def in_progress(table_spec):
+def in_progress(table_spec: TableSpec) -> bool:
     """Whether this context is deleting table_spec's rows under the exclusive guard."""
     return table_spec.name in _IN_PROGRESS.get()
 
 
-def count_children(table, pks, references=None):
+def count_children(
+    table: str, pks: Iterable[Any], references: Iterable[Reference] | None = None
+) -> dict[tuple[str, Any], int]:
     """Return {(child table, parent pk): number of children} for the given parents, over
     references (default: every reference to table)."""
-    counts = {}
+    counts: dict[tuple[str, Any], int] = {}
     for reference in spec(table).children if references is None else references:
         child = spec(reference.child)
         for chunk in query_chunks(connections[child.alias], pks):
@@ -114,18 +126,18 @@ class _Removal:
     """The parent's side of a ``commit_order``: its transaction, opened once the children's
     side is settled, committed after the children's databases."""
 
-    def __init__(self, alias):
+    def __init__(self, alias: str) -> None:
         self.alias = alias
-        self.transaction = None
+        self.transaction: Atomic | None = None
 
-    def enter_parent(self):
+    def enter_parent(self) -> None:
         """Open the parent's transaction; what the block removes after this commits last."""
         self.transaction = transaction.atomic(using=self.alias)
         self.transaction.__enter__()
 
 
 @contextlib.contextmanager
-def commit_order(parent_alias, tables, doing):
+def commit_order(parent_alias: str, tables: Iterable[str], doing: str) -> Iterator[_Removal]:
     """Hold the guard exclusive for tables in every database holding their children, and
     commit those databases before the parent's.
 
@@ -163,7 +175,7 @@ def commit_order(parent_alias, tables, doing):
         _IN_PROGRESS.reset(token)
 
 
-def delete(table, pks, *, with_children=False):
+def delete(table: str, pks: Iterable[Any], *, with_children: bool = False) -> Deleted:
     """Delete the rows pks of table; return a Deleted. Raise HasChildren for PROTECT.
 
     with_children=True deletes the children of PROTECT references too (the explicit "delete
@@ -196,7 +208,7 @@ def delete(table, pks, *, with_children=False):
     return result
 
 
-def _elsewhere(alias):
+def _elsewhere(alias: str) -> tuple[list[str], list[Reference]]:
     """(parent tables stored in alias, references to them from other databases)."""
 
     parents = [s.name for s in registry.specs().values() if s.alias == alias and s.children]
@@ -204,15 +216,15 @@ def _elsewhere(alias):
     return parents, references
 
 
-def children_elsewhere(alias):
+def children_elsewhere(alias: str) -> dict[str, int]:
     """{child table: rows naming a parent stored in alias} for children in other databases."""
     return _count_naming(_elsewhere(alias)[1])
 
 
-def _count_naming(references):
+def _count_naming(references: Iterable[Reference]) -> dict[str, int]:
     """{child table: rows that name any parent} over references."""
 
-    counts = {}
+    counts: dict[str, int] = {}
     for reference in references:
         child = spec(reference.child)
         n = (
@@ -225,7 +237,9 @@ def _count_naming(references):
     return counts
 
 
-def flush_parents(alias, flush, *, with_children=False):
+def flush_parents(
+    alias: str, flush: Callable[[], object], *, with_children: bool = False
+) -> dict[str, int]:
     """Run flush() (which empties every table of alias) in the guard's commit order.
 
     Children in other databases naming alias's parent tables are counted under the
@@ -238,7 +252,7 @@ def flush_parents(alias, flush, *, with_children=False):
         with transaction.atomic(using=alias), _counters_kept(alias):
             flush()
         return {}
-    deleted = {}
+    deleted: dict[str, int] = {}
     with commit_order(alias, parents, f"flush {alias}") as removal:
         counts = children_elsewhere(alias)
         if counts and not with_children:
@@ -258,7 +272,7 @@ def flush_parents(alias, flush, *, with_children=False):
 
 
 @contextlib.contextmanager
-def _counters_kept(alias):
+def _counters_kept(alias: str) -> Iterator[None]:
     """Keep alias's deletion counters through a flush (inside one transaction), each moved
     on by one: a loader compares them with what it saw at its start, so they must never go
     back (a flush of orders_db would otherwise reset them to zero, and as many deletes
@@ -278,7 +292,7 @@ def _counters_kept(alias):
         )
 
 
-def children_phrase(counts):
+def children_phrase(counts: dict[str, int]) -> str:
     """ "7 orders in orders_db and 1 review in reviews_db" for {child table: rows}."""
 
     return " and ".join(
@@ -287,12 +301,12 @@ def children_phrase(counts):
     )
 
 
-def _children_words(alias, counts):
+def _children_words(alias: str, counts: dict[str, int]) -> str:
     return f"{children_phrase(counts)} name rows of {alias}; emptying it would leave them orphaned"
 
 
 @contextlib.contextmanager
-def hold_children(alias, tables, doing):
+def hold_children(alias: str, tables: Sequence[str], doing: str) -> Iterator[None]:
     """Keep every child of tables (stored in alias) still while the block changes their
     tables in ways a transaction cannot hold (migrations commit on their own).
 
@@ -324,11 +338,13 @@ def hold_children(alias, tables, doing):
             yield
 
 
-def _children_committed():
+def _children_committed() -> None:
     """The moment between the two commits (a test makes a crash happen here)."""
 
 
-def _refuse_protected(parent, references, pks, with_children):
+def _refuse_protected(
+    parent: TableSpec, references: Iterable[Reference], pks: Iterable[Any], with_children: bool
+) -> None:
     """Raise HasChildren if a PROTECT reference still has children of pks."""
     protected = [r for r in references if r.on_delete != CASCADE]
     if with_children or not protected:
@@ -338,7 +354,7 @@ def _refuse_protected(parent, references, pks, with_children):
         raise HasChildren(parent, counts)
 
 
-def dj_delete(queryset):
+def dj_delete(queryset: QuerySet[Any]) -> int:
     """Django's own QuerySet.delete() for rows that have no children; return the count."""
     from django.db.models import QuerySet
 

@@ -60,9 +60,13 @@ What cannot be guarded (raw SQL, another program writing the files) is found by
 ``check_integrity``.
 """
 
+from __future__ import annotations
+
 import contextlib
 import logging
 import zlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from django.apps import apps
@@ -73,6 +77,15 @@ from crossdb import causal, conf
 from crossdb.databases import location
 from crossdb.lookups import query_chunks
 from crossdb.registry import spec
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from crossdb.models import ReferenceGuard
+    from crossdb.registry import Reference, TableSpec
+
+    # (row index, reference, parent id) of a reference whose parent is not committed
+    Missing = tuple[int, Reference, Any]
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +110,21 @@ class GuardTimeout(OperationalError):
     """A wait for the guard, or for a lock a writer or deleter holds, passed its bound."""
 
 
-def timeout():
+def timeout() -> float:
     """The bound on every wait for the guard, in seconds (read on each use)."""
     return float(conf.get("GUARD_TIMEOUT"))
 
 
-def _reference_guard():
+def _reference_guard() -> type[ReferenceGuard]:
     """The counters' model, from the app registry: core.models imports this module."""
     return apps.get_model("crossdb", "ReferenceGuard")
 
 
-def _key(parent):
+def _key(parent: str) -> int:
     return zlib.crc32(f"multids-reference-guard:{parent}".encode())
 
 
-def _take_sqlite_write_lock(connection):
+def _take_sqlite_write_lock(connection: BaseDatabaseWrapper) -> None:
     # BEGIN IMMEDIATE already holds it; a no-op write makes sure in any transaction mode.
     with connection.cursor() as cursor:
         cursor.execute("UPDATE multids_reference_guard SET deletions = deletions WHERE 0")
@@ -120,7 +133,7 @@ def _take_sqlite_write_lock(connection):
 # --- Bounded waits ------------------------------------------------------------------------
 
 
-def is_lock_wait(exc):
+def is_lock_wait(exc: BaseException) -> bool:
     """Whether exc is a lock wait that gave up (PostgreSQL's lock_timeout, SQLite's busy)."""
     cause = exc.__cause__
     if getattr(cause, "sqlstate", None) == "55P03":  # lock_not_available
@@ -128,7 +141,7 @@ def is_lock_wait(exc):
     return "database is locked" in str(exc)
 
 
-def _holders(alias):
+def _holders(alias: str) -> str:
     """Describe the other sessions holding locks in alias's database (PostgreSQL), or ''."""
     connection = connections[alias]
     if connection.vendor != "postgresql":
@@ -150,7 +163,7 @@ def _holders(alias):
     return f", held by {', '.join(named)}" if named else ""
 
 
-def _timeout_message(alias, what):
+def _timeout_message(alias: str, what: str) -> str:
 
     seconds = timeout()
     where = f"{alias} ({location(alias)})"
@@ -165,7 +178,7 @@ def _timeout_message(alias, what):
 
 
 @contextlib.contextmanager
-def translated(alias, what="the reference guard"):
+def translated(alias: str, what: str = "the reference guard") -> Iterator[None]:
     """Turn a lock wait on alias that gave up into ``GuardTimeout`` naming alias, without
     setting a bound (the connection's own applies)."""
     try:
@@ -179,7 +192,7 @@ def translated(alias, what="the reference guard"):
 
 
 @contextlib.contextmanager
-def bounded(alias, what="the reference guard"):
+def bounded(alias: str, what: str = "the reference guard") -> Iterator[None]:
     """Bound every lock wait on alias's connection inside the block by ``timeout()``; turn a
     wait that gives up into ``GuardTimeout`` naming alias (never a bare "database is locked").
 
@@ -196,7 +209,7 @@ def bounded(alias, what="the reference guard"):
             restore()
 
 
-def _set_lock_timeout(connection, seconds):
+def _set_lock_timeout(connection: BaseDatabaseWrapper, seconds: float) -> Callable[[], None] | None:
     """Set the connection's lock wait bound; return a function that puts the old one back
     (None when the transaction's end does that)."""
     millis = max(int(seconds * 1000), 1)
@@ -213,7 +226,7 @@ def _set_lock_timeout(connection, seconds):
             before = cursor.fetchone()[0]
             cursor.execute(f"PRAGMA busy_timeout = {millis}")
 
-            def restore():
+            def restore() -> None:
                 with connection.cursor() as again:
                     again.execute(f"PRAGMA busy_timeout = {int(before)}")
 
@@ -229,7 +242,7 @@ def _set_lock_timeout(connection, seconds):
         )
         before = cursor.fetchone()[0]
 
-    def reset():
+    def reset() -> None:
         # Nested blocks put back what they found; a broken connection has nothing to reset.
         if connection.connection is None or connection.in_atomic_block:
             return
@@ -240,7 +253,7 @@ def _set_lock_timeout(connection, seconds):
 
 
 @contextlib.contextmanager
-def _apart(alias):
+def _apart(alias: str) -> Iterator[BaseDatabaseWrapper]:
     """A connection to alias's database of its own, outside every transaction of the
     calling thread (closed at the end of the block)."""
     base = connections[alias]
@@ -254,7 +267,7 @@ def _apart(alias):
 # --- The guard --------------------------------------------------------------------------
 
 
-def share(alias, parents):
+def share(alias: str, parents: Collection[str]) -> None:
     """Take the guard shared for parents in alias's open transaction (held until commit)."""
     connection = connections[alias]
     if not ENABLED or not parents:
@@ -272,7 +285,7 @@ def share(alias, parents):
             _take_sqlite_write_lock(connection)
 
 
-def exclusive(alias, parent):
+def exclusive(alias: str, parent: str) -> None:
     """Take the guard exclusive for parent in alias's open transaction and bump its counter."""
     connection = connections[alias]
     if not connection.in_atomic_block:
@@ -290,7 +303,7 @@ def exclusive(alias, parent):
             guards.create(parent=parent, deletions=1)
 
 
-def counters(alias, parents):
+def counters(alias: str, parents: Iterable[str]) -> dict[str, int]:
     """Return {parent: deletions committed so far} as alias sees it now."""
     found = dict(
         _reference_guard()
@@ -301,17 +314,19 @@ def counters(alias, parents):
     return {p: found.get(p, 0) for p in parents}
 
 
-def holds_transaction(alias):
+def holds_transaction(alias: str) -> bool:
     """Whether the calling thread holds an open transaction on alias.
 
     The transactions a Django ``TestCase`` wraps each test in do not count (as they do not
     for ``atomic(durable=True)``): inside them the test's rows are the committed state, and
     a test sees the same rules as a program outside any transaction.
     """
-    return any(not block._from_testcase for block in connections[alias].atomic_blocks)
+    blocks = connections[alias].atomic_blocks
+    # Django's Atomic sets _from_testcase; django-stubs does not declare it.
+    return any(not block._from_testcase for block in blocks)  # type: ignore[attr-defined]
 
 
-def refuse_open_transactions(aliases, doing):
+def refuse_open_transactions(aliases: Iterable[str], doing: str) -> None:
     """Raise CommitOrderError if the calling thread holds an open transaction on one of
     aliases (children's databases a change must commit before its parent's)."""
     held = sorted(a for a in set(aliases) if holds_transaction(a))
@@ -328,20 +343,24 @@ def refuse_open_transactions(aliases, doing):
 # --- Looking parents up -----------------------------------------------------------------
 
 
-def _as_stored(connection, parent, ids):
+def _as_stored(
+    connection: BaseDatabaseWrapper, parent: TableSpec, ids: Iterable[Any]
+) -> dict[Any, Any]:
     """{id as the database stores it: id as given}: a UUID is its hex on SQLite."""
     key = parent.model._meta.pk
     return {key.get_db_prep_value(i, connection): i for i in ids}
 
 
-def _select_ids(connection, parent, ids, *, lock=False):
+def _select_ids(
+    connection: BaseDatabaseWrapper, parent: TableSpec, ids: Iterable[Any], *, lock: bool = False
+) -> set[Any]:
     """The ids of parent's table among ids, as connection sees them; lock=True waits out a
     deleter still committing (PostgreSQL ``FOR KEY SHARE``)."""
     qn = connection.ops.quote_name
     pk = qn(parent.model._meta.pk.column)
     table = qn(parent.model._meta.db_table)
     stored = _as_stored(connection, parent, ids)
-    found = set()
+    found: set[Any] = set()
     with connection.cursor() as cursor:
         for chunk in query_chunks(connection, list(stored)):
             marks = ", ".join(["%s"] * len(chunk))
@@ -353,7 +372,7 @@ def _select_ids(connection, parent, ids, *, lock=False):
     return found
 
 
-def _committed_ids(parent, ids):
+def _committed_ids(parent: TableSpec, ids: Sequence[Any]) -> set[Any]:
     """The ids committed in parent's table, looked up on the thread's own connection, which
     holds no transaction there; waits out a deleter mid-commit."""
     alias = parent.alias
@@ -369,17 +388,19 @@ def _committed_ids(parent, ids):
         return _select_ids(connection, parent, ids)
 
 
-def _pg_key_share(connection, parent, ids):
+def _pg_key_share(
+    connection: BaseDatabaseWrapper, parent: TableSpec, ids: Iterable[Any]
+) -> set[Any]:
     """``FOR KEY SHARE`` on the id list in one statement (waits for a deleter to finish)."""
     qn = connection.ops.quote_name
     key = parent.model._meta.pk
     pk = qn(key.column)
     sql = (
         f"SELECT {pk} FROM {qn(parent.model._meta.db_table)} "
-        f"WHERE {pk} = ANY(%s::{key.rel_db_type(connection)}[]) FOR KEY SHARE"
+        f"WHERE {pk} = ANY(%s::{key.rel_db_type(connection)}[]) FOR KEY SHARE"  # type: ignore[attr-defined]
     )
     stored = _as_stored(connection, parent, ids)
-    found = set()
+    found: set[Any] = set()
     with connection.cursor() as cursor:
         for chunk in query_chunks(connection, list(stored)):
             cursor.execute(sql, [chunk])
@@ -387,7 +408,7 @@ def _pg_key_share(connection, parent, ids):
     return found
 
 
-def _committed_apart(parent, ids, *, lock=True):
+def _committed_apart(parent: TableSpec, ids: Sequence[Any], *, lock: bool = True) -> set[Any]:
     """The ids committed in parent's table, for a thread holding an open transaction on its
     database: read on a connection of its own, so only committed rows count.
 
@@ -402,7 +423,7 @@ def _committed_apart(parent, ids, *, lock=True):
     reads without taking anything (to explain a refusal, never to accept a row).
     """
     alias = parent.alias
-    contested = []
+    contested: list[Any] = []
     if lock and connections[alias].vendor == "postgresql":
         contested = _kept_from_deleters(parent, ids)
     with _apart(alias) as apart:
@@ -425,7 +446,7 @@ def _committed_apart(parent, ids, *, lock=True):
             apart.rollback()
 
 
-def _kept_from_deleters(parent, ids):
+def _kept_from_deleters(parent: TableSpec, ids: Sequence[Any]) -> list[Any]:
     """Take ``FOR KEY SHARE NOWAIT`` on ids in the thread's own transaction on parent's
     database (PostgreSQL): all at once, and row by row only if some other session holds one;
     return the ids another session holds a conflicting lock on (a deleter at work), for the
@@ -439,7 +460,7 @@ def _kept_from_deleters(parent, ids):
         f"SELECT 1 FROM {qn(parent.model._meta.db_table)} WHERE {pk} = ANY(%s) FOR KEY SHARE NOWAIT"
     )
 
-    def taken(values):
+    def taken(values: Iterable[Any]) -> bool:
         stored = list(_as_stored(connection, parent, values))
         try:
             with transaction.atomic(using=alias), connection.cursor() as cursor:
@@ -455,7 +476,7 @@ def _kept_from_deleters(parent, ids):
     return [value for value in ids if not taken([value])]
 
 
-def existing_parents(parent_table, ids):
+def existing_parents(parent_table: str, ids: Iterable[Any]) -> set[Any]:
     """Return the ids of parent_table that are committed (and, for a thread holding an open
     transaction on its database, not deleted in it), waiting out a deleter mid-commit."""
 
@@ -470,7 +491,12 @@ def existing_parents(parent_table, ids):
     return _committed_apart(parent, sorted(own)) if own else set()
 
 
-def missing_parents(table_spec, rows, known=None, references=None):
+def missing_parents(
+    table_spec: TableSpec,
+    rows: Sequence[Sequence[Any]] | np.ndarray,
+    known: dict[str, set[Any]] | None = None,
+    references: Iterable[Reference] | None = None,
+) -> list[Missing]:
     """Return [(row index, Reference, parent id)] for every reference not committed.
 
     rows: tuples, or a Block's integer array (checked a column at a time). known, if
@@ -479,7 +505,8 @@ def missing_parents(table_spec, rows, known=None, references=None):
     since (the deletion counters have not moved). references: the ones to check (default:
     all of the table's).
     """
-    missing = []
+    missing: list[Missing] = []
+    column: np.ndarray | list[Any]
     for reference in table_spec.references if references is None else references:
         position = table_spec.position(reference.field)
         if isinstance(rows, np.ndarray):
@@ -508,7 +535,7 @@ def missing_parents(table_spec, rows, known=None, references=None):
     return missing
 
 
-def why_missing(reference, pk):
+def why_missing(reference: Reference, pk: Any) -> str:
     """Say why parent pk of reference does not count, for a refused ORM write."""
 
     alias = spec(reference.parent).alias
@@ -528,11 +555,16 @@ def why_missing(reference, pk):
     return f"{noun} {pk} does not exist in {alias}; store the {noun} first"
 
 
-def reference_values(table_spec, objs, references):
+def reference_values(
+    table_spec: TableSpec, objs: Iterable[dj_models.Model], references: Iterable[Reference]
+) -> list[tuple[Any, ...]]:
     """Rows (tuples in column order) of objs with each reference's value converted as
     Django converts it for the database ("1" -> 1), so the check sees what is stored."""
     model = table_spec.model
-    converters = {r.field: model._meta.get_field(r.field).get_prep_value for r in references}
+    converters = {
+        r.field: cast(dj_models.Field, model._meta.get_field(r.field)).get_prep_value
+        for r in references
+    }
     rows = []
     for obj in objs:
         row = []
@@ -551,7 +583,12 @@ def reference_values(table_spec, objs, references):
     return rows
 
 
-def require_parents(table_spec, alias, objs, references=None):
+def require_parents(
+    table_spec: TableSpec,
+    alias: str,
+    objs: Iterable[dj_models.Model],
+    references: Iterable[Reference] | None = None,
+) -> None:
     """Raise MissingParent unless every reference of objs names a committed parent.
 
     references: the ones being written (default: all); the guard is taken for their parents.

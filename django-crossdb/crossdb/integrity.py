@@ -19,9 +19,13 @@ the files) are found. It only reads: a missing index is reported by the command,
 by ``migrate_all`` or ``check_integrity --repair``.
 """
 
+from __future__ import annotations
+
 import contextlib
 import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -30,6 +34,9 @@ from crossdb import causal, guard, registry
 from crossdb.databases import sqlite_file_missing
 from crossdb.lookups import missing_ids, query_chunks
 from crossdb.registry import spec
+
+if TYPE_CHECKING:
+    from crossdb.registry import Key, Reference, TableSpec
 
 DEFAULT_BATCH_SIZE = 50_000
 DEFAULT_KEEP = 100  # orphans kept in the result; the count covers all of them
@@ -43,17 +50,19 @@ class Orphan:
 
     table: str
     id: int
-    missing: tuple  # (field, parent noun, parent id) for each missing parent
+    missing: tuple[
+        tuple[str, str, Any], ...
+    ]  # (field, parent noun, parent id) for each missing parent
 
-    def __str__(self):
+    def __str__(self) -> str:
         parents = " and ".join(f"{noun} {pk}" for _field, noun, pk in self.missing)
         return f"{registry.spec(self.table).noun} {self.id}: {parents} not found"
 
-    def names(self, noun):
+    def names(self, noun: str) -> Any:
         """The missing parent id of one kind (``orphan.names("user")``), or None."""
         return next((pk for _f, n, pk in self.missing if n == noun), None)
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return {
             "table": self.table,
             "id": self.id,
@@ -72,13 +81,13 @@ class StaleKey:
     stored: str | None
     expected: str | None
 
-    def __str__(self):
+    def __str__(self) -> str:
         return (
             f"{self.table} {self.id}: {self.column} is {self.stored!r}, "
             f"but its source gives {self.expected!r}"
         )
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return {
             "table": self.table,
             "id": self.id,
@@ -95,12 +104,12 @@ class SharedKey:
     table: str
     column: str
     key: str
-    ids: tuple
+    ids: tuple[Any, ...]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.table} {', '.join(map(str, self.ids))} share {self.column} {self.key!r}"
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return {"table": self.table, "column": self.column, "key": self.key, "ids": list(self.ids)}
 
 
@@ -108,7 +117,7 @@ class SharedKey:
 class IntegrityResult:
     """Totals of one check: rows seen, orphans (count and the first few), file checks."""
 
-    rows_checked: dict = field(default_factory=dict)  # child table -> rows checked
+    rows_checked: dict[str, int] = field(default_factory=dict)  # child table -> rows checked
     orphan_count: int = 0
     orphans: list[Orphan] = field(default_factory=list)
     databases: dict[str, str] = field(default_factory=dict)  # alias -> "ok" or the problem
@@ -118,17 +127,17 @@ class IntegrityResult:
     shared_keys: list[SharedKey] = field(default_factory=list)  # rows sharing one key
 
     @property
-    def children_checked(self):
+    def children_checked(self) -> int:
         """Every child row checked (the orders, and any other table with references)."""
         return sum(self.rows_checked.values())
 
     @property
-    def corrupt(self):
+    def corrupt(self) -> list[str]:
         """Aliases whose integrity check did not say ok (skipped ones are not corrupt)."""
         return [a for a, s in self.databases.items() if s != OK and not s.startswith("skipped")]
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return (
             self.orphan_count == 0
             and not self.corrupt
@@ -137,7 +146,7 @@ class IntegrityResult:
             and not self.shared_keys
         )
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "rows_checked": dict(self.rows_checked),
@@ -153,7 +162,7 @@ class IntegrityResult:
         }
 
 
-def child_tables():
+def child_tables() -> list[TableSpec]:
     return [s for s in registry.specs().values() if s.references]
 
 
@@ -162,10 +171,10 @@ class Unbacked:
     """A child table whose rows name a parent table that is missing or empty: what a
     dropped, emptied or lost parent database leaves (every such row is an orphan)."""
 
-    reference: object  # crossdb.registry.Reference
+    reference: Reference
     rows: int
 
-    def __str__(self):
+    def __str__(self) -> str:
         child, parent = spec(self.reference.child), spec(self.reference.parent)
         noun = child.noun if self.rows == 1 else child.plural
         return (
@@ -175,12 +184,12 @@ class Unbacked:
         )
 
 
-def unbacked_references():
+def unbacked_references() -> list[Unbacked]:
     """Return an Unbacked for each reference whose parent table has no row (or no table,
     or no file) while its child table has rows naming it. Cheap: one ``EXISTS`` per parent
     table, and a count only for the children of an empty one."""
 
-    def count(table_spec, **where):
+    def count(table_spec: TableSpec, **where: Any) -> int:
         """Rows of table_spec matching where; 0 without its file or its table."""
         if sqlite_file_missing(table_spec.alias):
             return 0
@@ -189,7 +198,7 @@ def unbacked_references():
         except DatabaseError:
             return 0
 
-    found = []
+    found: list[Unbacked] = []
     for child in child_tables():
         for reference in child.references:
             if count(spec(reference.parent)):
@@ -202,8 +211,12 @@ def unbacked_references():
 
 
 def check_integrity(
-    *, batch_size=DEFAULT_BATCH_SIZE, keep=DEFAULT_KEEP, progress=None, replica=False
-):
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    keep: int = DEFAULT_KEEP,
+    progress: Callable[[int], object] | None = None,
+    replica: bool = False,
+) -> IntegrityResult:
     """Check every reference and every SQLite file; return an IntegrityResult.
 
     progress, if given, is called with the number of rows checked after each batch.
@@ -226,21 +239,25 @@ def check_integrity(
 class Reader:
     """Where ``check_integrity --replica`` reads: children, then their parents."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.confirm_on_primaries = causal.enabled()
 
-    def children(self, child):
+    def children(self, child: TableSpec) -> str:
         return causal.for_children(child.alias)
 
-    def parents(self, table):
+    def parents(self, table: str) -> str:
         return causal.for_parents(spec(table).alias)
 
 
 # The Reader of a check_integrity(replica=True) under way (None: every read on the primaries).
-_reader = contextvars.ContextVar("crossdb_integrity_reader", default=None)
+_reader: contextvars.ContextVar[Reader | None] = contextvars.ContextVar(
+    "crossdb_integrity_reader", default=None
+)
 
 
-def _check_integrity(batch_size, keep, progress):
+def _check_integrity(
+    batch_size: int, keep: int, progress: Callable[[int], object] | None
+) -> IntegrityResult:
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     # A load into an empty table holds it locked until its commit (crossdb.loading.segment), and a
@@ -251,7 +268,7 @@ def _check_integrity(batch_size, keep, progress):
         return _check(batch_size, keep, progress)
 
 
-def _check(batch_size, keep, progress):
+def _check(batch_size: int, keep: int, progress: Callable[[int], object] | None) -> IntegrityResult:
     result = IntegrityResult()
     for alias in settings.DATABASES:
         result.databases[alias] = file_check(alias)
@@ -282,7 +299,9 @@ def _check(batch_size, keep, progress):
     return result
 
 
-def _check_key(result, table_spec, key, batch_size, keep):
+def _check_key(
+    result: IntegrityResult, table_spec: TableSpec, key: Key, batch_size: int, keep: int
+) -> None:
     """Find the rows whose key is stale, and the rows their true keys would clash with.
 
     The key column is unique in the database, so two rows can share a true key only if one
@@ -291,7 +310,7 @@ def _check_key(result, table_spec, key, batch_size, keep):
     not stale, and among themselves.
     """
     rows = table_spec.model.objects.using(table_spec.alias)
-    stale = []
+    stale: list[StaleKey] = []
     last = None
     while True:
         page = rows.order_by("pk")
@@ -308,7 +327,7 @@ def _check_key(result, table_spec, key, batch_size, keep):
                 if len(stale) < STALE_KEYS_COMPARED:
                     stale.append(StaleKey(table_spec.name, pk, key.column, stored, expected))
     result.stale_keys.extend(stale[: max(keep - len(result.stale_keys), 0)])
-    owners = {}  # true key -> ids
+    owners: dict[str, set[Any]] = {}  # true key -> ids
     wanted = {k.expected for k in stale if k.expected is not None}
     stale_ids = {k.id for k in stale}  # their stored key is not theirs: they own nothing
     for chunk in query_chunks(connections[table_spec.alias], sorted(wanted)):
@@ -325,11 +344,11 @@ def _check_key(result, table_spec, key, batch_size, keep):
     )
 
 
-def _reference_columns(child):
+def _reference_columns(child: TableSpec) -> tuple[str, ...]:
     return ("pk", *(r.field for r in child.references))
 
 
-def child_batches(child, batch_size):
+def child_batches(child: TableSpec, batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
     """Yield lists of (id, *reference ids), in id order, batch_size at a time."""
     last = 0
     reader = _reader.get()
@@ -347,7 +366,7 @@ def child_batches(child, batch_size):
         last = batch[-1][0]
 
 
-def _orphans_in(child, batch):
+def _orphans_in(child: TableSpec, batch: Sequence[Sequence[Any]]) -> list[Orphan]:
     reader = _reader.get()
     absent = [  # a reference left empty (null=True) names nothing to miss
         _missing(reader, r.parent, {row[i] for row in batch if row[i] is not None})
@@ -355,7 +374,7 @@ def _orphans_in(child, batch):
     ]
     if not any(absent):
         return []
-    orphans = []
+    orphans: list[Orphan] = []
     for row in batch:
         missing = tuple(
             (r.field, r.noun, row[i])
@@ -367,14 +386,14 @@ def _orphans_in(child, batch):
     return orphans
 
 
-def _missing(reader, table, ids):
+def _missing(reader: Reader | None, table: str, ids: set[Any]) -> set[Any]:
     """The ids not stored in table, read where reader reads parents (default: its database)."""
     if reader is None:
         return missing_ids(table, ids)
     return missing_ids(table, ids, alias=reader.parents(table))
 
 
-def _confirmed(child, orphans):
+def _confirmed(child: TableSpec, orphans: Sequence[Orphan]) -> list[Orphan]:
     """Keep the orphans whose row is still stored and still misses a parent.
 
     A delete running beside the check removes the child before its parent; a child read
@@ -404,7 +423,7 @@ def _confirmed(child, orphans):
     return _orphans_in(child, still)
 
 
-def file_check(alias):
+def file_check(alias: str) -> str:
     """Return "ok" or what ``PRAGMA integrity_check`` (SQLite only) found wrong with alias."""
     connection = connections[alias]
     if connection.vendor != "sqlite":

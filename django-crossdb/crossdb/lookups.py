@@ -1,13 +1,22 @@
 """Read-only id queries against one table, chunked under the backend's parameter limit."""
 
+from __future__ import annotations
+
 import json
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
 from crossdb.registry import spec
 
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
 
-def query_chunks(connection, items):
+    from crossdb.registry import TableSpec
+
+
+def query_chunks(connection: BaseDatabaseWrapper, items: Iterable[Any]) -> Iterator[list[Any]]:
     """Split items so an IN (...) query stays under the backend's parameter limit."""
     size = min(connection.features.max_query_params or 5000, 5000)
     items = list(items)
@@ -15,12 +24,12 @@ def query_chunks(connection, items):
         yield items[start : start + size]
 
 
-def existing_ids(table, ids):
+def existing_ids(table: str, ids: Iterable[Any]) -> set[Any]:
     """Return the subset of ids stored in table, one query per chunk."""
 
     table_spec = spec(table)
     alias = table_spec.alias
-    found = set()
+    found: set[Any] = set()
     for chunk in query_chunks(connections[alias], ids):
         found.update(
             table_spec.model.objects.using(alias).filter(pk__in=chunk).values_list("pk", flat=True)
@@ -28,7 +37,9 @@ def existing_ids(table, ids):
     return found
 
 
-def stored_rows(table_spec, connection, alias, ids):
+def stored_rows(
+    table_spec: TableSpec, connection: BaseDatabaseWrapper, alias: str, ids: Iterable[Any]
+) -> dict[Any, tuple[Any, ...]]:
     """Return {id: stored row in column order} for the ids stored in the table."""
     return {
         r[0]: r
@@ -39,7 +50,7 @@ def stored_rows(table_spec, connection, alias, ids):
     }
 
 
-def missing_ids(table, ids, alias=None):
+def missing_ids(table: str, ids: Iterable[Any], alias: str | None = None) -> set[Any]:
     """Return the subset of ids NOT stored in table, in one query where the backend allows.
 
     The ids travel as one parameter (a JSON array on SQLite, an array of the key's type on
@@ -66,10 +77,10 @@ def missing_ids(table, ids, alias=None):
             f"SELECT j.value FROM json_each(%s) AS j "
             f"WHERE NOT EXISTS (SELECT 1 FROM {db_table} AS t WHERE t.{pk} = j.value)"
         )
-        params = [json.dumps(list(stored))]
+        params: list[Any] = [json.dumps(list(stored))]
     elif connection.vendor == "postgresql":
         sql = (
-            f"SELECT x FROM unnest(%s::{key.rel_db_type(connection)}[]) AS x "
+            f"SELECT x FROM unnest(%s::{key.rel_db_type(connection)}[]) AS x "  # type: ignore[attr-defined]
             f"WHERE NOT EXISTS (SELECT 1 FROM {db_table} AS t WHERE t.{pk} = x)"
         )
         params = [list(stored)]

@@ -19,9 +19,11 @@ a comparison key (``crossdb.fields.ComparisonKey``, the email's key) is the key 
 What still bypasses the ORM (raw SQL, another program) is for ``check_integrity`` to find.
 """
 
+from __future__ import annotations
+
 import contextvars
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.db import models as dj_models
 from django.db import router, transaction
@@ -41,22 +43,27 @@ from crossdb.guard import (
 )
 from crossdb.registry import spec
 
+if TYPE_CHECKING:
+    from crossdb.registry import Reference, TableSpec
+
 # The model whose bulk_update() checked its rows and computed its keys already: the
 # update() it runs underneath (with Case(When(...)) values) is let through once.
-_CHECKED_BY_BULK_UPDATE = contextvars.ContextVar("multids_checked_by_bulk_update", default=None)
+_CHECKED_BY_BULK_UPDATE: contextvars.ContextVar[type[dj_models.Model] | None] = (
+    contextvars.ContextVar("multids_checked_by_bulk_update", default=None)
+)
 
 
-def _spec(model):
+def _spec(model: type[dj_models.Model]) -> TableSpec | None:
 
     return spec(model) if model._meta.db_table in registry.specs() else None
 
 
-def _names(model, names):
+def _names(model: type[dj_models.Model], names: Iterable[str]) -> set[str]:
     """Field names as attnames (``user`` or ``user_id`` -> ``user_id``)."""
-    return {model._meta.get_field(n).attname for n in names}
+    return {cast(dj_models.Field, model._meta.get_field(n)).attname for n in names}
 
 
-def _with_keys(table_spec, names):
+def _with_keys(table_spec: TableSpec, names: Iterable[str]) -> list[str]:
     """names plus the key column of every key whose source is among them."""
     names = list(names)
     for key in table_spec.keys:
@@ -65,7 +72,7 @@ def _with_keys(table_spec, names):
     return names
 
 
-def _fill_keys(table_spec, objs):
+def _fill_keys(table_spec: TableSpec, objs: Iterable[dj_models.Model]) -> None:
     """Compute each obj's keys from their sources (what ``ComparisonKey.pre_save`` does)."""
     for obj in objs:
         for key in table_spec.keys:
@@ -96,11 +103,11 @@ def _alters_data(queryset_only: bool = False) -> Callable[[_F], _F]:
 class GuardedQuerySet(dj_models.QuerySet):
     """QuerySet whose bulk writes and deletes keep cross-database references true."""
 
-    def _table_spec(self):
+    def _table_spec(self) -> TableSpec | None:
         return _spec(self.model)
 
     @_alters_data()
-    def bulk_create(self, objs, *args, **kwargs):
+    def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
         table_spec = self._table_spec()
         if table_spec is None:
             return super().bulk_create(objs, *args, **kwargs)
@@ -116,7 +123,9 @@ class GuardedQuerySet(dj_models.QuerySet):
             return super().bulk_create(objs, *args, **kwargs)
 
     @_alters_data()
-    def bulk_update(self, objs, fields, batch_size=None):
+    def bulk_update(
+        self, objs: Iterable[Any], fields: Iterable[str], batch_size: int | None = None
+    ) -> int:
         table_spec = self._table_spec()
         if table_spec is None or not fields:
             return super().bulk_update(objs, fields, batch_size=batch_size)
@@ -143,7 +152,7 @@ class GuardedQuerySet(dj_models.QuerySet):
             _CHECKED_BY_BULK_UPDATE.reset(token)
 
     @_alters_data()
-    def update(self, **kwargs):
+    def update(self, **kwargs: Any) -> int:
         table_spec = self._table_spec()
         if table_spec is None or _CHECKED_BY_BULK_UPDATE.get() is self.model:
             return super().update(**kwargs)
@@ -165,7 +174,7 @@ class GuardedQuerySet(dj_models.QuerySet):
             causal.record(self.db, (spec(r.parent).alias for r in touched))
             return super().update(**kwargs)
 
-    def _with_computed_keys(self, table_spec, kwargs):
+    def _with_computed_keys(self, table_spec: TableSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
         """kwargs with each key computed from its source's new value; refuse a key set
         directly or a source set to an expression (its key can only be computed in Python)."""
         kwargs = dict(kwargs)
@@ -187,7 +196,9 @@ class GuardedQuerySet(dj_models.QuerySet):
             kwargs[key.column] = None if value is None else key.normalize(value)
         return kwargs
 
-    def _checked_parent(self, table_spec, reference, kwargs):
+    def _checked_parent(
+        self, table_spec: TableSpec, reference: Reference, kwargs: dict[str, Any]
+    ) -> Any:
         """The id reference is set to, converted as Django would; MissingParent unless it is
         a committed parent (or None where the field allows it)."""
         field = self.model._meta.get_field(reference.field)
@@ -206,7 +217,7 @@ class GuardedQuerySet(dj_models.QuerySet):
         return pk
 
     @_alters_data(queryset_only=True)
-    def delete(self):
+    def delete(self) -> tuple[int, dict[str, int]]:
 
         table_spec = self._table_spec()
         if table_spec is None or not table_spec.children:
@@ -216,7 +227,7 @@ class GuardedQuerySet(dj_models.QuerySet):
         return result.total, result.by_model()
 
     @_alters_data()
-    def _raw_delete(self, using):
+    def _raw_delete(self, using: str | None) -> int:
         """Django's fast delete, kept for tables nothing references; a parent's rows go
         through ``crossdb.deletion`` (PROTECT refuses, CASCADE deletes the children first)."""
 
@@ -239,7 +250,13 @@ class GuardedModel(dj_models.Model):
         base_manager_name = "objects"
 
     @_alters_data()
-    def save(self, *args, using=None, update_fields=None, **kwargs):
+    def save(
+        self,
+        *args: Any,
+        using: str | None = None,
+        update_fields: Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Save inside a transaction, so the guard taken by pre_save is held until commit;
         a key whose source is saved is saved with it."""
         using = using or router.db_for_write(type(self), instance=self)
@@ -250,7 +267,9 @@ class GuardedModel(dj_models.Model):
             return super().save(*args, using=using, update_fields=update_fields, **kwargs)
 
     @_alters_data()
-    def delete(self, using=None, keep_parents=False):
+    def delete(
+        self, using: str | None = None, keep_parents: bool = False
+    ) -> tuple[int, dict[str, int]]:
 
         table_spec = _spec(type(self))
         if table_spec is None or not table_spec.children:
@@ -258,7 +277,7 @@ class GuardedModel(dj_models.Model):
         result = deletion.delete(table_spec.name, [self.pk])
         return result.total, result.by_model()
 
-    def clean(self):
+    def clean(self) -> None:
         """Apply the loader's rules and check the references, with the loader's words."""
 
         table_spec = spec(self)
@@ -273,7 +292,14 @@ class GuardedModel(dj_models.Model):
 
 
 @receiver(pre_save)
-def _guard_child_save(sender, instance, raw, using, update_fields=None, **kwargs):
+def _guard_child_save(
+    sender: type[dj_models.Model],
+    instance: dj_models.Model,
+    raw: bool,
+    using: str,
+    update_fields: Iterable[str] | None = None,
+    **kwargs: Any,
+) -> None:
     """Every save of a child that writes a reference (``loaddata``'s raw saves too) checks
     its parents in the guard."""
     if not isinstance(instance, GuardedModel):

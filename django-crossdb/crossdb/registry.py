@@ -19,7 +19,7 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.apps import apps
 from django.core.signals import setting_changed
@@ -29,6 +29,17 @@ from django.dispatch import receiver
 from crossdb import rules
 from crossdb.fields import ComparisonKey, references_of
 from crossdb.routers import database_for, databases_for_models
+
+if TYPE_CHECKING:
+    from django.db.models import Manager
+
+    class RoutedModel(Model):
+        """What mypy knows of a routed model: any model, whose ``objects`` crossdb reads."""
+
+        objects: ClassVar[Manager[Any]]
+
+        class Meta:
+            abstract = True
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ class Key:
 @dataclass(frozen=True, eq=False)
 class TableSpec:
     name: str  # the table name, also its name on the command line and in files
-    model: type[Model]
+    model: type[RoutedModel]
     fields: tuple[
         str, ...
     ]  # input fields in row order: the primary key first, then the model's order
@@ -76,8 +87,8 @@ class TableSpec:
     references: tuple[Reference, ...] = field(default=())  # Reference, held by this table
 
     @property
-    def alias(self) -> str | None:
-        return database_for(self.model)
+    def alias(self) -> str:
+        return cast(str, database_for(self.model))  # every spec is of a routed model
 
     @property
     def noun(self) -> str:
@@ -164,7 +175,7 @@ class TableSpec:
         return tuple(dict.fromkeys(r.parent for r in self.references))
 
 
-def _spec(model: type[Model], routed: set[str]) -> TableSpec:
+def _spec(model: type[RoutedModel], routed: set[str]) -> TableSpec:
     keys = tuple(
         Key(f.attname, f.source, f.normalize, f.max_length)
         for f in model._meta.concrete_fields
@@ -213,7 +224,7 @@ def build() -> dict[str, TableSpec]:
     again when the settings change). A name that is not an installed model is left out:
     a misconfiguration is ``crossdb.checks``' error to report, never a traceback here."""
     global _specs
-    models = []
+    models: list[type[RoutedModel]] = []
     for label in databases_for_models():
         try:
             models.append(apps.get_model(label))
@@ -234,7 +245,7 @@ def tables() -> tuple[str, ...]:
     return tuple(specs())
 
 
-def models() -> dict[str, type[Model]]:
+def models() -> dict[str, type[RoutedModel]]:
     """{table: model} in commit order."""
     return {name: s.model for name, s in specs().items()}
 
@@ -265,5 +276,5 @@ def fields(table: str) -> tuple[str, ...]:
     return specs()[table].fields
 
 
-def alias(table: str) -> str | None:
+def alias(table: str) -> str:
     return specs()[table].alias

@@ -5,6 +5,8 @@ The pipeline fills a ``LoadResult``; the command prints it (``summary_rows``,
 person who will fix the input and feed the rejects file back with ``--from``.
 """
 
+from __future__ import annotations
+
 import codecs
 import csv
 import errno
@@ -12,16 +14,18 @@ import fcntl
 import json
 import os
 import stat
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, Any
 
 from crossdb import registry
 from crossdb.loading.rows import Lines
 from crossdb.registry import fields
 
 
-def rejects_columns(tables=None):
+def rejects_columns(tables: Collection[str] | None = None) -> tuple[str, ...]:
     """The rejects file's header for rows of tables (default: every table, what a rejects
     file may hold): what, where, why, every field, raw."""
     names = [t for t in registry.tables() if tables is None or t in tables]
@@ -36,7 +40,7 @@ def rejects_columns(tables=None):
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
-def safe_cell(value):
+def safe_cell(value: Any) -> Any:
     """Return value as a rejects-file cell no spreadsheet runs: ``'`` before a formula start.
 
     ``'`` itself is escaped too, so ``unsafe_cell`` can drop exactly one leading ``'`` and
@@ -47,19 +51,19 @@ def safe_cell(value):
     return value
 
 
-def unsafe_cell(text):
+def unsafe_cell(text: str) -> str:
     """Undo ``safe_cell``, as a spreadsheet does: one leading ``'`` marks text."""
     return text[1:] if text.startswith("'") else text
 
 
-def iso(timestamp):
+def iso(timestamp: float | None) -> str | None:
     """An epoch time as ISO 8601 in UTC, to the millisecond, or None."""
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
-def _raw_bytes(error):
+def _raw_bytes(error: UnicodeError) -> tuple[bytes, int]:
     """Encode the characters UTF-8 cannot take back into the bytes they were read from.
 
     Undecodable input bytes are read as lone surrogates (surrogateescape) and go back out as
@@ -94,14 +98,14 @@ class Rejection:
     )  # an int, a crossdb.loading.rows.Lines for a record over several lines, or None
     id: object
     reason: str
-    values: dict
+    values: dict[str, Any]
     raw: str | None = None  # the record's text, when it could not be split into fields
     # (reference field, parent id) of each parent the reason says does not exist, so the
     # run can say "was rejected in this run" once every writer has reported (core.pipeline)
-    missing: tuple = ()
+    missing: Sequence[tuple[str, Any]] = ()
 
     @property
-    def where(self):
+    def where(self) -> str:
         label = f"{self.table} #{self.id}" if self.id is not None else self.table
         if self.line is None:  # synthetic rows: there is no file to look in
             return label
@@ -109,10 +113,10 @@ class Rejection:
             return f"{label} (lines {self.line})"
         return f"{label} (line {self.line})"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
 
-    def sort_key(self):
+    def sort_key(self) -> tuple[int, int, str]:
         return (registry.tables().index(self.table), self.line or 0, str(self.id))
 
 
@@ -127,16 +131,16 @@ class TableResult:
     finished: float | None = None  # when its writer committed its last batch
 
     @property
-    def seconds(self):
+    def seconds(self) -> float:
         if self.started is None or self.finished is None:
             return 0.0
         return self.finished - self.started
 
     @property
-    def rows_per_second(self):
+    def rows_per_second(self) -> float:
         return (self.stored + self.present) / self.seconds if self.seconds else 0.0
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return {
             "read": self.read,
             "stored": self.stored,
@@ -154,42 +158,48 @@ class LoadResult:
     source: str
     started: float = 0.0
     finished: float = 0.0
-    tables: dict = field(default_factory=lambda: {t: TableResult(t) for t in registry.tables()})
-    rejections: list = field(default_factory=list)
+    tables: dict[str, TableResult] = field(
+        default_factory=lambda: {t: TableResult(t) for t in registry.tables()}
+    )
+    rejections: list[Rejection] = field(default_factory=list)
     error: str | None = None  # set when a failure stopped the run
 
-    def reject(self, rejection):
+    def reject(self, rejection: Rejection) -> None:
         self.rejections.append(rejection)
         self.tables[rejection.table].rejected += 1
 
     @property
-    def seconds(self):
+    def seconds(self) -> float:
         return self.finished - self.started
 
-    def overlaps(self):
+    def overlaps(self) -> list[str]:
         """Return the pairs of writers that were busy at the same moment, e.g. users+orders."""
-        spans = [t for t in self.tables.values() if t.started and t.finished]
+        spans = [
+            (t.table, t.started, t.finished)
+            for t in self.tables.values()
+            if t.started and t.finished
+        ]
         return [
-            f"{a.table}+{b.table}"
-            for i, a in enumerate(spans)
-            for b in spans[i + 1 :]
-            if max(a.started, b.started) < min(a.finished, b.finished)
+            f"{a}+{b}"
+            for i, (a, a_started, a_finished) in enumerate(spans)
+            for b, b_started, b_finished in spans[i + 1 :]
+            if max(a_started, b_started) < min(a_finished, b_finished)
         ]
 
     @property
-    def writers_overlapped(self):
+    def writers_overlapped(self) -> bool:
         """True when at least two writers were busy at the same moment: ``overlaps()`` is
         not empty. One notion, so the report cannot say false beside a list of pairs."""
         return bool(self.overlaps())
 
-    def sorted_rejections(self):
+    def sorted_rejections(self) -> list[Rejection]:
         return sorted(self.rejections, key=Rejection.sort_key)
 
-    def totals(self):
+    def totals(self) -> dict[str, int]:
         keys = ("read", "stored", "present", "rejected")
         return {k: sum(getattr(t, k) for t in self.tables.values()) for k in keys}
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         totals = self.totals()
         return {
             "source": self.source,
@@ -211,18 +221,18 @@ class LoadResult:
             },
         }
 
-    def summary_rows(self):
+    def summary_rows(self) -> Iterator[tuple[str, int, int, int, str]]:
         """Rows of the summary table: table, stored, already present, rejected, seconds."""
         for t in self.tables.values():
             yield (t.table, t.stored, t.present, t.rejected, f"{t.seconds:.2f}")
 
-    def write_json(self, path):
+    def write_json(self, path: str | os.PathLike[str] | OutputFile) -> None:
         """Write ``as_dict()`` to path (a file name or an ``OutputFile``)."""
         with _open_for_writing(path, encoding="utf-8") as handle:
             json.dump(self.as_dict(), handle, indent=2)
             handle.write("\n")
 
-    def write_rejects(self, path):
+    def write_rejects(self, path: str | os.PathLike[str] | OutputFile) -> None:
         """Write every rejection as a CSV row that can be fixed and fed back with ``--from``.
 
         The ``id`` column holds the id as it was read (``abc`` when that is the problem), not
@@ -261,15 +271,15 @@ class OutputFile:
     at the end, so one replaced by a FIFO meanwhile fails instead of hanging.
     """
 
-    def __init__(self, option, path):
+    def __init__(self, option: str, path: str | os.PathLike[str]) -> None:
         self.option = option  # "--report"
         self.path = Path(path)
-        self.fd = None  # opened by check() when the path is not a regular file
+        self.fd: int | None = None  # opened by check() when the path is not a regular file
 
-    def __str__(self):
+    def __str__(self) -> str:
         return str(self.path)
 
-    def check(self):
+    def check(self) -> None:
         """Raise OutputError, in one line naming the option, unless path can be written."""
         try:
             mode = os.stat(self.path).st_mode
@@ -287,7 +297,7 @@ class OutputFile:
         kind = next((k for test, k in KINDS.items() if test(mode)), "not a regular file")
         self.fd = self._open_without_waiting(os.O_WRONLY, kind)
 
-    def _check_directory(self):
+    def _check_directory(self) -> None:
         directory = Path(os.path.abspath(self.path)).parent
         if not directory.is_dir():
             what = "no such directory" if not directory.exists() else "not a directory"
@@ -295,7 +305,7 @@ class OutputFile:
         if not os.access(directory, os.W_OK | os.X_OK):
             raise self._error(f"cannot create a file in {directory} (permission denied)")
 
-    def _open_without_waiting(self, flags, kind="a FIFO"):
+    def _open_without_waiting(self, flags: int, kind: str = "a FIFO") -> int:
         """os.open(path) with O_NONBLOCK, which is then cleared: a FIFO nobody reads fails
         at once (ENXIO) instead of blocking; once open, writes wait for the reader."""
         try:
@@ -310,24 +320,24 @@ class OutputFile:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return fd
 
-    def open(self, **text):
+    def open(self, **text: Any) -> IO[str]:
         """The file open for writing text (``text``: open()'s encoding, errors, newline)."""
         fd, self.fd = self.fd, None
         if fd is None:
             fd = self._open_without_waiting(os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         return open(fd, "w", **text)  # noqa: SIM115 - the caller closes it
 
-    def _error(self, why):
+    def _error(self, why: str | None) -> OutputError:
         return OutputError(f"{self.option} {self.path}: {why}")
 
 
-def _open_for_writing(target, **text):
+def _open_for_writing(target: str | os.PathLike[str] | OutputFile, **text: Any) -> IO[str]:
     if isinstance(target, OutputFile):
         return target.open(**text)
     return open(target, "w", **text)  # noqa: SIM115 - the caller closes it
 
 
-def record(result):
+def record(result: LoadResult) -> None:
     """Keep the run's summary in the default database for the overview page."""
     from crossdb.models import LoadRun
 

@@ -15,6 +15,9 @@ and a NamedTuple costs five times as much to build. Everything that is not in th
 (jobs between processes, results) is a typed record.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -23,16 +26,17 @@ class Lines(int):
 
     # No __slots__: CPython refuses a non-empty one on an int subclass ("nonempty __slots__
     # not supported for subtype of 'int'"), so `last` lives in the instance __dict__.
+    last: int
 
-    def __new__(cls, first, last):
+    def __new__(cls, first: int, last: int) -> Lines:
         value = super().__new__(cls, first)
         value.last = last
         return value
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{int(self)}-{self.last}" if self.last > self else str(int(self))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Lines], tuple[int, int]]:
         return (Lines, (int(self), self.last))
 
 
@@ -54,7 +58,7 @@ class Expected:
 
     total: int | None
     unit: str = "rows"
-    position: object = None  # a callable returning an int, or None: count rows read
+    position: Callable[[], int] | None = None  # how far reading got; None: count rows read
 
 
 class NumberText(str):
@@ -66,5 +70,5 @@ class NumberText(str):
 
     __slots__ = ()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return str.__str__(self)
