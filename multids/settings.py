@@ -21,6 +21,7 @@ Every SQLite connection, file or URL, gets WAL, ``synchronous=NORMAL``, a busy t
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -253,7 +254,8 @@ def replica_databases(databases, env=os.environ):
 
     A replica is read through crossdb's replica backend (a read it fails is served by the
     primary) and, in tests, mirrors its primary's test database."""
-    entries, by_primary = {}, {}
+    entries: dict[str, Any] = {}
+    by_primary: dict[str, list[str]] = {}
     for alias, primary in databases.items():
         variable = replica_variable(alias)
         urls = [u.strip() for u in env.get(variable, "").split(",") if u.strip()]

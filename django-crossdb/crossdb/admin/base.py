@@ -5,6 +5,7 @@ else off the table's spec (``crossdb.registry``) so the parent and referencing a
 what the declarations ask for."""
 
 import unicodedata
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -170,11 +171,17 @@ class MultiDBModelAdmin(admin.ModelAdmin):
         return super().get_object(request, object_id, from_field)
 
 
-class NextIdMixin:
+if TYPE_CHECKING:
+    _AdminBase = admin.ModelAdmin
+else:
+    _AdminBase = object
+
+
+class NextIdMixin(_AdminBase):
     """Offer the next free id on the add form (ids are given, not generated, here)."""
 
     def get_changeform_initial_data(self, request):
-        initial = super().get_changeform_initial_data(request)
+        initial: dict[str, Any] = super().get_changeform_initial_data(request)
         last = self.get_queryset(request).order_by("-pk").values_list("pk", flat=True).first()
         initial.setdefault("id", (last or 0) + 1)
         return initial
@@ -204,6 +211,8 @@ def admin_url(request, site, model, view, *args):
 class TableChangeList(ChangeList):
     """A changelist that lets the admin annotate the page's rows in one pass (a few queries
     per page, never one per row), and shows facets (``?_facets=1``) only for small registry."""
+
+    model_admin: "TableAdmin"
 
     def __init__(self, request, *args, **kwargs):
         super().__init__(request, *args, **kwargs)
@@ -263,7 +272,7 @@ class TableAdmin(NextIdMixin, MultiDBModelAdmin):
         super().__init__(model, admin_site)
         for name, value in self.generated_attributes().items():
             setattr(self, name, value)
-        if self.list_display == admin.ModelAdmin.list_display:
+        if self.list_display == admin.ModelAdmin.list_display:  # type: ignore[misc]  # the default
             self.list_display = self.default_list_display()
 
     def generated_attributes(self):
@@ -288,7 +297,7 @@ class TableAdmin(NextIdMixin, MultiDBModelAdmin):
         return [
             c
             for c in self.get_list_display(request)
-            if c in fields or getattr(getattr(self, c, None), "admin_order_field", None)
+            if c in fields or getattr(getattr(self, c, None), "admin_order_field", None)  # type: ignore[arg-type]
         ]
 
     def get_changelist(self, request, **kwargs):

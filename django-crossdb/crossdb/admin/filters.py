@@ -6,6 +6,8 @@ refuses, for ids) a value it does not expect: they are the only lookups the URL 
 * ``RangeFilter``: a numeric field by fixed brackets, for a project's own filters.
 """
 
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import Q
@@ -16,8 +18,8 @@ from crossdb.admin.base import parse_key
 class RangeFilter(admin.SimpleListFilter):
     """Filter a numeric field by fixed brackets ``(label, low, high)``; high None is open."""
 
-    field = None
-    brackets = ()
+    field: str | None = None
+    brackets: tuple[tuple[str, Any, Any], ...] = ()  # (label, low, high)
 
     def lookups(self, request, model_admin):
         return [(str(i), label) for i, (label, _low, _high) in enumerate(self.brackets)]

@@ -6,6 +6,8 @@ The checks that need other rows run in the same pass as the rules, so a form sho
 problem at once.
 """
 
+from typing import Any, cast
+
 from django import forms
 
 from crossdb import registry, rules
@@ -39,7 +41,7 @@ class ValidatedForm(forms.ModelForm):
         return registry.spec(self._meta.model)
 
     def clean(self):
-        cleaned_data = super().clean()
+        cleaned_data = cast(dict[str, Any], super().clean())  # ModelForm's: cleaned_data
         names = self.spec.fields
         raw = tuple(
             cleaned_data.get(n) if n in self.fields else getattr(self.instance, n) for n in names
@@ -97,5 +99,6 @@ class ValidatedForm(forms.ModelForm):
     def _post_clean(self):
         # The problems crossdb.rules found are on the form already; Model.full_clean()
         # would report each again, in Django's words and then in ours.
-        if not self._errors:
-            super()._post_clean()
+        # _errors and _post_clean are Django's (BaseForm), missing from django-stubs.
+        if not self._errors:  # type: ignore[attr-defined]
+            super()._post_clean()  # type: ignore[misc]

@@ -16,6 +16,8 @@ needs no change here:
   per child table when a cascade deletes more than ``LOG_EACH_MAX`` of its rows).
 """
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.admin.options import csrf_protect_m
@@ -71,7 +73,7 @@ class ParentAdmin(TableAdmin):
 
     def counts_of(self, pks):
         """{pk: {child table: count}} for the given parents, one query per reference."""
-        counts = {pk: {} for pk in pks}
+        counts: dict[Any, dict[str, int]] = {pk: {} for pk in pks}
         for (child, pk), n in deletion.count_children(self.spec.name, list(pks)).items():
             counts.setdefault(pk, {})[child] = n
         return counts
@@ -143,8 +145,8 @@ class ParentAdmin(TableAdmin):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)
         for name in (SAFE_ACTION, CASCADE_ACTION):
-            if name in actions:
-                actions[name] = (actions[name][0], name, self.action_description(name))
+            if (action := actions.get(name)) is not None:
+                actions[name] = (action[0], name, self.action_description(name))
         return actions
 
     def action_description(self, name):
@@ -251,7 +253,7 @@ class ParentAdmin(TableAdmin):
         )
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{self.opts.verbose_name.capitalize()} {obj.pk} has {total}",
+            "title": f"{str(self.opts.verbose_name).capitalize()} {obj.pk} has {total}",
             "opts": self.opts,
             "object": obj,
             "children": self.child_rows(request, obj.pk, counts),
@@ -274,7 +276,8 @@ class ParentAdmin(TableAdmin):
         Returns (parents deleted, {child table: rows deleted}, refusals), where a refusal is
         a ``HasChildren`` or the message of a permission this account lacks.
         """
-        deleted, children_deleted, refused = [], {}, []
+        deleted, refused = [], []
+        children_deleted: dict[str, int] = {}
         counts = self.counts_of([p.pk for p in parents])
         for parent in parents:
             going = self.deleted_with(counts.get(parent.pk, {}), with_children)
@@ -291,12 +294,12 @@ class ParentAdmin(TableAdmin):
                 continue
             except (GuardTimeout, CommitOrderError) as exc:  # waited its bound: say so
                 refused.append(
-                    f"{self.opts.verbose_name.capitalize()} {parent.pk} was not deleted: {exc}"
+                    f"{str(self.opts.verbose_name).capitalize()} {parent.pk} was not deleted: {exc}"
                 )
                 continue
             if not result.parents:
                 continue
-            self.log_deletions(request, [parent])
+            self.log_deletions(request, [parent])  # type: ignore[arg-type]  # Django iterates it
             for child, n in result.children.items():
                 if n:
                     self.log_children_deleted(request, parent, child, before.get(child, []), n)
@@ -376,7 +379,8 @@ class ParentAdmin(TableAdmin):
         )
         cascade = self.action_description(CASCADE_ACTION)
         return (
-            f"{self.opts.verbose_name.capitalize()} {refusal.pk} was not deleted: it has {kept}. "
+            f"{str(self.opts.verbose_name).capitalize()} {refusal.pk} was not deleted: "
+            f"it has {kept}. "
             f"To delete it with its children, open it and choose “Delete”, or select it in "
             f"this list and choose the action “{cascade}”."
         )
@@ -385,7 +389,7 @@ class ParentAdmin(TableAdmin):
         words = listed(f"{counted(counts[c], self.child_model(c))}" for c in lacking)
         models = self.children_words(lacking)
         return (
-            f"{self.opts.verbose_name.capitalize()} {parent.pk} was not deleted: its {words} "
+            f"{str(self.opts.verbose_name).capitalize()} {parent.pk} was not deleted: its {words} "
             f"would go with it, and this account may not delete {models}."
         )
 

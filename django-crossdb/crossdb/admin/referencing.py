@@ -22,6 +22,8 @@ users needs only ``admin.site.register(Model, ReferencingAdmin)``:
   the save), the form is shown again with the guard's words and nothing is stored.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from django.contrib import admin
 from django.db.models import Q
 from django.utils.html import format_html
@@ -30,6 +32,9 @@ from crossdb import causal, registry
 from crossdb.admin.base import TableAdmin, admin_url, may_view, parse_key, searchable
 from crossdb.admin.filters import reference_filter
 from crossdb.guard import MissingParent
+
+if TYPE_CHECKING:
+    from crossdb.registry import Reference
 
 MAX_PARENTS_PER_TERM = 1000  # parents a search term may match through a unique key
 
@@ -49,7 +54,7 @@ def attach_parents(rows, table_spec, references=None):
     rows = list(rows)
     for row in rows:
         row.parents = {}
-    by_parent = {}
+    by_parent: dict[str, list[Reference]] = {}
     for reference in table_spec.references if references is None else references:
         by_parent.setdefault(reference.parent, []).append(reference)
     for parent_table, references in by_parent.items():
@@ -74,7 +79,7 @@ class ReferencingAdmin(TableAdmin):
         super().__init__(model, admin_site)
         self.generated_help = self.search_help_text is None
         if self.generated_help:
-            self.search_help_text = self.default_search_help_text()
+            self.search_help_text = self.default_search_help_text()  # type: ignore[misc]
 
     def default_search_help_text(self, references=None):
         """ "Search reviews by id, by user or product id, or by the user's email"; the keys
@@ -220,7 +225,7 @@ class ReferencingAdmin(TableAdmin):
     @staticmethod
     def _parents_keyed(reference, term):
         parent = registry.spec(reference.parent)
-        ids = set()
+        ids: set[Any] = set()
         for key in parent.keys:
             ids.update(
                 parent.model.objects.using(parent.alias)

@@ -76,6 +76,7 @@ class Block:
     def rows(self):
         """The block as the row path gives it: (line, values) with the file's own text."""
         if self.texts is not None:
+            assert self.layout is not None and self.lines is not None  # read from a file
             fields = list(map(self.layout.fields, self.texts))
             return list(zip(self.lines.tolist(), fields, strict=True))
         tuples = list(map(tuple, self.values.tolist()))

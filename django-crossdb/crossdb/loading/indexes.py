@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
@@ -220,7 +221,8 @@ def rebuild(alias, model):
         return []
     vendor = connections[alias].vendor
     if PARALLEL_BUILDS.get(vendor) and len(todo) > 1:
-        results, errors = {}, []
+        results: dict[str, Any] = {}
+        errors: list[BaseException] = []
         threads = [
             threading.Thread(
                 target=_build_in_thread,

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import chain, groupby, islice
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from django.db import DatabaseError, connections
@@ -124,9 +124,11 @@ class RunValidator:
     """
 
     def __init__(self):
-        self.accepted = {t: set() for t in registry.parent_tables()}
-        self.rejected = {t: set() for t in registry.parent_tables()}
-        self._id_sets = {}  # parent table -> its accepted ids as a columns.IdSet, for Blocks
+        self.accepted: dict[str, set[Any]] = {t: set() for t in registry.parent_tables()}
+        self.rejected: dict[str, set[Any]] = {t: set() for t in registry.parent_tables()}
+        self._id_sets: dict[
+            str, Any
+        ] = {}  # parent table -> its accepted ids as a columns.IdSet, for Blocks
 
     def validate(self, table, batch):
         """Return a Validated for one batch of (line, raw values).
@@ -267,8 +269,8 @@ class RunValidator:
         columns, when given, are rows by column (the validator's own, when every value took
         the column pass): one ``issuperset`` per reference settles the common case in C.
         """
-        unresolved = set()
-        unknown = {}
+        unresolved: set[int] = set()
+        unknown: dict[str, frozenset[int]] = {}
         for reference in spec.references:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
@@ -293,7 +295,9 @@ class RunValidator:
         """
         accepted = self.accepted.get(spec.name)
         rejected = self.rejected.get(spec.name)
-        missing = [[] for _ in bad]  # per row: (field, id) of the parents said not to exist
+        missing: list[list[tuple[str, Any]]] = [
+            [] for _ in bad
+        ]  # per row: (field, id) of the parents said not to exist
         for reference in spec.references:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
@@ -319,7 +323,7 @@ class RunValidator:
                 reason += " (an unbalanced quote?)"  # a record that ran over several lines
             raw_values = dict(zip(spec.fields, values, strict=False))
             out.append(Rejection(spec.name, line, row[0], reason, raw_values, missing=absent))
-            if rejected is not None and row[0] is not None and row[0] not in accepted:
+            if rejected is not None and row[0] is not None and row[0] not in (accepted or ()):
                 rejected.add(row[0])
         return out
 
@@ -348,7 +352,7 @@ def name_parents_rejected_in_run(result):
     pending = [i for i, r in enumerate(result.rejections) if r.missing]
     if not pending:
         return
-    rejected = {}
+    rejected: dict[str, set[Any]] = {}
     for r in result.rejections:
         if r.id is not None and r.table in registry.parent_tables():
             rejected.setdefault(r.table, set()).add(r.id)
@@ -400,10 +404,10 @@ def _apply_batch(result, report):
 
 def _levels(present):
     """Group the present tables by depth in the reference graph: parents, then children."""
-    depth = {}
+    depth: dict[str, int] = {}
     for name in registry.tables():
         depth[name] = 1 + max((depth[p] for p in registry.specs()[name].parents), default=-1)
-    levels = {}
+    levels: dict[int, list[str]] = {}
     for name in present:
         levels.setdefault(depth[name], []).append(name)
     return [levels[d] for d in sorted(levels)]

@@ -360,7 +360,11 @@ class WriterPool:
         # fork keeps the test databases and settings of the caller; connections are closed
         # first so no process inherits an open one.
         methods = multiprocessing.get_all_start_methods()
-        self.context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self.context = (
+            multiprocessing.get_context("fork")
+            if "fork" in methods
+            else multiprocessing.get_context("spawn")
+        )
         self.tables = list(table_names)
         self.make_writer = make_writer
         self.describe = describe
@@ -370,7 +374,9 @@ class WriterPool:
         self.outbox = self.context.Queue()
         self.inboxes = {t: self.context.Queue(QUEUE_BATCHES) for t in self.tables}
         self.sent = dict.fromkeys(self.tables, 0)
-        self.sizes = {t: [] for t in self.tables}  # rows of each batch sent, in order
+        self.sizes: dict[str, list[int]] = {
+            t: [] for t in self.tables
+        }  # rows of each batch sent, in order
         self.done = set()
         self.processes = {}
         self.error = None

@@ -190,6 +190,7 @@ class Segment:
             copy.write(columns.COPY_SIGNATURE)
 
             def put(rows):
+                assert self.pending is not None  # _take() set it
                 taken, payload = self.pending
                 self.pending = None
                 if rows is not taken:  # rows set aside first (their parents are missing)

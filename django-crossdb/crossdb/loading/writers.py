@@ -30,9 +30,12 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 from django.db import connections, transaction
+from django.db.models import Field
 
 from crossdb import causal, conf, guard
 from crossdb.loading import columns, indexes
@@ -157,7 +160,7 @@ class BulkWriter:
         self.model = self.spec.model
         self.alias = alias
         self.connection = connections[alias]
-        self.gate = gate or _NoGate()
+        self.gate: Any = gate or _NoGate()  # the pool's gate (processes), or none
         self.parents = self.spec.parents
         # the guard's deletion counters when the run began (None: read them now)
         self.snapshot = snapshot if snapshot is not None else self._counters()
@@ -167,7 +170,9 @@ class BulkWriter:
             with self.connection.cursor() as cursor:
                 cursor.execute(f"PRAGMA cache_size = -{conf.get('WRITER_CACHE_MB') * 1024}")
         qn = self.connection.ops.quote_name
-        self.column_list = ", ".join(qn(self.model._meta.get_field(c).column) for c in self.columns)
+        self.column_list = ", ".join(
+            qn(cast(Field, self.model._meta.get_field(c)).column) for c in self.columns
+        )
         self.db_table = qn(self.model._meta.db_table)
         placeholders = ", ".join(["%s"] * len(self.columns))
         self.insert_sql = (
@@ -282,7 +287,7 @@ class BulkWriter:
         recheck = job.recheck
         if not (recheck and recheck.rows):
             return job, []
-        problems = {}
+        problems: dict[int, list[tuple[str, tuple[str, Any] | None]]] = {}
         for reference in self.spec.references:
             to_check = sorted(recheck.unknown.get(reference.field, ()))
             if not to_check:
@@ -338,6 +343,7 @@ class BulkWriter:
             return rows, lines, []
         suspects = self._suspect_parents()
         recheck = job.recheck
+        to_check: Sequence[int]
         if suspects:
             to_check = range(len(rows))
         elif recheck and recheck.rows:
@@ -360,7 +366,7 @@ class BulkWriter:
         """{row index: messages} for the rows of checked (at indexes to_check) whose parents
         (of references, default all) are not committed, looked up inside the guard
         (``guard.missing_parents``)."""
-        problems = {}
+        problems: dict[int, list[tuple[str, tuple[str, Any] | None]]] = {}
         missing = guard.missing_parents(self.spec, checked, known, references)
         for position, reference, pk in missing:
             index = to_check[position]
@@ -405,8 +411,8 @@ class BulkWriter:
         stored = stored_rows(self.spec, self.connection, self.alias, [r[0] for r in rows])
         owners = self._stored_key_owners(rows)
         present = 0
-        taken = {}  # id -> the row of this batch that will be inserted
-        claimed = {key.column: {} for key in self.spec.keys}
+        taken: dict[Any, tuple[Any, ...]] = {}  # id -> the row of this batch that will be inserted
+        claimed: dict[str, dict[Any, Any]] = {key.column: {} for key in self.spec.keys}
         fresh_lines = {}
         for line, row in zip(lines, rows, strict=True):
             earlier = stored.get(row[0]) or taken.get(row[0])
@@ -442,7 +448,7 @@ class BulkWriter:
         owners = {}
         for key in self.spec.keys:
             position = self.spec.position(key.column)
-            found = {}
+            found: dict[Any, Any] = {}
             for chunk in query_chunks(self.connection, {r[position] for r in rows}):
                 found.update(
                     manager.filter(**{f"{key.column}__in": chunk}).values_list(key.column, "pk")

@@ -117,7 +117,7 @@ class FileSource:
             return self._found
         if not self.directory.is_dir():
             raise SourceError(f"--from {self.directory}: no such directory")
-        candidates = {t: [] for t in registry.tables()}
+        candidates: dict[str, list[Path]] = {t: [] for t in registry.tables()}
         for name in sorted(os.listdir(self.directory)):
             table = _looks_like(name)
             if table is None:

@@ -16,6 +16,7 @@ import math
 import random
 import uuid
 from decimal import Decimal
+from typing import cast
 
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -50,7 +51,7 @@ class GeneratedSource:
                 raise SourceError(f"--{table} must be 0 or more (got {count})")
         for table, count in counts.items():
             for reference in specs[table].references:
-                field = specs[table].model._meta.get_field(reference.field)
+                field = cast(models.Field, specs[table].model._meta.get_field(reference.field))
                 if count and not field.null and not counts.get(reference.parent):
                     raise SourceError(
                         f"--{table} needs --{reference.parent}: its {reference.field} names "
@@ -87,7 +88,7 @@ class GeneratedSource:
         meta = spec.model._meta
         rng = random.Random(f"{self.seed}:{table}:rows")
         unique = {k.source for k in spec.keys} | {
-            f for f in spec.fields if meta.get_field(f).unique
+            f for f in spec.fields if cast(models.Field, meta.get_field(f)).unique
         }
         parents = {
             r.field: self.keys(r.parent) for r in spec.references if self.counts.get(r.parent)

@@ -43,6 +43,7 @@ import zlib
 from collections import deque
 from itertools import chain, islice, repeat
 from operator import itemgetter
+from typing import Any
 
 from crossdb.loading import columns
 from crossdb.loading.rows import Lines, Malformed, NumberText
@@ -121,7 +122,7 @@ class Opened:
         if problem := self._not_text():
             self.raw.close()
             raise SourceError(f"{path}: {problem}")
-        binary = self.raw
+        binary: io.BufferedReader | gzip.GzipFile = self.raw
         if path.name.endswith(".gz"):
             binary = gzip.GzipFile(fileobj=self.raw, mode="rb")
         # surrogateescape keeps undecodable bytes, so the validator rejects only that row
@@ -156,6 +157,7 @@ class Opened:
 
     def lines_read(self):
         """The number of the last line handed out, by the csv reader or past it."""
+        assert self.counter is not None  # set once the header is read
         return self.counter.line_num + self.skipped
 
     def close(self):
@@ -515,7 +517,7 @@ class LineLog:
     """
 
     def __init__(self):
-        self.blocks = deque()  # (number of the first line, [lines])
+        self.blocks: deque[tuple[int, list[str]]] = deque()  # (number of the first line, [lines])
         self.next = 1
         self.keep_from = 1  # the first line of the current run
 
@@ -689,7 +691,8 @@ def _lines_of(text):
 
 def _numbered(lines, first):
     """(numbers, texts) of lines numbered from first, blank ones left out, long ones None."""
-    numbers, texts = [], []
+    numbers: list[int] = []
+    texts: list[str | None] = []
     for number, text in enumerate(lines, first):
         if len(text) > MAX_RECORD:
             numbers.append(number)
@@ -743,7 +746,7 @@ def _by_header_name(record):
     or a str saying which keys collide. Only for a line that lacks a wanted key as
     written, so lines keyed exactly (every fast path) pay nothing; a key written exactly
     wins over one that only matches this way."""
-    keyed = {}
+    keyed: dict[str, tuple[str, Any]] = {}
     for key, value in record.items():
         name = normalized(key)
         if name in keyed:

@@ -15,6 +15,8 @@ one here); anything else raises as on any backend.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 from django.db import InterfaceError, OperationalError, connections
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
@@ -39,20 +41,26 @@ def _unservable(exc: BaseException, connection: DatabaseWrapper) -> bool:
     return sqlstate is None and (connection.connection is None or connection.connection.closed)
 
 
-class FallbackMixin:
+if TYPE_CHECKING:
+    _CursorBase = CursorWrapper
+else:
+    _CursorBase = object
+
+
+class FallbackMixin(_CursorBase):
     """Run a statement the replica cannot serve again on the primary."""
 
-    def execute(self, sql, params=None):
+    def execute(self, sql: Any, params: Any = None) -> Any:
         try:
             return super().execute(sql, params)
         except (OperationalError, InterfaceError) as exc:
-            replica = self.db
+            replica = cast(DatabaseWrapper, self.db)  # made by DatabaseWrapper.make_cursor
             if not replica.may_fall_back() or not _unservable(exc, replica):
                 raise
             self._to_primary(replica, exc)
             return super().execute(sql, params)
 
-    def _to_primary(self, replica, exc):
+    def _to_primary(self, replica: DatabaseWrapper, exc: BaseException) -> None:
         replicas.failed(replica.alias, exc)
         primary = connections[replica.primary_alias]
         self.cursor = primary.cursor().cursor
@@ -86,18 +94,19 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def may_fall_back(self) -> bool:
         return self.fallback and not self.in_atomic_block and self.primary_alias is not None
 
-    def _cursor(self, name=None):
+    # _cursor is Django's (BaseDatabaseWrapper), missing from django-stubs.
+    def _cursor(self, name: str | None = None) -> Any:
         try:
-            return super()._cursor(name)
+            return super()._cursor(name)  # type: ignore[misc]
         except (OperationalError, InterfaceError) as exc:
             if not self.may_fall_back():
                 raise
             replicas.failed(self.alias, exc)
             self.close()
-            return connections[self.primary_alias]._cursor(name)
+            return connections[self.primary_alias]._cursor(name)  # type: ignore[attr-defined]
 
-    def make_cursor(self, cursor):
+    def make_cursor(self, cursor: Any) -> FallbackCursor:
         return FallbackCursor(cursor, self)
 
-    def make_debug_cursor(self, cursor):
+    def make_debug_cursor(self, cursor: Any) -> FallbackDebugCursor:
         return FallbackDebugCursor(cursor, self)

@@ -25,7 +25,9 @@ from crossdb import deletion, registry
 from crossdb.guard import CommitOrderError, GuardTimeout
 
 # The migrate command running in this context: (database, ExitStack holding the guard).
-_RUNNING = contextvars.ContextVar("multids_migrate", default=None)
+_RUNNING: contextvars.ContextVar[tuple[str | None, contextlib.ExitStack] | None] = (
+    contextvars.ContextVar("multids_migrate", default=None)
+)
 
 
 class Command(migrate.Command):
@@ -83,7 +85,7 @@ def removed_parents(plan, using):
         for s in registry.specs().values()
         if s.alias == using and s.children
     }
-    removed = set()
+    removed: set[str] = set()
     for migration, backwards in plan:
         if backwards and _may_remove_rows(migration, using, parents):
             removed.update(
