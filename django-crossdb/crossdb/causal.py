@@ -60,14 +60,19 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
 from crossdb import conf, registry, replicas
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models import Model
 
 SLOTS = 16  # rows per parent database in the watermark table: writers spread over them
 TABLE = "crossdb_causal_positions"
@@ -120,7 +125,9 @@ def _is_write(sql: str) -> bool:
     return not sql.lstrip().lower().startswith(READ_ONLY_STATEMENTS)
 
 
-def _note_writes(execute, sql, params, many, context):
+def _note_writes(
+    execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
     """An execute wrapper on a primary with replicas: mark the reader as having written."""
     if isinstance(sql, str) and _is_write(sql):
         reader = state()
@@ -130,12 +137,12 @@ def _note_writes(execute, sql, params, many, context):
 
 
 @receiver(connection_created)
-def _watch_writes(sender, connection, **kwargs):
+def _watch_writes(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     """Watch the statements of every primary that has replicas (once per connection)."""
     if not replicas.of(connection.alias) or getattr(connection, "_crossdb_watched", False):
         return
     connection.execute_wrappers.append(_note_writes)
-    connection._crossdb_watched = True
+    connection._crossdb_watched = True  # type: ignore[attr-defined]  # crossdb's own mark
 
 
 def take_positions(reader: ReaderState | None = None) -> None:
@@ -230,7 +237,9 @@ def _choose(primary: str, need: int, wait: float, reader: ReaderState) -> str:
     return primary
 
 
-def read_alias(primary: str, *, child: bool, parent: bool, reader: ReaderState | None = None):
+def read_alias(
+    primary: str, *, child: bool, parent: bool, reader: ReaderState | None = None
+) -> str:
     """Where the reader reads rows of primary now: a replica or primary itself.
 
     child: the rows read name parents elsewhere (noted, for the parents' reads); parent:
@@ -256,7 +265,7 @@ def read_alias(primary: str, *, child: bool, parent: bool, reader: ReaderState |
     return alias
 
 
-def for_model(model) -> str | None:
+def for_model(model: type[Model]) -> str | None:
     """Where the router reads model (None: a model crossdb does not route)."""
     table = registry.specs().get(model._meta.db_table)
     if table is None:

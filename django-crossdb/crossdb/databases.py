@@ -1,5 +1,6 @@
 """What each configured database is, and whether it is ready for a load."""
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
@@ -11,7 +12,7 @@ class NotReady(Exception):
     """A database cannot take a load yet; the message says what to run."""
 
 
-def location(alias):
+def location(alias: str) -> str:
     """Say where alias lives (a file path or host/name), without any password."""
     config = settings.DATABASES[alias]
     if config["ENGINE"].endswith("sqlite3"):
@@ -21,17 +22,17 @@ def location(alias):
     return f"{host}{port}/{config['NAME']}"
 
 
-def sqlite_file_missing(alias):
+def sqlite_file_missing(alias: str) -> bool:
     """Whether alias is a SQLite file that does not exist (connecting would create it)."""
     config = settings.DATABASES[alias]
     return config["ENGINE"].endswith("sqlite3") and not Path(str(config["NAME"])).exists()
 
 
-def vendor(alias):
+def vendor(alias: str) -> str:
     return connections[alias].vendor
 
 
-def check_ready(aliases):
+def check_ready(aliases: Iterable[str]) -> None:
     """Raise NotReady unless every alias can be reached and has all migrations applied.
 
     Nothing is created: a missing SQLite file is reported instead of being made empty.

@@ -28,7 +28,7 @@ class ReferenceGuard(models.Model):
     class Meta:
         db_table = "multids_reference_guard"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.parent}: {self.deletions} deletion(s)"
 
 
@@ -44,7 +44,7 @@ class LoadRun(models.Model):
         db_table = "load_runs"
         ordering = ["-started_at"]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.source} at {self.started_at:%Y-%m-%d %H:%M:%S}"
 
 
@@ -69,5 +69,5 @@ class CausalPosition(models.Model):
             )
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.parent_alias}[{self.slot}]: {self.position}"

@@ -20,6 +20,7 @@ Modules: ``reading`` (bytes to records, in bounded memory), ``files`` (a directo
 ``rejects`` (the rejects file), ``generated`` (rows made up for any registry).
 """
 
+import os
 from pathlib import Path
 
 from crossdb.sources.files import FileSource, is_data_file_name
@@ -35,7 +36,9 @@ __all__ = [
 ]
 
 
-def source_for_path(path, encoding=None):
+def source_for_path(
+    path: str | os.PathLike[str], encoding: str | None = None
+) -> FileSource | RejectsFileSource:
     """A directory of files, or a rejects CSV being fed back; encoding: of the files (None:
     UTF-8), any text codec Python knows (else SourceError)."""
     check_encoding(encoding)
