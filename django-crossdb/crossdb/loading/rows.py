@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 class Lines(int):
@@ -59,6 +60,10 @@ class Expected:
     total: int | None
     unit: str = "rows"
     position: Callable[[], int] | None = None  # how far reading got; None: count rows read
+
+
+# One row as a source yields it: (line, values), or (line, Malformed) for an unsplit record.
+SourceRow = tuple[int | None, "tuple[Any, ...] | Malformed"]
 
 
 class NumberText(str):

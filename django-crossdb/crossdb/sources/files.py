@@ -7,13 +7,17 @@ not read and is named in ``warnings()``: a silent 0 for a table is the worst ans
 scan never opens anything that is not a regular file, so a FIFO cannot hang it.
 """
 
+from __future__ import annotations
+
 import difflib
 import os
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from crossdb import registry
-from crossdb.loading.rows import Expected
+from crossdb.loading.rows import Expected, SourceRow
 from crossdb.registry import fields
 from crossdb.rules import printable
 from crossdb.sources.reading import (
@@ -33,7 +37,7 @@ from crossdb.sources.reading import (
 SUFFIXES = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
 
 
-def expected():
+def expected() -> str:
     """What a directory may hold, for a message: a file per table, in its formats."""
     return f"{' or '.join(registry.tables())} as .csv, .jsonl, .csv.gz or .jsonl.gz"
 
@@ -47,16 +51,16 @@ KINDS = {
 }
 
 
-def is_data_file_name(name):
+def is_data_file_name(name: str) -> bool:
     return any(name == f"{table}{suffix}" for table in registry.tables() for suffix in SUFFIXES)
 
 
-def _wanted(table):
+def _wanted(table: str) -> Wanted:
     """The fields of table's rows, with those a file may leave out."""
     return Wanted(fields(table), registry.spec(table).optional_fields())
 
 
-def _looks_like(name):
+def _looks_like(name: str) -> str | None:
     """Return the table a file name seems meant for, or None: ``Orders.CSV`` -> orders, and
     a near miss such as ``product.csv`` or ``ordres.csv`` (``difflib``'s ratio of at least
     0.8), which would otherwise be left out without a word."""
@@ -68,18 +72,18 @@ def _looks_like(name):
     return close[0] if close else None
 
 
-def _stem(name):
+def _stem(name: str) -> str:
     return name.split(".", 1)[0].strip()
 
 
-def _near_miss(name, table):
+def _near_miss(name: str, table: str) -> str:
     """Why name, meant for table but not named for it (``product.csv``), is not read."""
     suffix = name[len(name.split(".", 1)[0]) :].casefold()
     meant = table + (suffix if suffix in SUFFIXES else ".csv")
     return f"no table is called '{printable(_stem(name))}'; did you mean {meant}?"
 
 
-def _why_not_readable(path):
+def _why_not_readable(path: Path) -> str | None:
     """Return why an exactly named entry cannot be read, or None; never blocks."""
     try:
         mode = os.stat(path).st_mode
@@ -103,15 +107,16 @@ def _why_not_readable(path):
 class FileSource:
     """The users, products and orders files (.csv or .jsonl, maybe gzipped) of one directory."""
 
-    def __init__(self, directory, encoding=None):
+    def __init__(self, directory: str | os.PathLike[str], encoding: str | None = None) -> None:
         self.directory = Path(directory)
         self.encoding = encoding  # of every file (None: UTF-8), as --encoding names it
         self.label = str(self.directory)
-        self._found = None
-        self._skipped = []  # (path, why not read)
-        self._reading = {}  # table -> the Opened being streamed, for expected().position
+        self._found: dict[str, Path] | None = None
+        self._skipped: list[tuple[Path, str]] = []  # (path, why not read)
+        # table -> the Opened being streamed, for expected().position
+        self._reading: dict[str, Opened] = {}
 
-    def _scan(self):
+    def _scan(self) -> dict[str, Path]:
         """Return {table: path} and note what is not read; raise SourceError if nothing can be."""
         if self._found is not None:
             return self._found
@@ -148,18 +153,18 @@ class FileSource:
         self._found = found
         return found
 
-    def files(self):
+    def files(self) -> dict[str, Path]:
         return dict(self._scan())
 
-    def warnings(self):
+    def warnings(self) -> list[str]:
         """One line per file that looks meant for a table but is not read, saying why."""
         self._scan()
         return [f"{printable(str(path))}: not read ({why})" for path, why in self._skipped]
 
-    def input_paths(self):
+    def input_paths(self) -> list[Path]:
         return [path.resolve() for path in self._scan().values()]
 
-    def check(self):
+    def check(self) -> None:
         for table, path in self._scan().items():
             with Opened(path, self.encoding) as opened:
                 if _is_csv(path):
@@ -168,21 +173,21 @@ class FileSource:
                 else:
                     refuse_json_array(opened)
 
-    def tables(self):
+    def tables(self) -> list[str]:
         return [t for t in registry.tables() if t in self._scan()]
 
-    def expected(self, table):
+    def expected(self, table: str) -> Expected:
         """The file's size in bytes, and how many of them (compressed, for .gz) are read."""
         path = self._scan()[table]
         total = file_size(path)
 
-        def position():
+        def position() -> int:
             opened = self._reading.get(table)  # set when rows(table) opens the file
             return opened.position() if opened is not None else 0
 
         return Expected(total, "bytes", position)
 
-    def check_unchanged(self):
+    def check_unchanged(self) -> None:
         """Raise SourceError if a file read in this run has changed since it was opened:
         rows written to it after its end was read (before it, ``Opened`` stops the run
         itself) are not loaded, and a re-run must load them."""
@@ -194,12 +199,12 @@ class FileSource:
             if problem := changed(opened.path, opened.at_open, now):
                 raise SourceError(problem)
 
-    def rows(self, table):
+    def rows(self, table: str) -> Iterator[SourceRow]:
         path = self._scan()[table]
         read = csv_rows if _is_csv(path) else jsonl_rows
         return read(path, _wanted(table), track=self._tracker(table), encoding=self.encoding)
 
-    def runs(self, table):
+    def runs(self, table: str) -> Iterator[Any]:
         path = self._scan()[table]
         read = csv_runs if _is_csv(path) else jsonl_runs
         return read(
@@ -210,9 +215,9 @@ class FileSource:
             encoding=self.encoding,
         )
 
-    def _tracker(self, table):
+    def _tracker(self, table: str) -> Callable[[Opened], None]:
         return lambda opened: self._reading.update({table: opened})
 
 
-def _is_csv(path):
+def _is_csv(path: Path) -> bool:
     return path.name.endswith((".csv", ".csv.gz"))

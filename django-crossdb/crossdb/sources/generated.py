@@ -11,19 +11,22 @@ asks). The same seed gives the same rows, so running the same command twice stor
 twice. Rows carry no line (``None``).
 """
 
+from __future__ import annotations
+
 import datetime
 import math
 import random
 import uuid
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from crossdb import registry, rules
 from crossdb.fields import ComparisonKey, CrossDatabaseReference
-from crossdb.loading.rows import Expected
+from crossdb.loading.rows import Expected, SourceRow
 from crossdb.sources.reading import SourceError
 
 FIRST_ID = 1001
@@ -34,7 +37,7 @@ WORDS = (
 EPOCH = datetime.date(2024, 1, 1)
 
 
-def generated(counts, seed=0):
+def generated(counts: Mapping[str, int], seed: int = 0) -> GeneratedSource:
     """The generator crossdb uses by default: counts per table, a seed."""
     return GeneratedSource(counts, seed)
 
@@ -42,7 +45,7 @@ def generated(counts, seed=0):
 class GeneratedSource:
     """Rows made up for every table with a count, parents before children."""
 
-    def __init__(self, counts, seed=0):
+    def __init__(self, counts: Mapping[str, int], seed: int = 0) -> None:
         specs = registry.specs()
         for table, count in counts.items():
             if table not in specs:
@@ -62,28 +65,28 @@ class GeneratedSource:
         given = ", ".join(f"{t}={n}" for t, n in self.counts.items())
         self.label = f"generated ({given}, seed={seed})"
 
-    def check(self):
+    def check(self) -> None:
         pass
 
-    def warnings(self):
+    def warnings(self) -> list[str]:
         return []
 
-    def input_paths(self):
+    def input_paths(self) -> list[Any]:
         return []
 
-    def tables(self):
+    def tables(self) -> list[str]:
         return [t for t in registry.tables() if t in self.counts]
 
-    def expected(self, table):
+    def expected(self, table: str) -> Expected:
         return Expected(self.counts.get(table, 0))
 
-    def keys(self, table):
+    def keys(self, table: str) -> list[Any]:
         """The keys of table's generated rows, in order (what children name)."""
         rng = random.Random(f"{self.seed}:{table}:keys")
         key = registry.spec(table).model._meta.pk
         return [_key(key, i, rng) for i in range(self.counts.get(table, 0))]
 
-    def rows(self, table):
+    def rows(self, table: str) -> Iterator[SourceRow]:
         spec = registry.spec(table)
         meta = spec.model._meta
         rng = random.Random(f"{self.seed}:{table}:rows")
@@ -101,7 +104,7 @@ class GeneratedSource:
             yield None, tuple(values)
 
 
-def _key(key, i, rng):
+def _key(key: models.Field, i: int, rng: random.Random) -> Any:
     if key.get_internal_type() in rules.INTEGER_KINDS:
         return FIRST_ID + i
     if isinstance(key, models.UUIDField):
@@ -110,7 +113,7 @@ def _key(key, i, rng):
     return f"k{i:0{width - 1}d}"[-width:] if width > 1 else "k"
 
 
-def _bounds(field, low, high):
+def _bounds(field: models.Field, low: Any, high: Any) -> tuple[Any, Any]:
     for validator in field.validators:
         if isinstance(validator, MinValueValidator):
             low = max(low, validator.limit_value)
@@ -119,7 +122,9 @@ def _bounds(field, low, high):
     return low, high
 
 
-def _value(field, i, rng, unique, parent_keys):
+def _value(
+    field: Any, i: int, rng: random.Random, unique: bool, parent_keys: list[Any] | None
+) -> Any:
     """One value for field in row i (unique: it must differ from every other row's)."""
     if isinstance(field, ComparisonKey):
         return None  # computed from its source

@@ -9,46 +9,51 @@ the field columns it is rejected again, raw text kept, so it can go round as oft
 needed. Line numbers are those of the rejects file, which is the file the person edits.
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from crossdb import registry
-from crossdb.loading.rows import Expected, Malformed
+from crossdb.loading.rows import Expected, Malformed, SourceRow
 from crossdb.registry import fields
 from crossdb.results import rejects_columns, unsafe_cell
 from crossdb.sources.reading import Opened, SourceError, csv_records
 
 
 class RejectsFileSource:
-    def __init__(self, path, encoding=None):
+    def __init__(self, path: str | os.PathLike[str], encoding: str | None = None) -> None:
         self.path = Path(path)
         self.encoding = encoding  # None: UTF-8, as written; --encoding once a program saved it
         self.label = str(self.path)
-        self._tables = None
+        self._tables: list[str] | None = None
 
-    def warnings(self):
+    def warnings(self) -> list[str]:
         return []
 
-    def input_paths(self):
+    def input_paths(self) -> list[Path]:
         return [self.path.resolve()]
 
-    def expected(self, table):
+    def expected(self, table: str) -> Expected:
 
         return Expected(None)  # the file holds every table's rows, mixed: count rows read
 
-    def check(self):
+    def check(self) -> None:
         for table in self.tables():
             with Opened(self.path, self.encoding) as opened:
                 header, _records = csv_records(opened, rejects_columns())
                 header.positions(("table", *fields(table)), f" for {table} rows")
 
-    def tables(self):
+    def tables(self) -> list[str]:
         """Return the tables named in the file; raise SourceError for a row naming none.
 
         A row whose table cannot be read would otherwise be loaded into no table and
         counted nowhere, so it stops the run instead.
         """
         if self._tables is None:
-            present = set()
+            present: set[str] = set()
             with Opened(self.path, self.encoding) as opened:
                 column, records = self._records(opened)
                 for line, record, problem in records:
@@ -63,7 +68,7 @@ class RejectsFileSource:
             self._tables = [t for t in registry.tables() if t in present]
         return self._tables
 
-    def _records(self, opened):
+    def _records(self, opened: Opened) -> tuple[int, Iterator[Any]]:
         try:
             header, records = csv_records(opened, rejects_columns())
         except SourceError as exc:
@@ -74,13 +79,13 @@ class RejectsFileSource:
             raise SourceError(self._not_rejects())
         return header.keys.index("table"), records
 
-    def _not_rejects(self):
+    def _not_rejects(self) -> str:
         return (
             f"{self.path}: not a rejects file (it has no 'table' column); to load data "
             f"files, give their directory: --from {self.path.parent}"
         )
 
-    def rows(self, table):
+    def rows(self, table: str) -> Iterator[SourceRow]:
         with Opened(self.path, self.encoding) as opened:
             header, records = csv_records(opened, rejects_columns())
             column = header.keys.index("table")
@@ -100,7 +105,7 @@ class RejectsFileSource:
                     yield line, values
 
 
-def _unsplit(table):
+def _unsplit(table: str) -> str:
     return (
         "not split into fields yet: copy the values of its raw column into the "
         f"{', '.join(fields(table))} columns"
