@@ -118,6 +118,7 @@ class CrossDatabaseReference(models.Field):
     ) -> Any:
         return self.target_field.get_db_prep_value(value, connection, prepared)
 
+    # Takes Django's form_class and choices_form_class through kwargs, to the target key's field.
     def formfield(self, **kwargs: Any) -> FormField | None:  # type: ignore[override]
         """The form field of the target key's type (a number, a UUID, text)."""
         field = self.target_field

@@ -296,6 +296,7 @@ class TableAdmin(NextIdMixin, MultiDBModelAdmin):
         fields = {f.name for f in self.model._meta.concrete_fields}
         return [
             c
+            # django-stubs allows callables in list_display; these columns are names
             for c in self.get_list_display(request)
             if c in fields or getattr(getattr(self, c, None), "admin_order_field", None)  # type: ignore[arg-type]
         ]

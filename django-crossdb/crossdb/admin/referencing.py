@@ -79,6 +79,7 @@ class ReferencingAdmin(TableAdmin):
         super().__init__(model, admin_site)
         self.generated_help = self.search_help_text is None
         if self.generated_help:
+            # A ClassVar to django-stubs; Django reads it off the instance, set per table here.
             self.search_help_text = self.default_search_help_text()  # type: ignore[misc]
 
     def default_search_help_text(self, references=None):
