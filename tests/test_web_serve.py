@@ -1,6 +1,7 @@
-"""The README's production command, run as written: gunicorn serves the site (production
-settings: a secret key and a public host, behind an HTTPS proxy), WhiteNoise its static
-files, and a failed login through it is logged with its account and address."""
+"""The production command of docs/production.md (linked from the README), run as written:
+gunicorn serves the site (production settings: a secret key and a public host, behind an
+HTTPS proxy), WhiteNoise its static files, and a failed login through it is logged with its
+account and address."""
 
 import http.client
 import os
@@ -15,23 +16,25 @@ import pytest
 from tests.conftest import ROOT, manage
 
 HOST = "shop.example.com"
+PRODUCTION_PAGE = ROOT / "docs" / "production.md"
 START_SECONDS = 60  # a bound on the start-up, not a measure: a busy machine may take long
 
 
 def readme_command(name):
-    """The README's command line that runs name (``python -m gunicorn ...``), as words."""
+    """The command line of docs/production.md that runs name (``python -m gunicorn ...``), as
+    words."""
     lines = [
         line.split("#")[0].strip()
-        for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+        for line in PRODUCTION_PAGE.read_text(encoding="utf-8").splitlines()
         if line.strip().startswith(f"python -m {name} ")
     ]
-    assert len(lines) == 1, f"the README should name one {name} command: {lines}"
+    assert len(lines) == 1, f"docs/production.md should name one {name} command: {lines}"
     return shlex.split(lines[0])
 
 
 @pytest.fixture
 def server(migrated_dir, tmp_path):
-    """The README's gunicorn command on a free port of 127.0.0.1; yields (port, its log)."""
+    """The documented gunicorn command on a free port of 127.0.0.1; yields (port, its log)."""
     pytest.importorskip("gunicorn", reason="the serve extra: pip install -e '.[serve]'")
     env = {
         "DJANGO_SECRET_KEY": "multids-serve-test-" + "s" * 40,
@@ -45,7 +48,7 @@ def server(migrated_dir, tmp_path):
     assert collected.returncode == 0, collected.stderr
     words = readme_command("gunicorn")
     bind = words.index("--bind") + 1
-    words[bind] = "127.0.0.1:0"  # the README's 8000 may be taken; the log says which port
+    words[bind] = "127.0.0.1:0"  # the documented 8000 may be taken; the log says which port
     log_path = tmp_path / "gunicorn.log"
     environment = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     environment |= env | {
