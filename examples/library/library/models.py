@@ -55,7 +55,7 @@ class Loan(GuardedModel):
         ordering = ["-lent_on", "id"]
 
     def __str__(self):
-        return f"loan {self.pk}: {self.book} to {self.member}"
+        return f"loan {self.pk}: book {self.book} to member {self.member}"
 
 
 class Review(GuardedModel):
