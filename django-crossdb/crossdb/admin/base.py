@@ -12,6 +12,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
+from django.db import models
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
@@ -178,18 +179,22 @@ else:
 
 
 class NextIdMixin(_AdminBase):
-    """Offer the next free id on the add form (ids are given, not generated, here)."""
+    """Offer the next free id on the add form (ids are given, not generated, here): a
+    whole-number key only; a UUID or a text key (an ISBN) has no next one to offer."""
 
     def get_changeform_initial_data(self, request):
         initial: dict[str, Any] = super().get_changeform_initial_data(request)
-        last = self.get_queryset(request).order_by("-pk").values_list("pk", flat=True).first()
-        initial.setdefault("id", (last or 0) + 1)
+        key = self.model._meta.pk
+        if isinstance(key, models.IntegerField):
+            last = self.get_queryset(request).order_by("-pk").values_list("pk", flat=True).first()
+            initial.setdefault(key.name, (last or 0) + 1)
         return initial
 
     def get_readonly_fields(self, request, obj=None):
-        """Freeze the id of a stored row: changing it would store a second row."""
+        """Freeze the key of a stored row, whatever its name: changing it would store a
+        second row."""
         readonly = tuple(super().get_readonly_fields(request, obj))
-        return readonly + ("id",) if obj is not None else readonly
+        return readonly + (self.model._meta.pk.name,) if obj is not None else readonly
 
 
 def admin_url(request, site, model, view, *args):

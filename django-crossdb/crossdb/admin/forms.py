@@ -63,7 +63,8 @@ class ValidatedForm(forms.ModelForm):
     def check_keys(self, values, valid):
         """Refuse a value whose comparison key another row has, in the loader's words."""
         model = self._meta.model
-        pk = values.get("id") if values.get("id") is not None else self.instance.pk
+        stated = values.get(self.spec.pk)
+        pk = stated if stated is not None else self.instance.pk
         for key in self.spec.keys:
             if key.source not in valid or values[key.column] is None:
                 continue

@@ -40,8 +40,11 @@ MAX_PARENTS_PER_TERM = 1000  # parents a search term may match through a unique 
 
 
 def column_name(reference):
-    """The list column of a reference: ``user`` for ``user_id``."""
-    return reference.field.removesuffix("_id")
+    """The list column of a reference: ``user`` for ``user_id``, ``member_parent`` for a
+    reference named ``member`` (a column named as the model's field would show the bare
+    key: Django's changelist takes the field before an admin attribute of that name)."""
+    name = reference.field.removesuffix("_id")
+    return name if name != reference.field else f"{name}_parent"
 
 
 def attach_parents(rows, table_spec, references=None):

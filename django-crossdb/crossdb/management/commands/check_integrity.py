@@ -73,7 +73,8 @@ class Command(BaseCommand):
         if options["json"]:
             try:
                 with open(options["json"], "w", encoding="utf-8") as handle:
-                    json.dump(result.as_dict(), handle, indent=2)
+                    # default=str: a key may be a UUID (or any other non-JSON type)
+                    json.dump(result.as_dict(), handle, indent=2, default=str)
             except OSError as exc:
                 raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from exc
         self.print_result(result, options["show"])
