@@ -29,7 +29,9 @@ The rules, one sentence each:
   any case; JSON's ``true``/``false``).
 * Dates: ``YYYY-MM-DD`` and a real day. Datetimes: ISO 8601 (``2024-05-01T09:30:00``, a
   space for the ``T``, seconds and fractions optional) with its time zone (``Z`` or
-  ``+02:00``) when ``USE_TZ`` is on, since a time without one is ambiguous; none otherwise.
+  ``+02:00``, hours 0-23 and minutes 0-59) when ``USE_TZ`` is on, since a time without one
+  is ambiguous; none otherwise. A moment with a time zone must fall within the years 1 to
+  9999 in UTC, as it is stored.
 * UUIDs: any form ``uuid.UUID`` reads (with or without hyphens, braces or ``urn:uuid:``).
 * A primary key or a reference follows the key's type (a reference: its target's key):
   whole numbers from 1 to 2**63-1, a UUID, or text.
@@ -617,8 +619,14 @@ def datetime_rule(field):
             zone = match["zone"] or ""
             if zone in ("Z", "z"):
                 zone = "+00:00"
-            elif zone and ":" not in zone:
-                zone = f"{zone[:3]}:{zone[3:]}"
+            elif zone:
+                # fromisoformat reads +05:75 as +06:15: an offset's minutes are checked here
+                if int(zone[1:3]) > 23 or int(zone[-2:]) > 59:
+                    raise Invalid(
+                        field, f"{field} has no such time zone offset (got {shown(value)})"
+                    )
+                if ":" not in zone:
+                    zone = f"{zone[:3]}:{zone[3:]}"
             try:
                 moment = datetime.datetime.fromisoformat(f"{match['date']}T{match['time']}{zone}")
             except ValueError:
@@ -637,6 +645,13 @@ def datetime_rule(field):
             raise Invalid(
                 field, f"{field} must be a local time without a time zone (got {shown(value)})"
             )
+        if moment.tzinfo is not None:
+            try:  # stored in UTC: 0001-01-01T00:30+01:00 is a moment of the year 0
+                moment.astimezone(datetime.UTC)
+            except OverflowError:
+                raise Invalid(
+                    field, f"{field} is outside the years 1 to 9999 in UTC (got {shown(value)})"
+                ) from None
         return moment
 
     return convert
