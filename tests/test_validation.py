@@ -334,3 +334,34 @@ def test_the_edges_of_offsets_and_of_utc_are_moments():
     assert moment == datetime.datetime(1, 1, 1, tzinfo=datetime.UTC)
     moment = clean_item_field("added", "2024-05-01T09:30:00-2359")
     assert moment.utcoffset() == -datetime.timedelta(hours=23, minutes=59)
+
+
+SERIAL = "6f1c2a52-8d3e-4b7a-9c10-2f3e4d5a6b7c"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [SERIAL, SERIAL.upper(), SERIAL.replace("-", ""), f"{{{SERIAL}}}", f"urn:uuid:{SERIAL}"]
+    + [f" {SERIAL} "],
+)
+def test_a_uuid_is_read_in_its_written_forms(value):
+    import uuid
+
+    assert clean_item_field("serial", value) == uuid.UUID(SERIAL)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # uuid.UUID reads each of these, as another UUID or where none was written
+        "0x" + SERIAL.replace("-", "")[2:],  # int(..., 16) reads 0x: 00-prefixed UUID
+        "+" + SERIAL.replace("-", "")[1:],
+        "6f1c-2a52-8d3e-4b7a-9c10-2f3e-4d5a-6b7c",  # hyphens misplaced
+        f"{{{{{SERIAL}}}}}",
+        f"{{{SERIAL}",
+        f"urn:uuid:{{{SERIAL}}}",
+        "{ " + SERIAL.replace("-", "")[1:] + "}",
+    ],
+)
+def test_a_uuid_written_some_other_way_is_refused(value):
+    assert clean_item_field("serial", value) == f"serial must be a UUID (got {value!r})"

@@ -32,7 +32,9 @@ The rules, one sentence each:
   ``+02:00``, hours 0-23 and minutes 0-59) when ``USE_TZ`` is on, since a time without one
   is ambiguous; none otherwise. A moment with a time zone must fall within the years 1 to
   9999 in UTC, as it is stored.
-* UUIDs: any form ``uuid.UUID`` reads (with or without hyphens, braces or ``urn:uuid:``).
+* UUIDs: 32 hexadecimal digits, plain or hyphenated 8-4-4-4-12, alone, in braces or after
+  ``urn:uuid:`` (``uuid.UUID`` alone reads ``0x`` and 30 digits, or misplaced hyphens, as
+  some other UUID).
 * A primary key or a reference follows the key's type (a reference: its target's key):
   whole numbers from 1 to 2**63-1, a UUID, or text.
 * A field with ``null=True``, a default, or (for text) ``blank=True`` may be left empty (an
@@ -510,6 +512,11 @@ def text_rule(field, max_length, pattern=None, what=None, visible=False):
 
 # --- Floats, booleans, dates and times, UUIDs -------------------------------------------------
 
+# The forms of a UUID: uuid.UUID alone also reads hyphens anywhere, braces repeated or on
+# one side, and int(..., 16)'s own spellings (0x and 30 digits, a sign, a space), each as
+# another UUID than the one meant, or as a UUID where none was written.
+_UUID_HEX = "[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+UUID_RE = re.compile(f"(?:urn:uuid:)?(?P<hex>{_UUID_HEX})|\\{{(?P<braced>{_UUID_HEX})\\}}")
 FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
@@ -658,16 +665,15 @@ def datetime_rule(field):
 
 
 def uuid_rule(field):
-    """A UUID in any form ``uuid.UUID`` reads."""
+    """A UUID written as 32 hexadecimal digits or hyphenated 8-4-4-4-12, alone, in braces or
+    after ``urn:uuid:`` (``UUID_RE``)."""
 
     def convert(value):
         if isinstance(value, uuid.UUID):
             return value
         if isinstance(value, str) and not _is_blank(value):
-            try:
-                return uuid.UUID(value.strip())
-            except ValueError:
-                pass
+            if match := UUID_RE.fullmatch(value.strip()):
+                return uuid.UUID(hex=match["hex"] or match["braced"])
         elif _is_blank(value):
             raise Invalid(field, f"{field} is required")
         raise Invalid(field, f"{field} must be a UUID (got {shown(value)})")
