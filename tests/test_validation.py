@@ -279,3 +279,89 @@ def test_letters_that_only_look_alike_make_different_emails():
     mailbox; both are accepted, and their keys differ."""
     assert reasons(clean_user(("1", "Ann", "zw\u0131s@example.com"))[1]) == []
     assert email_key("zw\u0131s@example.com") != email_key("zwis@example.com")
+
+
+# --- Moments (tests/kinds: Item.added), found by tests/test_verdicts_kinds.py --------------
+
+
+def clean_item_field(name, value):
+    from crossdb.rules import Invalid, rule_for
+
+    from tests.kinds.models import Item
+
+    try:
+        return rule_for(Item._meta.get_field(name))(value)
+    except Invalid as exc:
+        return exc.message
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        # fromisoformat reads these minutes on: +05:75 was stored as +06:15
+        (
+            "2024-05-01T09:30:00+05:75",
+            "added has no such time zone offset (got '2024-05-01T09:30:00+05:75')",
+        ),
+        (
+            "2024-05-01T09:30:00+0060",
+            "added has no such time zone offset (got '2024-05-01T09:30:00+0060')",
+        ),
+        (
+            "2024-05-01T09:30:00+24:00",
+            "added has no such time zone offset (got '2024-05-01T09:30:00+24:00')",
+        ),
+        # moments of the year 0 or 10000 in UTC, which is how they are stored: the items
+        # writer died of an OverflowError, and the whole load with it
+        (
+            "0001-01-01T00:30:00+01:00",
+            "added is outside the years 1 to 9999 in UTC (got '0001-01-01T00:30:00+01:00')",
+        ),
+        (
+            "9999-12-31T23:30:00-01:00",
+            "added is outside the years 1 to 9999 in UTC (got '9999-12-31T23:30:00-01:00')",
+        ),
+    ],
+)
+def test_a_moment_needs_a_real_offset_and_a_year_of_utc(value, reason):
+    assert clean_item_field("added", value) == reason
+
+
+def test_the_edges_of_offsets_and_of_utc_are_moments():
+    import datetime
+
+    moment = clean_item_field("added", "0001-01-01T01:00:00+01:00")
+    assert moment == datetime.datetime(1, 1, 1, tzinfo=datetime.UTC)
+    moment = clean_item_field("added", "2024-05-01T09:30:00-2359")
+    assert moment.utcoffset() == -datetime.timedelta(hours=23, minutes=59)
+
+
+SERIAL = "6f1c2a52-8d3e-4b7a-9c10-2f3e4d5a6b7c"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [SERIAL, SERIAL.upper(), SERIAL.replace("-", ""), f"{{{SERIAL}}}", f"urn:uuid:{SERIAL}"]
+    + [f" {SERIAL} "],
+)
+def test_a_uuid_is_read_in_its_written_forms(value):
+    import uuid
+
+    assert clean_item_field("serial", value) == uuid.UUID(SERIAL)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # uuid.UUID reads each of these, as another UUID or where none was written
+        "0x" + SERIAL.replace("-", "")[2:],  # int(..., 16) reads 0x: 00-prefixed UUID
+        "+" + SERIAL.replace("-", "")[1:],
+        "6f1c-2a52-8d3e-4b7a-9c10-2f3e-4d5a-6b7c",  # hyphens misplaced
+        f"{{{{{SERIAL}}}}}",
+        f"{{{SERIAL}",
+        f"urn:uuid:{{{SERIAL}}}",
+        "{ " + SERIAL.replace("-", "")[1:] + "}",
+    ],
+)
+def test_a_uuid_written_some_other_way_is_refused(value):
+    assert clean_item_field("serial", value) == f"serial must be a UUID (got {value!r})"

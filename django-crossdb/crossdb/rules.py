@@ -29,8 +29,12 @@ The rules, one sentence each:
   any case; JSON's ``true``/``false``).
 * Dates: ``YYYY-MM-DD`` and a real day. Datetimes: ISO 8601 (``2024-05-01T09:30:00``, a
   space for the ``T``, seconds and fractions optional) with its time zone (``Z`` or
-  ``+02:00``) when ``USE_TZ`` is on, since a time without one is ambiguous; none otherwise.
-* UUIDs: any form ``uuid.UUID`` reads (with or without hyphens, braces or ``urn:uuid:``).
+  ``+02:00``, hours 0-23 and minutes 0-59) when ``USE_TZ`` is on, since a time without one
+  is ambiguous; none otherwise. A moment with a time zone must fall within the years 1 to
+  9999 in UTC, as it is stored.
+* UUIDs: 32 hexadecimal digits, plain or hyphenated 8-4-4-4-12, alone, in braces or after
+  ``urn:uuid:`` (``uuid.UUID`` alone reads ``0x`` and 30 digits, or misplaced hyphens, as
+  some other UUID).
 * A primary key or a reference follows the key's type (a reference: its target's key):
   whole numbers from 1 to 2**63-1, a UUID, or text.
 * A field with ``null=True``, a default, or (for text) ``blank=True`` may be left empty (an
@@ -540,6 +544,11 @@ def text_rule(
 
 # --- Floats, booleans, dates and times, UUIDs -------------------------------------------------
 
+# The forms of a UUID: uuid.UUID alone also reads hyphens anywhere, braces repeated or on
+# one side, and int(..., 16)'s own spellings (0x and 30 digits, a sign, a space), each as
+# another UUID than the one meant, or as a UUID where none was written.
+_UUID_HEX = "[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+UUID_RE = re.compile(f"(?:urn:uuid:)?(?P<hex>{_UUID_HEX})|\\{{(?P<braced>{_UUID_HEX})\\}}")
 FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
@@ -649,8 +658,14 @@ def datetime_rule(field: str) -> Converter:
             zone = match["zone"] or ""
             if zone in ("Z", "z"):
                 zone = "+00:00"
-            elif zone and ":" not in zone:
-                zone = f"{zone[:3]}:{zone[3:]}"
+            elif zone:
+                # fromisoformat reads +05:75 as +06:15: an offset's minutes are checked here
+                if int(zone[1:3]) > 23 or int(zone[-2:]) > 59:
+                    raise Invalid(
+                        field, f"{field} has no such time zone offset (got {shown(value)})"
+                    )
+                if ":" not in zone:
+                    zone = f"{zone[:3]}:{zone[3:]}"
             try:
                 moment = datetime.datetime.fromisoformat(f"{match['date']}T{match['time']}{zone}")
             except ValueError:
@@ -669,22 +684,28 @@ def datetime_rule(field: str) -> Converter:
             raise Invalid(
                 field, f"{field} must be a local time without a time zone (got {shown(value)})"
             )
+        if moment.tzinfo is not None:
+            try:  # stored in UTC: 0001-01-01T00:30+01:00 is a moment of the year 0
+                moment.astimezone(datetime.UTC)
+            except OverflowError:
+                raise Invalid(
+                    field, f"{field} is outside the years 1 to 9999 in UTC (got {shown(value)})"
+                ) from None
         return moment
 
     return convert
 
 
 def uuid_rule(field: str) -> Converter:
-    """A UUID in any form ``uuid.UUID`` reads."""
+    """A UUID written as 32 hexadecimal digits or hyphenated 8-4-4-4-12, alone, in braces or
+    after ``urn:uuid:`` (``UUID_RE``)."""
 
     def convert(value: Any) -> Any:
         if isinstance(value, uuid.UUID):
             return value
         if isinstance(value, str) and not _is_blank(value):
-            try:
-                return uuid.UUID(value.strip())
-            except ValueError:
-                pass
+            if match := UUID_RE.fullmatch(value.strip()):
+                return uuid.UUID(hex=match["hex"] or match["braced"])
         elif _is_blank(value):
             raise Invalid(field, f"{field} is required")
         raise Invalid(field, f"{field} must be a UUID (got {shown(value)})")
