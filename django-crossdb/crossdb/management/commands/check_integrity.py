@@ -11,9 +11,9 @@ from crossdb.loading import indexes
 
 class Command(BaseCommand):
     help = (
-        "Check that every cross-database reference (each order's user and product) names a "
+        "Check that every cross-database reference (each child row's parents) names a "
         "stored row (streaming the children in batches, so any size fits in memory), that "
-        "every comparison key (the email's) is the key of its source and unique, and run "
+        "every comparison key is the key of its source and unique, and run "
         "PRAGMA integrity_check on every SQLite file. Only reads (see --repair). Prints a "
         "summary and the first problems. Exit 0 when everything holds, 1 otherwise. "
         "Example: python manage.py check_integrity --json report.json"
