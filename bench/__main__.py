@@ -184,7 +184,7 @@ def naive_row(count):
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "multids.settings")
     django.setup()  # the workload comes from core.sources, which needs the models
-    from bench import postgres, workload
+    from bench import workload
 
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -213,6 +213,14 @@ def main():
         help="runs of each approach, taken in turn; each row shows the median (default 3)",
     )
     parser.add_argument(
+        "--table",
+        type=Path,
+        default=ROOT / "docs" / "bench-latest.md",
+        metavar="FILE",
+        help="where the run's table is written, for docs/performance.md to include "
+        "(default docs/bench-latest.md)",
+    )
+    parser.add_argument(
         "--no-postgres",
         action="store_true",
         help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh)",
@@ -228,7 +236,41 @@ def main():
     total = sum(sizes.values())
     cache_bytecode()
 
-    print(f"load average before: {_load_average()}", flush=True)
+    before = _load_average()
+    print(f"load average before: {before}", flush=True)
+    try:
+        _measure(args, workload_dir, total)
+    finally:
+        _write_table(args, before)
+
+
+def _write_table(args, before):
+    """The table printed so far, with what it was measured on, to args.table (a page of
+    docs/): the figures the docs quote are the last run's, never copied by hand."""
+    if not measure.PRINTED:
+        return
+    page = [
+        "# The last `make bench` run",
+        "",
+        "Written by `make bench` (`python -m bench`); docs/performance.md explains each row.",
+        f"Arguments: `{' '.join(sys.argv[1:]) or '(defaults)'}`; "
+        f"load average before {before}, after {_load_average()}.",
+        "",
+        *measure.PRINTED,
+        "",
+    ]
+    try:
+        args.table.write_text("\n".join(page))
+    except OSError as exc:
+        print(f"bench: the table was not written to {args.table}: {exc.strerror}")
+        return
+    print(f"table written to {args.table}")
+
+
+def _measure(args, workload_dir, total):
+    """Every row: SQLite's, then PostgreSQL's unless --no-postgres."""
+    from bench import postgres
+
     rows = measure.Table(total)
     try:
         sqlite_rows(workload_dir, args.orders, rows.add, args.repeat)
@@ -243,7 +285,6 @@ def main():
     except measure.BenchFailed as exc:
         sys.exit(f"bench: {exc}")
     if args.no_postgres:
-        print(f"load average after: {_load_average()}")
         return
     pg = measure.Table(total, header=False)
     try:
@@ -259,7 +300,6 @@ def main():
             f"bench: PostgreSQL not measured: {str(exc).strip().splitlines()[0]} "
             "(make bench ARGS=--no-postgres measures SQLite only)"
         )
-    print(f"load average after: {_load_average()}")
 
 
 def _load_average():

@@ -138,6 +138,14 @@ HEADER = [
 AFTER_PARENTS = "`insert_data --from` CSV, orders alone (users, products stored before)"
 
 
+PRINTED = []  # every table line printed in this process, for the docs page (bench.__main__)
+
+
+def _say(line):
+    PRINTED.append(line)
+    print(line, flush=True)
+
+
 class Table:
     """Prints one markdown row per measurement as it ends; a floor row sets the rate the
     rows after it are compared with. A row that stored the wrong count stops the run."""
@@ -146,7 +154,8 @@ class Table:
         self.expected = expected
         self.floor_rate = None
         if header:
-            print("\n".join(HEADER), flush=True)
+            for line in HEADER:
+                _say(line)
 
     def add(self, label, kind, measured, stored, check=True, timed=None):
         """timed: the rows the measured process wrote, when others were stored before it
@@ -160,8 +169,7 @@ class Table:
             cpu += f" + {measured.server_cpu:.1f}"
         if kind == "floor":
             self.floor_rate = rate
-        print(
+        _say(
             f"| {label} | {stored:,} | {measured.seconds:.2f} | {rate:,.0f} | "
-            f"{rate / self.floor_rate:.2f} | {measured.peak_pss / 2**20:,.0f} MB | {cpu} |",
-            flush=True,
+            f"{rate / self.floor_rate:.2f} | {measured.peak_pss / 2**20:,.0f} MB | {cpu} |"
         )
