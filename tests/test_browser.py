@@ -16,7 +16,7 @@ import pytest
 from crossdb import registry
 from crossdb.admin.referencing import ReferencingAdmin
 from crossdb.loading import load
-from crossdb.results import record
+from crossdb.runs import record
 from django.contrib import admin
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service

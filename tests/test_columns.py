@@ -18,7 +18,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from crossdb.loading import columns, load
+from crossdb.loading import binarycopy, columns, idsets, load, parsers
 from crossdb.loading.postgres import packed_rows
 from crossdb.sources import FileSource, reading
 from crossdb.sources.reading import BLOCK
@@ -64,7 +64,7 @@ def test_a_block_is_taken_only_when_the_csv_module_splits_it_the_same(
         rows[0] = rows[0][:2]
     lines = [delimiter.join(r) + ("\r" if crlf else "") for r in rows]
     positions = [2, 0]
-    block = columns.parse(lines, delimiter, 3, positions, 1)
+    block = parsers.parse(lines, delimiter, 3, positions, 1)
     expected = csv_split(lines, delimiter, 3, positions)
     if block is None:
         return  # left to the csv module, which decides as it always has
@@ -74,7 +74,7 @@ def test_a_block_is_taken_only_when_the_csv_module_splits_it_the_same(
 
 
 def test_plain_digits_are_taken_and_keep_their_text():
-    block = columns.parse(["007,2,3", "4,5,6"], ",", 3, [0, 1, 2], 10)
+    block = parsers.parse(["007,2,3", "4,5,6"], ",", 3, [0, 1, 2], 10)
     assert block.values.tolist() == [[7, 2, 3], [4, 5, 6]]
     assert block.rows() == [(10, ("007", "2", "3")), (11, ("4", "5", "6"))]
 
@@ -93,7 +93,7 @@ def test_plain_digits_are_taken_and_keep_their_text():
     ],
 )
 def test_anything_else_is_left_to_the_csv_module(lines):
-    assert columns.parse(lines, ",", 3, [0, 1, 2], 1) is None
+    assert parsers.parse(lines, ",", 3, [0, 1, 2], 1) is None
 
 
 def blocks_of(sizes):
@@ -122,7 +122,7 @@ def test_batches_hold_size_rows_in_order(sizes, size):
 )
 def test_an_id_set_is_set_membership(values, ids, span):
     known = set(ids)
-    id_set = type("Small", (columns.IdSet,), {"TABLE_SPAN": span})(known)
+    id_set = type("Small", (idsets.IdSet,), {"TABLE_SPAN": span})(known)
     got = id_set.contains(np.array(values, dtype=np.int64))
     assert got.tolist() == [v in known for v in values]
     near = [i + d for i in ids for d in (-1, 0, 1)]  # dense ids, and values at their edges
@@ -135,12 +135,12 @@ ORDER_TYPES = ["bigint", "bigint", "bigint", "integer"]
 
 def test_the_copy_payload_is_the_row_packers():
     rows = [(1, 1, 1, 1), (2**63 - 1, 2**40, 7, 2**31 - 1), (12345, 678, 9, -(2**31))]
-    assert columns.copy_payload(ORDER_TYPES, np.array(rows)) == packed_rows(ORDER_TYPES, rows)
+    assert binarycopy.copy_payload(ORDER_TYPES, np.array(rows)) == packed_rows(ORDER_TYPES, rows)
 
 
 def test_what_the_copy_payload_cannot_hold_is_left_to_write_row():
-    assert columns.copy_payload(ORDER_TYPES, np.array([(1, 1, 1, 2**31)])) is None
-    assert columns.copy_payload(["bigint", "numeric"], np.array([(1, 2)])) is None
+    assert binarycopy.copy_payload(ORDER_TYPES, np.array([(1, 1, 1, 2**31)])) is None
+    assert binarycopy.copy_payload(["bigint", "numeric"], np.array([(1, 2)])) is None
 
 
 def test_a_csv_files_plain_lines_reach_the_loader_as_blocks(tmp_path):
@@ -248,13 +248,13 @@ def test_a_jsonl_block_path_that_keeps_the_files_key_order_fails_the_property(
     tmp_path_factory, monkeypatch
 ):
     """The negative control: Blocks whose columns stay in the file's key order."""
-    original = columns.parse_jsonl
+    original = parsers.parse_jsonl
 
     def file_order(lines, numbers, wanted):
-        template = columns.json_template(lines[0]) if lines else None
+        template = parsers.json_template(lines[0]) if lines else None
         return original(lines, numbers, template[0] if template else wanted)
 
-    monkeypatch.setattr(columns, "parse_jsonl", file_order)
+    monkeypatch.setattr(parsers, "parse_jsonl", file_order)
     with pytest.raises(AssertionError):
         jsonl_property(tmp_path_factory, derandomize=True, max_examples=200)()
 
@@ -269,7 +269,7 @@ def test_plain_jsonl_lines_become_one_block_in_the_tables_field_order(tmp_path):
 
 
 def test_keys_holding_digits_are_not_read_as_numbers():
-    block = columns.parse_jsonl(
+    block = parsers.parse_jsonl(
         ['{"k1": 11, "k22": 0}', '{"k1": 300, "k22": 7}'], [5, 6], ("k22", "k1")
     )
     assert block.rows() == [(5, (0, 11)), (6, (7, 300))]
@@ -292,9 +292,9 @@ def test_keys_holding_digits_are_not_read_as_numbers():
 )
 def test_any_other_jsonl_line_is_left_to_the_row_path(line):
     plain = '{"id": 1, "user_id": 2, "product_id": 3, "quantity": 4}'
-    assert columns.parse_jsonl([plain], [1], ORDER_KEYS) is not None
-    assert columns.parse_jsonl([line], [1], ORDER_KEYS) is None
-    assert columns.parse_jsonl([plain, line], [1, 2], ORDER_KEYS) is None
+    assert parsers.parse_jsonl([plain], [1], ORDER_KEYS) is not None
+    assert parsers.parse_jsonl([line], [1], ORDER_KEYS) is None
+    assert parsers.parse_jsonl([plain, line], [1, 2], ORDER_KEYS) is None
 
 
 def _jsonl(path, rows):
@@ -322,7 +322,7 @@ def test_a_jsonl_load_stores_and_rejects_the_same_with_blocks_as_without(tmp_pat
     orders[300]["id"] = "301"  # a string: the row path
     _jsonl(tmp_path / "orders.jsonl", orders)
     outcomes, blocks = [], []
-    parse = columns.parse_jsonl
+    parse = parsers.parse_jsonl
 
     def spy(*args):
         blocks.append(parse(*args))
@@ -364,9 +364,9 @@ def test_a_long_first_line_is_no_template():
     regular expression of that size (about 2 s per line, found by a review)."""
     before = columns._json_lines_re.cache_info().misses
     line = '{"id":' + " " * 100_000 + '1,"user_id":2,"product_id":3,"quantity":4}'
-    assert columns.parse_jsonl([line], [1], ORDER_KEYS) is None
+    assert parsers.parse_jsonl([line], [1], ORDER_KEYS) is None
     assert columns._json_lines_re.cache_info().misses == before
-    assert columns.parse_jsonl([line.replace(" " * 100_000, "")], [1], ORDER_KEYS) is not None
+    assert parsers.parse_jsonl([line.replace(" " * 100_000, "")], [1], ORDER_KEYS) is not None
 
 
 USER_KEYS = ("id", "name", "email")

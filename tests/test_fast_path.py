@@ -8,8 +8,8 @@ rejected with "customer 1 does not exist" (seen on PostgreSQL, about one run in 
 orders writer got there before the users writer committed).
 """
 
-from crossdb.loading.load import Recheck
 from crossdb.loading.processes import Job
+from crossdb.loading.validate import Recheck
 from crossdb.loading.writers import BulkWriter
 
 from core.models import Product

@@ -7,7 +7,9 @@ from decimal import Decimal
 
 import pytest
 from crossdb.loading import load
-from crossdb.loading.processes import Gate, WriterPool, Written
+from crossdb.loading.gate import Gate
+from crossdb.loading.processes import WriterPool, Written
+from crossdb.loading.validate import RunValidator
 from crossdb.loading.writers import BulkWriter
 from crossdb.lookups import existing_ids
 from crossdb.models import LoadRun
@@ -50,7 +52,7 @@ def test_running_the_demo_again_stores_nothing_twice(run_command):
 @all_databases
 def test_each_run_is_recorded_in_default():
     result = load.load(demo_source())
-    from crossdb.results import record
+    from crossdb.runs import record
 
     record(result)
     run = LoadRun.objects.using("default").get()
@@ -365,7 +367,7 @@ def test_ctrl_c_counts_every_batch_committed_even_if_its_report_was_not_read(tmp
     (tmp_path / "users.csv").write_text(
         "id,name,email\n" + "".join(f"{i},U{i},u{i}@example.com\n" for i in range(1, 31))
     )
-    validate = load.RunValidator.validate
+    validate = RunValidator.validate
     calls = []
 
     def ctrl_c_at_the_second_batch(self, table, batch):
@@ -377,7 +379,7 @@ def test_ctrl_c_counts_every_batch_committed_even_if_its_report_was_not_read(tmp
             raise KeyboardInterrupt
         return validate(self, table, batch)
 
-    monkeypatch.setattr(load.RunValidator, "validate", ctrl_c_at_the_second_batch)
+    monkeypatch.setattr(RunValidator, "validate", ctrl_c_at_the_second_batch)
     with pytest.raises(CommandError) as error:
         call_command(
             "insert_data",

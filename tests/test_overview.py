@@ -10,7 +10,7 @@ import pytest
 from crossdb import registry
 from crossdb.loading import load
 from crossdb.models import LoadRun
-from crossdb.results import record
+from crossdb.runs import record
 from crossdb.views import database_status, rows_per_second_chart
 from django.conf import settings
 

@@ -6,7 +6,7 @@ database.
 """
 
 import pytest
-from crossdb.loading.columns import COPY_SIGNATURE, COPY_TRAILER
+from crossdb.loading.binarycopy import COPY_SIGNATURE, COPY_TRAILER
 from crossdb.loading.postgres import packed_rows
 from django.db import connections
 

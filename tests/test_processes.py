@@ -15,8 +15,9 @@ notes the writer processes, signals the main process, and then asserts:
   every row stored.
 
 Negative control: with the parent watch switched off (``MULTIDS_TEST_NO_PARENT_WATCH=1``,
-read by core/processes.py for this test only) the writers outlive a killed main process. With
-only the kernel's part off (``=prctl``) the checks in the writers' waits still end them,
+which tests/launch.py turns into ``processes.PARENT_WATCH``) the writers outlive a killed
+main process. With only the kernel's part off (``=prctl``) the checks in the writers' waits
+still end them,
 within 5 s rather than 2 (a writer notices after the statement it is running).
 """
 
@@ -36,7 +37,8 @@ import psycopg
 import pytest
 from crossdb.integrity import check_integrity
 from crossdb.loading import load, processes
-from crossdb.loading.processes import Aborted, Gate, Orphaned, ParentsTooSlow, ParentWatch
+from crossdb.loading.gate import JOIN_LIMIT, Aborted, Gate, Orphaned, ParentsTooSlow
+from crossdb.loading.processes import ParentWatch
 from crossdb.loading.writers import BulkWriter
 
 from core.sources import SyntheticSource
@@ -457,13 +459,13 @@ def test_no_job_joins_once_the_parents_are_committed_and_at_most_join_limit_shar
     ready.wait_for_parents(lambda j: pytest.fail("joined although the parents were committed"))
     assert ready.inbox.next().seq == 2
     waiting = gate(10)
-    waiting.inbox = queued(*(job(seq, 1) for seq in range(2, processes.JOIN_LIMIT + 5)))
+    waiting.inbox = queued(*(job(seq, 1) for seq in range(2, JOIN_LIMIT + 5)))
     offered = []
     committer = commit_users_after(waiting, 0.5, 1)
     waiting.wait_for_parents(lambda j: offered.append(j.seq) or True)
     committer.join()
-    assert len(offered) == processes.JOIN_LIMIT - 1  # the current job and JOIN_LIMIT - 1 more
-    assert waiting.inbox.next().seq == processes.JOIN_LIMIT + 1
+    assert len(offered) == JOIN_LIMIT - 1  # the current job and JOIN_LIMIT - 1 more
+    assert waiting.inbox.next().seq == JOIN_LIMIT + 1
 
 
 def test_a_wait_with_the_end_of_the_run_queued_sleeps_instead_of_spinning():

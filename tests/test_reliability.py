@@ -32,7 +32,7 @@ import time
 import pytest
 from crossdb.integrity import check_integrity
 from crossdb.loading import load
-from crossdb.loading.processes import Gate
+from crossdb.loading.gate import Gate
 from crossdb.loading.writers import BulkWriter
 
 from core.sources import SyntheticSource

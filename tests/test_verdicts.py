@@ -22,12 +22,13 @@ from decimal import Decimal
 
 import pytest
 from crossdb import registry
-from crossdb.loading import columns, load
+from crossdb.loading import load, parsers
 from crossdb.loading.columns import Block
-from crossdb.loading.load import RunValidator
+from crossdb.loading.validate import RunValidator
 from crossdb.loading.writers import BulkWriter
 from crossdb.registry import TableSpec
-from crossdb.results import Rejection, rejects_columns
+from crossdb.rejectsfile import rejects_columns
+from crossdb.results import Rejection
 from crossdb.rules import Problem
 from crossdb.sources import FileSource, RejectsFileSource, files
 from django.db import connections
@@ -446,12 +447,12 @@ def test_a_csv_only_fast_path_that_rejects_repeated_ids_fails_the_property(case_
 def test_a_block_path_that_numbers_lines_from_zero_fails_the_property(case_dir, monkeypatch):
     """CSV orders of plain digits arrive as ``crossdb.loading.columns.Block``; one whose lines are
     numbered one short names the wrong line in every rejection of its rows."""
-    parse = columns.parse
+    parse = parsers.parse
 
     def numbered_from_zero(lines, delimiter, width, positions, first_line):
         return parse(lines, delimiter, width, positions, first_line - 1)
 
-    monkeypatch.setattr(columns, "parse", numbered_from_zero)
+    monkeypatch.setattr(parsers, "parse", numbered_from_zero)
     with pytest.raises(AssertionError, match="the formats disagree: csv and jsonl"):
         verdict_property(case_dir, **NEGATIVE)()
 

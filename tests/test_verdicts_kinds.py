@@ -29,7 +29,7 @@ from collections import Counter
 import pytest
 from crossdb import rules as crossdb_rules
 from crossdb.loading import load
-from crossdb.results import rejects_columns, safe_cell
+from crossdb.rejectsfile import rejects_columns, safe_cell
 from crossdb.sources import FileSource, RejectsFileSource
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st

@@ -41,8 +41,9 @@ The rules, one sentence each:
   empty cell, JSON ``null``, or no such column at all): it takes ``None``, the default, or
   ``""``, in that order of preference.
 
-Rules that need other rows (unique keys, references) live in ``crossdb.loading.load.RunValidator``
-and ``crossdb.guard``; their wording lives here (``parent_problem``).
+Rules that need other rows (unique keys, references) live in
+``crossdb.loading.validate.RunValidator`` and ``crossdb.guard``; their wording lives here
+(``parent_problem``).
 """
 
 from __future__ import annotations

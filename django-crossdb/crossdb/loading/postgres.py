@@ -40,7 +40,7 @@ import numpy as np
 import psycopg
 from django.db import transaction
 
-from crossdb.loading import columns
+from crossdb.loading import binarycopy, columns
 from crossdb.loading.segment import Segment
 from crossdb.loading.writers import BulkWriter, _Redo
 
@@ -70,15 +70,15 @@ def packed_rows(types, rows):
     integer, holds a NULL or a value beyond its range (psycopg's ``write_row`` does those).
 
     ``write_row`` costs three Python calls per row, about a second per million orders in
-    the orders writer; one array and ``columns.copy_payload`` build the same bytes.
+    the orders writer; one array and ``binarycopy.copy_payload`` build the same bytes.
     """
-    if not rows or any(t not in columns.COPY_WIDTHS for t in types):
+    if not rows or any(t not in binarycopy.COPY_WIDTHS for t in types):
         return None
     try:
         values = np.array(rows, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):  # a NULL, or beyond 64 bits
         return None
-    return columns.copy_payload(types, values)
+    return binarycopy.copy_payload(types, values)
 
 
 def _copy_type(field, connection):
@@ -149,13 +149,13 @@ class PostgresBulkWriter(BulkWriter):
 
     def _copy(self, raw, statement, rows):
         if isinstance(rows, np.ndarray):  # a crossdb.loading.columns.Block's values
-            packed = columns.copy_payload(self.copy_types, rows)
+            packed = binarycopy.copy_payload(self.copy_types, rows)
             rows = columns.tuples(rows) if packed is None else rows
         else:
             packed = packed_rows(self.copy_types, rows)
         with raw.copy(statement) as copy:
             if packed is not None:
-                copy.write(columns.COPY_SIGNATURE + packed + columns.COPY_TRAILER)
+                copy.write(binarycopy.COPY_SIGNATURE + packed + binarycopy.COPY_TRAILER)
                 return
             copy.set_types(self.copy_types)
             for row in self.prepare(rows):

@@ -4,8 +4,8 @@ The pool knows nothing of what a table holds. It starts one process per table, s
 its jobs in order, and shares two facts per table between the processes: how many batches
 the table's writer has committed (``committed``) and whether it has rejected rows at write
 time (``flagged``). A job names the batches of other tables that must be committed before
-it may commit (``Job.after``); ``Gate.wait_for_parents`` blocks on exactly that, and lets
-the jobs queued meanwhile join the waiting transaction, which then commits them all.
+it may commit (``Job.after``); each writer's ``crossdb.loading.gate.Gate`` holds it to that
+order (the commit-order protocol lives there).
 
 ``make_writer(table, gate)`` builds the object that writes in the child; its
 ``write(job)`` commits one batch and returns a ``Written`` (or, when jobs joined it, a list
@@ -21,7 +21,7 @@ parents) also checks that the main process is still its parent, so it stops with
 as well, because one wait cannot make it: a main process killed while writing a job into
 the pipe leaves the writer blocked reading the rest, which never comes (every writer
 inherited the pipe's write end, so no end of file comes either). The wait for parents is
-bounded too (``PARENT_WAIT_SECONDS``), so no transaction is held open for ever. Writers
+bounded too (``gate.PARENT_WAIT_SECONDS``), so no transaction is held open for ever. Writers
 ignore SIGINT (Ctrl-C reaches the whole process group; the main process stops them) and
 keep SIGTERM's default action.
 
@@ -44,13 +44,12 @@ from typing import NamedTuple
 
 from django.db import DatabaseError, connections
 
+from crossdb.loading.gate import POLL_SECONDS, Aborted, Gate, Orphaned
+
 log = logging.getLogger(__name__)
 
 QUEUE_BATCHES = 2  # batches waiting per writer; bounds memory whatever the input size
-JOIN_LIMIT = 8  # jobs one transaction may hold while its parents commit (Gate)
-POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 0.5  # for writers to notice an abort before they are terminated
-PARENT_WAIT_SECONDS = 600.0  # a parent batch commits in about a second; this is a hang
 PARENT_WATCH = "on"  # a hook for tests: "off" or "no-prctl" (see the module docstring)
 PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -97,18 +96,6 @@ class Report(NamedTuple):
     error: str | None = None
 
 
-class Aborted(Exception):
-    """The run is being stopped; the writer leaves its open transaction uncommitted."""
-
-
-class Orphaned(Aborted):
-    """The main process is gone; nobody reads this writer's reports any more."""
-
-
-class ParentsTooSlow(RuntimeError):
-    """A parent batch was not committed within PARENT_WAIT_SECONDS."""
-
-
 def _watch_disabled(part="all"):
     """Whether the test hook turns off part ("all" or "prctl") of the parent watch."""
     return PARENT_WATCH == "off" or (part == "prctl" and PARENT_WATCH == "no-prctl")
@@ -153,104 +140,6 @@ class ParentWatch:
             os._exit(0)
 
         threading.Thread(target=watch, name=f"multids-{table}-watchdog", daemon=True).start()
-
-
-class Gate:
-    """What a writer may know of the others: their committed batches and their flags."""
-
-    def __init__(self, committed, flagged, abort, watch=None, limit=None, inbox=None):
-        self.committed = committed
-        self.flagged = flagged
-        self.abort = abort
-        self.watch = watch or ParentWatch(os.getppid())
-        self.limit = PARENT_WAIT_SECONDS if limit is None else limit
-        self.inbox = inbox  # this writer's Inbox: the jobs queued after the current one
-        self.needs = {}
-
-    def _waiting_for(self):
-        """The (table, batch) pairs the current job needs that are not committed yet."""
-        return [(t, c) for t, c in self.needs.items() if self.committed[t].value < c]
-
-    def wait_for_parents(self, join=None):
-        """Return once every parent batch the current job needs is committed.
-
-        The caller holds an open transaction, so the wait is bounded three ways: the run
-        is stopped (``Aborted``), the main process died (``Orphaned``), or the parents took
-        longer than ``limit`` seconds (``ParentsTooSlow``, which fails the run).
-
-        join(job), if given, is offered each job queued meanwhile (up to JOIN_LIMIT in all):
-        it writes the job into the same open transaction and returns True, or returns False
-        and the job stays next in the queue. The wait covers a job's parents before it is
-        offered, so the transaction commits every job it holds once every parent of each is
-        committed (also when join raises: a careful rewrite waits as long). It keeps a child
-        writer busy while its parents commit (the orders writer while users load) instead
-        of holding one batch and sleeping.
-        """
-        deadline = time.monotonic() + self.limit
-        joined = 1
-        while waiting := self._waiting_for():
-            if self.abort.is_set():
-                raise Aborted
-            self.watch.check()
-            if time.monotonic() > deadline:
-                table, count = waiting[0]
-                raise ParentsTooSlow(
-                    f"waited {self.limit:g} s for {table} batch {count} to be committed "
-                    f"({self.committed[table].value} committed so far); "
-                    f"is another process holding the {table} database?"
-                )
-            if join is None or joined >= JOIN_LIMIT or self.inbox is None:
-                time.sleep(0.002)
-                continue
-            job = self.inbox.queued(timeout=0.002)
-            if job is None:
-                continue
-            if self._offer(job, join):
-                joined += 1
-            else:
-                join = None
-
-    def keep_joining(self, join, deadline):
-        """Offer join every job that comes next, waiting for each, until join refuses one
-        (it stays next), the end of the run is next, or time.monotonic() passes deadline.
-
-        For a transaction that takes in a whole table (``crossdb.loading.segment``): the jobs are
-        taken as the main process sends them, not only while parents commit. The caller's
-        transaction stays open meanwhile, so the wait is bounded as the others are: the run
-        is stopped (``Aborted``), the main process died (``Orphaned``), or the deadline
-        passed. Each joined job's parents are added to the wait (``wait_for_parents``).
-        """
-        while time.monotonic() < deadline:
-            if self.abort.is_set():
-                raise Aborted
-            self.watch.check()
-            if self.inbox.at_end():
-                return
-            job = self.inbox.queued(timeout=POLL_SECONDS)
-            if job is not None and not self._offer(job, join):
-                return
-
-    def _offer(self, job, join):
-        """Extend the wait to job's parents and offer it to join; a job refused goes back
-        to the front of the queue and the wait is as it was. Return whether job joined."""
-        before = dict(self.needs)
-        for table, count in job.after.items():
-            self.needs[table] = max(self.needs.get(table, 0), count)
-        if join(job):
-            return True
-        self.needs = before
-        self.inbox.put_back(job)
-        return False
-
-    def give_back(self, current, jobs):
-        """Put jobs back at the front of the queue, to be written again after current,
-        which the wait covers alone again."""
-        self.needs = dict(current.after)
-        self.inbox.put_back(*jobs)
-
-    def any_flagged(self, tables):
-        """Whether a writer of one of tables rejected rows at write time."""
-        return any(self.flagged[t].value for t in tables if t in self.flagged)
 
 
 class Inbox:

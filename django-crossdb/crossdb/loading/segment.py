@@ -40,7 +40,7 @@ import psycopg
 from django.db import DatabaseError, transaction
 
 from crossdb import conf
-from crossdb.loading import columns, indexes
+from crossdb.loading import binarycopy, indexes
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Segment:
             return None
         if _held_bytes(job) > segment_bytes():
             return None
-        payload = columns.copy_payload(writer.copy_types, job.rows)
+        payload = binarycopy.copy_payload(writer.copy_types, job.rows)
         if payload is None:
             return None
         if UNPROTECTED:  # before this transaction reads the table: the drop would wait
@@ -170,7 +170,7 @@ class Segment:
             rows[:, 0], self.last_id
         ):
             return False
-        payload = columns.copy_payload(self.copy_types, rows)
+        payload = binarycopy.copy_payload(self.copy_types, rows)
         if payload is None:
             return False
         self._take(job, payload)
@@ -187,19 +187,19 @@ class Segment:
         """One COPY for the whole segment; yields put(rows), which sends the rows of the job
         taken last (or some of them, when rows had to be set aside) and says how many."""
         with self.raw.copy(self.copy_sql) as copy:
-            copy.write(columns.COPY_SIGNATURE)
+            copy.write(binarycopy.COPY_SIGNATURE)
 
             def put(rows):
                 assert self.pending is not None  # _take() set it
                 taken, payload = self.pending
                 self.pending = None
                 if rows is not taken:  # rows set aside first (their parents are missing)
-                    payload = columns.copy_payload(self.copy_types, rows) if len(rows) else b""
+                    payload = binarycopy.copy_payload(self.copy_types, rows) if len(rows) else b""
                 copy.write(payload)
                 return len(rows)
 
             yield put
-            copy.write(columns.COPY_TRAILER)
+            copy.write(binarycopy.COPY_TRAILER)
 
     def build_key(self):
         """Add the key back before the commit; False if the rows clash on it after all (the

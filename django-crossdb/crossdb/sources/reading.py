@@ -27,7 +27,7 @@ reads runs of lines instead
 (``jsonl_runs``), with the very rows the line-by-line path gives: a run goes through
 json's C scanner in one ``map`` when every line is one object alone with every wanted key
 (100,000 users in 0.35 s instead of 0.69 s), and for a table of whole numbers it is first
-offered to ``columns.parse_jsonl``, which takes it when every line is written like its
+offered to ``parsers.parse_jsonl``, which takes it when every line is written like its
 first with plain numbers and reads it in a few numpy passes (1M orders in about 1.6 s
 instead of about 9 s). Any other run goes line by line.
 """
@@ -45,7 +45,7 @@ from itertools import chain, islice, repeat
 from operator import itemgetter
 from typing import Any
 
-from crossdb.loading import columns
+from crossdb.loading import parsers
 from crossdb.loading.rows import Lines, Malformed, NumberText
 from crossdb.rules import printable
 
@@ -433,7 +433,7 @@ def csv_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
 
     With whole_numbers (a table of whole numbers, ``crossdb.loading.columns``), each block of lines
     that starts where the csv module has finished every record before it is first offered
-    to ``columns.parse``; a block it takes goes out as one ``columns.Block``, never seen by
+    to ``parsers.parse``; a block it takes goes out as one ``columns.Block``, never seen by
     the csv module, and any other goes to the csv module as above.
     """
     return _csv_runs(path, wanted, track, whole_numbers, encoding)
@@ -458,7 +458,7 @@ def _csv_runs(path, wanted, track, whole_numbers, encoding):
                     return
                 parsed = None
                 if type(block) is list:
-                    parsed = columns.parse(block, header.delimiter, width, positions, line + 1)
+                    parsed = parsers.parse(block, header.delimiter, width, positions, line + 1)
                 if parsed is not None:
                     log.skip(len(block))
                     opened.skipped += len(block)
@@ -758,7 +758,7 @@ def _by_header_name(record):
     return {name: value for name, (_key, value) in keyed.items()}
 
 
-JSONL_RUN = 4096  # lines offered to columns.parse_jsonl at once
+JSONL_RUN = 4096  # lines offered to parsers.parse_jsonl at once
 JSONL_RUN_CHARS = 4 * BLOCK  # and at most about this many characters of them
 
 
@@ -768,7 +768,7 @@ def jsonl_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
 
     Each run is parsed with one call per line into C (``_scanned``), falling back to the
     line-by-line path when any line is not one JSON object alone. With whole_numbers, a run
-    is first offered to ``columns.parse_jsonl``, and one it takes goes out as one
+    is first offered to ``parsers.parse_jsonl``, and one it takes goes out as one
     ``columns.Block``.
     """
     with Opened(path, encoding) as opened:
@@ -783,7 +783,7 @@ def jsonl_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
 def _jsonl_run(numbers, texts, wanted, whole_numbers):
     """One run of numbered lines as a Block, or as rows."""
     if None not in texts:  # no overlong line
-        if whole_numbers and (block := columns.parse_jsonl(texts, numbers, wanted)):
+        if whole_numbers and (block := parsers.parse_jsonl(texts, numbers, wanted)):
             return block
         if (values := _scanned(texts, wanted)) is not None:
             return list(zip(numbers, values, strict=True))

@@ -1,7 +1,7 @@
 """A rejects file written by ``--rejects``, fixed by hand and loaded again with ``--from``.
 
 Its ``table`` column says where each row goes; a row is read from the columns of that
-table's fields. Cells were written spreadsheet-safe (``crossdb.results.safe_cell``: a leading
+table's fields. Cells were written spreadsheet-safe (``crossdb.rejectsfile.safe_cell``: a leading
 ``'`` before ``=``, ``+``, ``-``, ``@``, tab, CR or ``'``); one leading ``'`` is dropped on
 reading, as a spreadsheet does, so ``'-1`` is read as ``-1``. A row that could not be split
 into fields the first time has only its ``raw`` column: until its values are copied into
@@ -19,7 +19,7 @@ from typing import Any
 from crossdb import registry
 from crossdb.loading.rows import Expected, Malformed, SourceRow
 from crossdb.registry import fields
-from crossdb.results import rejects_columns, unsafe_cell
+from crossdb.rejectsfile import rejects_columns, unsafe_cell
 from crossdb.sources.reading import Opened, SourceError, csv_records
 
 

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, DjangoHelpFor
 from django.db import DatabaseError, connections
 from django.utils.module_loading import import_string
 
-from crossdb import conf, registry, results, sources
+from crossdb import conf, registry, runs, sources
 from crossdb.console import (
     concurrency_line,
     encoding_hints,
@@ -23,6 +23,7 @@ from crossdb.databases import NotReady, check_ready
 from crossdb.loading import load
 from crossdb.loading.indexes import repair_and_say as repair_indexes
 from crossdb.loading.processes import first_line
+from crossdb.outputs import OutputError, OutputFile
 from crossdb.registry import alias, fields
 from crossdb.rules import printable
 
@@ -234,19 +235,19 @@ class Command(BaseCommand):
             source.check()
             check_ready(["default", *(alias(t) for t in registry.tables())])
             repair_indexes(self.stdout)
-        except (sources.SourceError, NotReady, results.OutputError) as exc:
+        except (sources.SourceError, NotReady, OutputError) as exc:
             raise CommandError(printable(str(exc))) from exc
         for warning in getattr(source, "warnings", list)():
             self.stderr.write(f"warning: {printable(warning)}")
         return source, outputs
 
     def outputs(self, source, options):
-        """{option: core.results.OutputFile} for --rejects and --report, each checked."""
+        """{option: crossdb.outputs.OutputFile} for --rejects and --report, each checked."""
         self.refuse_overwriting_input(source, options)
         outputs = {}
         for option in ("rejects", "report"):
             if options[option]:
-                outputs[option] = results.OutputFile(f"--{option}", options[option])
+                outputs[option] = OutputFile(f"--{option}", options[option])
                 outputs[option].check()
         return outputs
 
@@ -301,13 +302,13 @@ class Command(BaseCommand):
     @staticmethod
     def save(result, outputs):
         """Write --rejects and --report (checked before the load, and opened so that
-        nothing waits: ``crossdb.results.OutputFile``)."""
+        nothing waits: ``crossdb.outputs.OutputFile``)."""
         for option, write in (("rejects", result.write_rejects), ("report", result.write_json)):
             if option not in outputs:
                 continue
             try:
                 write(outputs[option])
-            except results.OutputError as exc:
+            except OutputError as exc:
                 raise CommandError(printable(str(exc))) from exc
             except OSError as exc:  # a disk full, a reader gone
                 raise CommandError(f"cannot write {outputs[option]}: {exc.strerror}") from exc
@@ -316,7 +317,7 @@ class Command(BaseCommand):
     def record(result):
         """Log the run for the overview page, after everything else is out."""
         try:
-            results.record(result)
+            runs.record(result)
         except DatabaseError as exc:  # every row is committed; only the run's log is missing
             raise CommandError(
                 f"the load is complete, but it could not be logged in the default database "
