@@ -331,7 +331,7 @@ def test_a_jsonl_load_stores_and_rejects_the_same_with_blocks_as_without(tmp_pat
     for fast in (True, False):
         empty_tables()
         with (
-            mock.patch.object(columns, "parse_jsonl", spy if fast else lambda *a: None),
+            mock.patch.object(parsers, "parse_jsonl", spy if fast else lambda *a: None),
             mock.patch.object(reading, "JSONL_RUN", 250),  # the odd lines' runs, and others
         ):
             result = load.load(FileSource(tmp_path), batch_size=700)
@@ -362,10 +362,10 @@ def test_jsonl_runs_of_long_lines_hold_few_of_them(tmp_path):
 def test_a_long_first_line_is_no_template():
     """Valid JSON spaced out to 100,000 characters goes the row way, without compiling a
     regular expression of that size (about 2 s per line, found by a review)."""
-    before = columns._json_lines_re.cache_info().misses
+    before = parsers._json_lines_re.cache_info().misses
     line = '{"id":' + " " * 100_000 + '1,"user_id":2,"product_id":3,"quantity":4}'
     assert parsers.parse_jsonl([line], [1], ORDER_KEYS) is None
-    assert columns._json_lines_re.cache_info().misses == before
+    assert parsers._json_lines_re.cache_info().misses == before
     assert parsers.parse_jsonl([line.replace(" " * 100_000, "")], [1], ORDER_KEYS) is not None
 
 

@@ -36,6 +36,7 @@ import time
 import psycopg
 import pytest
 from crossdb.integrity import check_integrity
+from crossdb.loading import gate as gates
 from crossdb.loading import load, processes
 from crossdb.loading.gate import JOIN_LIMIT, Aborted, Gate, Orphaned, ParentsTooSlow
 from crossdb.loading.processes import ParentWatch
@@ -569,7 +570,7 @@ def test_a_parent_writer_that_hangs_fails_the_run_with_that_error(monkeypatch):
         return original(self, job)
 
     monkeypatch.setattr(BulkWriter, "write", write)
-    monkeypatch.setattr(processes, "PARENT_WAIT_SECONDS", 0.5)  # the writers are forked: inherited
+    monkeypatch.setattr(gates, "PARENT_WAIT_SECONDS", 0.5)  # the writers are forked: inherited
     with pytest.raises(load.LoadError, match=r"orders writer .*: waited 0.5 s for users batch"):
         load.load(SyntheticSource(users=400, products=10, orders=2000), batch_size=200)
     assert check_integrity().ok

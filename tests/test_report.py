@@ -487,13 +487,13 @@ def test_writers_overlapped_is_true_exactly_when_some_pair_overlapped():
 def test_a_run_that_cannot_be_logged_prints_its_summary_then_one_line(bad_input, monkeypatch):
     """The default database fails only at the end (its connection ended, say): every row
     is committed and said, then one line says the run is not in the log."""
-    from crossdb import results
+    from crossdb import runs
     from django.db import OperationalError
 
     def unreachable(result):
         raise OperationalError("terminating connection due to administrator command\nmore")
 
-    monkeypatch.setattr(results, "record", unreachable)
+    monkeypatch.setattr(runs, "record", unreachable)
     out = StringIO()
     with pytest.raises(CommandError) as error:
         call_command("insert_data", "--from", str(bad_input), "--no-progress", stdout=out)
