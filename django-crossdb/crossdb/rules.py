@@ -730,7 +730,9 @@ def optional(rule: Converter, default: Callable[[], Any]) -> Converter:
 # --- From model fields -------------------------------------------------------------------
 
 
-def _bounds(field: models.Field[Any, Any], low: _N, high: _N) -> tuple[_N, _N]:
+def field_bounds(field: models.Field[Any, Any], low: _N, high: _N) -> tuple[_N, _N]:
+    """low and high narrowed by the field's Min/MaxValueValidators (the rules' bounds and
+    the generator's)."""
     for validator in field.validators:
         if isinstance(validator, MinValueValidator):
             low = max(low, validator.limit_value)
@@ -739,7 +741,7 @@ def _bounds(field: models.Field[Any, Any], low: _N, high: _N) -> tuple[_N, _N]:
     return low, high
 
 
-_N = TypeVar("_N", int, float)
+_N = TypeVar("_N", int, float, Decimal)
 
 
 INTEGER_KINDS = frozenset(
@@ -780,7 +782,7 @@ def _required_rule(field: models.Field[Any, Any]) -> Converter:
     if isinstance(field, models.BooleanField):
         return boolean_rule(name)
     if isinstance(field, models.FloatField):
-        return float_rule(name, *_bounds(field, -math.inf, math.inf))
+        return float_rule(name, *field_bounds(field, -math.inf, math.inf))
     if isinstance(field, models.DateTimeField):  # before DateField, its base class
         return datetime_rule(name)
     if isinstance(field, models.DateField):
@@ -789,7 +791,7 @@ def _required_rule(field: models.Field[Any, Any]) -> Converter:
         return uuid_rule(name)
     if kind in INT_RANGES or kind in ("BigIntegerField", "PositiveBigIntegerField"):
         low, high = INT_RANGES.get(kind, (-(2**63), 2**63 - 1))
-        return integer_rule(name, *_bounds(field, low, high))
+        return integer_rule(name, *field_bounds(field, low, high))
     raise TypeError(f"{field.model.__name__}.{name}: no loading rule for {kind}")
 
 

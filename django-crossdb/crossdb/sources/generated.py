@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any, cast
 
-from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from crossdb import registry, rules
@@ -113,15 +112,6 @@ def _key(key: models.Field, i: int, rng: random.Random) -> Any:
     return f"k{i:0{width - 1}d}"[-width:] if width > 1 else "k"
 
 
-def _bounds(field: models.Field, low: Any, high: Any) -> tuple[Any, Any]:
-    for validator in field.validators:
-        if isinstance(validator, MinValueValidator):
-            low = max(low, validator.limit_value)
-        elif isinstance(validator, MaxValueValidator):
-            high = min(high, validator.limit_value)
-    return low, high
-
-
 def _value(
     field: Any, i: int, rng: random.Random, unique: bool, parent_keys: list[Any] | None
 ) -> Any:
@@ -150,20 +140,20 @@ def _value(
     if isinstance(field, models.UUIDField):
         return uuid.UUID(int=rng.getrandbits(128), version=4)
     if isinstance(field, models.DecimalField):
-        low, high = _bounds(
+        least, most = rules.field_bounds(
             field, Decimal(0), Decimal(10) ** (field.max_digits - field.decimal_places)
         )
         if any(isinstance(v, rules.Positive) for v in field.validators):
-            low = max(low, Decimal(1))
-        top = min(high, low + 1000)
-        cents = rng.randrange(int(low * 100), int(top * 100) + 1)
+            least = max(least, Decimal(1))
+        top = min(most, least + 1000)
+        cents = rng.randrange(int(least * 100), int(top * 100) + 1)
         return (Decimal(cents) / 100).quantize(Decimal(1).scaleb(-field.decimal_places))
     if isinstance(field, models.FloatField):
-        low, high = _bounds(field, 0.0, 1000.0)
-        return round(rng.uniform(low, high if math.isfinite(high) else low + 1000), 3)
+        start, end = rules.field_bounds(field, 0.0, 1000.0)
+        return round(rng.uniform(start, end if math.isfinite(end) else start + 1000), 3)
     kind = field.get_internal_type()
     if kind in rules.INT_RANGES or kind in ("BigIntegerField", "PositiveBigIntegerField"):
         low, high = rules.INT_RANGES.get(kind, (-(2**63), 2**63 - 1))
-        low, high = _bounds(field, max(low, 0), high)
+        low, high = rules.field_bounds(field, max(int(low), 0), int(high))
         return (low + i) if unique else rng.randint(low, min(high, low + 99))
     raise SourceError(f"{field.model.__name__}.{field.attname}: no generator for {kind}")
