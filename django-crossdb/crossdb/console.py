@@ -150,7 +150,8 @@ def progress_for(stdout, enabled):
 def summary_table(result):
     """The per-table counts; the title is printed on its own line (see summary_lines)."""
     table = Table()
-    for header in ("table", "stored", "already present", "rejected", "seconds"):
+    stored = "would store" if result.dry_run else "stored"
+    for header in ("table", stored, "already present", "rejected", "seconds"):
         table.add_column(header, justify="left" if header == "table" else "right")
     for row in result.summary_rows():
         table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in row))
@@ -161,6 +162,8 @@ def concurrency_line(result):
     """Say, on every run, whether the writers were busy at the same moment, and why not."""
     wrote = [t.table for t in result.tables.values() if t.started and t.finished]
     overlaps = result.overlaps()
+    if result.dry_run:
+        return "Writers at the same time: none (a dry run writes nothing)"
     if len(wrote) < 2:
         return "Writers at the same time: none (one database or none written)"
     if overlaps:
@@ -194,10 +197,12 @@ def _undecoded(rejection):
 
 def totals_line(result):
     totals = result.totals()
-    return (
-        f"{totals['stored']:,} stored, {totals['present']:,} already present, "
+    stored = "would be stored" if result.dry_run else "stored"
+    line = (
+        f"{totals['stored']:,} {stored}, {totals['present']:,} already present, "
         f"{totals['rejected']:,} rejected in {result.seconds:.2f}s"
     )
+    return f"{line} (dry run: nothing was written)" if result.dry_run else line
 
 
 def render(renderable, stdout, width=100):

@@ -106,6 +106,7 @@ class LoadResult:
     )
     rejections: list[Rejection] = field(default_factory=list)
     error: str | None = None  # set when a failure stopped the run
+    dry_run: bool = False  # nothing was written: "stored" counts the rows it would store
 
     def reject(self, rejection: Rejection) -> None:
         self.rejections.append(rejection)
@@ -146,6 +147,7 @@ class LoadResult:
         totals = self.totals()
         return {
             "source": self.source,
+            "dry_run": self.dry_run,
             "started": iso(self.started),
             "finished": iso(self.finished),
             "seconds": round(self.seconds, 3),

@@ -35,6 +35,7 @@ from django.db import DatabaseError, connections
 from crossdb import guard, registry
 from crossdb.databases import location
 from crossdb.loading import columns
+from crossdb.loading.dryrun import DryRun
 from crossdb.loading.processes import LoadError, WriterPool, first_line
 from crossdb.loading.validate import RunValidator
 from crossdb.loading.writers import BulkWriter
@@ -196,16 +197,18 @@ def rare_collections():
         gc.unfreeze()
 
 
-def load(source, *, batch_size=DEFAULT_BATCH_SIZE, progress=None):
+def load(source, *, batch_size=DEFAULT_BATCH_SIZE, progress=None, dry_run=False):
     """Validate and store every row of source; return a LoadResult.
 
     Raises LoadError when a database fails mid-run; batches committed before the failure
-    stay, and running the same load again completes it.
+    stay, and running the same load again completes it. dry_run: decide every row as the
+    run would, reading the databases and writing nothing (``crossdb.loading.dryrun``); the
+    result's ``stored`` counts are then the rows it would store.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     with rare_collections():
-        return _load(source, batch_size, progress or NullProgress())
+        return _load(source, batch_size, progress or NullProgress(), dry_run)
 
 
 def _guard_snapshot(present):
@@ -217,17 +220,24 @@ def _guard_snapshot(present):
     }
 
 
-def _load(source, batch_size, progress):
+def _load(source, batch_size, progress, dry_run=False):
     present = [t for t in registry.tables() if t in source.tables()]
     result = LoadResult(
-        source.label, started=time.time(), tables={t: TableResult(t) for t in present}
+        source.label,
+        started=time.time(),
+        tables={t: TableResult(t) for t in present},
+        dry_run=dry_run,
     )
     try:
         snapshot = _guard_snapshot(present)
     except DatabaseError as exc:
         raise LoadError(f"cannot read the reference guard: {first_line(exc)}") from exc
     validator = RunValidator()
-    pool = WriterPool(present, functools.partial(_make_writer, snapshot=snapshot), _describe)
+    pool: WriterPool | DryRun
+    if dry_run:
+        pool = DryRun(present)
+    else:
+        pool = WriterPool(present, functools.partial(_make_writer, snapshot=snapshot), _describe)
 
     reported = dict.fromkeys(present, 0)  # rows of the batches whose report was read
 

@@ -44,6 +44,8 @@ examples:
   insert_data {generate} --seed 7
   insert_data --from DIR --rejects rejects.csv --report run.json
   insert_data --from rejects.csv       feed the rejected rows back once fixed
+  insert_data --from DIR --dry-run --rejects would-reject.csv
+                                       every verdict, nothing written
 
 file formats (in DIR, each optional; a header row names the columns, in any
 order; extra columns are ignored):
@@ -178,6 +180,12 @@ class Command(BaseCommand):
         )
         loading = parser.add_argument_group("loading")
         loading.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="decide every row as the run would (rules, references, keys, stored rows) "
+            "and write nothing to any database; --rejects and --report are still written",
+        )
+        loading.add_argument(
             "--batch-size",
             type=int,
             default=load.DEFAULT_BATCH_SIZE,
@@ -206,13 +214,19 @@ class Command(BaseCommand):
             try:
                 source, outputs = self.prepare(options)
                 with progress:
-                    result = load.load(source, batch_size=options["batch_size"], progress=progress)
+                    result = load.load(
+                        source,
+                        batch_size=options["batch_size"],
+                        progress=progress,
+                        dry_run=options["dry_run"],
+                    )
                 self.print_result(result, options["show"])
                 if not options["encoding"]:
                     for hint in encoding_hints(result):
                         self.stderr.write(f"warning: {hint}")
                 self.save(result, outputs)
-                self.record(result)
+                if not result.dry_run:  # a dry run leaves the run log as it is, too
+                    self.record(result)
                 getattr(source, "check_unchanged", lambda: None)()  # a file still being written
             except (load.LoadError, sources.SourceError) as exc:
                 # a database that failed, or a file that broke off mid-way (a damaged .gz)
@@ -234,7 +248,8 @@ class Command(BaseCommand):
             outputs = self.outputs(source, options)
             source.check()
             check_ready(["default", *(alias(t) for t in registry.tables())])
-            repair_indexes(self.stdout)
+            if not options["dry_run"]:  # a dry run writes nothing, not even a repair
+                repair_indexes(self.stdout)
         except (sources.SourceError, NotReady, OutputError) as exc:
             raise CommandError(printable(str(exc))) from exc
         for warning in getattr(source, "warnings", list)():
@@ -325,7 +340,8 @@ class Command(BaseCommand):
             ) from exc
 
     def print_result(self, result, show):
-        self.stdout.write(f"insert_data: {printable(result.source)}")
+        title = "insert_data --dry-run (nothing written)" if result.dry_run else "insert_data"
+        self.stdout.write(f"{title}: {printable(result.source)}")
         render(summary_table(result), self.stdout)
         self.stdout.write(totals_line(result))
         self.stdout.write(concurrency_line(result))
