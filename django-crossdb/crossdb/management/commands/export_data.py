@@ -17,7 +17,14 @@ from rich.table import Table
 from crossdb import registry
 from crossdb.console import progress_for, render
 from crossdb.databases import NotReady, check_ready
-from crossdb.exporting import DEFAULT_CHUNK_SIZE, FORMATS, ExportError, ExportResult, export
+from crossdb.exporting import (
+    DEFAULT_CHUNK_SIZE,
+    FORMATS,
+    ExportError,
+    ExportResult,
+    check_directory,
+    export,
+)
 from crossdb.rules import printable
 
 
@@ -95,9 +102,12 @@ class Command(BaseCommand):
             raise CommandError(
                 f"--format {printable(options['format'])}: choose {' or '.join(FORMATS)}"
             )
-        try:
+        try:  # the directory first: nothing is read for an export that cannot be written
+            check_directory(
+                options["directory"], options["format"], options["gzip"], options["force"]
+            )
             check_ready(registry.specs()[t].alias for t in registry.tables())
-        except NotReady as exc:
+        except (ExportError, NotReady) as exc:
             raise CommandError(printable(str(exc))) from exc
         progress = progress_for(self.stdout, not options["no_progress"])
         try:
