@@ -370,6 +370,7 @@ def test_a_directory_where_no_file_can_be_created_is_refused(tmp_path, run_comma
     [
         (["--format", "xml"], "--format xml: choose csv or jsonl"),
         (["--batch-size", "0"], "--batch-size must be at least 1 (got 0)"),
+        (["--show", "-1"], "--show must be 0 or more (got -1)"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(tmp_path, run_command, args, message):

@@ -98,6 +98,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
             raise CommandError(f"--batch-size must be at least 1 (got {options['batch_size']})")
+        if options["show"] < 0:
+            raise CommandError(f"--show must be 0 or more (got {options['show']})")
         if options["format"] not in FORMATS:
             raise CommandError(
                 f"--format {printable(options['format'])}: choose {' or '.join(FORMATS)}"
