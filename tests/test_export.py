@@ -13,6 +13,7 @@ Across backends, in subprocesses as a person runs it (``-m postgres``): SQLite -
 -> PostgreSQL -> files -> SQLite ends with the same rows, and check_integrity is clean.
 """
 
+import contextlib
 import csv
 import gzip
 import io
@@ -234,7 +235,9 @@ def test_the_export_sends_nothing_but_reads_and_the_databases_refuse_a_write(
         return execute(statement, params, many, context)
 
     aliases = sorted({spec.alias for spec in registry.specs().values()})
-    with contextlib_exits(connections[a].execute_wrapper(record) for a in aliases):
+    with contextlib.ExitStack() as stack:
+        for alias in aliases:
+            stack.enter_context(connections[alias].execute_wrapper(record))
         run_command("export_data", str(tmp_path / "out"), "--no-progress", "--batch-size", "2")
     assert statements, "the wrapper saw the queries"
     assert [s for s in statements if s.upper().startswith(WRITING)] == []
@@ -246,15 +249,6 @@ def test_the_export_sends_nothing_but_reads_and_the_databases_refuse_a_write(
     with pytest.raises(DatabaseError), exporting._read_only(spec.alias):
         behind_the_guards_back(spec.alias, "UPDATE users SET name = 'x' WHERE id = 1")
     assert behind_the_guards_back(spec.alias, "UPDATE users SET name = 'x' WHERE id = 1") == 1
-
-
-def contextlib_exits(managers):
-    import contextlib
-
-    stack = contextlib.ExitStack()
-    for manager in managers:
-        stack.enter_context(manager)
-    return stack
 
 
 @all_databases
