@@ -229,3 +229,28 @@ def test_a_dry_run_leaves_postgresql_rows_and_insert_counters_as_they_were(
     assert real.returncode == 0, real.stderr
     assert summary(real.stdout).startswith("2 stored, 5 already present, 3 rejected")
     assert pg_state(env) != before  # the measure sees a write
+
+
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        (KeyboardInterrupt(), "stopped by Ctrl-C (SIGINT): a dry run, nothing was written."),
+        (load.LoadError("orders_db failed"), "orders_db failed. Nothing was written (a dry run)."),
+    ],
+    ids=["ctrl-c", "database-error"],
+)
+@all_databases
+def test_a_dry_run_stopped_says_nothing_was_written(tmp_path, monkeypatch, raised, said):
+    """Not "committed batches are kept; run the same command again": nothing was."""
+    from django.core.management import CommandError, call_command
+
+    write_files(tmp_path, USERS)
+
+    def fail(*args, **kwargs):
+        assert kwargs["dry_run"] is True
+        raise raised
+
+    monkeypatch.setattr(load, "load", fail)
+    with pytest.raises(CommandError) as error:
+        call_command("insert_data", "--from", str(tmp_path), "--dry-run", "--no-progress")
+    assert str(error.value) == said

@@ -230,14 +230,17 @@ class Command(BaseCommand):
                 getattr(source, "check_unchanged", lambda: None)()  # a file still being written
             except (load.LoadError, sources.SourceError) as exc:
                 # a database that failed, or a file that broke off mid-way (a damaged .gz)
-                raise CommandError(
-                    f"{printable(str(exc))}. Batches committed before the failure are kept; "
+                kept = (
+                    "Nothing was written (a dry run)."
+                    if options["dry_run"]
+                    else "Batches committed before the failure are kept; "
                     "run the same command again to finish."
-                ) from exc
+                )
+                raise CommandError(f"{printable(str(exc))}. {kept}") from exc
             except (Stopped, KeyboardInterrupt) as exc:
                 signum = getattr(exc, "signum", signal.SIGINT)
                 self.stopped = True
-                message = self.stopped_message(signum, progress)
+                message = self.stopped_message(signum, progress, options["dry_run"])
                 raise CommandError(message, returncode=128 + signum) from None
 
     def prepare(self, options):
@@ -305,12 +308,15 @@ class Command(BaseCommand):
                 )
 
     @staticmethod
-    def stopped_message(signum, progress):
+    def stopped_message(signum, progress, dry_run=False):
+        stopper = STOP_SIGNALS.get(signum, f"signal {signum}")
+        if dry_run:
+            return f"stopped by {stopper}: a dry run, nothing was written."
         done = progress.written_so_far()
         kept = ", ".join(f"{t} {done[t]:,}" for t in registry.tables() if t in done)
         kept = f"so far {kept} rows handled" if kept else "no batch was committed yet"
         return (
-            f"stopped by {STOP_SIGNALS.get(signum, f'signal {signum}')}: committed batches "
+            f"stopped by {stopper}: committed batches "
             f"are kept ({kept}); run the same command again to finish."
         )
 
