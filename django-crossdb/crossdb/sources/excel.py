@@ -74,12 +74,12 @@ BROKEN = (
 EXCEL_DIGITS = 15  # significant digits Excel keeps, shows and saves to CSV
 
 
-def _openpyxl() -> ModuleType:
+def _openpyxl(path: Path) -> ModuleType:
     """openpyxl, imported only when a workbook is read: it is an optional extra."""
     try:
         import openpyxl
     except ImportError as exc:
-        raise SourceError(f"reading .xlsx files needs openpyxl: {INSTALL}") from exc
+        raise SourceError(f"{path}: reading .xlsx files needs openpyxl: {INSTALL}") from exc
     return openpyxl
 
 
@@ -90,7 +90,7 @@ def _reason(exc: BaseException) -> str:
 
 def _load(raw: Any, path: Path, data_only: bool) -> Workbook:
     """The workbook in raw (an open binary file), read-only; SourceError if it is not one."""
-    openpyxl = _openpyxl()
+    openpyxl = _openpyxl(path)
     head = raw.peek(len(OLE2_MAGIC))[: len(OLE2_MAGIC)]
     if head == OLE2_MAGIC:
         raise SourceError(
