@@ -31,11 +31,11 @@ def test_files_meant_for_a_table_but_not_read_are_named_with_the_reason(tmp_path
     assert source.warnings() == [
         f"{tmp_path}/Orders.csv: not read (file names are lower case: rename it orders.csv)",
         f"{tmp_path}/orders.csv.bak: not read "
-        "(unknown extension: name it orders.csv, .jsonl, .csv.gz or .jsonl.gz)",
+        "(unknown extension: name it orders.csv, .jsonl, .csv.gz, .jsonl.gz or .xlsx)",
         f"{tmp_path}/orders.jsonl: not read (a symlink to nothing: {tmp_path}/gone.csv)",
         f"{tmp_path}/products.csv: not read (a directory, not a regular file)",
         f"{tmp_path}/products.txt: not read "
-        "(unknown extension: name it products.csv, .jsonl, .csv.gz or .jsonl.gz)",
+        "(unknown extension: name it products.csv, .jsonl, .csv.gz, .jsonl.gz or .xlsx)",
     ]
     assert source.input_paths() == [(tmp_path / "users.csv").resolve()]
 
@@ -98,7 +98,7 @@ def test_a_directory_where_nothing_can_be_read_stops_and_lists_what_it_found(tmp
     assert str(error.value) == (
         f"{tmp_path}: no file could be read. Found: "
         "Users.CSV (file names are lower case: rename it users.csv); "
-        "orders.txt (unknown extension: name it orders.csv, .jsonl, .csv.gz or .jsonl.gz); "
+        "orders.txt (unknown extension: name it orders.csv, .jsonl, .csv.gz, .jsonl.gz or .xlsx); "
         f"products.csv (a symlink to nothing: {tmp_path}/nothing)"
     )
 

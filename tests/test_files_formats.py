@@ -217,7 +217,7 @@ def test_a_json_document_in_a_jsonl_file_stops_the_run_before_anything_is_loaded
         (
             "users.csv",
             b"PK\x03\x04\x14\x00\x06\x00[Content_Types].xml",
-            "looks like a ZIP archive (an Excel workbook?), not text; save it as CSV",
+            "looks like a ZIP archive (an Excel workbook? name it users.xlsx), not text",
         ),
     ],
     ids=["gzip-csv", "gzip-jsonl", "xlsx"],

@@ -347,7 +347,7 @@ def _no_files(tmp_path):
     write(tmp_path, "customers.csv", "id,name\n")
     return tmp_path, (
         f"{tmp_path}: no file of a table (users or products or shelves or orders or reviews "
-        "or items as .csv, .jsonl, .csv.gz or .jsonl.gz)"
+        "or items as .csv, .jsonl, .csv.gz, .jsonl.gz or .xlsx)"
     )
 
 

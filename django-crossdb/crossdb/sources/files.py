@@ -1,6 +1,7 @@
 """A directory of data files: which ones are read, which are not and why, and their rows.
 
-A table's file is ``users.csv``, ``users.jsonl``, or either with ``.gz``. Anything else
+A table's file is ``users.csv``, ``users.jsonl``, either with ``.gz``, or ``users.xlsx``
+(``crossdb.sources.excel``: a sheet of an Excel workbook, with openpyxl). Anything else
 that looks meant for a table (``Orders.csv``, ``orders.csv.bak``, ``orders.txt``, a symlink
 to nothing, a FIFO or a directory called ``orders.csv``, a file that cannot be opened) is
 not read and is named in ``warnings()``: a silent 0 for a table is the worst answer. The
@@ -20,6 +21,7 @@ from crossdb import registry
 from crossdb.loading.rows import Expected, SourceRow
 from crossdb.registry import fields
 from crossdb.rules import printable
+from crossdb.sources.excel import ExcelSheet, check_excel, excel_rows
 from crossdb.sources.reading import (
     Opened,
     SourceError,
@@ -34,12 +36,13 @@ from crossdb.sources.reading import (
     refuse_json_array,
 )
 
-SUFFIXES = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
+SUFFIXES = (".csv", ".jsonl", ".csv.gz", ".jsonl.gz", ".xlsx")
+NAMED = ".csv, .jsonl, .csv.gz, .jsonl.gz or .xlsx"  # SUFFIXES, for messages
 
 
 def expected() -> str:
     """What a directory may hold, for a message: a file per table, in its formats."""
-    return f"{' or '.join(registry.tables())} as .csv, .jsonl, .csv.gz or .jsonl.gz"
+    return f"{' or '.join(registry.tables())} as {NAMED}"
 
 
 KINDS = {
@@ -105,7 +108,8 @@ def _why_not_readable(path: Path) -> str | None:
 
 
 class FileSource:
-    """The users, products and orders files (.csv or .jsonl, maybe gzipped) of one directory."""
+    """The users, products and orders files (.csv or .jsonl, maybe gzipped, or .xlsx) of one
+    directory."""
 
     def __init__(self, directory: str | os.PathLike[str], encoding: str | None = None) -> None:
         self.directory = Path(directory)
@@ -113,8 +117,9 @@ class FileSource:
         self.label = str(self.directory)
         self._found: dict[str, Path] | None = None
         self._skipped: list[tuple[Path, str]] = []  # (path, why not read)
-        # table -> the Opened being streamed, for expected().position
-        self._reading: dict[str, Opened] = {}
+        # table -> the Opened (or ExcelSheet) being streamed, for expected().position
+        self._reading: dict[str, Opened | ExcelSheet] = {}
+        self._sheet_rows: dict[str, int | None] = {}  # a sheet's declared rows, from check()
 
     def _scan(self) -> dict[str, Path]:
         """Return {table: path} and note what is not read; raise SourceError if nothing can be."""
@@ -138,7 +143,7 @@ class FileSource:
             elif _stem(name).casefold() != table:
                 why = _near_miss(name, table)
             else:
-                why = f"unknown extension: name it {table}.csv, .jsonl, .csv.gz or .jsonl.gz"
+                why = f"unknown extension: name it {table}{NAMED}"
             self._skipped.append((path, why))
         for paths in candidates.values():
             if len(paths) > 1:
@@ -166,6 +171,9 @@ class FileSource:
 
     def check(self) -> None:
         for table, path in self._scan().items():
+            if _is_excel(path):
+                self._sheet_rows[table] = check_excel(path, table, _wanted(table))
+                continue
             with Opened(path, self.encoding) as opened:
                 if _is_csv(path):
                     header, _reader = open_csv(opened, _wanted(table))
@@ -179,13 +187,14 @@ class FileSource:
     def expected(self, table: str) -> Expected:
         """The file's size in bytes, and how many of them (compressed, for .gz) are read."""
         path = self._scan()[table]
-        total = file_size(path)
 
         def position() -> int:
             opened = self._reading.get(table)  # set when rows(table) opens the file
             return opened.position() if opened is not None else 0
 
-        return Expected(total, "bytes", position)
+        if _is_excel(path):  # a workbook is not read front to back: count the sheet's rows
+            return Expected(self._sheet_rows.get(table), "rows", position)
+        return Expected(file_size(path), "bytes", position)
 
     def check_unchanged(self) -> None:
         """Raise SourceError if a file read in this run has changed since it was opened:
@@ -201,11 +210,15 @@ class FileSource:
 
     def rows(self, table: str) -> Iterator[SourceRow]:
         path = self._scan()[table]
+        if _is_excel(path):
+            return excel_rows(path, table, _wanted(table), track=self._tracker(table))
         read = csv_rows if _is_csv(path) else jsonl_rows
         return read(path, _wanted(table), track=self._tracker(table), encoding=self.encoding)
 
     def runs(self, table: str) -> Iterator[Any]:
         path = self._scan()[table]
+        if _is_excel(path):
+            return iter((self.rows(table),))  # one run: a sheet's rows go one by one
         read = csv_runs if _is_csv(path) else jsonl_runs
         return read(
             path,
@@ -215,9 +228,13 @@ class FileSource:
             encoding=self.encoding,
         )
 
-    def _tracker(self, table: str) -> Callable[[Opened], None]:
+    def _tracker(self, table: str) -> Callable[[Opened | ExcelSheet], None]:
         return lambda opened: self._reading.update({table: opened})
 
 
 def _is_csv(path: Path) -> bool:
     return path.name.endswith((".csv", ".csv.gz"))
+
+
+def _is_excel(path: Path) -> bool:
+    return path.name.endswith(".xlsx")

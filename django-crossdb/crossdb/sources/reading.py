@@ -142,7 +142,8 @@ class Opened:
         if head.startswith(GZIP_MAGIC) and not self.path.name.endswith(".gz"):
             return f"looks gzip-compressed; name it {self.path.name}.gz"
         if head.startswith(ZIP_MAGIC):
-            return "looks like a ZIP archive (an Excel workbook?), not text; save it as CSV"
+            stem = self.path.name.split(".", 1)[0]
+            return f"looks like a ZIP archive (an Excel workbook? name it {stem}.xlsx), not text"
         if self.encoding is None and head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             return "starts with a UTF-16 byte-order mark; give --encoding utf-16"
         return None

@@ -52,6 +52,8 @@ order; extra columns are ignored):
 {formats}
   *.jsonl       instead of .csv: one JSON object per line, same field names:
                 {{"id": 1, "name": "Ann", "email": "ann@example.com"}}
+  *.xlsx        an Excel workbook: the sheet named like the table, or its only
+                sheet, with the same header (needs django-crossdb[excel])
 
 exit status: 0 when the run completed, whatever was rejected; 1 when an error
 stopped it; 130 after Ctrl-C; 143 after SIGTERM. Committed batches are kept:
