@@ -182,6 +182,14 @@ def test_insert_data_loads_with_map_and_map_file(tmp_path):
     assert "7 stored, 0 already present, 8 rejected" in out.getvalue()
 
 
+def test_help_shows_the_options_and_an_example(tmp_path):
+    done = manage("insert_data", "--help", data_dir=tmp_path)
+    examples = done.stdout.split("examples:", 1)[1].split("file formats", 1)[0]
+    assert "insert_data --from DIR --map users.email=COLUMN" in examples
+    assert "--map TABLE.FIELD=COLUMN" in done.stdout
+    assert "--map-file FILE" in done.stdout
+
+
 # --- a field left out ---------------------------------------------------------------------
 
 SHELF = "11111111-1111-1111-1111-111111111111"
@@ -316,21 +324,30 @@ def test_map_without_from_is_refused(migrated_dir):
     )
 
 
-def test_the_command_says_a_wrong_mapping_in_one_line_and_exits_1(migrated_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("maps", "message"),
+    [
+        (
+            ["--map=users.email=mail", "--map=users.name=mail"],
+            "--map users.name=mail: column 'mail' cannot feed users.name: "
+            "users.email is read from it too (a column feeds one field)",
+        ),
+        (
+            ["--map=users.email=e_mail"],
+            "{dir}/users.csv: missing column(s) e_mail (for users.email, by --map "
+            "users.email=e_mail) (the header must name id,name,e_mail; found id,name,email); "
+            "did you mean --map users.email=email?",
+        ),
+    ],
+)
+def test_the_command_says_a_wrong_mapping_in_one_line_and_exits_1(
+    migrated_dir, tmp_path, maps, message
+):
     write(tmp_path / "in", "users", ("id", "name", "email"), [u[:3] for u in USERS[:1]], "csv")
-    done = manage(
-        "insert_data",
-        f"--from={tmp_path / 'in'}",
-        "--map=users.email=mail",
-        "--map=users.name=mail",
-        data_dir=migrated_dir,
-    )
+    done = manage("insert_data", f"--from={tmp_path / 'in'}", *maps, data_dir=migrated_dir)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip() == (
-        "CommandError: --map users.name=mail: column 'mail' cannot feed users.name: "
-        "users.email is read from it too (a column feeds one field)"
-    )
+    assert done.stderr.strip() == "CommandError: " + message.format(dir=tmp_path / "in")
 
 
 # --- a header without a field's column ----------------------------------------------------

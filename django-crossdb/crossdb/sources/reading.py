@@ -334,7 +334,7 @@ def missing_message(
             listed.append(f"{printable(name)} (for {table}.{field}, by {said})")
     message = (
         f"{path}: missing {kind}(s) {', '.join(listed)}{what} "
-        f"(the {'header' if kind == 'column' else 'line'} must name {','.join(wanted)}; "
+        f"(the {'header' if kind == 'column' else 'line'} must name {printable(','.join(wanted))}; "
         f"found {shown})"
     )
     if table is None:

@@ -59,7 +59,7 @@ run the same command again to finish (stored rows count as already present).
 """
 
 
-def _map_example():
+def _map_example() -> str:
     """TABLE.FIELD=COLUMN for the first table's last field, whatever the project."""
     table = next(iter(registry.tables()), None)
     return f"{table}.{fields(table)[-1]}=COLUMN" if table else "TABLE.FIELD=COLUMN"
