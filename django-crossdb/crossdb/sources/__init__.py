@@ -17,19 +17,23 @@ Every source has the same methods, so the loader never asks which one it has:
   since it was opened (still being written), once the load is done.
 
 Modules: ``reading`` (bytes to records, in bounded memory), ``files`` (a directory),
-``rejects`` (the rejects file), ``generated`` (rows made up for any registry).
+``rejects`` (the rejects file), ``generated`` (rows made up for any registry),
+``mapping`` (which column feeds which field: ``--map``, ``--map-file``).
 """
 
 import os
 from pathlib import Path
 
 from crossdb.sources.files import FileSource, is_data_file_name
+from crossdb.sources.mapping import ColumnMap, MappingError
 from crossdb.sources.reading import MAX_RECORD, SourceError, check_encoding
 from crossdb.sources.rejects import RejectsFileSource
 
 __all__ = [
     "MAX_RECORD",
+    "ColumnMap",
     "FileSource",
+    "MappingError",
     "RejectsFileSource",
     "SourceError",
     "source_for_path",
@@ -37,10 +41,13 @@ __all__ = [
 
 
 def source_for_path(
-    path: str | os.PathLike[str], encoding: str | None = None
+    path: str | os.PathLike[str],
+    encoding: str | None = None,
+    mapping: ColumnMap | None = None,
 ) -> FileSource | RejectsFileSource:
     """A directory of files, or a rejects CSV being fed back; encoding: of the files (None:
-    UTF-8), any text codec Python knows (else SourceError)."""
+    UTF-8), any text codec Python knows (else SourceError); mapping: which column feeds
+    which field (``crossdb.sources.mapping``; None: each field's own name)."""
     check_encoding(encoding)
     path = Path(path)
     if path.is_file() and is_data_file_name(path.name):
@@ -48,5 +55,5 @@ def source_for_path(
             f"--from {path}: give the directory that holds it, not the file: --from {path.parent}"
         )
     if path.is_file():
-        return RejectsFileSource(path, encoding)
-    return FileSource(path, encoding)
+        return RejectsFileSource(path, encoding, mapping)
+    return FileSource(path, encoding, mapping)

@@ -13,15 +13,15 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from crossdb import registry
 from crossdb.loading.rows import Expected, SourceRow
-from crossdb.registry import fields
 from crossdb.rules import printable
 from crossdb.sources.excel import ExcelSheet, check_excel, excel_rows
+from crossdb.sources.mapping import ColumnMap
 from crossdb.sources.reading import (
     Opened,
     SourceError,
@@ -30,8 +30,11 @@ from crossdb.sources.reading import (
     csv_rows,
     csv_runs,
     file_size,
+    first_jsonl_keys,
     jsonl_rows,
     jsonl_runs,
+    missing_message,
+    normalized,
     open_csv,
     refuse_json_array,
 )
@@ -56,11 +59,6 @@ KINDS = {
 
 def is_data_file_name(name: str) -> bool:
     return any(name == f"{table}{suffix}" for table in registry.tables() for suffix in SUFFIXES)
-
-
-def _wanted(table: str) -> Wanted:
-    """The fields of table's rows, with those a file may leave out."""
-    return Wanted(fields(table), registry.spec(table).optional_fields())
 
 
 def _looks_like(name: str) -> str | None:
@@ -108,12 +106,22 @@ def _why_not_readable(path: Path) -> str | None:
 
 
 class FileSource:
-    """The users, products and orders files (.csv or .jsonl, maybe gzipped, or .xlsx) of one
-    directory."""
+    """The files of one directory, a table's each (.csv or .jsonl, maybe gzipped, or .xlsx).
 
-    def __init__(self, directory: str | os.PathLike[str], encoding: str | None = None) -> None:
+    mapping (``crossdb.sources.mapping.ColumnMap``) says which column feeds which field
+    where a file's names are not the fields'; None reads every field by its name.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        encoding: str | None = None,
+        mapping: ColumnMap | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.encoding = encoding  # of every file (None: UTF-8), as --encoding names it
+        self.mapping = mapping if mapping is not None else ColumnMap()
+        self._hints: list[str] = []  # what check() found in a JSONL file's first line
         self.label = str(self.directory)
         self._found: dict[str, Path] | None = None
         self._skipped: list[tuple[Path, str]] = []  # (path, why not read)
@@ -163,23 +171,63 @@ class FileSource:
 
     def warnings(self) -> list[str]:
         """One line per file that looks meant for a table but is not read, saying why."""
-        self._scan()
-        return [f"{printable(str(path))}: not read ({why})" for path, why in self._skipped]
+        found = self._scan()
+        unused = [
+            f"{entry.origin}: not used, {self.directory} has no {entry.table} file"
+            for entry in self.mapping
+            if entry.table not in found
+        ]
+        skipped = [f"{printable(str(path))}: not read ({why})" for path, why in self._skipped]
+        return [*skipped, *unused, *self._hints]
 
     def input_paths(self) -> list[Path]:
         return [path.resolve() for path in self._scan().values()]
 
+    def _wanted(self, table: str) -> Wanted:
+        """The columns table's file is read for (the fields' own names unless the mapping
+        renames some), with those a file may leave out."""
+        return self.mapping.wanted(table)
+
     def check(self) -> None:
+        self._hints = []
         for table, path in self._scan().items():
+            wanted = self._wanted(table)
             if _is_excel(path):
-                self._sheet_rows[table] = check_excel(path, table, _wanted(table))
+                self._sheet_rows[table] = check_excel(path, table, wanted)
                 continue
             with Opened(path, self.encoding) as opened:
                 if _is_csv(path):
-                    header, _reader = open_csv(opened, _wanted(table))
-                    header.positions(_wanted(table))
-                else:
-                    refuse_json_array(opened)
+                    header, _reader = open_csv(opened, wanted)
+                    header.positions(wanted)
+                    continue
+                refuse_json_array(opened)
+            with Opened(path, self.encoding) as opened:
+                keys = first_jsonl_keys(opened)
+            if keys is not None:
+                self._check_first_keys(path, wanted, keys)
+
+    def _check_first_keys(self, path: Path, wanted: Wanted, keys: list[str]) -> None:
+        """JSONL has no header: its first object stands for one. A mapped key it lacks stops
+        the run, as a CSV header lacking the column does; a field's own key it lacks, with
+        another key close to it, is a warning with the ``--map`` that would read it (each
+        line lacking the key is rejected for it, as JSONL rows always were)."""
+        found = {normalized(k) for k in keys}
+        lacking = [
+            name
+            for name in wanted
+            if name not in keys and normalized(name) not in found and name not in wanted.optional
+        ]
+        if not lacking:
+            return
+        shown = printable(",".join(keys))
+        mapped = [name for name in lacking if name in wanted.origins]
+        if mapped:
+            raise SourceError(
+                missing_message(path, wanted, mapped, keys, shown, " on line 1", kind="key")
+            )
+        message = missing_message(path, wanted, lacking, keys, shown, " on line 1", kind="key")
+        if "; did you mean --map" in message:
+            self._hints.append(message)
 
     def tables(self) -> list[str]:
         return [t for t in registry.tables() if t in self._scan()]
@@ -210,26 +258,47 @@ class FileSource:
 
     def rows(self, table: str) -> Iterator[SourceRow]:
         path = self._scan()[table]
+        wanted = self._wanted(table)
         if _is_excel(path):
-            return excel_rows(path, table, _wanted(table), track=self._tracker(table))
-        read = csv_rows if _is_csv(path) else jsonl_rows
-        return read(path, _wanted(table), track=self._tracker(table), encoding=self.encoding)
+            rows = excel_rows(path, table, wanted, track=self._tracker(table))
+        else:
+            read = csv_rows if _is_csv(path) else jsonl_rows
+            rows = read(path, wanted, track=self._tracker(table), encoding=self.encoding)
+        left_out = self.mapping.left_out(table)
+        return _filled(rows, left_out) if left_out else rows
 
     def runs(self, table: str) -> Iterator[Any]:
         path = self._scan()[table]
         if _is_excel(path):
-            return iter((self.rows(table),))  # one run: a sheet's rows go one by one
+            return iter((self.rows(table),))  # one run: a sheet's rows go one by one (filled)
         read = csv_runs if _is_csv(path) else jsonl_runs
-        return read(
+        left_out = self.mapping.left_out(table)
+        runs = read(
             path,
-            _wanted(table),
+            self._wanted(table),
             self._tracker(table),
-            whole_numbers=registry.specs()[table].whole_numbers,
+            # a Block holds the columns read; rows with a field left out are filled one by one
+            whole_numbers=registry.specs()[table].whole_numbers and not left_out,
             encoding=self.encoding,
         )
+        if not left_out:
+            return runs
+        return (_filled(run, left_out) for run in runs)
 
     def _tracker(self, table: str) -> Callable[[Opened | ExcelSheet], None]:
         return lambda opened: self._reading.update({table: opened})
+
+
+def _filled(rows: Iterable[SourceRow], left_out: tuple[int, ...]) -> Iterator[SourceRow]:
+    """rows with None, the value of a missing optional column, at each position of a field
+    the mapping leaves out (ascending), so every row has the table's fields in order."""
+    for line, values in rows:
+        if isinstance(values, tuple):
+            filled = list(values)
+            for position in left_out:
+                filled.insert(position, None)
+            values = tuple(filled)
+        yield line, values
 
 
 def _is_csv(path: Path) -> bool:

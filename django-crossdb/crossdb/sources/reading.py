@@ -34,13 +34,16 @@ instead of about 9 s). Any other run goes line by line.
 
 import codecs
 import csv
+import difflib
 import gzip
 import io
 import json
 import os
+import shlex
 import sys
 import zlib
 from collections import deque
+from collections.abc import Iterable, Sequence
 from itertools import chain, islice, repeat
 from operator import itemgetter
 from typing import Any
@@ -262,23 +265,91 @@ def _split(text, quotes):
 
 
 class Wanted(tuple):
-    """The fields a table's rows are read for, in row order, and those of them a file may
+    """The names a table's rows are read from, in row order, and those of them a file may
     leave out (``optional``: ``crossdb.rules.may_be_left_out``): a missing column or key
-    of those reads as None, which their rule turns into the field's empty value."""
+    of those reads as None, which their rule turns into the field's empty value.
+
+    The names are the table's fields unless a column mapping (``crossdb.sources.mapping``)
+    renames some; then ``fields`` says which field each name feeds and ``origins`` where
+    the mapping said so, for messages. ``table`` lets a missing column's message suggest
+    the ``--map`` that would fix it (None, for a rejects file, which no mapping reads).
+    """
 
     optional: frozenset[str] = frozenset()
+    table: str | None = None
+    fields: tuple[str, ...] = ()
+    origins: dict[str, str] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
-    def __new__(cls, names, optional=()):
+    def __new__(
+        cls,
+        names: Iterable[str],
+        optional: Iterable[str] = (),
+        table: str | None = None,
+        fields: Iterable[str] | None = None,
+        origins: dict[str, str] | None = None,
+    ) -> "Wanted":
         wanted = super().__new__(cls, names)
         wanted.optional = frozenset(optional)
+        wanted.table = table
+        wanted.fields = tuple(wanted) if fields is None else tuple(fields)
+        wanted.origins = dict(origins or {})
         return wanted
 
-    def __reduce__(self):
-        return (Wanted, (tuple(self), tuple(self.optional)))
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            Wanted,
+            (tuple(self), tuple(self.optional), self.table, self.fields, self.origins),
+        )
+
+    def field_of(self, name: str) -> str:
+        """The field the column or key name feeds."""
+        return self.fields[self.index(name)]
 
 
 def optional_of(wanted):
     return getattr(wanted, "optional", frozenset())
+
+
+def missing_message(
+    path: os.PathLike[str] | str,
+    wanted: Sequence[str],
+    missing: Sequence[str],
+    found: Sequence[str],
+    shown: str,
+    what: str = "",
+    kind: str = "column",
+) -> str:
+    """The one line for a file lacking the columns (or a JSONL line's keys) named missing:
+    which, and what the mapping said of each; the names wanted and found; and, for a
+    table's file, the ``--map`` that would read each from the unused name closest to it
+    (``difflib``), since a renamed column (``mail`` for ``email``) is the usual cause."""
+    table = getattr(wanted, "table", None)
+    origins: dict[str, str] = getattr(wanted, "origins", {})
+    listed = []
+    for name in missing:
+        said = origins.get(name)
+        if said is None or table is None:
+            listed.append(printable(name))
+        else:
+            field = wanted.field_of(name) if isinstance(wanted, Wanted) else name
+            listed.append(f"{printable(name)} (for {table}.{field}, by {said})")
+    message = (
+        f"{path}: missing {kind}(s) {', '.join(listed)}{what} "
+        f"(the {'header' if kind == 'column' else 'line'} must name {printable(','.join(wanted))}; "
+        f"found {shown})"
+    )
+    if table is None:
+        return message
+    used = {normalized(n) for n in wanted}
+    unused = {normalized(n): n for n in found if normalized(n) not in used}
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(normalized(name), list(unused), n=1)
+        if close:
+            field = wanted.field_of(name) if isinstance(wanted, Wanted) else name
+            column = printable(unused.pop(close[0]))
+            hints.append(f"--map {shlex.quote(f'{table}.{field}={column}')}")
+    return f"{message}; did you mean {' '.join(hints)}?" if hints else message
 
 
 def normalized(name):
@@ -298,20 +369,23 @@ class CsvHeader:
 
     def positions(self, wanted, what=""):
         """Return the index of each wanted field (None for an optional one the file lacks);
-        raise SourceError if one is missing or twice."""
+        raise SourceError if one is missing or twice. Wanted names are compared as header
+        names are (``normalized``), so a mapped column may be written in any case too."""
         optional = optional_of(wanted)
-        missing = [f for f in wanted if f not in self.keys and f not in optional]
+        keys = [normalized(f) for f in wanted]
+        missing = [
+            f for f, k in zip(wanted, keys, strict=True) if k not in self.keys and f not in optional
+        ]
         if missing:
             raise SourceError(
-                f"{self.path}: missing column(s) {', '.join(missing)}{what} "
-                f"(the header must name {','.join(wanted)}; found {self.shown()})"
+                missing_message(self.path, wanted, missing, self.names, self.shown(), what)
             )
-        twice = [f for f in wanted if self.keys.count(f) > 1]
+        twice = [f for f, k in zip(wanted, keys, strict=True) if self.keys.count(k) > 1]
         if twice:
             raise SourceError(
                 f"{self.path}: column(s) {', '.join(twice)} appear more than once; keep one"
             )
-        return [self.keys.index(f) if f in self.keys else None for f in wanted]
+        return [self.keys.index(k) if k in self.keys else None for k in keys]
 
     def shown(self):
         """The header as found, for a message: control characters escaped (``printable``)."""
@@ -370,7 +444,7 @@ def _fields_named(text, delimiter, wanted):
     except csv.Error:
         return 0
     keys = {normalized(n) for n in names}
-    return sum(f in keys for f in wanted)
+    return sum(normalized(f) in keys for f in wanted)
 
 
 def rewritten(record, delimiter):
@@ -736,9 +810,13 @@ def _jsonl_row(number, text, wanted):
         record = _by_header_name(record)
         if isinstance(record, str):
             return number, Malformed(record, text)
-        missing = [n for n in wanted if n not in record and n not in optional]
-    if missing:
-        return number, Malformed(f"missing field(s) {', '.join(missing)}", text)
+        keys = [normalized(n) for n in wanted]  # a mapped key may be written in any case
+        missing = [
+            n for n, k in zip(wanted, keys, strict=True) if k not in record and n not in optional
+        ]
+        if missing:
+            return number, Malformed(f"missing field(s) {', '.join(missing)}", text)
+        return number, tuple(record.get(k) for k in keys)
     return number, tuple(record.get(n) for n in wanted)
 
 
@@ -919,6 +997,17 @@ def refuse_json_array(opened):
         f"{opened.path}: this is {what}, not JSON Lines (one object per line); "
         f"jq -c {jq} {opened.path.name} writes it as JSON Lines"
     )
+
+
+def first_jsonl_keys(opened: "Opened") -> list[str] | None:
+    """The keys of the object on the first non-blank line, as written, or None when that
+    line holds no object (its row is rejected for it): JSONL has no header, so its first
+    object stands for one when a mapped key is looked for before the load."""
+    for _numbers, texts in _jsonl_line_runs(opened, BLOCK):
+        for text in texts:
+            record = None if text is None else _json_record(text)
+            return list(record) if isinstance(record, dict) else None
+    return None
 
 
 def file_size(path):

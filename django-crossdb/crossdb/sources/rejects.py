@@ -20,18 +20,32 @@ from crossdb import registry
 from crossdb.loading.rows import Expected, Malformed, SourceRow
 from crossdb.registry import fields
 from crossdb.rejectsfile import rejects_columns, unsafe_cell
+from crossdb.sources.mapping import ColumnMap
 from crossdb.sources.reading import Opened, SourceError, csv_records
 
 
 class RejectsFileSource:
-    def __init__(self, path: str | os.PathLike[str], encoding: str | None = None) -> None:
+    """mapping: not used, since the file names its columns by field whatever the files
+    loaded the first time named them; a mapping given anyway (the first load's command
+    run again with the rejects file) is named in a warning, not an error."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        encoding: str | None = None,
+        mapping: ColumnMap | None = None,
+    ) -> None:
         self.path = Path(path)
         self.encoding = encoding  # None: UTF-8, as written; --encoding once a program saved it
         self.label = str(self.path)
+        self.mapping = mapping if mapping is not None else ColumnMap()
         self._tables: list[str] | None = None
 
     def warnings(self) -> list[str]:
-        return []
+        return [
+            f"{entry.origin}: not used, a rejects file names its columns by field"
+            for entry in self.mapping
+        ]
 
     def input_paths(self) -> list[Path]:
         return [self.path.resolve()]

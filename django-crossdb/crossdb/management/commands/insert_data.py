@@ -46,6 +46,8 @@ examples:
   insert_data --from rejects.csv       feed the rejected rows back once fixed
   insert_data --from DIR --dry-run --rejects would-reject.csv
                                        every verdict, nothing written
+  insert_data --from DIR --map {_map_example()}
+                                       read a field from a column named otherwise
 
 file formats (in DIR, each optional; a header row names the columns, in any
 order; extra columns are ignored):
@@ -59,6 +61,12 @@ exit status: 0 when the run completed, whatever was rejected; 1 when an error
 stopped it; 130 after Ctrl-C; 143 after SIGTERM. Committed batches are kept:
 run the same command again to finish (stored rows count as already present).
 """
+
+
+def _map_example() -> str:
+    """TABLE.FIELD=COLUMN for the first table's last field, whatever the project."""
+    table = next(iter(registry.tables()), None)
+    return f"{table}.{fields(table)[-1]}=COLUMN" if table else "TABLE.FIELD=COLUMN"
 
 
 def _default_source_words():
@@ -173,6 +181,19 @@ class Command(BaseCommand):
             help="the encoding of the --from files (default UTF-8; any codec Python knows, "
             "e.g. latin-1, cp1252, utf-16)",
         )
+        src.add_argument(
+            "--map",
+            action="append",
+            default=[],
+            metavar="TABLE.FIELD=COLUMN",
+            help="read FIELD of TABLE's file from the column (or JSONL key) COLUMN; repeat "
+            "for each; nothing after = leaves a field with a default out",
+        )
+        src.add_argument(
+            "--map-file",
+            metavar="FILE",
+            help="the same, one TABLE.FIELD=COLUMN per line (# comments); --map overrides it",
+        )
         for table in registry.tables():
             src.add_argument(
                 f"--{table}", type=int, default=0, metavar="N", help=f"generate N {table}"
@@ -279,8 +300,13 @@ class Command(BaseCommand):
             raise CommandError(f"use either --from or {flags}, not both")
         if options["encoding"] and not options["source"]:
             raise CommandError("--encoding is for files read with --from")
+        if (options.get("map") or options.get("map_file")) and not options["source"]:
+            raise CommandError("--map and --map-file are for files read with --from")
         if options["source"]:
-            return sources.source_for_path(options["source"], options["encoding"])
+            mapping = sources.ColumnMap.from_options(
+                options.get("map") or (), options.get("map_file")
+            )
+            return sources.source_for_path(options["source"], options["encoding"], mapping)
         if generated or any(n < 0 for n in counts.values()):
             return import_string(conf.get("GENERATOR") or DEFAULT_GENERATOR)(
                 counts, options["seed"]
