@@ -452,6 +452,19 @@ def test_a_missing_column_is_named_as_for_csv(tmp_path):
     )
 
 
+def test_a_workbook_column_named_otherwise_is_read_through_the_column_map(tmp_path):
+    """--map applies to a sheet's header as to a CSV header, and the hint names it."""
+    from crossdb.sources.mapping import ColumnMap
+
+    write_book(tmp_path / "users.xlsx", ["id", "name", "Mail"], [(1, "Ann", "ann@example.com")])
+    with pytest.raises(SourceError) as error:
+        FileSource(tmp_path).check()
+    assert "did you mean --map users.email=Mail?" in str(error.value)
+    source = source_for_path(tmp_path, mapping=ColumnMap.from_options(["users.email=mail"]))
+    source.check()
+    assert list(source.rows("users")) == [(2, ("1", "Ann", "ann@example.com"))]
+
+
 def test_a_table_given_as_csv_and_as_xlsx_is_refused(tmp_path):
     (tmp_path / "users.csv").write_text("id,name,email\n")
     write_book(tmp_path / "users.xlsx", ["id", "name", "email"], [])
