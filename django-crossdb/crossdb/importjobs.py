@@ -1,10 +1,10 @@
 """The load of an admin import, run outside the request in a process of its own.
 
 ``start`` records the run as running (``crossdb.runs.begin``), writes ``job.json`` in the
-upload's directory and starts ``python -m crossdb.importjobs DIRECTORY`` detached: the
-request returns at once, and the status page reads the run's record. ``main`` is that
-process: it reads the upload as ``insert_data --from DIR --rejects ... --report ...``
-would, with the command's own parser and checks (``Command.prepare``), runs the same
+upload's directory and starts ``python -m crossdb.importrun DIRECTORY`` detached: the
+request returns at once, and the status page reads the run's record. ``run_job`` is that
+process's work (``crossdb.importrun`` sets Django up for it): it reads the upload as
+``insert_data --from DIR --rejects ... --report ...`` would, with the command's own parser and checks (``Command.prepare``), runs the same
 loader (``crossdb.loading.load.load``) with a progress sink writing the record
 (``crossdb.runs.RunProgress``), writes the rejects file and report the command would, and
 closes the record.
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from crossdb import runs
@@ -75,6 +76,18 @@ def _import_path() -> str:
     return os.pathsep.join(dict.fromkeys(entries))
 
 
+def settings_module() -> str:
+    """The settings module the process imports: the server's (``settings.SETTINGS_MODULE``
+    is None under ``override_settings``, so the environment's first)."""
+    module = os.environ.get("DJANGO_SETTINGS_MODULE") or settings.SETTINGS_MODULE
+    if not module:  # settings.configure(): nothing a new process could import
+        raise ImproperlyConfigured(
+            "loading from the admin needs a settings module (DJANGO_SETTINGS_MODULE): the "
+            "load runs in a process of its own, which imports it"
+        )
+    return str(module)
+
+
 def start(upload: Upload, source: str) -> int:
     """Record the run, start its process detached, and return the run's id."""
     run = runs.begin(source)
@@ -87,12 +100,12 @@ def start(upload: Upload, source: str) -> int:
     upload.meta["run"] = run.pk
     upload.save()
     environment = os.environ | {
-        "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
+        "DJANGO_SETTINGS_MODULE": settings_module(),
         "PYTHONPATH": _import_path(),
     }
     with open(upload.log_path, "ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "crossdb.importjobs", str(upload.directory)],
+            [sys.executable, "-m", "crossdb.importrun", str(upload.directory)],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -115,11 +128,11 @@ def run_job(directory: Path) -> int:
     from django.core.management.base import CommandError
 
     from crossdb import sources
-    from crossdb.imports import find
+    from crossdb.imports import at
     from crossdb.loading import load
     from crossdb.rules import printable
 
-    upload = find(directory.name)
+    upload = at(directory)
     job = json.loads((directory / "job.json").read_text(encoding="utf-8"))
     run_id = int(job["run"])
     if upload is None:
@@ -146,22 +159,3 @@ def run_job(directory: Path) -> int:
     runs.finish(run_id, result)
     log.info("run %s: %s", run_id, result.totals())
     return 0
-
-
-def main(argv: list[str]) -> int:
-    """``python -m crossdb.importjobs DIRECTORY``: point the settings at the web process's
-    databases, set Django up, run the job."""
-    directory = Path(argv[1])
-    job = json.loads((directory / "job.json").read_text(encoding="utf-8"))
-    for alias, name in job["databases"].items():
-        if alias in settings.DATABASES:  # before any connection is made
-            settings.DATABASES[alias]["NAME"] = name
-    import django
-
-    django.setup()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run_job(directory)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

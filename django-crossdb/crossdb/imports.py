@@ -61,10 +61,10 @@ class Refused(Exception):
 
 
 def size_words(size: int) -> str:
-    """A limit as people say it: "20 MB", "512 KB", "900 bytes"."""
+    """A limit as people say it: "20 MB", "512 KB", or exactly: "2,000 bytes"."""
     for unit, factor in (("MB", 1024 * 1024), ("KB", 1024)):
-        if size >= factor:
-            return f"{size / factor:,.{0 if size % factor == 0 else 1}f} {unit}"
+        if size >= factor and size % factor == 0:
+            return f"{size // factor:,} {unit}"
     return f"{size:,} bytes"
 
 
@@ -180,12 +180,17 @@ def find(token: str) -> Upload | None:
     """The upload named by token, or None (not a token, never made, or deleted)."""
     if not TOKEN.fullmatch(token):
         return None
-    directory = root() / token
+    return at(root() / token)
+
+
+def at(directory: Path) -> Upload | None:
+    """The upload kept in directory, or None (the load's process is given the directory:
+    its own settings may not name the web process's import directory)."""
     try:
         meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return Upload(token, directory, meta)
+    return Upload(directory.name, directory, meta)
 
 
 def suffix_of(name: str) -> str | None:
