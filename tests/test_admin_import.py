@@ -454,3 +454,40 @@ def test_a_file_in_no_format_the_loader_reads_is_refused(admin_browser, import_s
         text(page)
     )
     assert uploads(import_settings) == []
+
+
+def test_the_status_page_shows_progress_from_the_record_then_a_dead_process(admin_browser):
+    """The page reads the run's record: progress while it runs (and reloads itself); a run
+    whose process is gone without closing its record is said to have failed."""
+    import os
+    import subprocess
+    import sys
+
+    from crossdb import imports, runs
+
+    status, _, location = admin_browser.post(
+        "/admin/core/user/import/", {}, {"file": ("users.csv", (DEMO / "users.csv").read_bytes())}
+    )
+    token = location.strip("/").split("/")[-1]
+    upload = imports.find(token)
+    run = runs.begin("a run in progress")
+    progress = runs.RunProgress(run.pk, interval=3600)
+    progress.start("users")
+    progress.advance("users", read=4, written=3)  # within the interval: not written yet
+    assert LoadRun.objects.get(pk=run.pk).progress == {
+        "users": {"read": 0, "written": 0, "fraction": None}
+    }
+    progress.flush()
+    upload.meta |= {"run": run.pk, "pid": os.getpid()}  # alive: this process
+    upload.save()
+    page = admin_browser.get(f"/imports/{token}/status/")[1]
+    assert '<meta http-equiv="refresh" content="1">' in page
+    assert '<tr id="run-users"><td>users</td><td>4</td><td>3</td><td></td></tr>' in text(page)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    upload.meta["pid"] = int(ended.stdout)  # a process that has ended
+    upload.save()
+    page = text(admin_browser.get(f"/imports/{token}/status/")[1])
+    assert "the load&#x27;s process ended without finishing" in page
+    assert LoadRun.objects.get(pk=run.pk).status == LoadRun.FAILED

@@ -79,7 +79,7 @@ class RunProgress:
         self.run_id, self.interval = run_id, interval
         self.tables: dict[str, dict[str, Any]] = {}
         self.expected: dict[str, Any] = {}
-        self.saved_at = 0.0
+        self.saved_at: float | None = None  # the first report is written at once
 
     def start(self, table: str, expected: Any = None) -> None:
         self.tables[table] = {"read": 0, "written": 0, "fraction": None}
@@ -106,7 +106,7 @@ class RunProgress:
         return self.tables
 
     def _maybe_save(self) -> None:
-        if time.monotonic() - self.saved_at >= self.interval:
+        if self.saved_at is None or time.monotonic() - self.saved_at >= self.interval:
             self.flush()
 
     def flush(self) -> None:
