@@ -4,10 +4,10 @@
 upload's directory and starts ``python -m crossdb.importrun DIRECTORY`` detached: the
 request returns at once, and the status page reads the run's record. ``run_job`` is that
 process's work (``crossdb.importrun`` sets Django up for it): it reads the upload as
-``insert_data --from DIR --rejects ... --report ...`` would, with the command's own parser and checks (``Command.prepare``), runs the same
-loader (``crossdb.loading.load.load``) with a progress sink writing the record
-(``crossdb.runs.RunProgress``), writes the rejects file and report the command would, and
-closes the record.
+``insert_data --from DIR --rejects ... --report ...`` would, with the command's own parser
+and checks (``Command.prepare``), runs the same loader (``crossdb.loading.load.load``) with
+a progress sink writing the record (``crossdb.runs.RunProgress``), writes the rejects file
+and report the command would, and closes the record.
 
 Why a fresh interpreter and not ``multiprocessing``: the loader starts writer processes of
 its own, blocks signals and freezes the garbage collector, which it may do in a process
