@@ -491,3 +491,28 @@ def test_the_status_page_shows_progress_from_the_record_then_a_dead_process(admi
     page = text(admin_browser.get(f"/imports/{token}/status/")[1])
     assert "the load&#x27;s process ended without finishing" in page
     assert LoadRun.objects.get(pk=run.pk).status == LoadRun.FAILED
+
+
+def test_every_registered_table_has_an_import_page(admin_browser):
+    """From the registry, not from the shop: the test settings' reviews and kinds too."""
+    from django.contrib import admin as django_admin
+
+    for model in registry.models().values():
+        if django_admin.site.is_registered(model):
+            opts = model._meta
+            path = f"/admin/{opts.app_label}/{opts.model_name}/import/"
+            status, page, _ = admin_browser.get(path)
+            assert status == 200 and 'id="import-form"' in page, path
+
+
+def test_the_import_directory_is_never_one_a_web_server_publishes(settings, tmp_path):
+    from crossdb import imports
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.STATIC_ROOT = str(tmp_path / "static")
+    settings.CROSSDB = {**settings.CROSSDB, "IMPORT_DIR": str(tmp_path / "static" / "up")}
+    with pytest.raises(ImproperlyConfigured, match="lies in STATIC_ROOT"):
+        imports.root()
+    settings.CROSSDB = {**settings.CROSSDB, "IMPORT_DIR": str(tmp_path / "private")}
+    assert imports.root() == (tmp_path / "private").resolve()  # the negative control
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700

@@ -17,7 +17,11 @@ at least one table to open it). An upload is its uploader's: anyone else gets 40
 pages, as for an upload that does not exist. Every POST is CSRF-protected; the size limit
 (``CROSSDB["IMPORT_MAX_BYTES"]``) is checked on the request's Content-Length before the body
 is read (the CSRF check reads the form, files and all, so the views check it first and
-apply ``csrf_protect`` after), and on the file itself. Every refusal is a page with one
+apply ``csrf_protect`` after), and on the file itself. Django's own upload settings still
+apply underneath: ``FILE_UPLOAD_MAX_MEMORY_SIZE`` decides whether the file is held in memory
+or in a temporary file (``FILE_UPLOAD_TEMP_DIR``, deleted after the request) before it is
+copied to the import directory; ``DATA_UPLOAD_MAX_MEMORY_SIZE`` counts the form's other
+fields only (the CSRF token), never the file, so it needs no change. Every refusal is a page with one
 line, never a 500; everything shown from an upload is escaped by the templates.
 """
 
