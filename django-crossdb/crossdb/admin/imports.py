@@ -21,8 +21,8 @@ apply ``csrf_protect`` after), and on the file itself. Django's own upload setti
 apply underneath: ``FILE_UPLOAD_MAX_MEMORY_SIZE`` decides whether the file is held in memory
 or in a temporary file (``FILE_UPLOAD_TEMP_DIR``, deleted after the request) before it is
 copied to the import directory; ``DATA_UPLOAD_MAX_MEMORY_SIZE`` counts the form's other
-fields only (the CSRF token), never the file, so it needs no change. Every refusal is a page with one
-line, never a 500; everything shown from an upload is escaped by the templates.
+fields only (the CSRF token), never the file, so it needs no change. Every refusal is a page
+with one line, never a 500; everything shown from an upload is escaped by the templates.
 """
 
 from __future__ import annotations
