@@ -6,7 +6,8 @@ they always match, and nothing is downloaded. Without them the tests are skipped
 laptop and fail on CI (``CI`` set), where a skip would hide that nothing was tested.
 
 ``MULTIDS_SCREENSHOT=docs/admin-orders.png pytest tests/test_browser.py`` also saves the
-order list as the README's screenshot.
+order list as the README's screenshot, and ``MULTIDS_SCREENSHOT_IMPORT=docs/admin-import.png``
+the preview of an import (docs/admin.md).
 """
 
 import os
@@ -174,6 +175,8 @@ def test_no_page_breaks_the_content_security_policy(browser, site):
         "/admin/core/product/add/",
         "/admin/reviews/review/",
         "/admin/reviews/review/add/",
+        "/admin/core/user/import/",
+        "/imports/new/",
         "/overview/",
     ):
         browser.get(f"{site}{path}")
@@ -208,3 +211,52 @@ def test_the_overview_shows_every_database_and_the_last_load(browser, site):
     )
     statuses = browser.find_elements(By.CSS_SELECTOR, "#databases .status-ok")
     assert len(statuses) == len(ALL_DATABASES)
+
+
+IMPORTED_USERS = """\
+id,name,email
+11,Grace,grace.h@example.net
+12,Heidi,heidi.k@example.net
+1,Alice,alice@example.com
+13,,nobody@example.com
+14,Ivan,ALICE@example.com
+"""
+
+
+def test_importing_a_file_from_the_customer_list(browser, site, tmp_path):
+    """Import button -> upload -> the dry run's preview -> Confirm -> the run's summary."""
+    upload = tmp_path / "new customers.csv"
+    upload.write_text(IMPORTED_USERS, encoding="utf-8")
+    browser.get(f"{site}/admin/core/user/")
+    wait_for(browser, "#import-link").click()
+    wait_for(browser, "#id_file").send_keys(str(upload))
+    browser.find_element(By.ID, "upload").click()
+    counts = wait_for(browser, "#counts-users").text
+    assert counts.split() == ["users", "2", "1", "2"]  # would store, present, rejected
+    rows = browser.find_element(By.ID, "rows-users").text
+    assert "name is required" in rows
+    assert "email 'ALICE@example.com' is already used by customer 1" in rows
+    assert "would store" in rows and "already present" in rows
+    screenshot = os.environ.get("MULTIDS_SCREENSHOT_IMPORT")
+    if screenshot:
+        admin.site.unregister(Review)  # the project as a user has it, as for the README's
+        try:
+            browser.refresh()
+            wait_for(browser, "#confirm")
+            browser.save_screenshot(screenshot)
+        finally:
+            admin.site.register(Review, ReferencingAdmin)
+    wait_for(browser, "#confirm").click()
+    summary = (
+        WebDriverWait(browser, 90)
+        .until(
+            lambda b: (
+                b.find_elements(By.ID, "run-summary") or b.find_elements(By.ID, "import-error")
+            )
+        )[0]
+        .text
+    )
+    assert summary == "2 stored, 1 already present, 2 rejected."
+    wait_for(browser, "#rejects-link")
+    browser.get(f"{site}/admin/core/user/?q=heidi")
+    assert "heidi.k@example.net" in wait_for(browser, "#result_list").text

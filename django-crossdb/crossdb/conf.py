@@ -59,6 +59,14 @@ DEFAULTS: dict[str, Any] = {
     # How often a process checks each replica's lag, and how long a failed one is skipped.
     "REPLICA_CHECK_SECONDS": 1.0,
     "REPLICA_RETRY_SECONDS": 5.0,
+    # The admin's import pages (crossdb.imports): where uploads and their runs' files are
+    # kept (None: "crossdb-imports" in STATE_DIR's directory; never under STATIC_ROOT or
+    # MEDIA_ROOT, which a web server may publish), the largest upload accepted (the preview
+    # runs in the request, so this bounds its time), and what a zip may unpack to.
+    "IMPORT_DIR": None,
+    "IMPORT_MAX_BYTES": 20 * 1024 * 1024,
+    "IMPORT_MAX_UNPACKED_BYTES": 200 * 1024 * 1024,
+    "IMPORT_MAX_MEMBERS": 100,
 }
 
 

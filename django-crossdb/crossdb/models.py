@@ -33,12 +33,25 @@ class ReferenceGuard(models.Model):
 
 
 class LoadRun(models.Model):
-    """One ``insert_data`` run, kept in ``default`` so the overview page can chart it."""
+    """One ``insert_data`` run, kept in ``default`` so the overview page can chart it.
+
+    A run started from the admin's import page (``crossdb.importjobs``) is recorded when it
+    starts, as ``running``, and its process writes its progress here (``crossdb.runs``), so
+    the page shows how far it got from any web process; the command records a run once it
+    is over (``done``).
+    """
+
+    RUNNING, DONE, FAILED = "running", "done", "failed"
+    STATUSES = [(RUNNING, "running"), (DONE, "done"), (FAILED, "failed")]
 
     started_at = models.DateTimeField()
-    finished_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
     source = models.CharField(max_length=500)
     summary = models.JSONField()
+    status = models.CharField(max_length=10, choices=STATUSES, default=DONE)
+    # {table: {"read": rows, "written": rows, "fraction": 0..1 or None}}, while it runs
+    progress = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "load_runs"

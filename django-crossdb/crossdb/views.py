@@ -274,7 +274,9 @@ def overview(request):
         ran, _state = full_check_throttle.run(full_check)
         if not ran:
             status, refused_for = 429, max(full_check_throttle.wait_seconds(), 1)
-    runs = list(LoadRun.objects.using("default").order_by("-started_at")[:RECENT_RUNS])
+    # a run still going (an import from the admin) has no summary yet: its page shows it
+    finished = LoadRun.objects.using("default").exclude(status=LoadRun.RUNNING)
+    runs = list(finished.order_by("-started_at")[:RECENT_RUNS])
     check = last_full_check()
     files = ((check or {}).get("result") or {}).get("databases")
     context = {
@@ -292,5 +294,9 @@ def overview(request):
         "check_refused_for": refused_for,
         "check_interval": FULL_CHECK_INTERVAL,
         "references": reference_words(),
+        "may_import": any(
+            request.user.has_perm(f"{m._meta.app_label}.{get_permission_codename('add', m._meta)}")
+            for m in registry.models().values()
+        ),
     }
     return render(request, "crossdb/overview.html", context, status=status)

@@ -14,7 +14,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.db import models
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, path, reverse
 
 from crossdb import causal, guard, registry, replicas, rules
 from crossdb.admin.forms import ValidatedForm
@@ -271,6 +271,8 @@ class TableAdmin(NextIdMixin, MultiDBModelAdmin):
 
     form = ValidatedForm
     max_action_rows = MAX_ACTION_ROWS
+    # Django's list with an Import button (crossdb.admin.imports) for accounts that may add
+    change_list_template = "admin/crossdb/change_list.html"
 
     def __init__(self, model, admin_site):
         self.spec = registry.spec(model)
@@ -308,6 +310,30 @@ class TableAdmin(NextIdMixin, MultiDBModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return TableChangeList
+
+    def get_urls(self):
+        """Django's URLs, after the table's import page (``import/``; before Django's
+        ``<object_id>/`` patterns, which would take it for an id)."""
+        from crossdb.admin.imports import table_import  # its module imports the views
+
+        opts = self.opts
+        page = path(
+            "import/",
+            self.admin_site.admin_view(table_import),
+            {"table": self.spec.name},
+            name=f"{opts.app_label}_{opts.model_name}_import",
+        )
+        return [page, *super().get_urls()]
+
+    def changelist_view(self, request, extra_context=None):
+        """The list, with the link to the import page for an account that may add."""
+        if self.has_add_permission(request):
+            opts = self.opts
+            url = reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_import", current_app=self.admin_site.name
+            )
+            extra_context = {**(extra_context or {}), "import_url": url}
+        return super().changelist_view(request, extra_context)
 
     def response_action(self, request, queryset):
         """Refuse an action on more than ``max_action_rows`` rows before it runs, and say so.
