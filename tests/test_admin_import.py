@@ -450,8 +450,9 @@ def test_a_file_in_no_format_the_loader_reads_is_refused(admin_browser, import_s
         "/admin/core/user/import/", {}, {"file": ("users.txt", b"id,name,email\n")}
     )
     assert status == 400
-    assert "is not a file the loader reads: give a .csv, .jsonl, .csv.gz or .jsonl.gz file" in (
-        text(page)
+    assert (
+        "is not a file the loader reads: give a .csv, .jsonl, .csv.gz, .jsonl.gz or .xlsx file"
+        in (text(page))
     )
     assert uploads(import_settings) == []
 
