@@ -23,7 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from crossdb.loading import load
+from crossdb.loading import load, writers
+from crossdb.loading.processes import Job
 from crossdb.loading.writers import BulkWriter
 from crossdb.models import LoadRun
 from crossdb.sources import FileSource
@@ -324,6 +325,94 @@ def test_a_fresh_load_takes_the_fast_path(tmp_path, monkeypatch, on_conflict):
         "products": 1,
         "orders": 39,
     }
+
+
+# --- what another process changes between the careful path's read and its update ----------
+
+
+@all_databases
+def test_an_update_of_a_row_deleted_since_it_was_read_is_read_again_and_inserted(monkeypatch):
+    """Possible on PostgreSQL, where reads lock nothing: the update finds no row, the batch
+    is rolled back and settled again from a fresh read."""
+    shop()
+    real, reads = writers.stored_rows, []
+
+    def stale_once(spec, connection, alias, ids):
+        found = real(spec, connection, alias, ids)
+        if not reads:  # user 7 as it was before another process deleted it
+            found[7] = (7, "Gil", "old@example.com", "old@example.com")
+        reads.append(ids)
+        return found
+
+    monkeypatch.setattr(writers, "stored_rows", stale_once)
+    writer = BulkWriter("users", "users_db", on_conflict="update")
+    written = writer.write_carefully(
+        Job(1, [2], [(7, "Gil", "gil@example.com", "gil@example.com")], {})
+    )
+    assert (written.stored, written.updated, written.rejections) == (1, 0, [])
+    assert len(reads) == 2
+    assert users()[-1] == (7, "Gil", "gil@example.com", "gil@example.com")
+
+
+@all_databases
+def test_an_update_to_an_email_committed_since_it_was_read_names_the_owner(monkeypatch):
+    """The unique index refuses the update (an IntegrityError, never seen by the caller):
+    the batch is settled again, and the rejection names the user who has the email."""
+    shop()
+    real, reads = BulkWriter._stored_key_owners, []
+
+    def stale_once(self, rows):
+        owners = real(self, rows)
+        if not reads:  # read before another process committed ann@example.com
+            owners["email_key"].pop("ann@example.com", None)
+        reads.append(rows)
+        return owners
+
+    monkeypatch.setattr(BulkWriter, "_stored_key_owners", stale_once)
+    writer = BulkWriter("users", "users_db", on_conflict="update")
+    row = (2, "Bob", "ANN@example.com", "ann@example.com")
+    written = writer.write_carefully(Job(1, [5], [row], {}))
+    assert (written.stored, written.updated) == (0, 0)
+    assert [str(r) for r in written.rejections] == [
+        "users #2 (line 5): email 'ANN@example.com' is already used by customer 1"
+    ]
+    assert len(reads) == 2
+    assert users()[1] == (2, "Bob", "bob@example.com", "bob@example.com")
+
+
+@all_databases
+@pytest.mark.parametrize("on_conflict", ["update", "skip", "reject"])
+def test_an_id_committed_since_it_was_read_is_settled_one_row_at_a_time(monkeypatch, on_conflict):
+    """The insert of a row whose id looked free comes up short (another process committed
+    the id meanwhile): the last step, one row at a time, settles it by the option."""
+    shop()
+    real, reads = writers.stored_rows, []
+
+    def stale_once(spec, connection, alias, ids):
+        found = real(spec, connection, alias, ids)
+        if not reads:  # read before another process committed user 2
+            found.pop(2, None)
+        reads.append(ids)
+        return found
+
+    monkeypatch.setattr(writers, "stored_rows", stale_once)
+    writer = BulkWriter("users", "users_db", on_conflict=on_conflict)
+    row = (2, "Robert", "bob@example.com", "bob@example.com")
+    written = writer.write_carefully(Job(1, [3], [row], {}))
+    assert (written.stored, written.updated, written.skipped) == {
+        "update": (0, 1, 0),
+        "skip": (0, 0, 1),
+        "reject": (0, 0, 0),
+    }[on_conflict]
+    assert [str(r) for r in written.rejections] == (
+        [
+            "users #2 (line 3): id 2 is already stored with different data "
+            "(name 'Bob', email 'bob@example.com')"
+        ]
+        if on_conflict == "reject"
+        else []
+    )
+    assert users()[1][1] == ("Robert" if on_conflict == "update" else "Bob")
 
 
 # --- the property: the verdicts of a sequential reference ---------------------------------
