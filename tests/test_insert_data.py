@@ -347,9 +347,9 @@ def test_a_row_that_clashes_only_at_insert_names_the_stored_owner_of_its_email()
     store_customers()  # user 1 is alice@example.com
     writer = BulkWriter("users", "users_db")
     row = (7, "Alice again", "ALICE@example.com", "alice@example.com")
-    stored, present, rejections = writer._insert_one_by_one([row], {7: 12})
-    assert (stored, present) == (0, 0)
-    assert [(r.line, r.id, r.reason) for r in rejections] == [
+    written = writer._insert_one_by_one([row], {7: 12})
+    assert (written.stored, written.present) == (0, 0)
+    assert [(r.line, r.id, r.reason) for r in written.rejections] == [
         (12, 7, "email 'ALICE@example.com' is already used by customer 1")
     ]
 

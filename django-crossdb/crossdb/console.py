@@ -150,8 +150,7 @@ def progress_for(stdout, enabled):
 def summary_table(result):
     """The per-table counts; the title is printed on its own line (see summary_lines)."""
     table = Table()
-    stored = "would store" if result.dry_run else "stored"
-    for header in ("table", stored, "already present", "rejected", "seconds"):
+    for header in result.summary_columns():
         table.add_column(header, justify="left" if header == "table" else "right")
     for row in result.summary_rows():
         table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in row))
@@ -196,11 +195,16 @@ def _undecoded(rejection):
 
 
 def totals_line(result):
+    """The totals, "24 stored, 0 already present, 6 rejected in 0.08s", with "2 updated"
+    after stored or "3 skipped" after already present when the run counts them apart."""
     totals = result.totals()
+    apart = result.counted_apart
+    updated = f"{totals['updated']:,} updated, " if "updated" in apart else ""
+    skipped = f"{totals['skipped']:,} skipped, " if "skipped" in apart else ""
     stored = "would be stored" if result.dry_run else "stored"
     line = (
-        f"{totals['stored']:,} {stored}, {totals['present']:,} already present, "
-        f"{totals['rejected']:,} rejected in {result.seconds:.2f}s"
+        f"{totals['stored']:,} {stored}, {updated}{totals['present']:,} already present, "
+        f"{skipped}{totals['rejected']:,} rejected in {result.seconds:.2f}s"
     )
     return f"{line} (dry run: nothing was written)" if result.dry_run else line
 

@@ -70,6 +70,8 @@ class TableResult:
     stored: int = 0
     present: int = 0
     rejected: int = 0
+    updated: int = 0  # written over a stored row with the same id (on_conflict "update")
+    skipped: int = 0  # id stored with other data, the stored row kept (on_conflict "skip")
     started: float | None = None  # when its writer first wrote (time.time())
     finished: float | None = None  # when its writer committed its last batch
 
@@ -80,8 +82,13 @@ class TableResult:
         return self.finished - self.started
 
     @property
+    def handled(self) -> int:
+        """Rows its writer settled without rejecting them."""
+        return self.stored + self.present + self.updated + self.skipped
+
+    @property
     def rows_per_second(self) -> float:
-        return (self.stored + self.present) / self.seconds if self.seconds else 0.0
+        return self.handled / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +113,10 @@ class LoadResult:
     )
     rejections: list[Rejection] = field(default_factory=list)
     error: str | None = None  # set when a failure stopped the run
+    # what became of a row whose id was stored with other data: "reject" (a conflict),
+    # "update" or "skip" (``crossdb.loading.writers``); the last two add their count
+    # ("updated", "skipped") to the summary, the report and the run record
+    on_conflict: str = "reject"
     dry_run: bool = False  # nothing was written: "stored" counts the rows it would store
 
     def reject(self, rejection: Rejection) -> None:
@@ -140,11 +151,29 @@ class LoadResult:
         return sorted(self.rejections, key=Rejection.sort_key)
 
     def totals(self) -> dict[str, int]:
-        keys = ("read", "stored", "present", "rejected")
+        keys = ("read", "stored", "present", "rejected", "updated", "skipped")
         return {k: sum(getattr(t, k) for t in self.tables.values()) for k in keys}
+
+    @property
+    def counted_apart(self) -> tuple[str, ...]:
+        """The verdicts this run counts besides stored, already present and rejected:
+        ("updated",) with on_conflict "update", ("skipped",) with "skip", else none."""
+        return {"update": ("updated",), "skip": ("skipped",)}.get(self.on_conflict, ())
+
+    def _with_apart(self, counts: dict[str, Any], values: dict[str, int]) -> dict[str, Any]:
+        """A report's counts with the run's counts apart: "updated" after "stored",
+        "skipped" after "already_present"; values: {"updated": n, "skipped": n}."""
+        after = {"stored": "updated", "already_present": "skipped"}
+        out: dict[str, Any] = {}
+        for key, value in counts.items():
+            out[key] = value
+            if after.get(key) in self.counted_apart:
+                out[after[key]] = values[after[key]]
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         totals = self.totals()
+        handled = totals["stored"] + totals["present"] + totals["updated"] + totals["skipped"]
         return {
             "source": self.source,
             "dry_run": self.dry_run,
@@ -152,24 +181,53 @@ class LoadResult:
             "finished": iso(self.finished),
             "seconds": round(self.seconds, 3),
             "error": self.error,
+            "on_conflict": self.on_conflict,
             "writers_overlapped": self.writers_overlapped,
             "overlapping_writers": self.overlaps(),
-            "tables": {name: t.as_dict() for name, t in self.tables.items()},
-            "totals": {
-                "read": totals["read"],
-                "stored": totals["stored"],
-                "already_present": totals["present"],
-                "rejected": totals["rejected"],
-                "rows_per_second": round((totals["stored"] + totals["present"]) / self.seconds, 1)
-                if self.seconds
-                else 0.0,
+            "tables": {
+                name: self._with_apart(t.as_dict(), {"updated": t.updated, "skipped": t.skipped})
+                for name, t in self.tables.items()
             },
+            "totals": self._with_apart(
+                {
+                    "read": totals["read"],
+                    "stored": totals["stored"],
+                    "already_present": totals["present"],
+                    "rejected": totals["rejected"],
+                    "rows_per_second": round(handled / self.seconds, 1) if self.seconds else 0.0,
+                },
+                totals,
+            ),
         }
 
-    def summary_rows(self) -> Iterator[tuple[str, int, int, int, str]]:
-        """Rows of the summary table: table, stored, already present, rejected, seconds."""
+    def summary_columns(self) -> tuple[str, ...]:
+        """The summary table's headers: table, stored, (updated), already present,
+        (skipped), rejected, seconds; the counts apart only when the run gives them."""
+        apart = self.counted_apart
+        would = "would " if self.dry_run else ""
+        return (
+            "table",
+            f"{would}store" if self.dry_run else "stored",
+            *((f"{would}update" if self.dry_run else "updated",) if "updated" in apart else ()),
+            "already present",
+            *(("skipped",) if "skipped" in apart else ()),
+            "rejected",
+            "seconds",
+        )
+
+    def summary_rows(self) -> Iterator[tuple[Any, ...]]:
+        """Rows of the summary table, in the order of ``summary_columns``."""
+        apart = self.counted_apart
         for t in self.tables.values():
-            yield (t.table, t.stored, t.present, t.rejected, f"{t.seconds:.2f}")
+            yield (
+                t.table,
+                t.stored,
+                *((t.updated,) if "updated" in apart else ()),
+                t.present,
+                *((t.skipped,) if "skipped" in apart else ()),
+                t.rejected,
+                f"{t.seconds:.2f}",
+            )
 
     def write_json(self, path: str | os.PathLike[str] | OutputFile) -> None:
         """Write ``as_dict()`` to path (a file name or an ``OutputFile``)."""

@@ -37,6 +37,7 @@ from crossdb import registry
 from crossdb.loading import columns
 from crossdb.loading.processes import Report, Written
 from crossdb.loading.validate import Recheck
+from crossdb.loading.writers import REJECT, SKIP, UPDATE
 from crossdb.lookups import existing_ids, query_chunks, stored_rows
 from crossdb.registry import TableSpec
 from crossdb.results import Rejection
@@ -50,35 +51,42 @@ __all__ = ["DryRun"]
 class _DryTable:
     """One table's share of a dry run: what the run would have stored in it so far."""
 
-    def __init__(self, spec: TableSpec) -> None:
+    def __init__(self, spec: TableSpec, on_conflict: str = REJECT) -> None:
         self.spec = spec
         self.alias = spec.alias
-        # id -> the row the run would store under it (the first that took the id)
+        self.on_conflict = on_conflict
+        # id -> the row the run would leave under it: stored by it, or written over
         self.taken: dict[Any, tuple[Any, ...]] = {}
-        # key column -> {key value: id of the row that would own it}
+        # key column -> {key value: id of the row that would own it; None: an update gave
+        # it up, so the stored owner no longer counts}
         self.claimed: dict[str, dict[Any, Any]] = {key.column: {} for key in spec.keys}
         # ids that will exist once the run is over: would be stored, or found stored
         self.exists: set[Any] = set()
 
     def settle(
         self, lines: list[Any], rows: list[tuple[Any, ...]], known: dict[str, set[Any]]
-    ) -> tuple[int, int, list[Rejection]]:
-        """(would store, already present, rejections) for rows, in input order, as the
-        writer's careful path decides them against what is stored and what came before."""
+    ) -> Written:
+        """What the writer's careful path would make of rows, in input order, against what
+        is stored and what the run did before them (``BulkWriter._classify_and_insert``)."""
         connection = connections[self.alias]
         spec = self.spec
         stored = stored_rows(spec, connection, self.alias, [r[0] for r in rows])
         owners = self._stored_key_owners(rows)
-        would_store, present, rejections = 0, 0, []
+        would_store = present = updated = skipped = 0
+        rejections = []
         for line, row in zip(lines, rows, strict=True):
-            earlier = stored.get(row[0]) or self.taken.get(row[0])
+            earlier = self.taken.get(row[0]) or stored.get(row[0])
             if earlier is not None:
                 self.exists.add(row[0])
                 if spec.comparable(earlier) == spec.comparable(row):
                     present += 1
-                else:
+                    continue
+                if self.on_conflict == SKIP:
+                    skipped += 1
+                    continue
+                if self.on_conflict != UPDATE:
                     rejections.append(self._conflict(line, row, earlier))
-                continue
+                    continue
             clash = self._key_owner(row, owners)
             if clash is not None:
                 key, owner = clash
@@ -89,10 +97,16 @@ class _DryTable:
             self.taken[row[0]] = row
             self.exists.add(row[0])
             for key in spec.keys:
-                self.claimed[key.column][row[spec.position(key.column)]] = row[0]
-            would_store += 1
+                position = spec.position(key.column)
+                if earlier is not None and earlier[position] != row[position]:
+                    self.claimed[key.column][earlier[position]] = None  # given up
+                self.claimed[key.column][row[position]] = row[0]
+            if earlier is None:
+                would_store += 1
+            else:
+                updated += 1
         known[spec.name] = self.exists
-        return would_store, present, rejections
+        return Written(would_store, present, rejections, updated, skipped)
 
     def _stored_key_owners(self, rows: list[tuple[Any, ...]]) -> dict[str, dict[Any, Any]]:
         """{key column: {key value: id of the stored row that has it}} for the rows' keys."""
@@ -115,9 +129,7 @@ class _DryTable:
         """(key, owner id) for the first key of row that another row owns, or None."""
         for key in self.spec.keys:
             value = row[self.spec.position(key.column)]
-            owner = self.claimed[key.column].get(value)
-            if owner is None:
-                owner = owners[key.column].get(value)
+            owner = self.claimed[key.column].get(value, owners[key.column].get(value))
             if owner is not None and owner != row[0]:
                 return key, owner
         return None
@@ -187,10 +199,10 @@ class DryRun:
     ``sent``, ``committed_rows``), so a dry run is the same loop with another sink.
     """
 
-    def __init__(self, tables: Iterable[str]) -> None:
+    def __init__(self, tables: Iterable[str], on_conflict: str = REJECT) -> None:
         self.tables = list(tables)
         self.sent = dict.fromkeys(self.tables, 0)
-        self._state = {t: _DryTable(registry.specs()[t]) for t in self.tables}
+        self._state = {t: _DryTable(registry.specs()[t], on_conflict) for t in self.tables}
         self._known: dict[str, set[Any]] = {}  # parent table -> ids that will exist
         self._settled = dict.fromkeys(self.tables, 0)
 
@@ -218,8 +230,8 @@ class DryRun:
             line_list, tuples, rejections = state.without_missing_parents(
                 line_list, tuples, recheck, self._known
             )
-        would_store, present, more = state.settle(line_list, tuples, self._known)
-        written = Written(would_store, present, rejections + more)
+        written = state.settle(line_list, tuples, self._known)
+        written = written._replace(rejections=rejections + written.rejections)
         on_report(Report("batch", table, written, started, time.time()))
 
     def finish(self, on_report: Callable[[Report], None]) -> None:

@@ -18,7 +18,9 @@ A table of whole numbers (orders) may arrive as ``crossdb.loading.columns.Block`
 an array at a time; a Block the array checks cannot settle goes through the row path instead,
 so the verdicts are the same either way (``tests/test_verdicts.py``).
 
-The rules a run validates rows by: ``crossdb.loading.validate``.
+The rules a run validates rows by: ``crossdb.loading.validate``. What becomes of a row whose id
+is stored with other data (``on_conflict``: reject it, skip it, or update the stored row) is
+the writers' to settle, on their careful path (``crossdb.loading.writers``).
 """
 
 import contextlib
@@ -38,7 +40,7 @@ from crossdb.loading import columns
 from crossdb.loading.dryrun import DryRun
 from crossdb.loading.processes import LoadError, WriterPool, first_line
 from crossdb.loading.validate import RunValidator
-from crossdb.loading.writers import BulkWriter
+from crossdb.loading.writers import ON_CONFLICT, REJECT, BulkWriter
 from crossdb.results import LoadResult, TableResult
 from crossdb.rules import parent_problem
 
@@ -112,20 +114,22 @@ def name_parents_rejected_in_run(result):
         result.rejections[index] = dataclasses.replace(rejection, reason="; ".join(parts))
 
 
-def writer_for(table, alias, gate=None, snapshot=None):
+def writer_for(table, alias, gate=None, snapshot=None, on_conflict=REJECT):
     """Pick the fastest writer the database behind alias supports (COPY on PostgreSQL)."""
     if connections[alias].vendor == "postgresql":
         from crossdb.loading.postgres import (
             PostgresBulkWriter,  # here: psycopg costs 0.15 s to import
         )
 
-        return PostgresBulkWriter(table, alias, gate, snapshot)
-    return BulkWriter(table, alias, gate, snapshot)
+        return PostgresBulkWriter(table, alias, gate, snapshot, on_conflict=on_conflict)
+    return BulkWriter(table, alias, gate, snapshot, on_conflict=on_conflict)
 
 
-def _make_writer(table, gate, snapshot=None):
-    """Build table's writer in its process, with the guard counters of the run's start."""
-    return writer_for(table, registry.specs()[table].alias, gate, (snapshot or {}).get(table))
+def _make_writer(table, gate, snapshot=None, on_conflict=REJECT):
+    """Build table's writer in its process, with the guard counters of the run's start and
+    the run's on_conflict (both travel as data in the pool's writer factory)."""
+    alias = registry.specs()[table].alias
+    return writer_for(table, alias, gate, (snapshot or {}).get(table), on_conflict)
 
 
 def _describe(table):
@@ -134,14 +138,16 @@ def _describe(table):
 
 
 def _apply_batch(result, report):
-    table, (stored, present, rejections) = report.table, report.written
+    table, written = report.table, report.written
     totals = result.tables[table]
-    totals.stored += stored
-    totals.present += present
+    totals.stored += written.stored
+    totals.present += written.present
+    totals.updated += written.updated
+    totals.skipped += written.skipped
     started, finished = report.started, report.finished
     totals.started = started if totals.started is None else min(totals.started, started)
     totals.finished = finished if totals.finished is None else max(totals.finished, finished)
-    for rejection in rejections:
+    for rejection in written.rejections:
         result.reject(rejection)
 
 
@@ -197,8 +203,14 @@ def rare_collections():
         gc.unfreeze()
 
 
-def load(source, *, batch_size=DEFAULT_BATCH_SIZE, progress=None, dry_run=False):
+def load(
+    source, *, batch_size=DEFAULT_BATCH_SIZE, progress=None, on_conflict=REJECT, dry_run=False
+):
     """Validate and store every row of source; return a LoadResult.
+
+    on_conflict says what becomes of a row whose id is stored with other data: "reject"
+    (a conflict, the default), "skip" (the stored row is kept) or "update" (the row's values
+    are written over it, every rule and the guard applying as to an insert).
 
     Raises LoadError when a database fails mid-run; batches committed before the failure
     stay, and running the same load again completes it. dry_run: decide every row as the
@@ -207,8 +219,10 @@ def load(source, *, batch_size=DEFAULT_BATCH_SIZE, progress=None, dry_run=False)
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if on_conflict not in ON_CONFLICT:
+        raise ValueError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}")
     with rare_collections():
-        return _load(source, batch_size, progress or NullProgress(), dry_run)
+        return _load(source, batch_size, progress or NullProgress(), on_conflict, dry_run)
 
 
 def _guard_snapshot(present):
@@ -220,12 +234,13 @@ def _guard_snapshot(present):
     }
 
 
-def _load(source, batch_size, progress, dry_run=False):
+def _load(source, batch_size, progress, on_conflict=REJECT, dry_run=False):
     present = [t for t in registry.tables() if t in source.tables()]
     result = LoadResult(
         source.label,
         started=time.time(),
         tables={t: TableResult(t) for t in present},
+        on_conflict=on_conflict,
         dry_run=dry_run,
     )
     try:
@@ -235,9 +250,10 @@ def _load(source, batch_size, progress, dry_run=False):
     validator = RunValidator()
     pool: WriterPool | DryRun
     if dry_run:
-        pool = DryRun(present)
+        pool = DryRun(present, on_conflict)
     else:
-        pool = WriterPool(present, functools.partial(_make_writer, snapshot=snapshot), _describe)
+        make_writer = functools.partial(_make_writer, snapshot=snapshot, on_conflict=on_conflict)
+        pool = WriterPool(present, make_writer, _describe)
 
     reported = dict.fromkeys(present, 0)  # rows of the batches whose report was read
 
@@ -245,6 +261,7 @@ def _load(source, batch_size, progress, dry_run=False):
         _apply_batch(result, report)
         written = report.written
         rows = written.stored + written.present + len(written.rejections)
+        rows += written.updated + written.skipped
         reported[report.table] += rows
         progress.advance(report.table, written=rows)
 

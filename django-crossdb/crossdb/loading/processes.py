@@ -83,6 +83,8 @@ class Written(NamedTuple):
     stored: int
     present: int
     rejections: list  # crossdb.results.Rejection
+    updated: int = 0  # rows written over stored rows with their ids (on_conflict "update")
+    skipped: int = 0  # rows whose id is stored with other data, kept (on_conflict "skip")
 
 
 class Report(NamedTuple):

@@ -10,7 +10,8 @@ The rules for a run, one sentence each:
 * A row is valid when every field passes its rule (``crossdb.rules``).
 * An id that appears twice: the first valid row with that id wins; a later row with the
   same id is already present (same data) or a conflict (different data), decided by the
-  writer, and never makes the id "rejected".
+  writer, and never makes the id "rejected" (the run's ``on_conflict`` may skip a conflict,
+  or write it over the row before it, ``crossdb.loading.writers``).
 * A comparison key (an email) belongs to the row stored first: a row already stored, else
   the first row of the run that is stored (the writer decides, in input order, so a row
   rejected as a conflict never takes a key from a later one).

@@ -11,6 +11,20 @@ that clash are rejected with the stored values named, and the rest are inserted.
 path costs nothing extra on a fresh load; the careful path is what makes re-runs,
 concurrent runs and concurrent deletes exact.
 
+A row whose id is stored with other data is settled by the run's ``on_conflict``
+(``insert_data --on-conflict``), on the careful path only, since such a row always makes the
+fast path's insert come up short:
+
+* ``reject`` (the default): rejected as a conflict, the stored values named;
+* ``skip``: the stored row is kept and the row counted as skipped, not rejected;
+* ``update``: the row's values are written over the stored row's, in the batch's transaction,
+  after every check an insert passes: its parents are verified inside the guard as an
+  insert's are, its comparison keys are computed from its values and must not be another
+  row's (the rejection names the owner). The id is what matches it, so it never changes.
+  Rows are settled in input order: an id given twice in a run is updated twice, and the
+  later values win (a batch repeating an id is settled in runs of distinct ids, each seeing
+  what the runs before it wrote).
+
 A child table's writer (one holding references, ``crossdb.registry``) also:
 
 * waits, inside its transaction, until every parent batch dispatched before its batch is
@@ -34,7 +48,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
-from django.db import connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import Field
 
 from crossdb import causal, conf, guard
@@ -48,9 +62,15 @@ from crossdb.rules import parent_problem, shown
 log = logging.getLogger(__name__)
 
 # A hook for tests (never set otherwise): a callable the first writer that looks its rows'
-# parents up calls inside its transaction, after the lookup and before the commit, so a
-# test can run a delete in between (tests/test_races.py, tests/launch.py --hold).
+# parents up, or is about to write rows over stored ones (``on_conflict`` "update"), calls
+# inside its transaction, after the lookup and before the commit, so a test can run a delete
+# in between (tests/test_races.py, tests/test_on_conflict.py, tests/launch.py).
 HOLD = None
+
+# What a writer does with a row whose id is stored with other data (``--on-conflict``).
+REJECT, SKIP, UPDATE = "reject", "skip", "update"
+ON_CONFLICT = (REJECT, UPDATE, SKIP)
+DEADLOCK = "40P01"  # PostgreSQL's SQLSTATE for a transaction it aborted to end a deadlock
 
 
 def as_tuples(job):
@@ -154,7 +174,10 @@ class _NoGate:
 class BulkWriter:
     """Writes batches of one table to its database; one instance per writer process."""
 
-    def __init__(self, table, alias, gate=None, snapshot=None):
+    def __init__(self, table, alias, gate=None, snapshot=None, on_conflict=REJECT):
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}")
+        self.on_conflict = on_conflict
         self.spec = spec_of(table)
         self.table = self.spec.name
         self.model = self.spec.model
@@ -178,6 +201,10 @@ class BulkWriter:
         self.insert_sql = (
             f"INSERT INTO {self.db_table} ({self.column_list}) VALUES ({placeholders}) "
             "ON CONFLICT DO NOTHING"
+        )
+        pk, *others = (qn(cast(Field, self.model._meta.get_field(c)).column) for c in self.columns)
+        self.update_sql = (
+            f"UPDATE {self.db_table} SET {', '.join(f'{c} = %s' for c in others)} WHERE {pk} = %s"
         )
         # Parent ids found committed by this writer's fast path, not looked up again while
         # the deletion counters stay as they were when the run began (``_suspect_parents``).
@@ -211,7 +238,7 @@ class BulkWriter:
 
     def _write(self, job):
         if not self._may_take_fast_path(job):
-            return Written(*self.write_carefully(as_tuples(job)))
+            return self.write_carefully(as_tuples(job))
         joined = [job]
         written = []  # (rows inserted, rejections) of each joined job
 
@@ -256,7 +283,7 @@ class BulkWriter:
             # written again after this one, which is written carefully on its own.
             if len(joined) > 1:
                 self.gate.give_back(job, joined[1:])
-            return Written(*self.write_carefully(as_tuples(job)))
+            return self.write_carefully(as_tuples(job))
         results = [Written(stored, 0, rejections) for stored, rejections in written]
         return results[0] if len(joined) == 1 else list(zip(joined, results, strict=True))
 
@@ -321,18 +348,20 @@ class BulkWriter:
         return suspects
 
     def write_carefully(self, job, attempts=3):
+        """Write job's rows after reading what is stored; return a Written."""
         for _attempt in range(attempts):
             try:
                 with transaction.atomic(using=self.alias):
                     guard.share(self.alias, self.parents)
                     self.gate.wait_for_parents()
                     rows, lines, rejections = self._verify_parents(job)
-                    stored, present, more = self._classify_and_insert(rows, lines)
+                    written = self._classify_and_insert(rows, lines)
                     causal.record_for(self.table, self.alias)
-                    return stored, present, rejections + more
+                    return written._replace(rejections=rejections + written.rejections)
             except _Redo:
-                # Another process inserted a clashing row between our read and our insert
-                # (possible on PostgreSQL, where transactions do not lock the table); retry.
+                # Another process inserted a clashing row between our read and our insert,
+                # or changed or deleted a row we update (possible on PostgreSQL, where
+                # transactions do not lock the table); retry.
                 time.sleep(0.01)
         raise RuntimeError(f"{self.table}: batch kept racing another writer; run again")
 
@@ -400,47 +429,117 @@ class BulkWriter:
         return Rejection(self.table, line, row[0], reason, values)
 
     def _classify_and_insert(self, rows, lines):
-        """Settle each row in input order against what is stored and what came before it.
+        """Settle each row in input order against what is stored and what came before it;
+        return a Written.
 
         An id stored or taken by an earlier row of the batch makes the row already present
-        (same data) or a conflict; else a comparison key (an email) stored or claimed by an
-        earlier accepted row makes it a rejection naming the owner; else it is inserted. So
-        a row that is rejected never takes an id or a key from a later one.
+        (same data) or a conflict, which ``_settle_conflict`` settles; else, and for a
+        conflict that updates, a comparison key (an email) stored or claimed by an earlier
+        accepted row makes it a rejection naming the owner; else it is inserted (or written
+        over the stored row). So a row that is rejected never takes an id or a key from a
+        later one, and a key an update gives up is free for the rows after it.
         """
+        if self.on_conflict == UPDATE and len({r[0] for r in rows}) < len(rows):
+            return self._in_runs_of_distinct_ids(rows, lines)
         rejections = []
         stored = stored_rows(self.spec, self.connection, self.alias, [r[0] for r in rows])
         owners = self._stored_key_owners(rows)
-        present = 0
+        present = skipped = 0
         taken: dict[Any, tuple[Any, ...]] = {}  # id -> the row of this batch that will be inserted
+        # key column -> {key value: id of the row of this batch that has it, None: given up}
         claimed: dict[str, dict[Any, Any]] = {key.column: {} for key in self.spec.keys}
+        updates, update_lines = [], []  # rows to write over stored ones, in input order
         fresh_lines = {}
         for line, row in zip(lines, rows, strict=True):
             earlier = stored.get(row[0]) or taken.get(row[0])
             if earlier is not None:
                 if self.spec.comparable(earlier) == self.spec.comparable(row):
                     present += 1  # stored before, or twice in this run
-                else:
-                    rejections.append(self._conflict(line, row, earlier))
-                continue
+                    continue
+                verdict = self._settle_conflict(line, row, earlier)
+                if verdict != UPDATE:
+                    if verdict == SKIP:
+                        skipped += 1
+                    else:
+                        rejections.append(verdict)
+                    continue
             clash = self._key_owner(row, claimed, owners)
             if clash is not None:
                 rejections.append(self._rejection(line, row, self._key_taken(row, *clash)))
                 continue
-            taken[row[0]] = row
-            fresh_lines[row[0]] = line
+            if earlier is None:
+                taken[row[0]] = row
+                fresh_lines[row[0]] = line
+            else:  # a stored row (ids do not repeat in a batch that updates)
+                updates.append(row)
+                update_lines.append(line)
+                stored[row[0]] = row
             for key in self.spec.keys:
-                claimed[key.column][row[self.spec.position(key.column)]] = row[0]
+                position = self.spec.position(key.column)
+                if earlier is not None and earlier[position] != row[position]:
+                    claimed[key.column][earlier[position]] = None  # free for the rows after
+                claimed[key.column][row[position]] = row[0]
+        # The updates first, in input order: each leaves the keys as the rows before it in
+        # the input did, less the rows inserted next, so no step clashes on a unique key.
+        self._update_stored(updates, update_lines)
+        written = Written(0, present, rejections, len(updates), skipped)
         fresh = list(taken.values())
         if not fresh:
-            return 0, present, rejections
+            return written
         try:
             with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
                 if self.insert_ignoring_conflicts(cursor, fresh) != len(fresh):
                     raise _Redo  # back to the savepoint: settle the rows one by one
-            return len(fresh), present, rejections
+            return written._replace(stored=len(fresh))
         except _Redo:
-            stored_count, settled_present, settled = self._insert_one_by_one(fresh, fresh_lines)
-            return stored_count, present + settled_present, rejections + settled
+            settled = self._insert_one_by_one(fresh, fresh_lines)
+            return Written(*(a + b for a, b in zip(written, settled, strict=True)))
+
+    def _in_runs_of_distinct_ids(self, rows, lines):
+        """``_classify_and_insert`` of a batch that repeats an id (``update``): in runs in
+        which no id repeats, each settled (and written) before the next is read, so a row
+        updates the one before it as it would in a later batch."""
+        total = Written(0, 0, [], 0, 0)
+        start, seen = 0, set()
+        for end, row in enumerate([*rows, None]):
+            if row is not None and row[0] not in seen:
+                seen.add(row[0])
+                continue
+            written = self._classify_and_insert(rows[start:end], lines[start:end])
+            total = Written(*(a + b for a, b in zip(total, written, strict=True)))
+            start, seen = end, {row[0]} if row is not None else set()
+        return total
+
+    def _settle_conflict(self, line, row, earlier):
+        """What becomes of row, whose id is stored, or taken by an earlier row of its batch,
+        with other data (earlier): a Rejection naming the stored values (``reject``),
+        ``SKIP``, or ``UPDATE`` (its keys are checked next, then it is written over)."""
+        if self.on_conflict == REJECT:
+            return self._conflict(line, row, earlier)
+        return self.on_conflict
+
+    def _update_stored(self, rows, lines):
+        """Write rows over the stored rows with their ids, in order, in the open transaction.
+
+        A row that has gone, or a key another process committed meanwhile (PostgreSQL,
+        where reads lock nothing), or a deadlock with another writer, rolls the batch back
+        to be read and settled again (``_Redo``), as a clashing insert does.
+        """
+        if not rows:
+            return
+        _hold_for_test()  # parents verified, the guard held: a test's delete may race here
+        values = [(*row[1:], row[0]) for row in self.prepare(rows)]
+        try:
+            with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
+                cursor.executemany(self.update_sql, values)
+                if cursor.rowcount != len(values):
+                    raise _Redo
+        except IntegrityError:
+            raise _Redo from None
+        except DatabaseError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) == DEADLOCK:
+                raise _Redo from None
+            raise
 
     def _stored_key_owners(self, rows):
         """{key column: {key value: id of the stored row that has it}} for the rows' keys."""
@@ -460,35 +559,46 @@ class BulkWriter:
         """(key, owner id) for the first key of row that another row owns, or None."""
         for key in self.spec.keys:
             value = row[self.spec.position(key.column)]
-            owner = claimed[key.column].get(value)
-            if owner is None:
-                owner = owners[key.column].get(value)
+            owner = claimed[key.column].get(value, owners[key.column].get(value))
             if owner is not None and owner != row[0]:
                 return key, owner
         return None
 
     def _insert_one_by_one(self, rows, lines):
-        """Insert rows singly and classify each that does not go in by what is stored now.
+        """Insert rows singly and classify each that does not go in by what is stored now;
+        return a Written.
 
         Reached only when a row clashed with a key the checks above did not see: a row
         another process committed a moment ago. Slow, but exact, and never an endless retry.
         """
-        stored, present, rejections = 0, 0, []
+        stored, present, rejections, updated, skipped = 0, 0, [], 0, 0
         with self.connection.cursor() as cursor:
             for row in rows:
+                line = lines[row[0]]
                 cursor.execute(self.insert_sql, self.prepare([row])[0])
                 if cursor.rowcount == 1:
                     stored += 1
                     continue
                 earlier = stored_rows(self.spec, self.connection, self.alias, [row[0]]).get(row[0])
                 if earlier is None:
-                    reason = self._clash_reason(row)
-                    rejections.append(self._rejection(lines[row[0]], row, reason))
-                elif self.spec.comparable(earlier) == self.spec.comparable(row):
+                    rejections.append(self._rejection(line, row, self._clash_reason(row)))
+                    continue
+                if self.spec.comparable(earlier) == self.spec.comparable(row):
                     present += 1
+                    continue
+                verdict = self._settle_conflict(line, row, earlier)
+                if verdict == SKIP:
+                    skipped += 1
+                elif verdict != UPDATE:
+                    rejections.append(verdict)
+                elif clash := self._key_owner(
+                    row, {k.column: {} for k in self.spec.keys}, self._stored_key_owners([row])
+                ):
+                    rejections.append(self._rejection(line, row, self._key_taken(row, *clash)))
                 else:
-                    rejections.append(self._conflict(lines[row[0]], row, earlier))
-        return stored, present, rejections
+                    self._update_stored([row], [line])
+                    updated += 1
+        return Written(stored, present, rejections, updated, skipped)
 
     def _clash_reason(self, row):
         """Why row, whose id is free, did not go in: the stored owner of one of its keys

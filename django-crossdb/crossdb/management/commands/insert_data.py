@@ -23,6 +23,7 @@ from crossdb.databases import NotReady, check_ready
 from crossdb.loading import load
 from crossdb.loading.indexes import repair_and_say as repair_indexes
 from crossdb.loading.processes import first_line
+from crossdb.loading.writers import ON_CONFLICT, REJECT
 from crossdb.outputs import OutputError, OutputFile
 from crossdb.registry import alias, fields
 from crossdb.rules import printable
@@ -215,6 +216,16 @@ class Command(BaseCommand):
             metavar="N",
             help=f"rows per transaction (default {load.DEFAULT_BATCH_SIZE:,})",
         )
+        loading.add_argument(
+            "--on-conflict",
+            choices=ON_CONFLICT,
+            default=REJECT,
+            help="a row whose id is stored with other data: reject it as a conflict "
+            "(default); update: store its values over the stored row (every rule, the "
+            "unique keys and the references still checked; counted as updated; an id given "
+            "twice in the input is updated in input order, the later row winning); skip: "
+            "keep the stored row (counted as skipped, not rejected)",
+        )
         out = parser.add_argument_group("output")
         out.add_argument("--rejects", metavar="FILE", help="write every rejected row to FILE (CSV)")
         out.add_argument("--report", metavar="FILE", help="write a JSON summary of the run to FILE")
@@ -242,6 +253,7 @@ class Command(BaseCommand):
                         batch_size=options["batch_size"],
                         progress=progress,
                         dry_run=options["dry_run"],
+                        on_conflict=options["on_conflict"],
                     )
                 self.print_result(result, options["show"])
                 if not options["encoding"]:
