@@ -6,7 +6,9 @@ the writer processes. A ``DryRun`` settles each batch as the writer's careful pa
 (``BulkWriter._classify_and_insert``), reading the databases and never writing them:
 
 * an id stored, or taken by an earlier row of the run that would be stored, makes the row
-  already present (same data) or a conflict (different data);
+  already present (same data) or a conflict (different data), which ``on_conflict``
+  rejects, skips or turns into an update (whose old email key is then free for the rows
+  after it);
 * a comparison key (an email) stored, or claimed by an earlier row that would be stored,
   makes the row a rejection naming the owner;
 * a reference is satisfied by a parent id the run would store or found stored (the parent
