@@ -18,6 +18,7 @@ the code under test reporting on itself.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -183,6 +184,20 @@ def make_backend(name, tmp_path, settings, postgres=None):
         backend.urls = postgres.make(backend.aliases)
     backend.migrate()
     return backend
+
+
+@contextlib.contextmanager
+def migrated_backend(request, tmp_path, settings):
+    """make_backend for a fixture whose parameter names the backend; PostgreSQL's
+    databases (on the ``postgres_server`` fixture's server) are dropped afterwards."""
+    postgres = None
+    if request.param == "postgresql":
+        postgres = PostgresDatabases(request.getfixturevalue("postgres_server"))
+    try:
+        yield make_backend(request.param, tmp_path, settings, postgres)
+    finally:
+        if postgres:
+            postgres.drop_all()
 
 
 # --- processes -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import os
 
 import pytest
 
-from tests.concurrency import PostgresDatabases, judge, make_backend, run_checker
+from tests.concurrency import judge, migrated_backend, run_checker
 from tests.test_postgres import postgres_server  # noqa: F401 (fixture)
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -34,14 +34,8 @@ soak_only = pytest.mark.skipif(
 @pytest.fixture
 def backend(request, tmp_path):
     """A migrated Backend with the fourth table (tests.settings) for the test's parameter."""
-    postgres = None
-    if request.param == "postgresql":
-        postgres = PostgresDatabases(request.getfixturevalue("postgres_server"))
-    try:
-        yield make_backend(request.param, tmp_path, "tests.settings", postgres)
-    finally:
-        if postgres:
-            postgres.drop_all()
+    with migrated_backend(request, tmp_path, "tests.settings") as made:
+        yield made
 
 
 def checked(backend, seconds, seed, guard=True):

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from core.models import Order, Product, User
 from tests import reference_rules as rules
-from tests.concurrency import PostgresDatabases, Processes, make_backend, wait_until
+from tests.concurrency import Processes, migrated_backend, wait_until
 from tests.conftest import all_databases
 from tests.launch import HOLD
 from tests.test_postgres import postgres_server  # noqa: F401 (fixture)
@@ -521,14 +521,8 @@ def test_update_and_skip_give_the_verdicts_of_the_sequential_reference(tmp_path_
 @pytest.fixture
 def backend(request, tmp_path):
     """A migrated ``tests.concurrency.Backend`` of the test's parameter; dropped after."""
-    postgres = None
-    if request.param == "postgresql":
-        postgres = PostgresDatabases(request.getfixturevalue("postgres_server"))
-    try:
-        yield make_backend(request.param, tmp_path, "multids.settings", postgres)
-    finally:
-        if postgres:
-            postgres.drop_all()
+    with migrated_backend(request, tmp_path, "multids.settings") as made:
+        yield made
 
 
 def repoint_files(directory):

@@ -73,6 +73,7 @@ from django.db import DatabaseError, connections, transaction
 
 from crossdb import registry, rules
 from crossdb.registry import TableSpec
+from crossdb.sources import files
 from crossdb.sources.files import SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -80,14 +81,7 @@ logger = logging.getLogger(__name__)
 FORMATS = ("csv", "jsonl")
 DEFAULT_CHUNK_SIZE = 10_000  # rows fetched per round trip, and written per batch
 KEPT_MISFITS = 20  # misfits kept per table in the result; the count covers all
-KINDS = {
-    stat.S_ISDIR: "a directory",
-    stat.S_ISFIFO: "a FIFO",
-    stat.S_ISSOCK: "a socket",
-    stat.S_ISCHR: "a character device",
-    stat.S_ISBLK: "a block device",
-    stat.S_ISLNK: "a symlink",
-}
+KINDS = {**files.KINDS, stat.S_ISLNK: "a symlink"}  # what else a path may be (lstat)
 
 
 class ExportError(Exception):
