@@ -290,3 +290,25 @@ def test_a_dry_run_stopped_says_nothing_was_written(tmp_path, monkeypatch, raise
     with pytest.raises(CommandError) as error:
         call_command("insert_data", "--from", str(tmp_path), "--dry-run", "--no-progress")
     assert str(error.value) == said
+
+
+@all_databases
+def test_a_dry_run_of_updates_says_what_would_be_updated(tmp_path, run_command):
+    from core.models import User
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_files(first, USERS)
+    write_files(second, [("1", "Ann Lee", "ann@example.com"), USERS[1]])
+    run_command("insert_data", "--from", str(first), "--no-progress")
+    said = run_command(
+        "insert_data",
+        "--from",
+        str(second),
+        "--dry-run",
+        "--on-conflict",
+        "update",
+        "--no-progress",
+    )
+    assert "would update" in said
+    assert "0 would be stored, 1 would be updated, 4 already present, 3 rejected" in said
+    assert User.objects.get(pk=1).name == "Ann"

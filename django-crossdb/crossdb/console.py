@@ -199,11 +199,11 @@ def totals_line(result):
     after stored or "3 skipped" after already present when the run counts them apart."""
     totals = result.totals()
     apart = result.counted_apart
-    updated = f"{totals['updated']:,} updated, " if "updated" in apart else ""
+    would = "would be " if result.dry_run else ""
+    updated = f"{totals['updated']:,} {would}updated, " if "updated" in apart else ""
     skipped = f"{totals['skipped']:,} skipped, " if "skipped" in apart else ""
-    stored = "would be stored" if result.dry_run else "stored"
     line = (
-        f"{totals['stored']:,} {stored}, {updated}{totals['present']:,} already present, "
+        f"{totals['stored']:,} {would}stored, {updated}{totals['present']:,} already present, "
         f"{skipped}{totals['rejected']:,} rejected in {result.seconds:.2f}s"
     )
     return f"{line} (dry run: nothing was written)" if result.dry_run else line
