@@ -49,6 +49,8 @@ examples:
                                        every verdict, nothing written
   insert_data --from DIR --map {_map_example()}
                                        read a field from a column named otherwise
+  insert_data --from DIR --on-conflict update
+                                       write changed rows over the stored ones
 
 file formats (in DIR, each optional; a header row names the columns, in any
 order; extra columns are ignored):
@@ -173,7 +175,7 @@ class Command(BaseCommand):
             "--from",
             dest="source",
             metavar="PATH",
-            help=f"a directory with {'/'.join(registry.tables())} .csv or .jsonl files, "
+            help=f"a directory with {'/'.join(registry.tables())} .csv, .jsonl or .xlsx files, "
             "or a rejects CSV (from --rejects) after fixing it",
         )
         src.add_argument(
