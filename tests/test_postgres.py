@@ -429,11 +429,11 @@ thread.start()
 writer = writer_for("users", "users_db")
 rows = [(200, "Mine", "TWO@example.com", "two@example.com"),
         (201, "Mine", "One@example.com", "one@example.com")]
-stored, present, rejections = writer.write(Job(1, [2, 3], rows, {}))
+written = writer.write(Job(1, [2, 3], rows, {}))
 thread.join()
 print("deadlocks in the writer:", len(deadlocks))
-print("stored", stored, "present", present)
-for rejection in rejections:
+print("stored", written.stored, "present", written.present)
+for rejection in written.rejections:
     print(rejection.line, rejection.id, rejection.reason)
 """
 
