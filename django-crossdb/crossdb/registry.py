@@ -159,9 +159,17 @@ class TableSpec:
 
     def comparable(self, row: Sequence[Any]) -> tuple[Any, ...]:
         """Row in the form that decides "identical data": keys instead of their sources."""
+        return self._comparable_part(row)
+
+    @cached_property
+    def _comparable_part(self) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """The values of a row ``comparable`` keeps, as one C-level call (a re-run compares
+        every row it reads against the stored one)."""
         skip = {self.fields.index(k.source) for k in self.keys}
-        values = [v for i, v in enumerate(row[: len(self.fields)]) if i not in skip]
-        return (*values, *row[len(self.fields) :])
+        kept = [i for i in range(len(self.columns)) if i not in skip]
+        if len(kept) == 1:
+            return lambda row: (row[kept[0]],)
+        return operator.itemgetter(*kept)
 
     @property
     def children(self) -> tuple[Reference, ...]:
