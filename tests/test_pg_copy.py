@@ -1,11 +1,14 @@
 """crossdb.loading.postgres.packed_rows: the orders' binary COPY bytes built at once must store
-exactly what psycopg's ``write_row`` stores, and anything it cannot pack goes back to ``write_row``.
+exactly what psycopg's ``write_row`` stores, and anything it cannot pack goes back to ``write_row``;
+``binarycopy.unpack`` reads PostgreSQL's own binary COPY back (a re-run's stored rows).
 
 Run on PostgreSQL by the in-process rerun (tests/test_postgres.py); the fallbacks need no
 database.
 """
 
+import numpy as np
 import pytest
+from crossdb.loading import binarycopy
 from crossdb.loading.binarycopy import COPY_SIGNATURE, COPY_TRAILER
 from crossdb.loading.postgres import packed_rows
 from django.db import connections
@@ -55,3 +58,32 @@ def test_packed_rows_store_what_write_row_stores():
             raw.execute(f"SELECT a, b, c, d FROM {table} ORDER BY a")
             stored[table] = raw.fetchall()
     assert stored["packed"] == stored["by_row"] == sorted(EDGES)
+
+
+def test_unpack_reads_back_what_copy_payload_packs():
+    values = np.array(EDGES, dtype=np.int64)
+    data = COPY_SIGNATURE + binarycopy.copy_payload(ORDER_TYPES, values) + COPY_TRAILER
+    assert binarycopy.unpack(ORDER_TYPES, data).tolist() == [list(row) for row in EDGES]
+    assert binarycopy.unpack(ORDER_TYPES, COPY_SIGNATURE + COPY_TRAILER).shape == (0, 4)
+    assert binarycopy.unpack(["bigint", "text"], data) is None
+    assert binarycopy.unpack(ORDER_TYPES, b"not a copy stream") is None
+
+
+@all_databases
+def test_unpack_reads_what_postgresql_copies_out_and_refuses_a_null():
+    connection = connections["orders_db"]
+    if connection.vendor != "postgresql":
+        pytest.skip("binary COPY is PostgreSQL's")
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        raw.execute("CREATE TEMP TABLE stored (a bigint, b bigint, c bigint, d integer)")
+        with raw.copy("COPY stored FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(COPY_SIGNATURE + packed_rows(ORDER_TYPES, EDGES) + COPY_TRAILER)
+
+        def copied_out():
+            with raw.copy("COPY (SELECT * FROM stored ORDER BY a) TO STDOUT (FORMAT BINARY)") as c:
+                return b"".join(c)
+
+        assert binarycopy.unpack(ORDER_TYPES, copied_out()).tolist() == sorted(map(list, EDGES))
+        raw.execute("INSERT INTO stored VALUES (7, NULL, 1, 1)")  # a NULL: its row is shorter
+        assert binarycopy.unpack(ORDER_TYPES, copied_out()) is None

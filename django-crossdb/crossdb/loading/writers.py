@@ -154,6 +154,24 @@ def _without(job, drop):
     return job._replace(rows=[job.rows[i] for i in kept], lines=[job.lines[i] for i in kept])
 
 
+# Fields stored as whole numbers, compared as one array on a re-run (``_stored_block``).
+WHOLE_NUMBER_TYPES = frozenset(t for t in PLAIN_TYPES if t.endswith(("AutoField", "IntegerField")))
+
+
+def _compare_blocks(rows, stored):
+    """``BulkWriter._compare_stored`` of an array of rows against the stored rows (an array
+    sorted by id), in a few array passes."""
+    if not len(stored):
+        return [], []
+    at = np.minimum(np.searchsorted(stored[:, 0], rows[:, 0]), len(stored) - 1)
+    matched = stored[at]
+    is_stored = matched[:, 0] == rows[:, 0]
+    identical = is_stored & (matched == rows).all(axis=1)
+    same = np.flatnonzero(identical).tolist()
+    differ = np.flatnonzero(is_stored & ~identical).tolist()
+    return same, [(i, tuple(matched[i].tolist())) for i in differ]
+
+
 class _Redo(Exception):
     """Roll the fast path back and write the batch carefully."""
 
@@ -213,6 +231,23 @@ class BulkWriter:
         # sorted builds cost a fraction of inserting random keys into a B-tree.
         self.deferred_indexes = indexes.drop_for_load(alias, self.model)
         self.prepare = stored_form(self.model, self.columns, self.connection)
+        # Rows stored before the run are settled set-wise on the fast path (``_settle_stored``);
+        # into a table empty when the writer starts (a first load) that costs nothing.
+        self.meets_stored = not self.deferred_indexes and self._has_rows()
+        self.whole_numbers = all(
+            cast(Field, self.model._meta.get_field(c)).get_internal_type() in WHOLE_NUMBER_TYPES
+            for c in self.columns
+        )
+        self.pk_column = qn(cast(Field, self.model._meta.get_field(self.columns[0])).column)
+        self.range_sql = (
+            f"SELECT {self.column_list} FROM {self.db_table} "
+            f"WHERE {self.pk_column} BETWEEN %s AND %s"
+        )
+
+    def _has_rows(self):
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"SELECT 1 FROM {self.db_table} LIMIT 1")
+            return cursor.fetchone() is not None
 
     def _counters(self):
         return guard.counters(self.alias, self.parents) if self.parents else {}
@@ -240,13 +275,16 @@ class BulkWriter:
         if not self._may_take_fast_path(job):
             return self.write_carefully(as_tuples(job))
         joined = [job]
-        written = []  # (rows inserted, rejections) of each joined job
+        written = []  # the Written of each joined job
 
         def insert(this, put):
             kept, rejections = self._without_missing_parents(this)
+            kept, settled = self._settle_stored(kept)
             if put(kept.rows) != len(kept.rows):
                 raise _Redo
-            written.append((len(kept.rows), rejections))
+            written.append(
+                settled._replace(stored=len(kept.rows), rejections=rejections + settled.rejections)
+            )
 
         def joining(put, accepts=None):
             def join(later):
@@ -284,8 +322,7 @@ class BulkWriter:
             if len(joined) > 1:
                 self.gate.give_back(job, joined[1:])
             return self.write_carefully(as_tuples(job))
-        results = [Written(stored, 0, rejections) for stored, rejections in written]
-        return results[0] if len(joined) == 1 else list(zip(joined, results, strict=True))
+        return written[0] if len(joined) == 1 else list(zip(joined, written, strict=True))
 
     def segment_for(self, cursor, job):
         """A ``crossdb.loading.segment.Segment`` taking job and the jobs after it into this
@@ -336,6 +373,91 @@ class BulkWriter:
             for i in sorted(problems)
         ]
         return _without(job, problems.keys()), rejections
+
+    def _settle_stored(self, job):
+        """(job without the rows whose id is stored, a Written of what became of them).
+
+        A re-run, or a resume, meets its rows stored: the stored rows with the batch's ids
+        are read in one query and compared with the batch's at once, rather than the
+        insert coming up short and the careful path settling the batch row by row. A row
+        stored with the same data is already present; one stored with other data is
+        settled by ``on_conflict`` as the careful path would (``reject``: named as a
+        conflict with the stored values; ``skip``: kept), except ``update``, whose writes
+        the careful path makes (``_Redo``). What is left is inserted; an id given twice in
+        the run, or a key another row holds, still makes the insert come up short.
+
+        Runs after ``_without_missing_parents`` inside the guard, so the verdicts and their
+        order are the careful path's: a row whose parents are gone is rejected for that,
+        stored or not.
+        """
+        settled = Written(0, 0, [])
+        if not self.meets_stored or not len(job.rows):
+            return job, settled
+        same, differ = self._compare_stored(job.rows)
+        if not same and not differ:
+            return job, settled
+        if differ and self.on_conflict == UPDATE:
+            raise _Redo
+        lines = columns.line_list(job.lines, len(job.rows))
+        rejections = []
+        if self.on_conflict == REJECT:
+            rejections = [
+                self._conflict(lines[i], columns.tuples(_rows_at(job.rows, [i]))[0], earlier)
+                for i, earlier in differ
+            ]
+        skipped = len(differ) if self.on_conflict == SKIP else 0
+        drop = same + [i for i, _earlier in differ]
+        return _without(job, drop), Written(0, len(same), rejections, 0, skipped)
+
+    def _compare_stored(self, rows):
+        """(indexes of rows stored with the same data, [(index, stored row)] of rows whose
+        id is stored with other data), in input order."""
+        if (
+            isinstance(rows, np.ndarray)
+            and self.whole_numbers
+            and rows.shape[1] == len(self.columns)
+        ):
+            stored = self._stored_block(rows[:, 0])
+            if stored is not None:
+                return _compare_blocks(rows, stored)
+            rows = columns.tuples(rows)
+        found = stored_rows(self.spec, self.connection, self.alias, [r[0] for r in rows])
+        if not found:
+            return [], []
+        comparable = self.spec.comparable
+        same, differ = [], []
+        for index, row in enumerate(rows):
+            earlier = found.get(row[0])
+            if earlier is None:
+                continue
+            if comparable(earlier) == comparable(row):
+                same.append(index)
+            else:
+                differ.append((index, earlier))
+        return same, differ
+
+    def _stored_block(self, ids):
+        """The stored rows of a table of whole numbers with ids between the batch's least
+        and greatest, as an array sorted by id; None when the ids are too sparse for one
+        range scan to pay (4 stored rows read per id), or a stored value is NULL."""
+        low, high = int(ids.min()), int(ids.max())
+        if high - low >= 4 * len(ids):
+            return None
+        stored = self._stored_range(low, high)
+        if stored is None:
+            return None
+        return stored[np.argsort(stored[:, 0], kind="stable")]
+
+    def _stored_range(self, low, high):
+        """The stored rows with ids from low to high as an int64 array, or None when a
+        stored value is NULL (written by other code)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.range_sql, [low, high])
+            found = cursor.fetchall()
+        try:
+            return np.array(found, dtype=np.int64).reshape(len(found), len(self.columns))
+        except (TypeError, ValueError):
+            return None
 
     def _suspect_parents(self):
         """Parent tables whose rows may have gone since validation (read inside the guard)."""
