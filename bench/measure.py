@@ -136,6 +136,7 @@ HEADER = [
 
 # The row of a load of orders alone into databases that hold their users and products.
 AFTER_PARENTS = "`insert_data --from` CSV, orders alone (users, products stored before)"
+RERUN = "`insert_data --from` CSV again, over the finished load (all already present)"
 
 
 PRINTED = []  # every table line printed in this process, for the docs page (bench.__main__)

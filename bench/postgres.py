@@ -195,6 +195,7 @@ def run_postgres_bench(workload_dir, orders, scratch, on_row, repeat=1):
         ("jsonl", "`insert_data --from` JSONL (today's loader)"),
         ("synthetic", "`insert_data` synthetic (today's loader)"),
         ("after", measure.AFTER_PARENTS),
+        ("rerun", measure.RERUN),
     ]
     runs = {kind: [] for kind, _label in steps}
     for round_ in range(1, repeat + 1):
@@ -224,13 +225,13 @@ def _measure_once(kind, label, workload_dir, orders, scratch, expected):
             plan = scratch / f"today-plan-{uuid.uuid4().hex[:6]}.json"
             measured = _reference("pg-today", workload_dir, databases, plan)
         else:
-            if kind == "after":  # the parents first, not measured
+            if kind in ("after", "rerun"):  # the parents, or everything, first: not measured
                 from bench.workload import by_level
 
-                parents_dir = by_level(workload_dir)[0]
-                loaded = _manage("insert_data", "--from", str(parents_dir), env=databases.env)
+                first = by_level(workload_dir)[0] if kind == "after" else workload_dir
+                loaded = _manage("insert_data", "--from", str(first), env=databases.env)
                 if loaded.returncode:
-                    raise BenchError(f"loading {parents_dir} failed: {loaded.stderr.strip()}")
+                    raise BenchError(f"loading {first} failed: {loaded.stderr.strip()}")
             measured = measure.manage(
                 *_insert_data_args(kind, workload_dir, orders),
                 env=databases.env,
@@ -246,7 +247,7 @@ def _measure_once(kind, label, workload_dir, orders, scratch, expected):
 def _insert_data_args(kind, workload_dir, orders):
     from bench.workload import SIZES, as_jsonl, by_level
 
-    if kind == "from":
+    if kind in ("from", "rerun"):
         return ("insert_data", "--from", str(workload_dir), "--no-progress")
     if kind == "after":  # the orders alone (bench.workload.by_level)
         return ("insert_data", "--from", str(by_level(workload_dir)[1]), "--no-progress")
