@@ -11,7 +11,7 @@ import pytest
 from crossdb.loading import binarycopy
 from crossdb.loading.binarycopy import COPY_SIGNATURE, COPY_TRAILER
 from crossdb.loading.postgres import packed_rows
-from django.db import connections
+from django.db import connections, transaction
 
 from tests.conftest import all_databases
 
@@ -60,30 +60,31 @@ def test_packed_rows_store_what_write_row_stores():
     assert stored["packed"] == stored["by_row"] == sorted(EDGES)
 
 
-def test_unpack_reads_back_what_copy_payload_packs():
-    values = np.array(EDGES, dtype=np.int64)
-    data = COPY_SIGNATURE + binarycopy.copy_payload(ORDER_TYPES, values) + COPY_TRAILER
-    assert binarycopy.unpack(ORDER_TYPES, data).tolist() == [list(row) for row in EDGES]
-    assert binarycopy.unpack(ORDER_TYPES, COPY_SIGNATURE + COPY_TRAILER).shape == (0, 4)
-    assert binarycopy.unpack(["bigint", "text"], data) is None
-    assert binarycopy.unpack(ORDER_TYPES, b"not a copy stream") is None
+def test_from_send_reads_rows_of_big_endian_columns_and_refuses_a_short_value():
+    data = b"".join(np.array([row], dtype=">i8,>i8,>i8,>i4").tobytes() for row in map(tuple, EDGES))
+    assert binarycopy.from_send(ORDER_TYPES, data, len(EDGES)).tolist() == list(map(list, EDGES))
+    assert binarycopy.from_send(ORDER_TYPES, b"", 0).shape == (0, 4)
+    assert binarycopy.from_send(ORDER_TYPES, data, len(EDGES) + 1) is None  # a row dropped
 
 
 @all_databases
-def test_unpack_reads_what_postgresql_copies_out_and_refuses_a_null():
+def test_from_send_reads_what_postgresql_sends_and_a_null_is_noticed():
+    """The query the orders writer reads stored rows with (``send_sql``), on rows of every
+    width's edges; a NULL (stored by other code) drops its row, and the count says so."""
+    from crossdb.loading.postgres import PostgresBulkWriter
+
     connection = connections["orders_db"]
     if connection.vendor != "postgresql":
-        pytest.skip("binary COPY is PostgreSQL's")
-    with connection.cursor() as cursor:
-        raw = cursor.cursor
-        raw.execute("CREATE TEMP TABLE stored (a bigint, b bigint, c bigint, d integer)")
-        with raw.copy("COPY stored FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(COPY_SIGNATURE + packed_rows(ORDER_TYPES, EDGES) + COPY_TRAILER)
-
-        def copied_out():
-            with raw.copy("COPY (SELECT * FROM stored ORDER BY a) TO STDOUT (FORMAT BINARY)") as c:
-                return b"".join(c)
-
-        assert binarycopy.unpack(ORDER_TYPES, copied_out()).tolist() == sorted(map(list, EDGES))
-        raw.execute("INSERT INTO stored VALUES (7, NULL, 1, 1)")  # a NULL: its row is shorter
-        assert binarycopy.unpack(ORDER_TYPES, copied_out()) is None
+        pytest.skip("the send functions are PostgreSQL's")
+    writer = PostgresBulkWriter("orders", "orders_db")
+    rows = [(i + 1, *row[1:]) for i, row in enumerate(EDGES)]
+    # in a transaction rolled back at the end: the schema's changes go with it
+    with transaction.atomic(using="orders_db"), connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE orders DROP CONSTRAINT IF EXISTS orders_quantity_gte_1")
+        cursor.execute("ALTER TABLE orders ALTER COLUMN product_id DROP NOT NULL")
+        for row in rows:
+            cursor.execute("INSERT INTO orders VALUES (%s, %s, %s, %s)", row)
+        assert writer._stored_range(1, 3).tolist() == list(map(list, rows))
+        cursor.execute("INSERT INTO orders VALUES (4, 1, NULL, 1)")
+        assert writer._stored_range(1, 4) is None
+        transaction.set_rollback(True, using="orders_db")

@@ -34,28 +34,23 @@ def copy_payload(types: Sequence[str], values: np.ndarray) -> bytes | None:
     return packed.tobytes()
 
 
-def unpack(types: Sequence[str], data: bytes) -> np.ndarray | None:
-    """The rows of binary COPY data (``COPY ... TO STDOUT (FORMAT BINARY)``) of whole-number
-    columns as one int64 array, the inverse of ``copy_payload``; None when a value is NULL
-    (its row is shorter) or a type is not a fixed-width integer. Reading a million stored
-    rows back this way costs a few array passes, where tuples from a cursor cost a second."""
-    if any(t not in COPY_WIDTHS for t in types):
+# Each whole-number type's binary send function: its value as big-endian bytes, no length.
+SEND_FUNCTIONS = {"bigint": "int8send", "integer": "int4send", "smallint": "int2send"}
+
+
+def from_send(types: Sequence[str], data: bytes, count: int) -> np.ndarray | None:
+    """count rows sent as the concatenation of each column's send function
+    (``SEND_FUNCTIONS``, ``string_agg`` over the rows) as one int64 array; None when the
+    bytes do not hold count rows (a NULL drops its row from ``string_agg``).
+
+    A re-run reads back every row it loads: one value of a million rows' bytes costs the
+    client a few array passes, where a cursor's tuples or a COPY's rows (one Python call
+    each) cost seconds."""
+    row = np.dtype([(f"value{i}", COPY_WIDTHS[name]) for i, name in enumerate(types)])
+    if len(data) != count * row.itemsize:
         return None
-    layout = [("count", ">i2")]
-    for i, name in enumerate(types):
-        layout += [(f"size{i}", ">i4"), (f"value{i}", COPY_WIDTHS[name])]
-    row = np.dtype(layout)
-    header, trailer = len(COPY_SIGNATURE), len(COPY_TRAILER)
-    body = len(data) - header - trailer
-    if data[:11] != COPY_SIGNATURE[:11] or body < 0 or body % row.itemsize:
-        return None
-    rows = np.frombuffer(data, dtype=row, offset=header, count=body // row.itemsize)
-    widths = [np.dtype(COPY_WIDTHS[name]).itemsize for name in types]
-    if (rows["count"] != len(types)).any() or any(
-        (rows[f"size{i}"] != width).any() for i, width in enumerate(widths)
-    ):
-        return None
-    values = np.empty((len(rows), len(types)), dtype=np.int64)
+    rows = np.frombuffer(data, dtype=row, count=count)
+    values = np.empty((count, len(types)), dtype=np.int64)
     for i in range(len(types)):
         values[:, i] = rows[f"value{i}"]
     return values

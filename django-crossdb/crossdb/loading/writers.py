@@ -211,9 +211,10 @@ class BulkWriter:
             with self.connection.cursor() as cursor:
                 cursor.execute(f"PRAGMA cache_size = -{conf.get('WRITER_CACHE_MB') * 1024}")
         qn = self.connection.ops.quote_name
-        self.column_list = ", ".join(
+        self.quoted_columns = [
             qn(cast(Field, self.model._meta.get_field(c)).column) for c in self.columns
-        )
+        ]
+        self.column_list = ", ".join(self.quoted_columns)
         self.db_table = qn(self.model._meta.db_table)
         placeholders = ", ".join(["%s"] * len(self.columns))
         self.insert_sql = (
@@ -238,7 +239,7 @@ class BulkWriter:
             cast(Field, self.model._meta.get_field(c)).get_internal_type() in WHOLE_NUMBER_TYPES
             for c in self.columns
         )
-        self.pk_column = qn(cast(Field, self.model._meta.get_field(self.columns[0])).column)
+        self.pk_column = self.quoted_columns[0]
         self.range_sql = (
             f"SELECT {self.column_list} FROM {self.db_table} "
             f"WHERE {self.pk_column} BETWEEN %s AND %s"
