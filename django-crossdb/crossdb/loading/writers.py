@@ -402,9 +402,11 @@ class BulkWriter:
         lines = columns.line_list(job.lines, len(job.rows))
         rejections = []
         if self.on_conflict == REJECT:
+            indexes = [i for i, _earlier in differ]
+            rows = columns.tuples(_rows_at(job.rows, indexes))  # one conversion for them all
             rejections = [
-                self._conflict(lines[i], columns.tuples(_rows_at(job.rows, [i]))[0], earlier)
-                for i, earlier in differ
+                self._conflict(lines[i], row, earlier)
+                for (i, earlier), row in zip(differ, rows, strict=True)
             ]
         skipped = len(differ) if self.on_conflict == SKIP else 0
         drop = same + [i for i, _earlier in differ]
