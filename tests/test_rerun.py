@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from crossdb import registry
 from crossdb.loading import load
+from crossdb.loading.load import writer_for
 from crossdb.loading.processes import Job
 from crossdb.loading.writers import ON_CONFLICT, SKIP, BulkWriter, as_tuples
 from crossdb.sources import FileSource
@@ -260,3 +261,37 @@ def test_a_settle_that_calls_changed_users_present_fails_the_property(monkeypatc
     monkeypatch.setattr(BulkWriter, "_compare_stored", changed_as_present)
     with pytest.raises(AssertionError, match="disagree"):
         settle_property("users", **NEGATIVE)()
+
+
+@all_databases
+@pytest.mark.parametrize("stored", ["2.5", "X'32'", "1e30", "'1_000'"])
+def test_a_stored_value_that_is_no_whole_number_is_settled_as_the_careful_path_does(stored):
+    """Other code may write a fraction, a blob, a text or a huge number into SQLite's
+    integer column (the check lets them through): read as an array it would pass for a
+    whole number, so the settle leaves it to the row-wise comparison. PostgreSQL's column
+    types refuse them."""
+    from django.db import DatabaseError, connections
+
+    _stored_shop()
+    try:
+        with connections["orders_db"].cursor() as cursor:
+            cursor.execute(f"UPDATE orders SET quantity = {stored} WHERE id = 2")
+    except DatabaseError:  # PostgreSQL's integer column refuses it: nothing to settle
+        assert connections["orders_db"].vendor == "postgresql"
+        return
+    job = _orders_job([(2, 1, 1, 2)])
+    careful = BulkWriter("orders", "orders_db").write_carefully(as_tuples(job))
+    assert _summary(BulkWriter("orders", "orders_db").write(job)) == _summary(careful)
+    assert _summary(careful)[1] == 0  # a conflict, not present
+
+
+@all_databases
+def test_a_table_emptied_after_the_writer_started_is_loaded_in_a_segment():
+    """The writer saw rows at its start; by its first batch another process had deleted
+    them all, so on PostgreSQL the batch opens a load segment (the table locked, one COPY
+    open): the settle must not query the connection the COPY holds (it waited for ever)."""
+    _stored_shop()
+    writer = writer_for("orders", "orders_db")  # PostgreSQL's: COPY, load segments
+    assert writer.meets_stored
+    Order.objects.all().delete()
+    assert _summary(writer.write(_orders_job([(1, 1, 1, 1), (2, 1, 1, 2)]))) == (2, 0, 0, 0, [])

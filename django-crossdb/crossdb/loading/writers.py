@@ -301,6 +301,10 @@ class BulkWriter:
             with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
                 guard.share(self.alias, self.parents)
                 segment = self.segment_for(cursor, job)
+                if segment is not None:
+                    # The table was empty under the segment's lock: nothing stored to settle,
+                    # and no query may run on this connection while its COPY is open.
+                    self.meets_stored = False
                 if segment is None:
                     put = functools.partial(self.insert_ignoring_conflicts, cursor)
                     insert(job, put)
@@ -453,14 +457,21 @@ class BulkWriter:
 
     def _stored_range(self, low, high):
         """The stored rows with ids from low to high as an int64 array, or None when a
-        stored value is NULL (written by other code)."""
+        stored value is not a whole number of 64 bits: a NULL, or on SQLite a fraction, a
+        blob, a text or a huge number that other code wrote into an integer column (the
+        careful path then reads and names it as it is)."""
         with self.connection.cursor() as cursor:
             cursor.execute(self.range_sql, [low, high])
             found = cursor.fetchall()
+        if not found:
+            return np.empty((0, len(self.columns)), dtype=np.int64)
         try:
-            return np.array(found, dtype=np.int64).reshape(len(found), len(self.columns))
-        except (TypeError, ValueError):
+            stored = np.array(found)
+        except (OverflowError, ValueError):
             return None
+        if stored.dtype.kind != "i" or stored.shape != (len(found), len(self.columns)):
+            return None
+        return stored.astype(np.int64, copy=False)
 
     def _suspect_parents(self):
         """Parent tables whose rows may have gone since validation (read inside the guard)."""
