@@ -58,16 +58,19 @@ class Validated(NamedTuple):
 class RunValidator:
     """Validates batches in input order and remembers what it accepted for later references.
 
-    Memory grows with the number of parent rows (their ids), never with the number of
-    children. Comparison keys are the writer's to settle, against what is stored.
+    Memory grows with the number of parent rows (their ids, at most 16 bytes each when
+    they are whole numbers: ``idsets.AcceptedIds``), never with the number of children.
+    Comparison keys are the writer's to settle, against what is stored. The ids it
+    rejected are a set: a run rejects few.
     """
 
     def __init__(self):
-        self.accepted: dict[str, set[Any]] = {t: set() for t in registry.parent_tables()}
+        specs = registry.specs()
+        self.accepted: dict[str, idsets.AcceptedIds] = {
+            t: idsets.AcceptedIds(hasattr(specs[t].converters[0], "bounds"))
+            for t in registry.parent_tables()
+        }
         self.rejected: dict[str, set[Any]] = {t: set() for t in registry.parent_tables()}
-        self._id_sets: dict[
-            str, Any
-        ] = {}  # parent table -> its accepted ids as a idsets.IdSet, for Blocks
 
     def validate(self, table, batch):
         """Return a Validated for one batch of (line, raw values).
@@ -107,8 +110,9 @@ class RunValidator:
         accepted = self.accepted.get(table)
         if accepted is not None and rows:
             ids = [r[0] for r in rows] if bad else converted[0]
-            accepted.update(ids)
-            self.rejected[table].difference_update(ids)
+            accepted.add(ids)
+            if self.rejected[table]:
+                self.rejected[table].difference_update(ids)
         rejections.sort(key=lambda r: r.line or 0)
         recheck = self._recheck(spec, rows, None if bad else converted)
         return Validated(rows, lines, rejections, recheck)
@@ -126,14 +130,14 @@ class RunValidator:
                 return None
         accepted = self.accepted.get(spec.name)
         if accepted is not None:
-            ids = values[:, 0].tolist()
-            accepted.update(ids)
-            self.rejected[spec.name].difference_update(ids)
+            accepted.add(values[:, 0])
+            if self.rejected[spec.name]:
+                self.rejected[spec.name].difference_update(values[:, 0].tolist())
         unknown = np.zeros(len(values), dtype=bool)
         unknown_by_field = {}
         for reference in spec.references:
             named = values[:, spec.position(reference.field)]
-            missing = ~self._accepted_ids(reference.parent).contains(named)
+            missing = ~self.accepted[reference.parent].contains(named)
             if missing.any():
                 unknown_by_field[reference.field] = frozenset(np.flatnonzero(missing).tolist())
                 unknown |= missing
@@ -148,15 +152,6 @@ class RunValidator:
                         rejected[reference.parent] = frozenset(ids)
             recheck = Recheck(frozenset(at.tolist()), rejected, unknown_by_field)
         return Validated(values, block.lines, [], recheck)
-
-    def _accepted_ids(self, table):
-        """The ids of table accepted so far, as a ``idsets.IdSet`` (rebuilt when they grow:
-        they only grow, so their count tells)."""
-        accepted = self.accepted[table]
-        cached = self._id_sets.get(table)
-        if cached is None or len(cached) != len(accepted):
-            cached = self._id_sets[table] = idsets.IdSet(accepted)
-        return cached
 
     def _split_malformed(self, spec, batch):
         """Set aside what the source could not split into fields
@@ -206,7 +201,7 @@ class RunValidator:
         """Rows whose parent this run did not accept: the writer looks them up in the guard.
 
         columns, when given, are rows by column (the validator's own, when every value took
-        the column pass): one ``issuperset`` per reference settles the common case in C.
+        the column pass): one array lookup per reference settles the common case.
         """
         unresolved: set[int] = set()
         unknown: dict[str, frozenset[int]] = {}
@@ -217,8 +212,8 @@ class RunValidator:
                 named = columns[position]
             else:
                 named = list(map(itemgetter(position), rows))
-            if not parents.issuperset(named):
-                at = frozenset(i for i, pk in enumerate(named) if pk not in parents)
+            if missing := parents.unknown(named):
+                at = frozenset(missing)
                 unknown[reference.field] = at
                 unresolved |= at
         if not unresolved:
@@ -241,7 +236,7 @@ class RunValidator:
             position = spec.position(reference.field)
             parents = self.accepted[reference.parent]
             wanted = {r[position] for _l, _v, r, _p in bad if r[position] is not None}
-            unknown = wanted - parents
+            unknown = parents.difference(wanted)
             stored = existing_ids(reference.parent, unknown) if unknown else set()
             for index, (_line, _values, row, problems) in enumerate(bad):
                 pk = row[position]
@@ -262,7 +257,7 @@ class RunValidator:
                 reason += " (an unbalanced quote?)"  # a record that ran over several lines
             raw_values = dict(zip(spec.fields, values, strict=False))
             out.append(Rejection(spec.name, line, row[0], reason, raw_values, missing=absent))
-            if rejected is not None and row[0] is not None and row[0] not in (accepted or ()):
+            if rejected is not None and row[0] is not None and row[0] not in accepted:
                 rejected.add(row[0])
         return out
 
