@@ -178,7 +178,7 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return values if keep.all() else values[keep]
 
 
-def _member(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _member(sorted_ids: np.ndarray, values: Any) -> Any:
     at = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
     return sorted_ids[at] == values
 

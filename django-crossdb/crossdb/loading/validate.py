@@ -257,8 +257,14 @@ class RunValidator:
                 reason += " (an unbalanced quote?)"  # a record that ran over several lines
             raw_values = dict(zip(spec.fields, values, strict=False))
             out.append(Rejection(spec.name, line, row[0], reason, raw_values, missing=absent))
-            if rejected is not None and row[0] is not None and row[0] not in accepted:
-                rejected.add(row[0])
+            pk = row[0]
+            if (
+                accepted is not None
+                and rejected is not None
+                and pk is not None
+                and pk not in accepted
+            ):
+                rejected.add(pk)
         return out
 
     def _rejected_parents(self, spec, rows, indexes):
