@@ -17,6 +17,8 @@ variable (the harness's own)        hook
 ``MULTIDS_TEST_NO_PARENT_WATCH``    ``crossdb.loading.processes.PARENT_WATCH``:
                                     ``1`` off, ``prctl`` the kernel's part off
 ``MULTIDS_TEST_SEGMENT_UNPROTECTED``  ``crossdb.loading.segment.UNPROTECTED = True``
+``MULTIDS_TEST_CHECKPOINT_SECONDS``   ``crossdb.resume.CHECKPOINT_SECONDS``: how often
+                                    a run's record keeps its settled prefixes
 ==================================  ============================================
 """
 
@@ -42,7 +44,7 @@ def hold_at(path, limit=60.0):
 
 def set_hooks(env=os.environ):
     """Set crossdb's test hooks from the harness's variables (Django must be set up)."""
-    from crossdb import guard
+    from crossdb import guard, resume
     from crossdb.loading import processes, writers
 
     guard.ENABLED = env.get("MULTIDS_TEST_NO_GUARD") != "1"
@@ -50,6 +52,8 @@ def set_hooks(env=os.environ):
     writers.HOLD = hold_at(hold) if hold else None
     watch = env.get("MULTIDS_TEST_NO_PARENT_WATCH")
     processes.PARENT_WATCH = {"1": "off", "prctl": "no-prctl"}.get(watch, "on")
+    if checkpoint := env.get("MULTIDS_TEST_CHECKPOINT_SECONDS"):
+        resume.CHECKPOINT_SECONDS = float(checkpoint)
     if env.get("MULTIDS_TEST_SEGMENT_UNPROTECTED") == "1":
         # PostgreSQL's segment imports psycopg, which a SQLite project may not have installed
         from crossdb.loading import segment

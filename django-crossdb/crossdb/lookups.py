@@ -39,6 +39,24 @@ def existing_ids(table: str, ids: Iterable[Any]) -> set[Any]:
     return found
 
 
+def all_ids(table: str) -> Iterator[list[Any]]:
+    """Every id stored in table, in chunks of a query's rows (a resumed run's parents:
+    ``crossdb.resume``); the ORM's values, so each is of the type the field gives."""
+    table_spec = spec(table)
+    rows = table_spec.model.objects.using(table_spec.alias).values_list("pk", flat=True)
+    chunk: list[Any] = []
+    for pk in rows.iterator(chunk_size=ALL_IDS_CHUNK):
+        chunk.append(pk)
+        if len(chunk) == ALL_IDS_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+ALL_IDS_CHUNK = 100_000
+
+
 def stored_rows(
     table_spec: TableSpec, connection: BaseDatabaseWrapper, alias: str, ids: Iterable[Any]
 ) -> dict[Any, tuple[Any, ...]]:

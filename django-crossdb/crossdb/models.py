@@ -52,6 +52,8 @@ class LoadRun(models.Model):
     # {table: {"read": rows, "written": rows, "fraction": 0..1 or None}}, while it runs
     progress = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(null=True, blank=True)
+    # what a later run needs to resume this one if it stops (``crossdb.resume``)
+    resume = models.JSONField(default=dict, blank=True)
 
     class Meta:
         db_table = "load_runs"

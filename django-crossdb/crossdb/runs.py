@@ -59,6 +59,7 @@ def finish(run_id: int, result: LoadResult) -> None:
         updated_at=datetime.now(UTC),
         summary=result.as_dict(),
         status=LoadRun.DONE,
+        resume={},  # finished: nothing to resume
     )
 
 

@@ -289,7 +289,11 @@ def repair(aliases_and_models=None):
     return repaired
 
 
-def repair_and_say(stdout):
-    """``repair()`` for a command: one line per index rebuilt, nothing when none was."""
-    for alias, table, name in repair():
+def repair_and_say(stdout, leave=()):
+    """``repair()`` for a command: one line per index rebuilt, nothing when none was.
+    leave: tables whose missing indexes a resumed load builds when it ends."""
+    pairs = [
+        (alias, model) for alias, model in routed_models() if model._meta.db_table not in leave
+    ]
+    for alias, table, name in repair(pairs):
         stdout.write(f"{alias}: rebuilt index {name} on {table} (a load was interrupted)")

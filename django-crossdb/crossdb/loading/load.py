@@ -32,6 +32,7 @@ import time
 from itertools import chain, groupby, islice
 from typing import Any
 
+import numpy as np
 from django.db import DatabaseError, connections
 
 from crossdb import guard, registry
@@ -41,6 +42,7 @@ from crossdb.loading.dryrun import DryRun
 from crossdb.loading.processes import LoadError, WriterPool, first_line
 from crossdb.loading.validate import RunValidator
 from crossdb.loading.writers import ON_CONFLICT, REJECT, BulkWriter
+from crossdb.lookups import all_ids
 from crossdb.results import LoadResult, TableResult
 from crossdb.rules import parent_problem
 
@@ -114,22 +116,26 @@ def name_parents_rejected_in_run(result):
         result.rejections[index] = dataclasses.replace(rejection, reason="; ".join(parts))
 
 
-def writer_for(table, alias, gate=None, snapshot=None, on_conflict=REJECT):
+def writer_for(table, alias, gate=None, snapshot=None, on_conflict=REJECT, resuming=False):
     """Pick the fastest writer the database behind alias supports (COPY on PostgreSQL)."""
     if connections[alias].vendor == "postgresql":
         from crossdb.loading.postgres import (
             PostgresBulkWriter,  # here: psycopg costs 0.15 s to import
         )
 
-        return PostgresBulkWriter(table, alias, gate, snapshot, on_conflict=on_conflict)
-    return BulkWriter(table, alias, gate, snapshot, on_conflict=on_conflict)
+        writer_class: type[BulkWriter] = PostgresBulkWriter
+    else:
+        writer_class = BulkWriter
+    return writer_class(table, alias, gate, snapshot, on_conflict=on_conflict, resuming=resuming)
 
 
-def _make_writer(table, gate, snapshot=None, on_conflict=REJECT):
-    """Build table's writer in its process, with the guard counters of the run's start and
-    the run's on_conflict (both travel as data in the pool's writer factory)."""
+def _make_writer(table, gate, snapshot=None, on_conflict=REJECT, resumed=()):
+    """Build table's writer in its process, with the guard counters of the run's start,
+    the run's on_conflict and the tables it resumes (all travel as data in the pool's
+    writer factory)."""
     alias = registry.specs()[table].alias
-    return writer_for(table, alias, gate, (snapshot or {}).get(table), on_conflict)
+    snapshot = (snapshot or {}).get(table)
+    return writer_for(table, alias, gate, snapshot, on_conflict, resuming=table in resumed)
 
 
 def _describe(table):
@@ -162,13 +168,17 @@ def _levels(present):
     return [levels[d] for d in sorted(levels)]
 
 
-def _batches_in_commit_order(source, present, batch_size, progress):
+def _batches_in_commit_order(source, present, batch_size, progress, resume=None):
     """Yield (table, batch): the tables of one level alternately, so their writers work at
-    once, then the next level, which may only be validated once every parent is known."""
+    once, then the next level, which may only be validated once every parent is known.
+    resume: a ``crossdb.resume.ResumePoint`` whose settled rows are left out."""
     for table in present:
         progress.start(table, _expected(source, table))
     for level in _levels(present):
-        streams = {t: table_batches(source, t, batch_size) for t in level}
+        streams = {
+            t: after_line(table_batches(source, t, batch_size), resume.through(t) if resume else 0)
+            for t in level
+        }
         while streams:
             for table, batches in list(streams.items()):
                 batch = next(batches, None)
@@ -176,6 +186,39 @@ def _batches_in_commit_order(source, present, batch_size, progress):
                     del streams[table]
                 else:
                     yield table, batch
+
+
+def last_line(batch):
+    """The input line a batch ends on (the last line of a record over several), or None
+    for generated rows."""
+    if isinstance(batch, columns.Block):
+        return None if batch.lines is None or not len(batch) else int(batch.lines[-1])
+    line = batch[-1][0] if batch else None
+    return getattr(line, "last", line)
+
+
+def after_line(batches, through):
+    """batches without their rows up to input line through (a resumed run's settled
+    prefix); rows come in input order, so only the first batches lose any."""
+    for batch in batches:
+        if through:
+            if isinstance(batch, columns.Block):
+                if batch.lines is not None:
+                    cut = int(np.searchsorted(batch.lines, through, side="right"))
+                    batch = batch.split(cut)[1] if cut else batch
+            else:
+                cut = 0
+                while cut < len(batch) and _ends_by(batch[cut][0], through):
+                    cut += 1
+                batch = batch[cut:] if cut else batch
+            if not len(batch):
+                continue
+            through = 0  # past the prefix: the rest goes as it comes
+        yield batch
+
+
+def _ends_by(line, through):
+    return line is not None and getattr(line, "last", line) <= through
 
 
 def _expected(source, table):
@@ -204,7 +247,14 @@ def rare_collections():
 
 
 def load(
-    source, *, batch_size=DEFAULT_BATCH_SIZE, progress=None, on_conflict=REJECT, dry_run=False
+    source,
+    *,
+    batch_size=DEFAULT_BATCH_SIZE,
+    progress=None,
+    on_conflict=REJECT,
+    dry_run=False,
+    resume=None,
+    checkpoints=None,
 ):
     """Validate and store every row of source; return a LoadResult.
 
@@ -216,13 +266,25 @@ def load(
     stay, and running the same load again completes it. dry_run: decide every row as the
     run would, reading the databases and writing nothing (``crossdb.loading.dryrun``); the
     result's ``stored`` counts are then the rows it would store.
+
+    resume, a ``crossdb.resume.ResumePoint``: continue a stopped run, leaving out the rows
+    it settled and reporting them as it did; checkpoints, a ``crossdb.resume.Checkpoints``:
+    keep this run's settled prefixes in its record, for a run that resumes it.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if on_conflict not in ON_CONFLICT:
         raise ValueError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}")
     with rare_collections():
-        return _load(source, batch_size, progress or NullProgress(), on_conflict, dry_run)
+        return _load(
+            source,
+            batch_size,
+            progress or NullProgress(),
+            on_conflict,
+            dry_run,
+            resume,
+            checkpoints,
+        )
 
 
 def _guard_snapshot(present):
@@ -234,7 +296,27 @@ def _guard_snapshot(present):
     }
 
 
-def _load(source, batch_size, progress, on_conflict=REJECT, dry_run=False):
+def _resumed(result, validator, resume, present, progress):
+    """Take a stopped run's settled prefixes as this run's: their counts and rejections,
+    and, for a parent table, the ids stored in it (its children may name any of those the
+    prefix held; read after the guard's counters, so a deletion since is seen as one)."""
+    for table, point in resume.tables.items():
+        if table not in present:
+            continue
+        totals = result.tables[table]
+        for name in ("read", "stored", "present", "updated", "skipped"):
+            setattr(totals, name, getattr(totals, name) + getattr(point, name))
+        for rejection in point.rejected():
+            result.reject(rejection)
+        progress.advance(table, read=point.read, written=point.read)
+        if table in validator.accepted:
+            for ids in all_ids(table):
+                validator.accepted[table].add(ids)
+
+
+def _load(
+    source, batch_size, progress, on_conflict=REJECT, dry_run=False, resume=None, checkpoints=None
+):
     present = [t for t in registry.tables() if t in source.tables()]
     result = LoadResult(
         source.label,
@@ -248,11 +330,18 @@ def _load(source, batch_size, progress, on_conflict=REJECT, dry_run=False):
     except DatabaseError as exc:
         raise LoadError(f"cannot read the reference guard: {first_line(exc)}") from exc
     validator = RunValidator()
+    if resume is not None:
+        _resumed(result, validator, resume, present, progress)
     pool: WriterPool | DryRun
     if dry_run:
         pool = DryRun(present, on_conflict)
     else:
-        make_writer = functools.partial(_make_writer, snapshot=snapshot, on_conflict=on_conflict)
+        make_writer = functools.partial(
+            _make_writer,
+            snapshot=snapshot,
+            on_conflict=on_conflict,
+            resumed=frozenset(resume.tables) if resume else frozenset(),
+        )
         pool = WriterPool(present, make_writer, _describe)
 
     reported = dict.fromkeys(present, 0)  # rows of the batches whose report was read
@@ -264,15 +353,22 @@ def _load(source, batch_size, progress, on_conflict=REJECT, dry_run=False):
         rows += written.updated + written.skipped
         reported[report.table] += rows
         progress.advance(report.table, written=rows)
+        if checkpoints is not None:
+            checkpoints.reported(report.table, written)
 
     pool.start()
     try:
-        for table, batch in _batches_in_commit_order(source, present, batch_size, progress):
+        batches = _batches_in_commit_order(source, present, batch_size, progress, resume)
+        for table, batch in batches:
             validated = validator.validate(table, batch)
             result.tables[table].read += len(batch)
             for rejection in validated.rejections:
                 result.reject(rejection)
             progress.advance(table, read=len(batch), written=len(validated.rejections))
+            if checkpoints is not None:
+                sent = bool(len(validated.rows))
+                through = last_line(batch)
+                checkpoints.validated(table, through, len(batch), validated.rejections, sent)
             if len(validated.rows):
                 after = {p: pool.sent[p] for p in registry.specs()[table].parents if p in pool.sent}
                 pool.send(

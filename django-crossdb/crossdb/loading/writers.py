@@ -192,7 +192,7 @@ class _NoGate:
 class BulkWriter:
     """Writes batches of one table to its database; one instance per writer process."""
 
-    def __init__(self, table, alias, gate=None, snapshot=None, on_conflict=REJECT):
+    def __init__(self, table, alias, gate=None, snapshot=None, on_conflict=REJECT, resuming=False):
         if on_conflict not in ON_CONFLICT:
             raise ValueError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}")
         self.on_conflict = on_conflict
@@ -235,6 +235,10 @@ class BulkWriter:
         # Rows stored before the run are settled set-wise on the fast path (``_settle_stored``);
         # into a table empty when the writer starts (a first load) that costs nothing.
         self.meets_stored = not self.deferred_indexes and self._has_rows()
+        if resuming and self.meets_stored:
+            # a resumed load goes on as the stopped one did: the indexes it had dropped
+            # stay dropped until this one ends (``crossdb.resume``)
+            self.deferred_indexes = [i.name for i in indexes.missing(alias, self.model)]
         self.whole_numbers = all(
             cast(Field, self.model._meta.get_field(c)).get_internal_type() in WHOLE_NUMBER_TYPES
             for c in self.columns

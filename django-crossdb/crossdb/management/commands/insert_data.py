@@ -1,6 +1,7 @@
 import argparse
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -10,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, DjangoHelpFor
 from django.db import DatabaseError, connections
 from django.utils.module_loading import import_string
 
-from crossdb import conf, registry, runs, sources
+from crossdb import conf, registry, resume, runs, sources
 from crossdb.console import (
     concurrency_line,
     encoding_hints,
@@ -27,6 +28,8 @@ from crossdb.loading.writers import ON_CONFLICT, REJECT
 from crossdb.outputs import OutputError, OutputFile
 from crossdb.registry import alias, fields
 from crossdb.rules import printable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GENERATOR = "crossdb.sources.generated.generated"
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
@@ -51,6 +54,7 @@ examples:
                                        read a field from a column named otherwise
   insert_data --from DIR --on-conflict update
                                        write changed rows over the stored ones
+  insert_data --from DIR --no-resume   after a stopped run, read every row again
 
 file formats (in DIR, each optional; a header row names the columns, in any
 order; extra columns are ignored):
@@ -62,7 +66,9 @@ order; extra columns are ignored):
 
 exit status: 0 when the run completed, whatever was rejected; 1 when an error
 stopped it; 130 after Ctrl-C; 143 after SIGTERM. Committed batches are kept:
-run the same command again to finish (stored rows count as already present).
+run the same command again to finish. It resumes where the stopped run was, in
+each file unchanged since (same size and modification time), and reports the
+rows that run settled as its own; other files are compared with what is stored.
 """
 
 
@@ -228,6 +234,12 @@ class Command(BaseCommand):
             "twice in the input is updated in input order, the later row winning); skip: "
             "keep the stored row (counted as skipped, not rejected)",
         )
+        loading.add_argument(
+            "--no-resume",
+            action="store_true",
+            help="read every row even where the last run of the same files stopped part-way "
+            "(by default the rows it committed are not read again)",
+        )
         out = parser.add_argument_group("output")
         out.add_argument("--rejects", metavar="FILE", help="write every rejected row to FILE (CSV)")
         out.add_argument("--report", metavar="FILE", help="write a JSON summary of the run to FILE")
@@ -247,8 +259,11 @@ class Command(BaseCommand):
             raise CommandError(f"--batch-size must be at least 1 (got {options['batch_size']})")
         progress = progress_for(self.stdout, not options["no_progress"])
         with stop_on_signals():
+            run = checkpoints = None
             try:
-                source, outputs = self.prepare(options)
+                source, outputs, point, wanted = self.prepare(options)
+                if wanted is not None and not options["dry_run"]:
+                    run, checkpoints = self.begin(source, wanted, point)
                 with progress:
                     result = load.load(
                         source,
@@ -256,6 +271,8 @@ class Command(BaseCommand):
                         progress=progress,
                         dry_run=options["dry_run"],
                         on_conflict=options["on_conflict"],
+                        resume=point,
+                        checkpoints=checkpoints,
                     )
                 self.print_result(result, options["show"])
                 if not options["encoding"]:
@@ -263,10 +280,11 @@ class Command(BaseCommand):
                         self.stderr.write(f"warning: {hint}")
                 self.save(result, outputs)
                 if not result.dry_run:  # a dry run leaves the run log as it is, too
-                    self.record(result)
+                    self.record(result, run)
                 getattr(source, "check_unchanged", lambda: None)()  # a file still being written
             except (load.LoadError, sources.SourceError) as exc:
                 # a database that failed, or a file that broke off mid-way (a damaged .gz)
+                self.keep_for_resume(run, checkpoints, first_line(exc))
                 kept = (
                     "Nothing was written (a dry run)."
                     if options["dry_run"]
@@ -278,23 +296,57 @@ class Command(BaseCommand):
                 signum = getattr(exc, "signum", signal.SIGINT)
                 self.stopped = True
                 message = self.stopped_message(signum, progress, options["dry_run"])
+                self.keep_for_resume(run, checkpoints, message)
                 raise CommandError(message, returncode=128 + signum) from None
 
     def prepare(self, options):
         """Build the source and check everything that must stop the run before it starts:
-        the output files first, so that nothing is read for a run that cannot finish."""
+        the output files first, so that nothing is read for a run that cannot finish.
+        Return (source, outputs, the point it resumes from or None, its identity for a
+        resume or None)."""
+        point = None
         try:
             source = self.source_from(options)
             outputs = self.outputs(source, options)
             source.check()
             check_ready(["default", *(alias(t) for t in registry.tables())])
+            wanted = resume.identity(source, options)
             if not options["dry_run"]:  # a dry run writes nothing, not even a repair
-                repair_indexes(self.stdout)
+                if not options["no_resume"]:
+                    point = resume.point_for(source.label, wanted)
+                repair_indexes(self.stdout, leave=point.tables if point else ())
         except (sources.SourceError, NotReady, OutputError) as exc:
             raise CommandError(printable(str(exc))) from exc
+        except DatabaseError as exc:
+            raise CommandError(f"cannot read the run log in default: {first_line(exc)}") from exc
         for warning in getattr(source, "warnings", list)():
             self.stderr.write(f"warning: {printable(warning)}")
-        return source, outputs
+        return source, outputs, point, wanted
+
+    def begin(self, source, wanted, point):
+        """Record the run as running, with the prefixes it settles as it goes, so a run
+        after it can resume it (``crossdb.resume``)."""
+        try:
+            run = runs.begin(source.label)
+        except DatabaseError as exc:
+            raise CommandError(f"cannot record the run in default: {first_line(exc)}") from exc
+        if point is not None:
+            self.stdout.write(
+                f"Resuming run #{point.run_id}, which stopped part-way: {point.describe()} "
+                "settled by it and not read again (--no-resume reads every row)."
+            )
+        return run, resume.Checkpoints(run.pk, wanted, point)
+
+    @staticmethod
+    def keep_for_resume(run, checkpoints, message):
+        """Close a stopped run's record as failed, with the prefixes it settled."""
+        if run is None:
+            return
+        try:
+            checkpoints.save()
+            runs.fail(run.pk, message)
+        except DatabaseError as exc:  # the load's own message says what stopped it
+            log.warning("the run's record was not closed: %s", first_line(exc))
 
     def outputs(self, source, options):
         """{option: crossdb.outputs.OutputFile} for --rejects and --report, each checked."""
@@ -377,10 +429,13 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot write {outputs[option]}: {exc.strerror}") from exc
 
     @staticmethod
-    def record(result):
+    def record(result, run=None):
         """Log the run for the overview page, after everything else is out."""
         try:
-            runs.record(result)
+            if run is None:
+                runs.record(result)
+            else:
+                runs.finish(run.pk, result)
         except DatabaseError as exc:  # every row is committed; only the run's log is missing
             raise CommandError(
                 f"the load is complete, but it could not be logged in the default database "
