@@ -18,14 +18,17 @@ import sqlite3
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 from crossdb import resume
-from crossdb.loading import load
+from crossdb.loading import columns, load
 from crossdb.loading.validate import RunValidator
 from crossdb.models import LoadRun
-from crossdb.sources import FileSource
+from crossdb.sources import FileSource, reading
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES, ROOT, manage
@@ -260,3 +263,74 @@ def test_insert_data_killed_mid_orders_resumes_and_ends_as_a_clean_run(tmp_path)
     integrity = manage("check_integrity", data_dir=stopped)
     assert integrity.returncode == 0, integrity.stdout
     assert Path(stopped / "orders.db").exists()
+
+
+# --- a CSV file read past its settled lines ----------------------------------------------
+
+CELL = st.sampled_from(["1", "22", "x", "", '"a\nb"', '"q""uote"', "7"])
+LINE_END = st.sampled_from(["\n", "\r\n"])
+
+
+def _values(values):
+    return tuple(values) if isinstance(values, list | tuple) else repr(values)  # a Malformed
+
+
+def _rows(runs):
+    out = []
+    for run in runs:
+        rows = run.rows() if isinstance(run, columns.Block) else run
+        out.extend((getattr(line, "last", line), _values(values)) for line, values in rows)
+    return out
+
+
+def csv_after_line_property(tmp_path, records, ends, blank, data):
+    lines = ["id,user_id,product_id,quantity"]
+    lines += [",".join(r) for r in records]
+    if blank:
+        lines.insert(len(lines) // 2, "")
+    text = "".join(line + ends[i % len(ends)] for i, line in enumerate(lines))
+    path = tmp_path / "orders.csv"
+    path.write_text(text, newline="")
+    wanted = FileSource(tmp_path)._wanted("orders")
+    read = partial(reading.csv_runs, path, wanted, whole_numbers=True)
+    everything = _rows(read())
+    after = data.draw(st.sampled_from([1, *(line for line, _values in everything)]))
+    assert _rows(read(after_line=after)) == [r for r in everything if r[0] > after]
+
+
+CSV_FILES = {
+    "records": st.lists(st.lists(CELL, min_size=3, max_size=5), max_size=25),
+    "ends": st.lists(LINE_END, min_size=30, max_size=30),
+    "blank": st.booleans(),
+    "data": st.data(),
+}
+ONE_FOLDER = [HealthCheck.function_scoped_fixture]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=ONE_FOLDER)
+@given(**CSV_FILES)
+def test_a_csv_file_read_after_a_line_gives_the_rows_after_it(tmp_path, records, ends, blank, data):
+    csv_after_line_property(tmp_path, records, ends, blank, data)
+
+
+def test_negative_control_reading_one_line_too_far_is_caught(tmp_path, monkeypatch):
+    skip = reading._skip_lines
+
+    def too_far(opened, log, line, after_line):
+        return skip(opened, log, line, after_line + 1)
+
+    monkeypatch.setattr(reading, "_skip_lines", too_far)
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=ONE_FOLDER,
+    )
+    @given(**CSV_FILES)
+    def broken(records, ends, blank, data):
+        csv_after_line_property(tmp_path, records, ends, blank, data)
+
+    with pytest.raises(AssertionError):
+        broken()

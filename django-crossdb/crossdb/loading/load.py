@@ -174,6 +174,8 @@ def _batches_in_commit_order(source, present, batch_size, progress, resume=None)
     resume: a ``crossdb.resume.ResumePoint`` whose settled rows are left out."""
     for table in present:
         progress.start(table, _expected(source, table))
+        if resume and resume.through(table) and hasattr(source, "start_after"):
+            source.start_after(table, resume.through(table))
     for level in _levels(present):
         streams = {
             t: after_line(table_batches(source, t, batch_size), resume.through(t) if resume else 0)

@@ -128,6 +128,7 @@ class FileSource:
         # table -> the Opened (or ExcelSheet) being streamed, for expected().position
         self._reading: dict[str, Opened | ExcelSheet] = {}
         self._sheet_rows: dict[str, int | None] = {}  # a sheet's declared rows, from check()
+        self.after: dict[str, int] = {}  # table -> the line its rows start after (resume)
 
     def _scan(self) -> dict[str, Path]:
         """Return {table: path} and note what is not read; raise SourceError if nothing can be."""
@@ -273,6 +274,7 @@ class FileSource:
             return iter((self.rows(table),))  # one run: a sheet's rows go one by one (filled)
         read = csv_runs if _is_csv(path) else jsonl_runs
         left_out = self.mapping.left_out(table)
+        options = {"after_line": self.after.get(table, 0)} if _is_csv(path) else {}
         runs = read(
             path,
             self._wanted(table),
@@ -280,10 +282,17 @@ class FileSource:
             # a Block holds the columns read; rows with a field left out are filled one by one
             whole_numbers=registry.specs()[table].whole_numbers and not left_out,
             encoding=self.encoding,
+            **options,
         )
         if not left_out:
             return runs
         return (_filled(run, left_out) for run in runs)
+
+    def start_after(self, table: str, line: int) -> None:
+        """Begin table's rows after input line (a resumed run's settled prefix): a CSV file
+        is read past those lines without parsing them; the loader leaves out the rows of
+        any other up to it (``crossdb.loading.load.after_line``)."""
+        self.after[table] = line
 
     def _tracker(self, table: str) -> Callable[[Opened | ExcelSheet], None]:
         return lambda opened: self._reading.update({table: opened})

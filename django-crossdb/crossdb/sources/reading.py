@@ -497,7 +497,7 @@ def csv_rows(path, wanted, track=None, encoding=None):
     return chain.from_iterable(csv_runs(path, wanted, track, encoding=encoding))
 
 
-def csv_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
+def csv_runs(path, wanted, track=None, whole_numbers=False, encoding=None, after_line=0):
     """Return an iterator of runs of (line, values), in file order.
 
     The csv module splits ``FAST_RECORDS`` records at a time, in C. A run where every record
@@ -510,11 +510,31 @@ def csv_runs(path, wanted, track=None, whole_numbers=False, encoding=None):
     that starts where the csv module has finished every record before it is first offered
     to ``parsers.parse``; a block it takes goes out as one ``columns.Block``, never seen by
     the csv module, and any other goes to the csv module as above.
+
+    after_line: start after that line, where a record ends (a resumed run's settled prefix,
+    ``crossdb.resume``): the lines before it are split but never parsed.
     """
-    return _csv_runs(path, wanted, track, whole_numbers, encoding)
+    return _csv_runs(path, wanted, track, whole_numbers, encoding, after_line)
 
 
-def _csv_runs(path, wanted, track, whole_numbers, encoding):
+def _skip_lines(opened, log, line, after_line):
+    """Read past the lines up to after_line, as whole-number blocks are; return the last
+    line passed (the file may end first)."""
+    while line < after_line:
+        block = next(opened.blocks, None)
+        if block is None:
+            break
+        block = block if type(block) is list else list(block)
+        if len(block) > after_line - line:
+            opened.blocks.push(block[after_line - line :])
+            block = block[: after_line - line]
+        log.skip(len(block))
+        opened.skipped += len(block)
+        line += len(block)
+    return line
+
+
+def _csv_runs(path, wanted, track, whole_numbers, encoding, after_line=0):
     with Opened(path, encoding) as opened:
         if track is not None:
             track(opened)
@@ -524,6 +544,8 @@ def _csv_runs(path, wanted, track, whole_numbers, encoding):
         pick = _picker(positions, len(header.names))
         width = len(header.names)
         line = header.line  # the last line the reader has handed out
+        if after_line > line:
+            line = _skip_lines(opened, log, line, after_line)
         while True:
             log.forget_before(line + 1)
             handed = log.next - 1  # lines given to the csv module so far
