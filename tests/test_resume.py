@@ -215,7 +215,8 @@ def orders_through(data_dir):
     return json.loads(row[0]).get("tables", {}).get("orders", {}).get("through", 0)
 
 
-def test_insert_data_killed_mid_orders_resumes_and_ends_as_a_clean_run(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_insert_data_stopped_mid_orders_resumes_and_ends_as_a_clean_run(tmp_path, signum):
     files = tmp_path / "files"
     files.mkdir()
     users = ["id,name,email"] + [f"{i},U{i},u{i}@example.com" for i in range(1, 2001)]
@@ -249,9 +250,12 @@ def test_insert_data_killed_mid_orders_resumes_and_ends_as_a_clean_run(tmp_path)
         assert time.monotonic() < deadline, "no orders were settled in two minutes"
         time.sleep(0.002)
     assert process.poll() is None, "the load ended before it could be killed mid-orders"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    os.killpg(process.pid, signum)
+    assert process.wait(timeout=60) == (-signal.SIGKILL if signum == signal.SIGKILL else 130)
     assert 0 < len(dump(stopped)["orders"]) < 200_000
+    with sqlite3.connect(stopped / "default.db") as db:
+        status = db.execute("SELECT status FROM load_runs ORDER BY id DESC").fetchone()[0]
+    assert status == ("running" if signum == signal.SIGKILL else "failed")
 
     again = manage(*command, "--report", str(tmp_path / "report.json"), data_dir=stopped)
     assert again.returncode == 0, again.stderr

@@ -386,11 +386,22 @@ def _load(
     except DatabaseError as exc:
         raise LoadError(f"database error while validating: {first_line(exc)}") from exc
     finally:
+        if checkpoints is not None and not dry_run:
+            _read_reports_left(pool, on_report)
         pool.close()
         connections.close_all()
         _count_unreported(pool, reported, progress)
     result.finished = time.time()
     return result
+
+
+def _read_reports_left(pool, on_report):
+    """Read the reports already sent when a run stops (Ctrl-C, a failure): the batches they
+    name are committed, and kept in the run's record a run that resumes this one does not
+    settle them again. The pipe of a writer that died may be broken: what it held is lost
+    to the record only, and the stop's own error is the one to raise."""
+    with contextlib.suppress(OSError, EOFError, ValueError):
+        pool.collect(on_report)
 
 
 def _count_unreported(pool, reported, progress):
