@@ -274,7 +274,8 @@ class FileSource:
             return iter((self.rows(table),))  # one run: a sheet's rows go one by one (filled)
         read = csv_runs if _is_csv(path) else jsonl_runs
         left_out = self.mapping.left_out(table)
-        options = {"after_line": self.after.get(table, 0)} if _is_csv(path) else {}
+        after = self.after.get(table, 0) if _is_csv(path) else 0
+        options = {"after_line": after} if after else {}
         runs = read(
             path,
             self._wanted(table),
