@@ -1,7 +1,7 @@
 """Run the benchmark and print, from one run, each approach as rows/s, as a ratio to its
 backend's floor, and its peak memory.
 
-    python -m bench [--orders N] [--naive-orders N] [--repeat N] [--no-postgres]
+    python -m bench [--orders N] [--scale N] [--naive-orders N] [--repeat N] [--no-postgres]
 
 The floor is the workload stored with the real schema's indexes as cheaply as plain code
 can (``bench.references``: bare tables, one transaction per table, indexes built after the
@@ -89,7 +89,7 @@ def _count(data_dir):
     return total
 
 
-def sqlite_rows(workload_dir, orders, on_row, repeat=1):
+def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
     """Measure each SQLite row repeat times, the approaches in turn; on_row(label, kind,
     median Measured, rows stored) per row at the end (kind "floor" marks the floor, first)."""
     from bench import workload
@@ -127,7 +127,7 @@ def sqlite_rows(workload_dir, orders, on_row, repeat=1):
                 f"SQLite: {label} (today's loader)",
                 "",
                 lambda d, kind=kind: measure.manage(
-                    *_insert_data_args(kind, workload_dir, orders),
+                    *_insert_data_args(kind, workload_dir, sizes),
                     env={"MULTIDS_DATA_DIR": str(d)},
                     label=f"insert_data ({kind})",
                 ),
@@ -206,7 +206,8 @@ def main():
         prog="python -m bench",
         description=__doc__.split("\n\n")[0],
         epilog="examples:\n  make bench\n"
-        "  make bench ARGS='--orders 100000 --repeat 1 --no-postgres'",
+        "  make bench ARGS='--orders 100000 --repeat 1 --no-postgres'\n"
+        "  make bench ARGS='--scale 10 --repeat 1'      # the 11.1M-row workload",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -215,6 +216,14 @@ def main():
         default=workload.SIZES["orders"],
         help=f"orders in the workload, beside {workload.SIZES['users']:,} users and "
         f"{workload.SIZES['products']:,} products (default {workload.SIZES['orders']:,})",
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        metavar="N",
+        help="multiply every size (users, products and --orders) by N: --scale 10 is the "
+        "11.1M-row workload (default 1)",
     )
     parser.add_argument(
         "--naive-orders",
@@ -242,20 +251,20 @@ def main():
         help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh)",
     )
     args = parser.parse_args()
-    for name in ("repeat", "orders", "naive_orders"):
+    for name in ("repeat", "orders", "naive_orders", "scale"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be 1 or more")
-    sizes = dict(workload.SIZES, orders=args.orders)
+    sizes = {t: n * args.scale for t, n in dict(workload.SIZES, orders=args.orders).items()}
     print(f"building workload {sizes} ...", flush=True)
-    workload_dir = workload.build(OUT / f"workload-{args.orders}", sizes)
+    scaled = f"-x{args.scale}" if args.scale > 1 else ""  # scale 1 keeps its files' name
+    workload_dir = workload.build(OUT / f"workload-{args.orders}{scaled}", sizes)
     workload.as_jsonl(workload_dir)  # the same rows as JSONL, for the JSONL rows
-    total = sum(sizes.values())
     cache_bytecode()
 
     before = _load_average()
     print(f"load average before: {before}", flush=True)
     try:
-        _measure(args, workload_dir, total)
+        _measure(args, workload_dir, sizes)
     finally:
         _write_table(args, before)
 
@@ -283,13 +292,14 @@ def _write_table(args, before):
     print(f"table written to {args.table}")
 
 
-def _measure(args, workload_dir, total):
+def _measure(args, workload_dir, sizes):
     """Every row: SQLite's, then PostgreSQL's unless --no-postgres."""
     from bench import postgres
 
+    total = sum(sizes.values())
     rows = measure.Table(total)
     try:
-        sqlite_rows(workload_dir, args.orders, rows.add, args.repeat)
+        sqlite_rows(workload_dir, sizes, rows.add, args.repeat)
         naive, naive_rows = naive_row(args.naive_orders)
         rows.add(
             "SQLite: naive thread pool, `objects.create()` per row (loop only)",
@@ -306,7 +316,7 @@ def _measure(args, workload_dir, total):
     try:
         postgres.run_postgres_bench(
             workload_dir,
-            args.orders,
+            sizes,
             OUT / "postgres",
             lambda label, *rest, **options: pg.add(f"PostgreSQL: {label}", *rest, **options),
             args.repeat,

@@ -178,9 +178,10 @@ def _reference(kind, workload_dir, databases, plan_path):
     )
 
 
-def run_postgres_bench(workload_dir, orders, scratch, on_row, repeat=1):
+def run_postgres_bench(workload_dir, sizes, scratch, on_row, repeat=1):
     """Measure the floor, today's reference and insert_data (file and synthetic) on
-    PostgreSQL, repeat times each, in turn; on_row(label, kind, median Measured, rows
+    PostgreSQL, repeat times each, in turn (sizes: the workload's rows per table, for the
+    synthetic load of the same size); on_row(label, kind, median Measured, rows
     stored) per row at the end, kind "floor" first.
 
     Raises BenchError (one line) when the server is unreachable or a count is wrong.
@@ -201,7 +202,7 @@ def run_postgres_bench(workload_dir, orders, scratch, on_row, repeat=1):
     for round_ in range(1, repeat + 1):
         measure.say_round("PostgreSQL", round_, repeat)
         for kind, label in steps:
-            runs[kind].append(_measure_once(kind, label, workload_dir, orders, scratch, expected))
+            runs[kind].append(_measure_once(kind, label, workload_dir, sizes, scratch, expected))
     from bench.workload import by_level, rows_in
 
     timed = {"after": rows_in(by_level(workload_dir)[1])}
@@ -215,7 +216,7 @@ def run_postgres_bench(workload_dir, orders, scratch, on_row, repeat=1):
         )
 
 
-def _measure_once(kind, label, workload_dir, orders, scratch, expected):
+def _measure_once(kind, label, workload_dir, sizes, scratch, expected):
     """One run of one approach into fresh databases; BenchError if it stored a wrong count."""
     with FreshDatabases(kind) as databases:
         if kind == "floor":
@@ -233,7 +234,7 @@ def _measure_once(kind, label, workload_dir, orders, scratch, expected):
                 if loaded.returncode:
                     raise BenchError(f"loading {first} failed: {loaded.stderr.strip()}")
             measured = measure.manage(
-                *_insert_data_args(kind, workload_dir, orders),
+                *_insert_data_args(kind, workload_dir, sizes),
                 env=databases.env,
                 label="insert_data on PostgreSQL",
                 server_tag=_tag(databases),
@@ -244,8 +245,8 @@ def _measure_once(kind, label, workload_dir, orders, scratch, expected):
     return measured
 
 
-def _insert_data_args(kind, workload_dir, orders):
-    from bench.workload import SIZES, as_jsonl, by_level
+def _insert_data_args(kind, workload_dir, sizes):
+    from bench.workload import as_jsonl, by_level
 
     if kind in ("from", "rerun"):
         return ("insert_data", "--from", str(workload_dir), "--no-progress")
@@ -256,11 +257,11 @@ def _insert_data_args(kind, workload_dir, orders):
     return (
         "insert_data",
         "--users",
-        str(SIZES["users"]),
+        str(sizes["users"]),
         "--products",
-        str(SIZES["products"]),
+        str(sizes["products"]),
         "--orders",
-        str(orders),
+        str(sizes["orders"]),
         "--no-progress",
     )
 
@@ -281,11 +282,12 @@ def main(argv=None):
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "multids.settings")
     django.setup()  # bench.workload reads the models
-    from bench.workload import SIZES
+    from bench.workload import sizes_in
 
-    rows = measure.Table(expected_rows(args[0]))
+    sizes = sizes_in(args[0])
+    rows = measure.Table(sum(sizes.values()))
     try:
-        run_postgres_bench(args[0], SIZES["orders"], measure.OUT / "postgres", rows.add)
+        run_postgres_bench(args[0], sizes, measure.OUT / "postgres", rows.add)
     except (BenchError, measure.BenchFailed, OSError, psycopg.Error) as exc:
         sys.exit(f"bench.postgres: {str(exc).strip().splitlines()[0]}")
 

@@ -103,10 +103,15 @@ def _link_or_copy(source, target):
         shutil.copyfile(source, target)
 
 
+def sizes_in(directory):
+    """{table: data rows} of the CSV files in directory."""
+    sizes = {}
+    for path in sorted(Path(directory).glob("*.csv")):
+        with open(path, "rb") as handle:
+            sizes[path.stem] = sum(1 for _ in handle) - 1
+    return sizes
+
+
 def rows_in(directory):
     """The data rows of the CSV files in directory."""
-    total = 0
-    for path in Path(directory).glob("*.csv"):
-        with open(path, "rb") as handle:
-            total += sum(1 for _ in handle) - 1
-    return total
+    return sum(sizes_in(directory).values())
