@@ -17,11 +17,13 @@ import os
 import shutil
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import django
 
-from bench import measure
+from bench import checks, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = measure.OUT
@@ -89,31 +91,65 @@ def _count(data_dir):
     return total
 
 
+class Step(NamedTuple):
+    """One SQLite row: run(data_dir) is measured on what prepare(name) made; check(data_dir,
+    Measured) then verifies what it did (not measured); options go to on_row."""
+
+    label: str
+    run: Callable
+    prepare: Callable
+    kind: str = ""
+    check: Callable | None = None
+    options: dict | None = None
+
+
+def _loader(source, label):
+    """A measured `insert_data --from source` on the data directory it is given."""
+    return lambda data_dir: measure.manage(
+        "insert_data",
+        "--from",
+        str(source),
+        "--no-progress",
+        env={"MULTIDS_DATA_DIR": str(data_dir)},
+        label=label,
+    )
+
+
+def _reference(kind, *args, label):
+    """A measured plain-code reference (bench.references) on the data directory it is given."""
+    return lambda data_dir: measure.run(
+        ["-m", "bench.references", kind, *map(str, args), str(data_dir)], label=label
+    )
+
+
 def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
     """Measure each SQLite row repeat times, the approaches in turn; on_row(label, kind,
-    median Measured, rows stored) per row at the end (kind "floor" marks the floor, first)."""
+    median Measured, rows stored, **options) per row at the end (kind "floor" marks the
+    floor, first)."""
     from bench import workload
     from bench.postgres import _insert_data_args
 
     schema = fresh_databases("schema")
     parents_dir, children_dir = workload.by_level(workload_dir)
+    changed_dir = workload.conflicting(workload_dir)
+    total = sum(sizes.values())
+
+    def loaded(name):  # a finished load of the workload (not measured)
+        return with_parents(fresh_databases(name), workload_dir)
+
     steps = [
-        (
+        Step(
             "SQLite: bare rowid tables, indexes built after (floor)",
-            "floor",
             lambda d: measure.run(
                 ["-m", "bench.references", "sqlite-floor", str(workload_dir), str(d), str(schema)],
                 label="the SQLite floor",
             ),
             fresh_dir,
+            kind="floor",
         ),
-        (
+        Step(
             "SQLite: plain sqlite3 executemany into the migrated schema (today's reference)",
-            "",
-            lambda d: measure.run(
-                ["-m", "bench.references", "sqlite-today", str(workload_dir), str(d)],
-                label="the SQLite reference",
-            ),
+            _reference("sqlite-today", workload_dir, label="the SQLite reference"),
             fresh_databases,
         ),
     ]
@@ -123,9 +159,8 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
         ("synthetic", "`insert_data` synthetic"),
     ):
         steps.append(
-            (
+            Step(
                 f"SQLite: {label} (today's loader)",
-                "",
                 lambda d, kind=kind: measure.manage(
                     *_insert_data_args(kind, workload_dir, sizes),
                     env={"MULTIDS_DATA_DIR": str(d)},
@@ -134,53 +169,62 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
                 fresh_databases,
             )
         )
-    steps.append(
-        (
+    steps += [
+        Step(
             f"SQLite: {measure.AFTER_PARENTS}",
-            "",
-            lambda d: measure.manage(
-                "insert_data",
-                "--from",
-                str(children_dir),
-                "--no-progress",
-                env={"MULTIDS_DATA_DIR": str(d)},
-                label="insert_data (orders alone)",
-            ),
+            _loader(children_dir, "insert_data (orders alone)"),
             lambda name: with_parents(fresh_databases(name), parents_dir),
-        )
-    )
-    timed = {len(steps) - 1: workload.rows_in(children_dir)}
-    steps.append(
-        (
-            f"SQLite: {measure.RERUN}",
-            "",
-            lambda d: measure.manage(
-                "insert_data",
-                "--from",
-                str(workload_dir),
-                "--no-progress",
-                env={"MULTIDS_DATA_DIR": str(d)},
-                label="insert_data (re-run)",
-            ),
-            lambda name: with_parents(fresh_databases(name), workload_dir),
-        )
-    )
+            options={"timed": workload.rows_in(children_dir)},
+        ),
+        Step(
+            f"SQLite: plain sqlite3 executemany, {measure.JOIN} (reference of the row below)",
+            _reference("sqlite-join", workload_dir, label="the SQLite join"),
+            loaded,
+            check=lambda _d, m: checks.found(m, "the SQLite join"),
+            options={"key": "join"},
+        ),
+        Step(
+            f"SQLite: {measure.RERUN}{measure.TO_ABOVE}",
+            _loader(workload_dir, "insert_data (re-run)"),
+            loaded,
+            check=lambda _d, m: checks.verdicts(m, "the SQLite re-run", present=total),
+            options={"against": "join"},
+        ),
+        Step(
+            f"SQLite: plain sqlite3 executemany, {measure.JOIN}, every row changed "
+            "(reference of the row below)",
+            _reference("sqlite-join", changed_dir, label="the SQLite join of changed rows"),
+            loaded,
+            check=lambda _d, m: checks.found(m, "the SQLite join", changed=total),
+            options={"key": "conflict-join"},
+        ),
+        Step(
+            f"SQLite: {measure.CONFLICT}{measure.TO_ABOVE}",
+            _loader(changed_dir, "insert_data (conflicting re-run)"),
+            loaded,
+            check=lambda _d, m: checks.verdicts(m, "the conflicting re-run", rejected=total),
+            options={"against": "conflict-join"},
+        ),
+    ]
     runs = [[] for _ in steps]
     stored = [set() for _ in steps]
     for round_ in range(1, repeat + 1):
         measure.say_round("SQLite", round_, repeat)
-        for index, (_label, _kind, step, prepare) in enumerate(steps):
-            data_dir = prepare(f"sqlite-{index}")
-            runs[index].append(step(data_dir))
+        for index, step in enumerate(steps):
+            data_dir = step.prepare(f"sqlite-{index}")
+            measured = step.run(data_dir)
+            if step.check:
+                step.check(data_dir, measured)
+            runs[index].append(measured)
             stored[index].add(_count(data_dir))
-    for index, (label, kind, _step, _prepare) in enumerate(steps):
+    for index, step in enumerate(steps):
         counts = stored[index]
         on_row(
-            label,
-            kind,
+            step.label,
+            step.kind,
             measure.median(runs[index]),
             min(counts) if len(counts) > 1 else max(counts),
-            timed=timed.get(index),
+            **(step.options or {}),
         )
 
 

@@ -178,78 +178,131 @@ def _reference(kind, workload_dir, databases, plan_path):
     )
 
 
+def _steps(workload_dir, expected):
+    """(kind, label, options for on_row) of every PostgreSQL row, in the order they run."""
+    from bench.workload import by_level, rows_in
+
+    return [
+        ("floor", "COPY into bare tables, then the indexes, one connection each (floor)", {}),
+        ("today", "plain COPY into the migrated schema (today's reference)", {}),
+        ("from", "`insert_data --from` CSV (today's loader)", {}),
+        ("jsonl", "`insert_data --from` JSONL (today's loader)", {}),
+        ("synthetic", "`insert_data` synthetic (today's loader)", {}),
+        ("after", measure.AFTER_PARENTS, {"timed": rows_in(by_level(workload_dir)[1])}),
+        ("join", f"plain COPY, {measure.JOIN} (reference of the row below)", {"key": "join"}),
+        ("rerun", measure.RERUN + measure.TO_ABOVE, {"against": "join"}),
+        (
+            "join_conflict",
+            f"plain COPY, {measure.JOIN}, every row changed (reference of the row below)",
+            {"key": "join_conflict"},
+        ),
+        ("conflict", measure.CONFLICT + measure.TO_ABOVE, {"against": "join_conflict"}),
+    ]
+
+
 def run_postgres_bench(workload_dir, sizes, scratch, on_row, repeat=1):
-    """Measure the floor, today's reference and insert_data (file and synthetic) on
-    PostgreSQL, repeat times each, in turn (sizes: the workload's rows per table, for the
-    synthetic load of the same size); on_row(label, kind, median Measured, rows
-    stored) per row at the end, kind "floor" first.
+    """Measure the floor, today's reference and insert_data (file and synthetic, fresh and
+    over a finished load) on PostgreSQL, repeat times each, in turn (sizes: the workload's
+    rows per table, for the synthetic load of the same size); on_row(label, kind, median
+    Measured, rows stored, **options) per row at the end, kind "floor" first.
 
     Raises BenchError (one line) when the server is unreachable or a count is wrong.
     """
     expected = expected_rows(workload_dir)
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    steps = [
-        ("floor", "COPY into bare tables, then the indexes, one connection each (floor)"),
-        ("today", "plain COPY into the migrated schema (today's reference)"),
-        ("from", "`insert_data --from` CSV (today's loader)"),
-        ("jsonl", "`insert_data --from` JSONL (today's loader)"),
-        ("synthetic", "`insert_data` synthetic (today's loader)"),
-        ("after", measure.AFTER_PARENTS),
-        ("rerun", measure.RERUN),
-    ]
-    runs = {kind: [] for kind, _label in steps}
+    steps = _steps(workload_dir, expected)
+    runs = {kind: [] for kind, _label, _options in steps}
     for round_ in range(1, repeat + 1):
         measure.say_round("PostgreSQL", round_, repeat)
-        for kind, label in steps:
+        for kind, label, _options in steps:
             runs[kind].append(_measure_once(kind, label, workload_dir, sizes, scratch, expected))
-    from bench.workload import by_level, rows_in
-
-    timed = {"after": rows_in(by_level(workload_dir)[1])}
-    for kind, label in steps:
+    for kind, label, options in steps:
         on_row(
             label,
             "floor" if kind == "floor" else "",
             measure.median(runs[kind]),
             expected,
-            timed=timed.get(kind),
+            **options,
         )
 
 
+# What each kind finds stored before it is measured (loaded by insert_data, not measured).
+STORED_BEFORE = {
+    "after": "parents",
+    "join": "all",
+    "rerun": "all",
+    "join_conflict": "all",
+    "conflict": "all",
+}
+
+
 def _measure_once(kind, label, workload_dir, sizes, scratch, expected):
-    """One run of one approach into fresh databases; BenchError if it stored a wrong count."""
+    """One run of one approach into fresh databases; BenchError if it stored a wrong count
+    or did not meet what it was built to meet (bench.checks)."""
     with FreshDatabases(kind) as databases:
+        _store_before(kind, workload_dir, databases)
         if kind == "floor":
             plan = bare_plan(databases, scratch / "floor-plan.json")
             measured = _reference("pg-floor", workload_dir, databases, plan)
-        elif kind == "today":
-            plan = scratch / f"today-plan-{uuid.uuid4().hex[:6]}.json"
-            measured = _reference("pg-today", workload_dir, databases, plan)
+        elif kind in ("today", "join", "join_conflict"):
+            source = _source(kind, workload_dir)
+            plan = scratch / f"{kind}-plan-{uuid.uuid4().hex[:6]}.json"
+            reference = "pg-today" if kind == "today" else "pg-join"
+            measured = _reference(reference, source, databases, plan)
         else:
-            if kind in ("after", "rerun"):  # the parents, or everything, first: not measured
-                from bench.workload import by_level
-
-                first = by_level(workload_dir)[0] if kind == "after" else workload_dir
-                loaded = _manage("insert_data", "--from", str(first), env=databases.env)
-                if loaded.returncode:
-                    raise BenchError(f"loading {first} failed: {loaded.stderr.strip()}")
             measured = measure.manage(
                 *_insert_data_args(kind, workload_dir, sizes),
                 env=databases.env,
                 label="insert_data on PostgreSQL",
                 server_tag=_tag(databases),
             )
+        _check(kind, measured, expected)
         stored = databases.count()
     if stored != expected:
         raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
     return measured
 
 
+def _source(kind, workload_dir):
+    """The files a kind reads: the workload's, or for a conflicting re-run the same ids
+    with every row's data changed (bench.workload.conflicting)."""
+    from bench.workload import conflicting
+
+    return conflicting(workload_dir) if "conflict" in kind else workload_dir
+
+
+def _store_before(kind, workload_dir, databases):
+    from bench.workload import by_level
+
+    before = STORED_BEFORE.get(kind)
+    if before is None:
+        return
+    first = by_level(workload_dir)[0] if before == "parents" else workload_dir
+    loaded = _manage("insert_data", "--from", str(first), env=databases.env)
+    if loaded.returncode:
+        raise BenchError(f"loading {first} failed: {loaded.stderr.strip()}")
+
+
+def _check(kind, measured, expected):
+    """The re-runs met what they were built to meet (bench.checks)."""
+    from bench import checks
+
+    if kind == "join":
+        checks.found(measured, "the PostgreSQL join")
+    elif kind == "join_conflict":
+        checks.found(measured, "the PostgreSQL join", changed=expected)
+    elif kind == "rerun":
+        checks.verdicts(measured, "the PostgreSQL re-run", present=expected)
+    elif kind == "conflict":
+        checks.verdicts(measured, "the conflicting PostgreSQL re-run", rejected=expected)
+
+
 def _insert_data_args(kind, workload_dir, sizes):
     from bench.workload import as_jsonl, by_level
 
-    if kind in ("from", "rerun"):
-        return ("insert_data", "--from", str(workload_dir), "--no-progress")
+    if kind in ("from", "rerun", "conflict"):
+        return ("insert_data", "--from", str(_source(kind, workload_dir)), "--no-progress")
     if kind == "after":  # the orders alone (bench.workload.by_level)
         return ("insert_data", "--from", str(by_level(workload_dir)[1]), "--no-progress")
     if kind == "jsonl":  # the same rows as JSONL files (bench.workload.as_jsonl)

@@ -11,8 +11,15 @@ from crossdb import registry
 from django.db import models
 
 from core.sources import SyntheticSource
+from core.sources.synthetic import QUANTITY_MAX
 
 SIZES = {"users": 100_000, "products": 10_000, "orders": 1_000_000}
+# What a conflicting re-run changes in every row: one column, to a value its rules accept.
+CHANGED = {
+    "users": ("name", lambda name: f"{name} Jr"),
+    "products": ("name", lambda name: f"{name} II"),
+    "orders": ("quantity", lambda quantity: str(int(quantity) % QUANTITY_MAX + 1)),
+}
 
 
 def build(directory, sizes=SIZES, seed=1):
@@ -70,6 +77,33 @@ def as_jsonl(csv_dir):
                     else:
                         record[name] = value
                 out.write(json.dumps(record) + "\n")
+    stamp.write_text(wanted)
+    return directory
+
+
+def conflicting(csv_dir):
+    """csv_dir's files with the same ids and every row's data changed (``CHANGED``), in a
+    sibling directory, made once: loaded over the finished load, every row meets its id
+    stored with other data, so every row is rejected as a conflict."""
+    csv_dir = Path(csv_dir)
+    directory = csv_dir.with_name(csv_dir.name + "-conflicting")
+    stamp = directory / "SIZES"
+    wanted = (csv_dir / "SIZES").read_text()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    for table, (column, change) in CHANGED.items():
+        with (
+            open(csv_dir / f"{table}.csv", newline="", encoding="utf-8") as source,
+            open(directory / f"{table}.csv", "w", newline="", encoding="utf-8") as out,
+        ):
+            reader, writer = csv.reader(source), csv.writer(out)
+            header = next(reader)
+            writer.writerow(header)
+            at = header.index(column)
+            for row in reader:
+                row[at] = change(row[at])
+                writer.writerow(row)
     stamp.write_text(wanted)
     return directory
 
