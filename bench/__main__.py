@@ -132,7 +132,9 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
     schema = fresh_databases("schema")
     parents_dir, children_dir = workload.by_level(workload_dir)
     changed_dir = workload.conflicting(workload_dir)
+    new_orders = workload.appended(workload_dir, sizes)
     total = sum(sizes.values())
+    appended = {"timed": sizes["orders"], "expected": total + sizes["orders"]}
 
     def loaded(name):  # a finished load of the workload (not measured)
         return with_parents(fresh_databases(name), workload_dir)
@@ -204,6 +206,22 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
             loaded,
             check=lambda _d, m: checks.verdicts(m, "the conflicting re-run", rejected=total),
             options={"against": "conflict-join"},
+        ),
+    ]
+    steps += [
+        Step(
+            "SQLite: plain sqlite3 executemany of the new orders into the indexed table "
+            "(reference of the row below)",
+            _reference("sqlite-today", new_orders, label="the SQLite append reference"),
+            loaded,
+            options=appended | {"key": "append"},
+        ),
+        Step(
+            f"SQLite: {measure.APPEND}{measure.TO_ABOVE}",
+            _loader(new_orders, "insert_data (new orders)"),
+            loaded,
+            check=lambda _d, m: checks.verdicts(m, "the append", stored=sizes["orders"]),
+            options=appended | {"against": "append"},
         ),
     ]
     runs = [[] for _ in steps]

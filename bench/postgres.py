@@ -178,10 +178,11 @@ def _reference(kind, workload_dir, databases, plan_path):
     )
 
 
-def _steps(workload_dir, expected):
+def _steps(workload_dir, sizes):
     """(kind, label, options for on_row) of every PostgreSQL row, in the order they run."""
     from bench.workload import by_level, rows_in
 
+    appended = {"timed": sizes["orders"], "expected": sum(sizes.values()) + sizes["orders"]}
     return [
         ("floor", "COPY into bare tables, then the indexes, one connection each (floor)", {}),
         ("today", "plain COPY into the migrated schema (today's reference)", {}),
@@ -197,6 +198,12 @@ def _steps(workload_dir, expected):
             {"key": "join_conflict"},
         ),
         ("conflict", measure.CONFLICT + measure.TO_ABOVE, {"against": "join_conflict"}),
+        (
+            "append_copy",
+            "plain COPY of the new orders into the indexed table (reference of the row below)",
+            appended | {"key": "append"},
+        ),
+        ("append", measure.APPEND + measure.TO_ABOVE, appended | {"against": "append"}),
     ]
 
 
@@ -211,18 +218,19 @@ def run_postgres_bench(workload_dir, sizes, scratch, on_row, repeat=1):
     expected = expected_rows(workload_dir)
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    steps = _steps(workload_dir, expected)
+    steps = _steps(workload_dir, sizes)
     runs = {kind: [] for kind, _label, _options in steps}
     for round_ in range(1, repeat + 1):
         measure.say_round("PostgreSQL", round_, repeat)
-        for kind, label, _options in steps:
-            runs[kind].append(_measure_once(kind, label, workload_dir, sizes, scratch, expected))
+        for kind, label, options in steps:
+            wanted = options.get("expected", expected)
+            runs[kind].append(_measure_once(kind, label, workload_dir, sizes, scratch, wanted))
     for kind, label, options in steps:
         on_row(
             label,
             "floor" if kind == "floor" else "",
             measure.median(runs[kind]),
-            expected,
+            options.get("expected", expected),
             **options,
         )
 
@@ -234,6 +242,8 @@ STORED_BEFORE = {
     "rerun": "all",
     "join_conflict": "all",
     "conflict": "all",
+    "append_copy": "all",
+    "append": "all",
 }
 
 
@@ -245,10 +255,10 @@ def _measure_once(kind, label, workload_dir, sizes, scratch, expected):
         if kind == "floor":
             plan = bare_plan(databases, scratch / "floor-plan.json")
             measured = _reference("pg-floor", workload_dir, databases, plan)
-        elif kind in ("today", "join", "join_conflict"):
-            source = _source(kind, workload_dir)
+        elif kind in ("today", "append_copy", "join", "join_conflict"):
+            source = _source(kind, workload_dir, sizes)
             plan = scratch / f"{kind}-plan-{uuid.uuid4().hex[:6]}.json"
-            reference = "pg-today" if kind == "today" else "pg-join"
+            reference = "pg-join" if kind.startswith("join") else "pg-today"
             measured = _reference(reference, source, databases, plan)
         else:
             measured = measure.manage(
@@ -257,19 +267,24 @@ def _measure_once(kind, label, workload_dir, sizes, scratch, expected):
                 label="insert_data on PostgreSQL",
                 server_tag=_tag(databases),
             )
-        _check(kind, measured, expected)
+        _check(kind, measured, expected, sizes)
         stored = databases.count()
     if stored != expected:
         raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
     return measured
 
 
-def _source(kind, workload_dir):
-    """The files a kind reads: the workload's, or for a conflicting re-run the same ids
-    with every row's data changed (bench.workload.conflicting)."""
-    from bench.workload import conflicting
+def _source(kind, workload_dir, sizes):
+    """The files a kind reads: the workload's; for a conflicting re-run the same ids with
+    every row's data changed (bench.workload.conflicting); for an append, new orders
+    (bench.workload.appended)."""
+    from bench.workload import appended, conflicting
 
-    return conflicting(workload_dir) if "conflict" in kind else workload_dir
+    if "conflict" in kind:
+        return conflicting(workload_dir)
+    if kind.startswith("append"):
+        return appended(workload_dir, sizes)
+    return workload_dir
 
 
 def _store_before(kind, workload_dir, databases):
@@ -284,8 +299,8 @@ def _store_before(kind, workload_dir, databases):
         raise BenchError(f"loading {first} failed: {loaded.stderr.strip()}")
 
 
-def _check(kind, measured, expected):
-    """The re-runs met what they were built to meet (bench.checks)."""
+def _check(kind, measured, expected, sizes):
+    """The re-runs and the append met what they were built to meet (bench.checks)."""
     from bench import checks
 
     if kind == "join":
@@ -296,13 +311,16 @@ def _check(kind, measured, expected):
         checks.verdicts(measured, "the PostgreSQL re-run", present=expected)
     elif kind == "conflict":
         checks.verdicts(measured, "the conflicting PostgreSQL re-run", rejected=expected)
+    elif kind == "append":
+        checks.verdicts(measured, "the PostgreSQL append", stored=sizes["orders"])
 
 
 def _insert_data_args(kind, workload_dir, sizes):
     from bench.workload import as_jsonl, by_level
 
-    if kind in ("from", "rerun", "conflict"):
-        return ("insert_data", "--from", str(_source(kind, workload_dir)), "--no-progress")
+    if kind in ("from", "rerun", "conflict", "append"):
+        source = _source(kind, workload_dir, sizes)
+        return ("insert_data", "--from", str(source), "--no-progress")
     if kind == "after":  # the orders alone (bench.workload.by_level)
         return ("insert_data", "--from", str(by_level(workload_dir)[1]), "--no-progress")
     if kind == "jsonl":  # the same rows as JSONL files (bench.workload.as_jsonl)

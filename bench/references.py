@@ -11,7 +11,8 @@ timed and measured (peak PSS) exactly like insert_data.
 The floor is the workload stored with the real schema's indexes as cheaply as plain code
 can: bare tables (SQLite: rowid primary keys), one transaction per table, no validation,
 and the indexes built after the rows are in. "Today" is plain code into the migrated
-schema, indexes in place: the reference make bench used before. "Join" is a re-run's
+schema, indexes in place: the reference make bench used before, and for new orders into
+a table already holding orders, the append row's. "Join" is a re-run's
 plain-code floor: each file into a temporary table, and one join that finds the rows that
 are new or changed against the stored ones (it prints how many of each, as JSON).
 
@@ -90,8 +91,9 @@ def sqlite_floor(workload_dir, data_dir, schema_dir):
 
 
 def sqlite_today(workload_dir, data_dir):
-    """Plain sqlite3 executemany into the migrated schema (indexes in place)."""
-    for table in TABLES:
+    """Plain sqlite3 executemany into the migrated schema (indexes in place), of every file
+    workload_dir holds: also the append row's reference, new orders into a stored table."""
+    for table in _present(workload_dir):
         header, reader, handle = _rows(workload_dir, table)
         db = _sqlite_connect(Path(data_dir) / f"{table}.db")
         db.execute("BEGIN IMMEDIATE")
@@ -182,10 +184,11 @@ def pg_join(workload_dir, plan):
 
 
 def pg_today(workload_dir, plan):
-    """Each CSV COPYed into its migrated table (indexes and constraints in place)."""
+    """Each CSV COPYed into its migrated table (indexes and constraints in place), of every
+    file workload_dir holds: also the append row's reference."""
     import psycopg
 
-    for table in TABLES:
+    for table in _present(workload_dir):
         _copy_file(psycopg, plan["urls"][table], workload_dir, table)
 
 

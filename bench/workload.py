@@ -108,6 +108,31 @@ def conflicting(csv_dir):
     return directory
 
 
+def appended(csv_dir, sizes, seed=2):
+    """As many new orders as csv_dir holds, ids following on from its last, naming its
+    users and products, as orders.csv alone in a sibling directory, made once: a daily
+    load of new orders into a table that already holds orders."""
+    csv_dir = Path(csv_dir)
+    directory = csv_dir.with_name(csv_dir.name + "-append")
+    stamp = directory / "SIZES"
+    wanted = f"{(csv_dir / 'SIZES').read_text()} append seed={seed}"
+    if stamp.exists() and stamp.read_text() == wanted:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = registry.specs()["orders"]
+    at = spec.columns.index("id")
+    shift = sizes["orders"]  # the generator's ids start where the workload's do
+    with open(directory / "orders.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(spec.columns)
+        for _line, values in SyntheticSource(seed=seed, **sizes).rows("orders"):
+            row = list(spec.clean(values)[0])
+            row[at] += shift
+            writer.writerow(row)
+    stamp.write_text(wanted)
+    return directory
+
+
 def by_level(csv_dir):
     """(a directory of the parent tables' files, one of the child tables'), beside csv_dir:
     a load of the parents, then a load of the children alone, as a daily load of orders
