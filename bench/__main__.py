@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import django
 
-from bench import checks, measure
+from bench import checks, measure, resume
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = measure.OUT
@@ -93,9 +93,11 @@ def _count(data_dir):
 
 class Step(NamedTuple):
     """One SQLite row: run(data_dir) is measured on what prepare(name) made; check(data_dir,
-    Measured) then verifies what it did (not measured); options go to on_row."""
+    Measured) then verifies what it did (not measured); options go to on_row. A label may
+    be a function, called once every round has run (the resume row's says where it was
+    killed)."""
 
-    label: str
+    label: str | Callable
     run: Callable
     prepare: Callable
     kind: str = ""
@@ -126,19 +128,37 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
     """Measure each SQLite row repeat times, the approaches in turn; on_row(label, kind,
     median Measured, rows stored, **options) per row at the end (kind "floor" marks the
     floor, first)."""
-    from bench import workload
+    resumes = resume.Resumes(sum(sizes.values()))
+    steps = _fresh_steps(workload_dir, sizes, resumes) + _steps_over_a_load(
+        workload_dir, sizes, resumes
+    )
+    runs = [[] for _ in steps]
+    stored = [set() for _ in steps]
+    for round_ in range(1, repeat + 1):
+        measure.say_round("SQLite", round_, repeat)
+        for index, step in enumerate(steps):
+            data_dir = step.prepare(f"sqlite-{index}")
+            measured = step.run(data_dir)
+            if step.check:
+                step.check(data_dir, measured)
+            runs[index].append(measured)
+            stored[index].add(_count(data_dir))
+    for index, step in enumerate(steps):
+        counts = stored[index]
+        on_row(
+            step.label() if callable(step.label) else step.label,
+            step.kind,
+            measure.median(runs[index]),
+            min(counts) if len(counts) > 1 else max(counts),
+            **(step.options or {}),
+        )
+
+
+def _fresh_steps(workload_dir, sizes, resumes):
+    """The loads into empty databases: the floor, today's reference, insert_data's."""
     from bench.postgres import _insert_data_args
 
     schema = fresh_databases("schema")
-    parents_dir, children_dir = workload.by_level(workload_dir)
-    changed_dir = workload.conflicting(workload_dir)
-    new_orders = workload.appended(workload_dir, sizes)
-    total = sum(sizes.values())
-    appended = {"timed": sizes["orders"], "expected": total + sizes["orders"]}
-
-    def loaded(name):  # a finished load of the workload (not measured)
-        return with_parents(fresh_databases(name), workload_dir)
-
     steps = [
         Step(
             "SQLite: bare rowid tables, indexes built after (floor)",
@@ -160,6 +180,7 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
         ("jsonl", "`insert_data --from` JSONL"),
         ("synthetic", "`insert_data` synthetic"),
     ):
+        fresh_csv = kind == "from"  # the clean state and the time the resume row compares with
         steps.append(
             Step(
                 f"SQLite: {label} (today's loader)",
@@ -169,9 +190,28 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
                     label=f"insert_data ({kind})",
                 ),
                 fresh_databases,
+                check=_as_clean(resumes, "a fresh load", first=True) if fresh_csv else None,
+                options={"key": "from"} if fresh_csv else None,
             )
         )
-    steps += [
+    return steps
+
+
+def _steps_over_a_load(workload_dir, sizes, resumes):
+    """The loads into databases holding rows: orders alone, the re-runs and their plain-code
+    join, the append and its reference, the resume after a kill."""
+    from bench import workload
+
+    parents_dir, children_dir = workload.by_level(workload_dir)
+    changed_dir = workload.conflicting(workload_dir)
+    new_orders = workload.appended(workload_dir, sizes)
+    total = sum(sizes.values())
+    appended = {"timed": sizes["orders"], "expected": total + sizes["orders"]}
+
+    def loaded(name):  # a finished load of the workload (not measured)
+        return with_parents(fresh_databases(name), workload_dir)
+
+    return [
         Step(
             f"SQLite: {measure.AFTER_PARENTS}",
             _loader(children_dir, "insert_data (orders alone)"),
@@ -189,7 +229,7 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
             f"SQLite: {measure.RERUN}{measure.TO_ABOVE}",
             _loader(workload_dir, "insert_data (re-run)"),
             loaded,
-            check=lambda _d, m: checks.verdicts(m, "the SQLite re-run", present=total),
+            check=_as_clean(resumes, "the SQLite re-run", present=total),
             options={"against": "join"},
         ),
         Step(
@@ -204,11 +244,9 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
             f"SQLite: {measure.CONFLICT}{measure.TO_ABOVE}",
             _loader(changed_dir, "insert_data (conflicting re-run)"),
             loaded,
-            check=lambda _d, m: checks.verdicts(m, "the conflicting re-run", rejected=total),
+            check=_as_clean(resumes, "the conflicting SQLite re-run", rejected=total),
             options={"against": "conflict-join"},
         ),
-    ]
-    steps += [
         Step(
             "SQLite: plain sqlite3 executemany of the new orders into the indexed table "
             "(reference of the row below)",
@@ -223,27 +261,46 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
             check=lambda _d, m: checks.verdicts(m, "the append", stored=sizes["orders"]),
             options=appended | {"against": "append"},
         ),
+        Step(
+            lambda: f"SQLite: {measure.RESUME.format(committed=resumes.label())}",
+            _loader(workload_dir, "insert_data (resume)"),
+            _killed_at_half(workload_dir, sizes, resumes),
+            check=_as_clean(resumes, "the resumed SQLite load"),
+            options={"share_of": "from"},
+        ),
     ]
-    runs = [[] for _ in steps]
-    stored = [set() for _ in steps]
-    for round_ in range(1, repeat + 1):
-        measure.say_round("SQLite", round_, repeat)
-        for index, step in enumerate(steps):
-            data_dir = step.prepare(f"sqlite-{index}")
-            measured = step.run(data_dir)
-            if step.check:
-                step.check(data_dir, measured)
-            runs[index].append(measured)
-            stored[index].add(_count(data_dir))
-    for index, step in enumerate(steps):
-        counts = stored[index]
-        on_row(
-            step.label,
-            step.kind,
-            measure.median(runs[index]),
-            min(counts) if len(counts) > 1 else max(counts),
-            **(step.options or {}),
-        )
+
+
+def _as_clean(resumes, label, first=False, **verdicts):
+    """A check: insert_data's summary gave verdicts (bench.checks), and the databases hold
+    what the first fresh load left (first: this is that load)."""
+
+    def check(data_dir, measured):
+        if verdicts:
+            checks.verdicts(measured, label, **verdicts)
+        digest = resume.sqlite_digest(data_dir, TABLES)
+        if first:
+            resumes.remember_clean(digest)
+        else:
+            resumes.same_as_clean(digest, label)
+
+    return check
+
+
+def _killed_at_half(workload_dir, sizes, resumes):
+    """A prepare step: the fresh CSV load, SIGKILLed once half the rows are committed (not
+    measured); the rows committed then go to resumes."""
+    from bench.postgres import _insert_data_args
+
+    def prepare(name):
+        data_dir = fresh_databases(name)
+        committed = resume.sqlite_committed(data_dir, TABLES)
+        args = _insert_data_args("from", workload_dir, sizes)
+        resume.kill_at_half(args, {"MULTIDS_DATA_DIR": str(data_dir)}, committed, resumes.total)
+        resumes.killed.append(committed())
+        return data_dir
+
+    return prepare
 
 
 def naive_row(count):

@@ -19,10 +19,12 @@ Each is counted from its databases afterwards, which are dropped at the end. The
 CPU (its backends for those databases, from /proc) is reported beside the client's.
 """
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from bench import measure
+from bench.resume import GONE_WITHIN, POLL, Resumes, kill_at_half
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = "postgresql://multids@127.0.0.1:5432/postgres"
@@ -161,6 +164,90 @@ def bare_plan(databases, path):
     return path
 
 
+# Whether a session other than this one is writing table, or has written it: its ROW
+# EXCLUSIVE lock (a COPY or an INSERT under way), or rows inserted in the statistics.
+WRITING = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND relation = to_regclass(%(table)s) AND mode = 'RowExclusiveLock'
+      AND pid <> pg_backend_pid()
+) OR pg_stat_get_tuples_inserted(to_regclass(%(table)s)) > 0
+"""
+
+
+class CommittedRows:
+    """The rows committed in the three databases, counted from outside while a load runs
+    (bench.resume polls it to kill the load at half).
+
+    A count holds a share lock on its table while it runs, and the orders writer opens a
+    load segment only if it gets the empty table's exclusive lock without waiting
+    (crossdb.loading.segment): a count at that moment would make the killed load another
+    than the one users run. So a table is counted only once its writer has begun writing it
+    (WRITING), when the segment is settled; until then it holds no committed row. A count
+    of a table inside a segment waits for its commit, when its rows are committed."""
+
+    def __init__(self, databases):
+        self.databases = databases
+        self.connections = {}
+        self.written = set()
+
+    def __enter__(self):
+        for table in TABLES:
+            url = database_url(self.databases.names[table])
+            self.connections[table] = psycopg.connect(url, autocommit=True)
+        return self
+
+    def __exit__(self, *exc):
+        for db in self.connections.values():
+            db.close()
+
+    def __call__(self):
+        total = 0
+        for table, db in self.connections.items():
+            if table not in self.written:
+                if not db.execute(WRITING, {"table": table}).fetchone()[0]:
+                    continue
+                self.written.add(table)
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            total += db.execute(query).fetchone()[0]
+        return total
+
+
+def wait_for_backends(databases):
+    """Wait until the server runs no session on databases (a killed client's backend ends
+    when it notices, after an index build under way, say); BenchError after GONE_WITHIN."""
+    names = list(databases.names.values())
+    deadline = time.monotonic() + GONE_WITHIN
+    with psycopg.connect(admin_url(), autocommit=True) as admin:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)"
+        while admin.execute(query, (names,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the killed load's sessions still run after {GONE_WITHIN} s")
+            time.sleep(POLL)
+
+
+def state_digest(databases):
+    """The state a run leaves: each table's index definitions and every row, by id, as the
+    server writes them (COPY text), hashed as they are read."""
+    digest = hashlib.sha256()
+    for table in TABLES:
+        with psycopg.connect(database_url(databases.names[table])) as db:
+            indexes = db.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s "
+                "ORDER BY indexname",
+                (table,),
+            ).fetchall()
+            digest.update(repr((table, indexes)).encode())
+            query = sql.SQL("COPY (SELECT * FROM {} ORDER BY id) TO STDOUT").format(
+                sql.Identifier(table)
+            )
+            with db.cursor() as cursor, cursor.copy(query) as copy:
+                for block in copy:
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def _tag(databases):
     return databases.names["orders"].rsplit("_", 1)[0]  # multids_bench_<label>_<random>
 
@@ -186,7 +273,7 @@ def _steps(workload_dir, sizes):
     return [
         ("floor", "COPY into bare tables, then the indexes, one connection each (floor)", {}),
         ("today", "plain COPY into the migrated schema (today's reference)", {}),
-        ("from", "`insert_data --from` CSV (today's loader)", {}),
+        ("from", "`insert_data --from` CSV (today's loader)", {"key": "from"}),
         ("jsonl", "`insert_data --from` JSONL (today's loader)", {}),
         ("synthetic", "`insert_data` synthetic (today's loader)", {}),
         ("after", measure.AFTER_PARENTS, {"timed": rows_in(by_level(workload_dir)[1])}),
@@ -204,6 +291,7 @@ def _steps(workload_dir, sizes):
             appended | {"key": "append"},
         ),
         ("append", measure.APPEND + measure.TO_ABOVE, appended | {"against": "append"}),
+        ("resume", measure.RESUME, {"share_of": "from"}),
     ]
 
 
@@ -219,15 +307,18 @@ def run_postgres_bench(workload_dir, sizes, scratch, on_row, repeat=1):
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     steps = _steps(workload_dir, sizes)
+    resumes = Resumes(expected)
     runs = {kind: [] for kind, _label, _options in steps}
     for round_ in range(1, repeat + 1):
         measure.say_round("PostgreSQL", round_, repeat)
         for kind, label, options in steps:
             wanted = options.get("expected", expected)
-            runs[kind].append(_measure_once(kind, label, workload_dir, sizes, scratch, wanted))
+            runs[kind].append(
+                _measure_once(kind, label, workload_dir, sizes, scratch, wanted, resumes)
+            )
     for kind, label, options in steps:
         on_row(
-            label,
+            label.format(committed=resumes.label()) if kind == "resume" else label,
             "floor" if kind == "floor" else "",
             measure.median(runs[kind]),
             options.get("expected", expected),
@@ -247,11 +338,14 @@ STORED_BEFORE = {
 }
 
 
-def _measure_once(kind, label, workload_dir, sizes, scratch, expected):
+def _measure_once(kind, label, workload_dir, sizes, scratch, expected, resumes):
     """One run of one approach into fresh databases; BenchError if it stored a wrong count
-    or did not meet what it was built to meet (bench.checks)."""
+    or did not meet what it was built to meet (bench.checks, and for the fresh load, the
+    re-runs and the resume, the state a clean run leaves: resumes)."""
     with FreshDatabases(kind) as databases:
         _store_before(kind, workload_dir, databases)
+        if kind == "resume":
+            _kill_at_half(workload_dir, sizes, databases, resumes)
         if kind == "floor":
             plan = bare_plan(databases, scratch / "floor-plan.json")
             measured = _reference("pg-floor", workload_dir, databases, plan)
@@ -268,10 +362,28 @@ def _measure_once(kind, label, workload_dir, sizes, scratch, expected):
                 server_tag=_tag(databases),
             )
         _check(kind, measured, expected, sizes)
+        if kind == "from":
+            resumes.remember_clean(state_digest(databases))
+        elif kind in ("rerun", "conflict", "resume"):
+            resumes.same_as_clean(state_digest(databases), f"the PostgreSQL {kind} row")
         stored = databases.count()
     if stored != expected:
         raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
     return measured
+
+
+def _kill_at_half(workload_dir, sizes, databases, resumes):
+    """The fresh load, SIGKILLed once half the workload's rows are committed (not measured);
+    the rows committed once its sessions have ended go to resumes."""
+    with CommittedRows(databases) as committed:
+        kill_at_half(
+            _insert_data_args("from", workload_dir, sizes),
+            databases.env,
+            committed,
+            resumes.total,
+        )
+    wait_for_backends(databases)
+    resumes.killed.append(databases.count())
 
 
 def _source(kind, workload_dir, sizes):
@@ -318,7 +430,7 @@ def _check(kind, measured, expected, sizes):
 def _insert_data_args(kind, workload_dir, sizes):
     from bench.workload import as_jsonl, by_level
 
-    if kind in ("from", "rerun", "conflict", "append"):
+    if kind in ("from", "rerun", "conflict", "append", "resume"):
         source = _source(kind, workload_dir, sizes)
         return ("insert_data", "--from", str(source), "--no-progress")
     if kind == "after":  # the orders alone (bench.workload.by_level)
