@@ -9,6 +9,14 @@ data, no validation). Every row is one whole process, start-up included, because
 what a user waits for; peak memory is the summed PSS of its process tree (insert_data and
 its writers). The PostgreSQL half (``bench.postgres``) follows; it needs the server
 ``.ci/setup-postgres.sh`` starts, and says so in one line when it cannot reach it.
+
+The rows over a finished load compare with a reference of their own, measured in the same
+run, as their labels say: the re-runs (all present; every row changed, all rejected) with
+plain code that loads each file into a temporary table and finds new and changed rows in
+one join, the append of new orders with plain code into the indexed table, and the resume
+after a kill -9 at half the rows committed with the fresh load's seconds (``bench.resume``;
+its end state must equal the fresh load's). On PostgreSQL pgloader, when installed, loads
+the same files beside insert_data. ``--scale N`` multiplies every size by N.
 """
 
 import argparse
@@ -128,9 +136,9 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
     """Measure each SQLite row repeat times, the approaches in turn; on_row(label, kind,
     median Measured, rows stored, **options) per row at the end (kind "floor" marks the
     floor, first)."""
-    resumes = resume.Resumes(sum(sizes.values()))
-    steps = _fresh_steps(workload_dir, sizes, resumes) + _steps_over_a_load(
-        workload_dir, sizes, resumes
+    state = resume.CleanState(sum(sizes.values()))
+    steps = _fresh_steps(workload_dir, sizes, state) + _steps_over_a_load(
+        workload_dir, sizes, state
     )
     runs = [[] for _ in steps]
     stored = [set() for _ in steps]
@@ -154,7 +162,7 @@ def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
         )
 
 
-def _fresh_steps(workload_dir, sizes, resumes):
+def _fresh_steps(workload_dir, sizes, state):
     """The loads into empty databases: the floor, today's reference, insert_data's."""
     from bench.postgres import _insert_data_args
 
@@ -190,14 +198,14 @@ def _fresh_steps(workload_dir, sizes, resumes):
                     label=f"insert_data ({kind})",
                 ),
                 fresh_databases,
-                check=_as_clean(resumes, "a fresh load", first=True) if fresh_csv else None,
+                check=_as_clean(state, "a fresh load", first=True) if fresh_csv else None,
                 options={"key": "from"} if fresh_csv else None,
             )
         )
     return steps
 
 
-def _steps_over_a_load(workload_dir, sizes, resumes):
+def _steps_over_a_load(workload_dir, sizes, state):
     """The loads into databases holding rows: orders alone, the re-runs and their plain-code
     join, the append and its reference, the resume after a kill."""
     from bench import workload
@@ -229,7 +237,7 @@ def _steps_over_a_load(workload_dir, sizes, resumes):
             f"SQLite: {measure.RERUN}{measure.TO_ABOVE}",
             _loader(workload_dir, "insert_data (re-run)"),
             loaded,
-            check=_as_clean(resumes, "the SQLite re-run", present=total),
+            check=_as_clean(state, "the SQLite re-run", present=total),
             options={"against": "join"},
         ),
         Step(
@@ -244,7 +252,7 @@ def _steps_over_a_load(workload_dir, sizes, resumes):
             f"SQLite: {measure.CONFLICT}{measure.TO_ABOVE}",
             _loader(changed_dir, "insert_data (conflicting re-run)"),
             loaded,
-            check=_as_clean(resumes, "the conflicting SQLite re-run", rejected=total),
+            check=_as_clean(state, "the conflicting SQLite re-run", rejected=total),
             options={"against": "conflict-join"},
         ),
         Step(
@@ -262,16 +270,16 @@ def _steps_over_a_load(workload_dir, sizes, resumes):
             options=appended | {"against": "append"},
         ),
         Step(
-            lambda: f"SQLite: {measure.RESUME.format(committed=resumes.label())}",
+            lambda: f"SQLite: {measure.RESUME.format(committed=state.label())}",
             _loader(workload_dir, "insert_data (resume)"),
-            _killed_at_half(workload_dir, sizes, resumes),
-            check=_as_clean(resumes, "the resumed SQLite load"),
+            _killed_at_half(workload_dir, sizes, state),
+            check=_as_clean(state, "the resumed SQLite load"),
             options={"share_of": "from"},
         ),
     ]
 
 
-def _as_clean(resumes, label, first=False, **verdicts):
+def _as_clean(state, label, first=False, **verdicts):
     """A check: insert_data's summary gave verdicts (bench.checks), and the databases hold
     what the first fresh load left (first: this is that load)."""
 
@@ -280,24 +288,24 @@ def _as_clean(resumes, label, first=False, **verdicts):
             checks.verdicts(measured, label, **verdicts)
         digest = resume.sqlite_digest(data_dir, TABLES)
         if first:
-            resumes.remember_clean(digest)
+            state.remember_clean(digest)
         else:
-            resumes.same_as_clean(digest, label)
+            state.same_as_clean(digest, label)
 
     return check
 
 
-def _killed_at_half(workload_dir, sizes, resumes):
+def _killed_at_half(workload_dir, sizes, state):
     """A prepare step: the fresh CSV load, SIGKILLed once half the rows are committed (not
-    measured); the rows committed then go to resumes."""
+    measured); the rows committed then go to state."""
     from bench.postgres import _insert_data_args
 
     def prepare(name):
         data_dir = fresh_databases(name)
         committed = resume.sqlite_committed(data_dir, TABLES)
         args = _insert_data_args("from", workload_dir, sizes)
-        resume.kill_at_half(args, {"MULTIDS_DATA_DIR": str(data_dir)}, committed, resumes.total)
-        resumes.killed.append(committed())
+        resume.kill_at_half(args, {"MULTIDS_DATA_DIR": str(data_dir)}, committed, state.total)
+        state.killed.append(committed())
         return data_dir
 
     return prepare
@@ -367,7 +375,8 @@ def main():
     parser.add_argument(
         "--no-postgres",
         action="store_true",
-        help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh)",
+        help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh; its "
+        "pgloader row needs pgloader on PATH, and is left out without it)",
     )
     args = parser.parse_args()
     for name in ("repeat", "orders", "naive_orders", "scale"):

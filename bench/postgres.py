@@ -13,7 +13,13 @@ server, migrates them (not measured), then measures, each as one whole process:
 * today's reference: each CSV COPYed into its migrated table, indexes in place;
 * ``manage.py insert_data --from DIR`` (the CSV files, then the same rows as JSONL) and the
   synthetic source of the same size, with ``USERS_DATABASE_URL``, ``ORDERS_DATABASE_URL``
-  and ``PRODUCTS_DATABASE_URL`` pointing at fresh databases.
+  and ``PRODUCTS_DATABASE_URL`` pointing at fresh databases;
+* pgloader (when installed) loading the same CSV files into the migrated tables, their
+  CHECK constraints dropped, ``WITH drop indexes``: the peer loader, beside insert_data;
+* over a finished load: the orders alone, a re-run (all present), a conflicting re-run
+  (every row changed), each with its plain-code join (``bench.references``), new orders
+  appended with their plain COPY, and the resume of a load killed at half
+  (``bench.resume``).
 
 Each is counted from its databases afterwards, which are dropped at the end. The server's
 CPU (its backends for those databases, from /proc) is reported beside the client's.
@@ -22,6 +28,7 @@ CPU (its backends for those databases, from /proc) is reported beside the client
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +40,7 @@ import psycopg
 from psycopg import sql
 
 from bench import measure
-from bench.resume import GONE_WITHIN, POLL, Resumes, kill_at_half
+from bench.resume import GONE_WITHIN, POLL, CleanState, kill_at_half
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = "postgresql://multids@127.0.0.1:5432/postgres"
@@ -248,6 +255,54 @@ def state_digest(databases):
     return digest.hexdigest()
 
 
+PGLOADER = "pgloader"
+# One LOAD command per file (pgloader's CSV source), as its manual writes them: the file's
+# header fields into the same columns, the table's indexes dropped and built again after.
+PGLOADER_LOAD = """LOAD CSV
+     FROM '{path}' ({columns})
+     INTO {url} ({columns})
+     WITH skip header = 1, fields optionally enclosed by '"', fields terminated by ',',
+          drop indexes;
+"""
+
+
+def pgloader_missing():
+    """One line saying how to install pgloader, or None when it is on PATH."""
+    if shutil.which(PGLOADER):
+        return None
+    return (
+        "bench: pgloader is not installed, so its PostgreSQL row is left out "
+        "(Debian and Ubuntu: sudo apt-get install pgloader)"
+    )
+
+
+def pgloader_plan(workload_dir, databases, path):
+    """Make the migrated tables bare but for their indexes (their CHECK constraints
+    dropped, as tables made for pgloader would be), and write, to path, the command file
+    that loads each CSV file into its table."""
+    commands = []
+    for table in TABLES:
+        name = databases.names[table]
+        with psycopg.connect(database_url(name), autocommit=True) as db:
+            constraints = db.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'",
+                (table,),
+            ).fetchall()
+            for (check,) in constraints:
+                db.execute(
+                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        sql.Identifier(table), sql.Identifier(check)
+                    )
+                )
+        csv_path = Path(workload_dir).resolve() / f"{table}.csv"
+        with open(csv_path, encoding="utf-8") as handle:
+            columns = ", ".join(handle.readline().strip().split(","))
+        url = urlsplit(database_url(name))._replace(query=f"tablename={table}").geturl()
+        commands.append(PGLOADER_LOAD.format(path=csv_path, columns=columns, url=url))
+    Path(path).write_text("\n".join(commands))
+    return path
+
+
 def _tag(databases):
     return databases.names["orders"].rsplit("_", 1)[0]  # multids_bench_<label>_<random>
 
@@ -265,15 +320,22 @@ def _reference(kind, workload_dir, databases, plan_path):
     )
 
 
-def _steps(workload_dir, sizes):
-    """(kind, label, options for on_row) of every PostgreSQL row, in the order they run."""
+def _steps(workload_dir, sizes, pgloader=True):
+    """(kind, label, options for on_row) of every PostgreSQL row, in the order they run
+    (pgloader: whether its row, beside insert_data's CSV, is among them)."""
     from bench.workload import by_level, rows_in
 
     appended = {"timed": sizes["orders"], "expected": sum(sizes.values()) + sizes["orders"]}
+    peer = (
+        "pgloader",
+        "pgloader CSV into bare tables with the same indexes (`WITH drop indexes`)",
+        {},
+    )
     return [
         ("floor", "COPY into bare tables, then the indexes, one connection each (floor)", {}),
         ("today", "plain COPY into the migrated schema (today's reference)", {}),
         ("from", "`insert_data --from` CSV (today's loader)", {"key": "from"}),
+        *([peer] if pgloader else []),
         ("jsonl", "`insert_data --from` JSONL (today's loader)", {}),
         ("synthetic", "`insert_data` synthetic (today's loader)", {}),
         ("after", measure.AFTER_PARENTS, {"timed": rows_in(by_level(workload_dir)[1])}),
@@ -306,19 +368,22 @@ def run_postgres_bench(workload_dir, sizes, scratch, on_row, repeat=1):
     expected = expected_rows(workload_dir)
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    steps = _steps(workload_dir, sizes)
-    resumes = Resumes(expected)
+    missing = pgloader_missing()
+    if missing:
+        print(missing, flush=True)
+    steps = _steps(workload_dir, sizes, pgloader=not missing)
+    state = CleanState(expected)
     runs = {kind: [] for kind, _label, _options in steps}
     for round_ in range(1, repeat + 1):
         measure.say_round("PostgreSQL", round_, repeat)
         for kind, label, options in steps:
             wanted = options.get("expected", expected)
             runs[kind].append(
-                _measure_once(kind, label, workload_dir, sizes, scratch, wanted, resumes)
+                _measure_once(kind, label, workload_dir, sizes, scratch, wanted, state)
             )
     for kind, label, options in steps:
         on_row(
-            label.format(committed=resumes.label()) if kind == "resume" else label,
+            label.format(committed=state.label()) if kind == "resume" else label,
             "floor" if kind == "floor" else "",
             measure.median(runs[kind]),
             options.get("expected", expected),
@@ -338,17 +403,24 @@ STORED_BEFORE = {
 }
 
 
-def _measure_once(kind, label, workload_dir, sizes, scratch, expected, resumes):
+def _measure_once(kind, label, workload_dir, sizes, scratch, expected, state):
     """One run of one approach into fresh databases; BenchError if it stored a wrong count
     or did not meet what it was built to meet (bench.checks, and for the fresh load, the
-    re-runs and the resume, the state a clean run leaves: resumes)."""
+    re-runs, the resume and pgloader, the state a clean run leaves: resume.CleanState)."""
     with FreshDatabases(kind) as databases:
         _store_before(kind, workload_dir, databases)
         if kind == "resume":
-            _kill_at_half(workload_dir, sizes, databases, resumes)
+            _kill_at_half(workload_dir, sizes, databases, state)
         if kind == "floor":
             plan = bare_plan(databases, scratch / "floor-plan.json")
             measured = _reference("pg-floor", workload_dir, databases, plan)
+        elif kind == "pgloader":
+            plan = pgloader_plan(workload_dir, databases, scratch / "pgloader.load")
+            measured = measure.run_command(
+                [PGLOADER, "--root-dir", str(scratch / "pgloader"), str(plan)],
+                label="pgloader",
+                server_tag=_tag(databases),
+            )
         elif kind in ("today", "append_copy", "join", "join_conflict"):
             source = _source(kind, workload_dir, sizes)
             plan = scratch / f"{kind}-plan-{uuid.uuid4().hex[:6]}.json"
@@ -363,27 +435,27 @@ def _measure_once(kind, label, workload_dir, sizes, scratch, expected, resumes):
             )
         _check(kind, measured, expected, sizes)
         if kind == "from":
-            resumes.remember_clean(state_digest(databases))
-        elif kind in ("rerun", "conflict", "resume"):
-            resumes.same_as_clean(state_digest(databases), f"the PostgreSQL {kind} row")
+            state.remember_clean(state_digest(databases))
+        elif kind in ("rerun", "conflict", "resume", "pgloader"):
+            state.same_as_clean(state_digest(databases), f"the PostgreSQL {kind} row")
         stored = databases.count()
     if stored != expected:
         raise BenchError(f"{label} stored {stored:,} rows on PostgreSQL, expected {expected:,}")
     return measured
 
 
-def _kill_at_half(workload_dir, sizes, databases, resumes):
+def _kill_at_half(workload_dir, sizes, databases, state):
     """The fresh load, SIGKILLed once half the workload's rows are committed (not measured);
-    the rows committed once its sessions have ended go to resumes."""
+    the rows committed once its sessions have ended go to state."""
     with CommittedRows(databases) as committed:
         kill_at_half(
             _insert_data_args("from", workload_dir, sizes),
             databases.env,
             committed,
-            resumes.total,
+            state.total,
         )
     wait_for_backends(databases)
-    resumes.killed.append(databases.count())
+    state.killed.append(databases.count())
 
 
 def _source(kind, workload_dir, sizes):

@@ -24,13 +24,14 @@ POLL = 0.02  # seconds between two counts of the committed rows
 GONE_WITHIN = 600  # seconds a killed load's processes (or server backends) may take to end
 
 
-class Resumes:
-    """What the resume rows of one backend learn over the rounds: the end state of a clean
-    load (the fresh CSV row's), and the share of the rows committed at each kill."""
+class CleanState:
+    """The end state every finished load of one backend must leave over the rounds (the
+    fresh CSV load's: the re-runs, the resume and a peer loader are held to it), and the
+    share of the rows committed at each kill of the resume row."""
 
     def __init__(self, total):
         self.total = total
-        self.clean = None
+        self.clean = None  # the digest of the first fresh load's state
         self.killed = []
 
     def remember_clean(self, digest):

@@ -127,24 +127,24 @@ def test_the_state_digest_is_of_the_rows_and_indexes_not_of_the_order_they_came_
 
 
 def test_a_state_other_than_the_clean_load_stops_the_bench():
-    resumes = resume.Resumes(total=200)
+    state = resume.CleanState(total=200)
     with pytest.raises(measure.BenchFailed, match="no clean load"):
-        resumes.same_as_clean("abc", "the resumed load")
-    resumes.remember_clean("abc")
-    resumes.same_as_clean("abc", "the resumed load")
+        state.same_as_clean("abc", "the resumed load")
+    state.remember_clean("abc")
+    state.same_as_clean("abc", "the resumed load")
     with pytest.raises(measure.BenchFailed, match="fresh load left the databases other"):
-        resumes.remember_clean("abd")
+        state.remember_clean("abd")
     with pytest.raises(measure.BenchFailed, match="resumed load left the databases other"):
-        resumes.same_as_clean("abd", "the resumed load")
+        state.same_as_clean("abd", "the resumed load")
 
 
 def test_the_resume_label_says_where_the_kills_landed():
-    resumes = resume.Resumes(total=200)
-    assert resumes.label() == "?"
-    resumes.killed += [104, 100]
-    assert resumes.label() == "50-52%"
-    resumes.killed = [110, 110]
-    assert resumes.label() == "55%"
+    state = resume.CleanState(total=200)
+    assert state.label() == "?"
+    state.killed += [104, 100]
+    assert state.label() == "50-52%"
+    state.killed = [110, 110]
+    assert state.label() == "55%"
 
 
 def _measured(stdout="", seconds=1.0):
