@@ -12,9 +12,9 @@ The floor is the workload stored with the real schema's indexes as cheaply as pl
 can: bare tables (SQLite: rowid primary keys), one transaction per table, no validation,
 and the indexes built after the rows are in. "Today" is plain code into the migrated
 schema, indexes in place: the reference make bench used before, and for new orders into
-a table already holding orders, the append row's. "Join" is a re-run's
-plain-code floor: each file into a temporary table, and one join that finds the rows that
-are new or changed against the stored ones (it prints how many of each, as JSON).
+a table already holding orders, the append row's. "Join" is a re-run's plain-code floor:
+each file into a temporary table, and one join that finds the rows that are new or
+changed against the stored ones (it prints how many of each, as JSON).
 
 The index definitions are read from a migrated database (SCHEMA_DIR, or PLAN_JSON written
 by bench.postgres), so the floor always has the same indexes as the real schema.

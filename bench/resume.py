@@ -3,8 +3,8 @@ the workload's rows are committed; then the same command again, timed, finishes 
 
 The kill is decided by the rows committed, polled from the databases, never by a time, so a
 slow or busy machine kills at the same point of the load. After the resume, the databases
-must hold exactly what a clean run leaves (``state_digest`` on each backend), and the bench
-stops if they do not.
+must hold exactly what a clean run leaves (``sqlite_digest`` here, on PostgreSQL
+``bench.postgres.state_digest``), and the bench stops if they do not.
 """
 
 import hashlib
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 from bench import measure
@@ -80,10 +81,11 @@ def kill_at_half(args, env, committed, total):
             os.killpg(process.pid, signal.SIGKILL)
         if process.wait() != -signal.SIGKILL:
             stderr.seek(0)
-            last = (stderr.read().decode(errors="replace").strip().splitlines() or [""])[-1]
+            lines = stderr.read().decode(errors="replace").strip().splitlines()
             raise BenchFailed(
                 f"the load to kill ended by itself (exit {process.returncode}) with "
-                f"{seen:,} of {total:,} rows committed, before it was killed at half {last}"
+                f"{seen:,} of {total:,} rows committed, before it was killed at half"
+                + (f": {lines[-1]}" if lines else "")
             )
     wait_until_gone(process.pid)
 
@@ -118,7 +120,7 @@ def sqlite_committed(data_dir, tables):
     def committed():
         total = 0
         for table in tables:
-            with sqlite3.connect(Path(data_dir) / f"{table}.db") as db:
+            with closing(sqlite3.connect(Path(data_dir) / f"{table}.db")) as db:
                 total += db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
         return total
 
@@ -131,7 +133,7 @@ def sqlite_digest(data_dir, tables):
     hashed as they are read."""
     digest = hashlib.sha256()
     for table in tables:
-        with sqlite3.connect(Path(data_dir) / f"{table}.db") as db:
+        with closing(sqlite3.connect(Path(data_dir) / f"{table}.db")) as db:
             indexes = db.execute(
                 "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
                 "ORDER BY name",
