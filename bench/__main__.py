@@ -1,7 +1,7 @@
 """Run the benchmark and print, from one run, each approach as rows/s, as a ratio to its
 backend's floor, and its peak memory.
 
-    python -m bench [--orders N] [--naive-orders N] [--repeat N] [--no-postgres]
+    python -m bench [--orders N] [--scale N] [--naive-orders N] [--repeat N] [--no-postgres]
 
 The floor is the workload stored with the real schema's indexes as cheaply as plain code
 can (``bench.references``: bare tables, one transaction per table, indexes built after the
@@ -9,6 +9,14 @@ data, no validation). Every row is one whole process, start-up included, because
 what a user waits for; peak memory is the summed PSS of its process tree (insert_data and
 its writers). The PostgreSQL half (``bench.postgres``) follows; it needs the server
 ``.ci/setup-postgres.sh`` starts, and says so in one line when it cannot reach it.
+
+The rows over a finished load compare with a reference of their own, measured in the same
+run, as their labels say: the re-runs (all present; every row changed, all rejected) with
+plain code that loads each file into a temporary table and finds new and changed rows in
+one join, the append of new orders with plain code into the indexed table, and the resume
+after a kill -9 at half the rows committed with the fresh load's seconds (``bench.resume``;
+its end state must equal the fresh load's). On PostgreSQL pgloader, when installed, loads
+the same files beside insert_data. ``--scale N`` multiplies every size by N.
 """
 
 import argparse
@@ -17,11 +25,13 @@ import os
 import shutil
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import django
 
-from bench import measure
+from bench import checks, measure, resume
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = measure.OUT
@@ -89,31 +99,87 @@ def _count(data_dir):
     return total
 
 
-def sqlite_rows(workload_dir, orders, on_row, repeat=1):
+class Step(NamedTuple):
+    """One SQLite row: run(data_dir) is measured on what prepare(name) made; check(data_dir,
+    Measured) then verifies what it did (not measured); options go to on_row. A label may
+    be a function, called once every round has run (the resume row's says where it was
+    killed)."""
+
+    label: str | Callable
+    run: Callable
+    prepare: Callable
+    kind: str = ""
+    check: Callable | None = None
+    options: dict | None = None
+
+
+def _loader(source, label):
+    """A measured `insert_data --from source` on the data directory it is given."""
+    return lambda data_dir: measure.manage(
+        "insert_data",
+        "--from",
+        str(source),
+        "--no-progress",
+        env={"MULTIDS_DATA_DIR": str(data_dir)},
+        label=label,
+    )
+
+
+def _reference(kind, *args, label):
+    """A measured plain-code reference (bench.references) on the data directory it is given."""
+    return lambda data_dir: measure.run(
+        ["-m", "bench.references", kind, *map(str, args), str(data_dir)], label=label
+    )
+
+
+def sqlite_rows(workload_dir, sizes, on_row, repeat=1):
     """Measure each SQLite row repeat times, the approaches in turn; on_row(label, kind,
-    median Measured, rows stored) per row at the end (kind "floor" marks the floor, first)."""
-    from bench import workload
+    median Measured, rows stored, **options) per row at the end (kind "floor" marks the
+    floor, first)."""
+    state = resume.CleanState(sum(sizes.values()))
+    steps = _fresh_steps(workload_dir, sizes, state) + _steps_over_a_load(
+        workload_dir, sizes, state
+    )
+    runs = [[] for _ in steps]
+    stored = [set() for _ in steps]
+    for round_ in range(1, repeat + 1):
+        measure.say_round("SQLite", round_, repeat)
+        for index, step in enumerate(steps):
+            data_dir = step.prepare(f"sqlite-{index}")
+            measured = step.run(data_dir)
+            if step.check:
+                step.check(data_dir, measured)
+            runs[index].append(measured)
+            stored[index].add(_count(data_dir))
+    for index, step in enumerate(steps):
+        counts = stored[index]
+        on_row(
+            step.label() if callable(step.label) else step.label,
+            step.kind,
+            measure.median(runs[index]),
+            min(counts) if len(counts) > 1 else max(counts),
+            **(step.options or {}),
+        )
+
+
+def _fresh_steps(workload_dir, sizes, state):
+    """The loads into empty databases: the floor, today's reference, insert_data's."""
     from bench.postgres import _insert_data_args
 
     schema = fresh_databases("schema")
-    parents_dir, children_dir = workload.by_level(workload_dir)
     steps = [
-        (
+        Step(
             "SQLite: bare rowid tables, indexes built after (floor)",
-            "floor",
             lambda d: measure.run(
                 ["-m", "bench.references", "sqlite-floor", str(workload_dir), str(d), str(schema)],
                 label="the SQLite floor",
             ),
             fresh_dir,
+            kind="floor",
         ),
-        (
+        Step(
             "SQLite: plain sqlite3 executemany into the migrated schema (today's reference)",
-            "",
-            lambda d: measure.run(
-                ["-m", "bench.references", "sqlite-today", str(workload_dir), str(d)],
-                label="the SQLite reference",
-            ),
+            _reference("sqlite-today", workload_dir, label="the SQLite reference"),
             fresh_databases,
         ),
     ]
@@ -122,66 +188,127 @@ def sqlite_rows(workload_dir, orders, on_row, repeat=1):
         ("jsonl", "`insert_data --from` JSONL"),
         ("synthetic", "`insert_data` synthetic"),
     ):
+        fresh_csv = kind == "from"  # the clean state and the time the resume row compares with
         steps.append(
-            (
+            Step(
                 f"SQLite: {label} (today's loader)",
-                "",
                 lambda d, kind=kind: measure.manage(
-                    *_insert_data_args(kind, workload_dir, orders),
+                    *_insert_data_args(kind, workload_dir, sizes),
                     env={"MULTIDS_DATA_DIR": str(d)},
                     label=f"insert_data ({kind})",
                 ),
                 fresh_databases,
+                check=_as_clean(state, "a fresh load", first=True) if fresh_csv else None,
+                options={"key": "from"} if fresh_csv else None,
             )
         )
-    steps.append(
-        (
+    return steps
+
+
+def _steps_over_a_load(workload_dir, sizes, state):
+    """The loads into databases holding rows: orders alone, the re-runs and their plain-code
+    join, the append and its reference, the resume after a kill."""
+    from bench import workload
+
+    parents_dir, children_dir = workload.by_level(workload_dir)
+    changed_dir = workload.conflicting(workload_dir)
+    new_orders = workload.appended(workload_dir, sizes)
+    total = sum(sizes.values())
+    appended = {"timed": sizes["orders"], "expected": total + sizes["orders"]}
+
+    def loaded(name):  # a finished load of the workload (not measured)
+        return with_parents(fresh_databases(name), workload_dir)
+
+    return [
+        Step(
             f"SQLite: {measure.AFTER_PARENTS}",
-            "",
-            lambda d: measure.manage(
-                "insert_data",
-                "--from",
-                str(children_dir),
-                "--no-progress",
-                env={"MULTIDS_DATA_DIR": str(d)},
-                label="insert_data (orders alone)",
-            ),
+            _loader(children_dir, "insert_data (orders alone)"),
             lambda name: with_parents(fresh_databases(name), parents_dir),
-        )
-    )
-    timed = {len(steps) - 1: workload.rows_in(children_dir)}
-    steps.append(
-        (
-            f"SQLite: {measure.RERUN}",
-            "",
-            lambda d: measure.manage(
-                "insert_data",
-                "--from",
-                str(workload_dir),
-                "--no-progress",
-                env={"MULTIDS_DATA_DIR": str(d)},
-                label="insert_data (re-run)",
-            ),
-            lambda name: with_parents(fresh_databases(name), workload_dir),
-        )
-    )
-    runs = [[] for _ in steps]
-    stored = [set() for _ in steps]
-    for round_ in range(1, repeat + 1):
-        measure.say_round("SQLite", round_, repeat)
-        for index, (_label, _kind, step, prepare) in enumerate(steps):
-            data_dir = prepare(f"sqlite-{index}")
-            runs[index].append(step(data_dir))
-            stored[index].add(_count(data_dir))
-    for index, (label, kind, _step, _prepare) in enumerate(steps):
-        counts = stored[index]
-        on_row(
-            label,
-            kind,
-            measure.median(runs[index]),
-            min(counts) if len(counts) > 1 else max(counts),
-            timed=timed.get(index),
-        )
+            options={"timed": workload.rows_in(children_dir)},
+        ),
+        Step(
+            f"SQLite: plain sqlite3 executemany, {measure.JOIN} (reference of the row below)",
+            _reference("sqlite-join", workload_dir, label="the SQLite join"),
+            loaded,
+            check=lambda _d, m: checks.found(m, "the SQLite join"),
+            options={"key": "join"},
+        ),
+        Step(
+            f"SQLite: {measure.RERUN}{measure.TO_ABOVE}",
+            _loader(workload_dir, "insert_data (re-run)"),
+            loaded,
+            check=_as_clean(state, "the SQLite re-run", present=total),
+            options={"against": "join"},
+        ),
+        Step(
+            f"SQLite: plain sqlite3 executemany, {measure.JOIN}, every row changed "
+            "(reference of the row below)",
+            _reference("sqlite-join", changed_dir, label="the SQLite join of changed rows"),
+            loaded,
+            check=lambda _d, m: checks.found(m, "the SQLite join", changed=total),
+            options={"key": "conflict-join"},
+        ),
+        Step(
+            f"SQLite: {measure.CONFLICT}{measure.TO_ABOVE}",
+            _loader(changed_dir, "insert_data (conflicting re-run)"),
+            loaded,
+            check=_as_clean(state, "the conflicting SQLite re-run", rejected=total),
+            options={"against": "conflict-join"},
+        ),
+        Step(
+            "SQLite: plain sqlite3 executemany of the new orders into the indexed table "
+            "(reference of the row below)",
+            _reference("sqlite-today", new_orders, label="the SQLite append reference"),
+            loaded,
+            options=appended | {"key": "append"},
+        ),
+        Step(
+            f"SQLite: {measure.APPEND}{measure.TO_ABOVE}",
+            _loader(new_orders, "insert_data (new orders)"),
+            loaded,
+            check=lambda _d, m: checks.verdicts(m, "the append", stored=sizes["orders"]),
+            options=appended | {"against": "append"},
+        ),
+        Step(
+            lambda: f"SQLite: {measure.RESUME.format(committed=state.label())}",
+            _loader(workload_dir, "insert_data (resume)"),
+            _killed_at_half(workload_dir, sizes, state),
+            check=_as_clean(state, "the resumed SQLite load"),
+            options={"share_of": "from"},
+        ),
+    ]
+
+
+def _as_clean(state, label, first=False, **verdicts):
+    """A check: insert_data's summary gave verdicts (bench.checks), and the databases hold
+    what the first fresh load left (first: this is that load)."""
+
+    def check(data_dir, measured):
+        if verdicts:
+            checks.verdicts(measured, label, **verdicts)
+        digest = resume.sqlite_digest(data_dir, TABLES)
+        if first:
+            state.remember_clean(digest)
+        else:
+            state.same_as_clean(digest, label)
+
+    return check
+
+
+def _killed_at_half(workload_dir, sizes, state):
+    """A prepare step: the fresh CSV load, SIGKILLed once half the rows are committed (not
+    measured); the rows committed then go to state."""
+    from bench.postgres import _insert_data_args
+
+    def prepare(name):
+        data_dir = fresh_databases(name)
+        committed = resume.sqlite_committed(data_dir, TABLES)
+        args = _insert_data_args("from", workload_dir, sizes)
+        resume.kill_at_half(args, {"MULTIDS_DATA_DIR": str(data_dir)}, committed, state.total)
+        state.killed.append(committed())
+        return data_dir
+
+    return prepare
 
 
 def naive_row(count):
@@ -206,7 +333,8 @@ def main():
         prog="python -m bench",
         description=__doc__.split("\n\n")[0],
         epilog="examples:\n  make bench\n"
-        "  make bench ARGS='--orders 100000 --repeat 1 --no-postgres'",
+        "  make bench ARGS='--orders 100000 --repeat 1 --no-postgres'\n"
+        "  make bench ARGS='--scale 10 --repeat 1'      # the 11.1M-row workload",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -215,6 +343,14 @@ def main():
         default=workload.SIZES["orders"],
         help=f"orders in the workload, beside {workload.SIZES['users']:,} users and "
         f"{workload.SIZES['products']:,} products (default {workload.SIZES['orders']:,})",
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        metavar="N",
+        help="multiply every size (users, products and --orders) by N: --scale 10 is the "
+        "11.1M-row workload (default 1)",
     )
     parser.add_argument(
         "--naive-orders",
@@ -239,23 +375,24 @@ def main():
     parser.add_argument(
         "--no-postgres",
         action="store_true",
-        help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh)",
+        help="skip the PostgreSQL half (it needs the server of .ci/setup-postgres.sh; its "
+        "pgloader row needs pgloader on PATH, and is left out without it)",
     )
     args = parser.parse_args()
-    for name in ("repeat", "orders", "naive_orders"):
+    for name in ("repeat", "orders", "naive_orders", "scale"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be 1 or more")
-    sizes = dict(workload.SIZES, orders=args.orders)
+    sizes = {t: n * args.scale for t, n in dict(workload.SIZES, orders=args.orders).items()}
     print(f"building workload {sizes} ...", flush=True)
-    workload_dir = workload.build(OUT / f"workload-{args.orders}", sizes)
+    scaled = f"-x{args.scale}" if args.scale > 1 else ""  # scale 1 keeps its files' name
+    workload_dir = workload.build(OUT / f"workload-{args.orders}{scaled}", sizes)
     workload.as_jsonl(workload_dir)  # the same rows as JSONL, for the JSONL rows
-    total = sum(sizes.values())
     cache_bytecode()
 
     before = _load_average()
     print(f"load average before: {before}", flush=True)
     try:
-        _measure(args, workload_dir, total)
+        _measure(args, workload_dir, sizes)
     finally:
         _write_table(args, before)
 
@@ -283,13 +420,14 @@ def _write_table(args, before):
     print(f"table written to {args.table}")
 
 
-def _measure(args, workload_dir, total):
+def _measure(args, workload_dir, sizes):
     """Every row: SQLite's, then PostgreSQL's unless --no-postgres."""
     from bench import postgres
 
+    total = sum(sizes.values())
     rows = measure.Table(total)
     try:
-        sqlite_rows(workload_dir, args.orders, rows.add, args.repeat)
+        sqlite_rows(workload_dir, sizes, rows.add, args.repeat)
         naive, naive_rows = naive_row(args.naive_orders)
         rows.add(
             "SQLite: naive thread pool, `objects.create()` per row (loop only)",
@@ -306,7 +444,7 @@ def _measure(args, workload_dir, total):
     try:
         postgres.run_postgres_bench(
             workload_dir,
-            args.orders,
+            sizes,
             OUT / "postgres",
             lambda label, *rest, **options: pg.add(f"PostgreSQL: {label}", *rest, **options),
             args.repeat,

@@ -63,11 +63,16 @@ def run(args, env=None, label="a measured process", server_tag=None):
 
     server_tag: also count the CPU of the PostgreSQL backends whose database name
     contains it (the server's share of the work, invisible in the client's tree)."""
+    return run_command([sys.executable, *args], env=env, label=label, server_tag=server_tag)
+
+
+def run_command(argv, env=None, label="a measured process", server_tag=None):
+    """Run argv (any program: python, or a peer loader) as one measured process."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     server = ServerCPU(server_tag) if server_tag else contextlib.nullcontext()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, *args],
+        argv,
         env=clean_environment(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -128,8 +133,8 @@ class ServerCPU(Sampler):
 
 
 HEADER = [
-    "| approach | rows | seconds | rows/s | ratio to its floor | peak memory (PSS, tree) "
-    "| CPU s (client + server) |",
+    "| approach | rows | seconds | rows/s | ratio to its floor (or as the row says) "
+    "| peak memory (PSS, tree) | CPU s (client + server) |",
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 
@@ -137,6 +142,18 @@ HEADER = [
 # The row of a load of orders alone into databases that hold their users and products.
 AFTER_PARENTS = "`insert_data --from` CSV, orders alone (users, products stored before)"
 RERUN = "`insert_data --from` CSV again, over the finished load (all already present)"
+# The rows below compare with a reference of their own, measured in the same run.
+TO_ABOVE = "; ratio to the plain-code row above"
+CONFLICT = (
+    "`insert_data --from` CSV again, over the finished load, every row's data changed "
+    "(all rejected as conflicts)"
+)
+APPEND = "`insert_data --from` CSV, new orders into a table holding as many (parents stored)"
+RESUME = (
+    "`insert_data --from` CSV again after kill -9 at {committed} of the rows committed; "
+    "ratio: its seconds over the fresh CSV load's (target 0.6 or less)"
+)
+JOIN = "each file into a temporary table, one join for the new and changed rows"
 
 
 PRINTED = []  # every table line printed in this process, for the docs page (bench.__main__)
@@ -149,20 +166,39 @@ def _say(line):
 
 class Table:
     """Prints one markdown row per measurement as it ends; a floor row sets the rate the
-    rows after it are compared with. A row that stored the wrong count stops the run."""
+    rows after it are compared with, unless a row names a reference of its own. A row that
+    stored the wrong count stops the run."""
 
     def __init__(self, expected, header=True):
         self.expected = expected
         self.floor_rate = None
+        self.named = {}  # key -> (rows, seconds) of each row added with a key
         if header:
             for line in HEADER:
                 _say(line)
 
-    def add(self, label, kind, measured, stored, check=True, timed=None):
+    def add(
+        self,
+        label,
+        kind,
+        measured,
+        stored,
+        check=True,
+        timed=None,
+        *,
+        expected=None,
+        key=None,
+        against=None,
+        share_of=None,
+    ):
         """timed: the rows the measured process wrote, when others were stored before it
-        (the rate and the rows column are of those)."""
-        if check and stored != self.expected:
-            raise BenchFailed(f"{label} stored {stored:,} rows, expected {self.expected:,}")
+        (the rate and the rows column are of those). expected: the rows stored after this
+        row, when not the workload's. key: a name later rows compare with. against: a key,
+        the ratio of the rates (as to the floor). share_of: a key, the ratio of the seconds
+        (for a row that redoes part of another's work)."""
+        expected = self.expected if expected is None else expected
+        if check and stored != expected:
+            raise BenchFailed(f"{label} stored {stored:,} rows, expected {expected:,}")
         stored = stored if timed is None else timed
         rate = stored / measured.seconds
         cpu = f"{measured.cpu:.1f}"
@@ -170,7 +206,21 @@ class Table:
             cpu += f" + {measured.server_cpu:.1f}"
         if kind == "floor":
             self.floor_rate = rate
+        if key is not None:
+            self.named[key] = (stored, measured.seconds)
+        if share_of is not None:
+            ratio = measured.seconds / self._named(share_of)[1]
+        elif against is not None:
+            rows, seconds = self._named(against)
+            ratio = rate / (rows / seconds)
+        else:
+            ratio = rate / self.floor_rate
         _say(
-            f"| {label} | {stored:,} | {measured.seconds:.2f} | {rate:,.0f} | "
-            f"{rate / self.floor_rate:.2f} | {measured.peak_pss / 2**20:,.0f} MB | {cpu} |"
+            f"| {label} | {stored:,} | {measured.seconds:.2f} | {rate:,.0f} | {ratio:.2f} | "
+            f"{measured.peak_pss / 2**20:,.0f} MB | {cpu} |"
         )
+
+    def _named(self, key):
+        if key not in self.named:
+            raise BenchFailed(f"no row named {key!r} was measured before the row that needs it")
+        return self.named[key]

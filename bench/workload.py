@@ -11,8 +11,15 @@ from crossdb import registry
 from django.db import models
 
 from core.sources import SyntheticSource
+from core.sources.synthetic import QUANTITY_MAX
 
 SIZES = {"users": 100_000, "products": 10_000, "orders": 1_000_000}
+# What a conflicting re-run changes in every row: one column, to a value its rules accept.
+CHANGED = {
+    "users": ("name", lambda name: f"{name} Jr"),
+    "products": ("name", lambda name: f"{name} II"),
+    "orders": ("quantity", lambda quantity: str(int(quantity) % QUANTITY_MAX + 1)),
+}
 
 
 def build(directory, sizes=SIZES, seed=1):
@@ -74,6 +81,58 @@ def as_jsonl(csv_dir):
     return directory
 
 
+def conflicting(csv_dir):
+    """csv_dir's files with the same ids and every row's data changed (``CHANGED``), in a
+    sibling directory, made once: loaded over the finished load, every row meets its id
+    stored with other data, so every row is rejected as a conflict."""
+    csv_dir = Path(csv_dir)
+    directory = csv_dir.with_name(csv_dir.name + "-conflicting")
+    stamp = directory / "SIZES"
+    wanted = (csv_dir / "SIZES").read_text()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    for table, (column, change) in CHANGED.items():
+        with (
+            open(csv_dir / f"{table}.csv", newline="", encoding="utf-8") as source,
+            open(directory / f"{table}.csv", "w", newline="", encoding="utf-8") as out,
+        ):
+            reader, writer = csv.reader(source), csv.writer(out)
+            header = next(reader)
+            writer.writerow(header)
+            at = header.index(column)
+            for row in reader:
+                row[at] = change(row[at])
+                writer.writerow(row)
+    stamp.write_text(wanted)
+    return directory
+
+
+def appended(csv_dir, sizes, seed=2):
+    """As many new orders as csv_dir holds, ids following on from its last, naming its
+    users and products, as orders.csv alone in a sibling directory, made once: a daily
+    load of new orders into a table that already holds orders."""
+    csv_dir = Path(csv_dir)
+    directory = csv_dir.with_name(csv_dir.name + "-append")
+    stamp = directory / "SIZES"
+    wanted = f"{(csv_dir / 'SIZES').read_text()} append seed={seed}"
+    if stamp.exists() and stamp.read_text() == wanted:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = registry.specs()["orders"]
+    at = spec.columns.index("id")
+    shift = sizes["orders"]  # the generator's ids start where the workload's do
+    with open(directory / "orders.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(spec.columns)
+        for _line, values in SyntheticSource(seed=seed, **sizes).rows("orders"):
+            row = list(spec.clean(values)[0])
+            row[at] += shift
+            writer.writerow(row)
+    stamp.write_text(wanted)
+    return directory
+
+
 def by_level(csv_dir):
     """(a directory of the parent tables' files, one of the child tables'), beside csv_dir:
     a load of the parents, then a load of the children alone, as a daily load of orders
@@ -103,10 +162,15 @@ def _link_or_copy(source, target):
         shutil.copyfile(source, target)
 
 
+def sizes_in(directory):
+    """{table: data rows} of the CSV files in directory."""
+    sizes = {}
+    for path in sorted(Path(directory).glob("*.csv")):
+        with open(path, "rb") as handle:
+            sizes[path.stem] = sum(1 for _ in handle) - 1
+    return sizes
+
+
 def rows_in(directory):
     """The data rows of the CSV files in directory."""
-    total = 0
-    for path in Path(directory).glob("*.csv"):
-        with open(path, "rb") as handle:
-            total += sum(1 for _ in handle) - 1
-    return total
+    return sum(sizes_in(directory).values())

@@ -291,7 +291,7 @@ def test_bench_help_says_what_it_measures_and_shows_examples(tmp_path):
     assert "(default 1,000,000)" in done.stdout
 
 
-@pytest.mark.parametrize("option", ["--orders", "--naive-orders", "--repeat"])
+@pytest.mark.parametrize("option", ["--orders", "--scale", "--naive-orders", "--repeat"])
 def test_bench_refuses_a_count_below_one_in_one_line(tmp_path, option):
     done = bench(option, "0", data_dir=tmp_path)
     assert done.returncode == 2
