@@ -29,7 +29,8 @@ DEFAULTS: dict[str, Any] = {
     # PostgreSQL: how much of a load into an empty table may go into one transaction whose
     # primary key is built at the commit (crossdb.loading.segment); 0 turns it off.
     "LOAD_SEGMENT_MB": 64,
-    # SQLite: the page cache of each insert_data writer connection.
+    # SQLite: the page cache of each insert_data writer connection into a table that holds
+    # rows (into an empty table, 8 MB: crossdb.loading.writers.FIRST_LOAD_CACHE_MB).
     "WRITER_CACHE_MB": 64,
     # PostgreSQL: maintenance_work_mem for the index builds after a load.
     "INDEX_BUILD_MEMORY": "256MB",
