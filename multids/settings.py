@@ -309,7 +309,7 @@ CROSSDB = {
     "WRITER_CACHE_MB": _env_megabytes("MULTIDS_WRITER_CACHE_MB", 64),
     # PostgreSQL: a load into an empty table takes up to this much of it into one
     # transaction and builds its primary key at the commit; 0 commits batch by batch.
-    "LOAD_SEGMENT_MB": _env_megabytes("MULTIDS_LOAD_SEGMENT_MB", 64),
+    "LOAD_SEGMENT_MB": _env_megabytes("MULTIDS_LOAD_SEGMENT_MB", 40),
     "DEFAULT_SOURCE": "core.sources.demo_source",  # insert_data with no --from
     "GENERATOR": "core.sources.synthetic.generated",  # insert_data --users N ...
     "STATE_DIR": DATA_DIR,  # the overview's throttle file

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_SIZE": 50_000,
     # PostgreSQL: how much of a load into an empty table may go into one transaction whose
     # primary key is built at the commit (crossdb.loading.segment); 0 turns it off.
-    "LOAD_SEGMENT_MB": 64,
+    "LOAD_SEGMENT_MB": 40,
     # SQLite: the page cache of each insert_data writer connection into a table that holds
     # rows (into an empty table, 8 MB: crossdb.loading.writers.FIRST_LOAD_CACHE_MB).
     "WRITER_CACHE_MB": 64,
