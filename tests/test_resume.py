@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from core.models import Order, Product, User
 from tests.conftest import ALL_DATABASES, ROOT, manage
+from tests.test_reliability import dump  # the rows the kill loop compares
 
 databases = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -193,14 +194,6 @@ def test_a_prefix_with_too_many_rejections_stops_advancing():
 
 
 # --- a real process, SIGKILLed ---------------------------------------------------------------
-
-
-def dump(data_dir):
-    rows = {}
-    for table in ("users", "products", "orders"):
-        with sqlite3.connect(data_dir / f"{table}.db") as db:
-            rows[table] = db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
-    return rows
 
 
 def orders_through(data_dir):
