@@ -51,7 +51,7 @@ soak: $(STAMP)  ## long loops: MULTIDS_SOAK_KILLS kills, MULTIDS_SOAK_WRITERS wr
 clean:
 	rm -rf $(VENV) *.db *.db-wal *.db-shm bench-data
 
-bench: $(STAMP)  ## 1.11M rows on SQLite and PostgreSQL: the floors, plain-code references, insert_data (--from and synthetic)
+bench: $(STAMP)  ## 1.11M rows (ARGS=--scale 10: 11.1M) on SQLite and PostgreSQL: floors, plain-code references, insert_data fresh, re-run, conflicting, append, resume, pgloader
 	$(BIN)/python -m bench $(ARGS)
 
 serve: $(DEMO_STAMP)  ## the admin on http://127.0.0.1:8000/admin/ with the demo data (see the README)
