@@ -490,10 +490,12 @@ def test_a_run_that_cannot_be_logged_prints_its_summary_then_one_line(bad_input,
     from crossdb import runs
     from django.db import OperationalError
 
-    def unreachable(result):
+    def unreachable(*args):
         raise OperationalError("terminating connection due to administrator command\nmore")
 
+    # a run of files is recorded when it starts and closed at the end (crossdb.resume)
     monkeypatch.setattr(runs, "record", unreachable)
+    monkeypatch.setattr(runs, "finish", unreachable)
     out = StringIO()
     with pytest.raises(CommandError) as error:
         call_command("insert_data", "--from", str(bad_input), "--no-progress", stdout=out)

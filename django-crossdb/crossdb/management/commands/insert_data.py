@@ -152,6 +152,8 @@ class Command(BaseCommand):
     )
 
     stopped = False  # set when a signal stopped the run
+    resume_point = None  # set by prepare(): the stopped run this one resumes (crossdb.resume)
+    resume_identity = None  # and what a run resuming this one must share with it
 
     def run_from_argv(self, argv):
         """Run as Django does, then end the process at once, skipping the interpreter's teardown.
@@ -261,7 +263,8 @@ class Command(BaseCommand):
         with stop_on_signals():
             run = checkpoints = None
             try:
-                source, outputs, point, wanted = self.prepare(options)
+                source, outputs = self.prepare(options)
+                point, wanted = self.resume_point, self.resume_identity
                 if wanted is not None and not options["dry_run"]:
                     run, checkpoints = self.begin(source, wanted, point)
                 with progress:
@@ -302,8 +305,8 @@ class Command(BaseCommand):
     def prepare(self, options):
         """Build the source and check everything that must stop the run before it starts:
         the output files first, so that nothing is read for a run that cannot finish.
-        Return (source, outputs, the point it resumes from or None, its identity for a
-        resume or None)."""
+        Return (source, outputs); ``resume_point`` is then the point it resumes from, or
+        None, and ``resume_identity`` what a run resuming it must share (None: never)."""
         point = None
         try:
             source = self.source_from(options)
@@ -312,7 +315,7 @@ class Command(BaseCommand):
             check_ready(["default", *(alias(t) for t in registry.tables())])
             wanted = resume.identity(source, options)
             if not options["dry_run"]:  # a dry run writes nothing, not even a repair
-                if not options["no_resume"]:
+                if not options.get("no_resume"):
                     point = resume.point_for(source.label, wanted)
                 repair_indexes(self.stdout, leave=point.tables if point else ())
         except (sources.SourceError, NotReady, OutputError) as exc:
@@ -321,7 +324,8 @@ class Command(BaseCommand):
             raise CommandError(f"cannot read the run log in default: {first_line(exc)}") from exc
         for warning in getattr(source, "warnings", list)():
             self.stderr.write(f"warning: {printable(warning)}")
-        return source, outputs, point, wanted
+        self.resume_point, self.resume_identity = point, wanted
+        return source, outputs
 
     def begin(self, source, wanted, point):
         """Record the run as running, with the prefixes it settles as it goes, so a run
