@@ -208,8 +208,23 @@ def orders_through(data_dir):
     return json.loads(row[0]).get("tables", {}).get("orders", {}).get("through", 0)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
-def test_insert_data_stopped_mid_orders_resumes_and_ends_as_a_clean_run(tmp_path, signum):
+def orders_indexes(data_dir):
+    with sqlite3.connect(data_dir / "orders.db") as db:
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'orders'"
+        return dict(db.execute(query).fetchall())
+
+
+@pytest.mark.parametrize(
+    "signum, again_options",
+    [(signal.SIGKILL, []), (signal.SIGINT, []), (signal.SIGKILL, ["--no-resume"])],
+    ids=["kill-9", "ctrl-c", "kill-9-no-resume"],
+)
+def test_insert_data_stopped_mid_orders_resumes_and_ends_as_a_clean_run(
+    tmp_path, signum, again_options
+):
+    """Resumed, or read again whole with --no-resume: the same rows as a clean run, and
+    the orders indexes the stopped load dropped built by the run's writer after its rows
+    (not by the repair before it, which would have the rows inserted into them)."""
     files = tmp_path / "files"
     files.mkdir()
     users = ["id,name,email"] + [f"{i},U{i},u{i}@example.com" for i in range(1, 2001)]
@@ -249,11 +264,15 @@ def test_insert_data_stopped_mid_orders_resumes_and_ends_as_a_clean_run(tmp_path
     with sqlite3.connect(stopped / "default.db") as db:
         status = db.execute("SELECT status FROM load_runs ORDER BY id DESC").fetchone()[0]
     assert status == ("running" if signum == signal.SIGKILL else "failed")
+    assert len(orders_indexes(stopped)) < len(orders_indexes(clean))  # dropped for the load
 
-    again = manage(*command, "--report", str(tmp_path / "report.json"), data_dir=stopped)
+    report_file = str(tmp_path / "report.json")
+    again = manage(*command, *again_options, "--report", report_file, data_dir=stopped)
     assert again.returncode == 0, again.stderr
-    assert "Resuming run #" in again.stdout
+    assert ("Resuming run #" in again.stdout) == (not again_options)
+    assert "rebuilt index" not in again.stdout
     assert dump(stopped) == dump(clean)
+    assert orders_indexes(stopped) == orders_indexes(clean)
     report = json.loads((tmp_path / "report.json").read_text())["totals"]
     assert report["stored"] + report["already_present"] == 202_100, report
     assert report["rejected"] == 0, report

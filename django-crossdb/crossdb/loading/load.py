@@ -133,7 +133,7 @@ def name_parents_rejected_in_run(result):
         result.rejections[index] = dataclasses.replace(rejection, reason="; ".join(parts))
 
 
-def writer_for(table, alias, gate=None, snapshot=None, on_conflict=REJECT, resuming=False):
+def writer_for(table, alias, gate=None, snapshot=None, on_conflict=REJECT):
     """Pick the fastest writer the database behind alias supports (COPY on PostgreSQL)."""
     if connections[alias].vendor == "postgresql":
         from crossdb.loading.postgres import (
@@ -143,16 +143,15 @@ def writer_for(table, alias, gate=None, snapshot=None, on_conflict=REJECT, resum
         writer_class: type[BulkWriter] = PostgresBulkWriter
     else:
         writer_class = BulkWriter
-    return writer_class(table, alias, gate, snapshot, on_conflict=on_conflict, resuming=resuming)
+    return writer_class(table, alias, gate, snapshot, on_conflict=on_conflict)
 
 
-def _make_writer(table, gate, snapshot=None, on_conflict=REJECT, resumed=()):
-    """Build table's writer in its process, with the guard counters of the run's start,
-    the run's on_conflict and the tables it resumes (all travel as data in the pool's
-    writer factory)."""
+def _make_writer(table, gate, snapshot=None, on_conflict=REJECT):
+    """Build table's writer in its process, with the guard counters of the run's start
+    and the run's on_conflict (both travel as data in the pool's writer factory)."""
     alias = registry.specs()[table].alias
     snapshot = (snapshot or {}).get(table)
-    return writer_for(table, alias, gate, snapshot, on_conflict, resuming=table in resumed)
+    return writer_for(table, alias, gate, snapshot, on_conflict)
 
 
 def _describe(table):
@@ -355,12 +354,7 @@ def _load(
     if dry_run:
         pool = DryRun(present, on_conflict)
     else:
-        make_writer = functools.partial(
-            _make_writer,
-            snapshot=snapshot,
-            on_conflict=on_conflict,
-            resumed=frozenset(resume.tables) if resume else frozenset(),
-        )
+        make_writer = functools.partial(_make_writer, snapshot=snapshot, on_conflict=on_conflict)
         pool = WriterPool(present, make_writer, _describe)
 
     reported = dict.fromkeys(present, 0)  # rows of the batches whose report was read

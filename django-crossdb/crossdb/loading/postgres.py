@@ -91,8 +91,8 @@ def _copy_type(field, connection):
 class PostgresBulkWriter(BulkWriter):
     """``BulkWriter`` whose batch insert is a binary COPY (plus a staging table on clashes)."""
 
-    def __init__(self, table, alias, gate=None, snapshot=None, on_conflict=REJECT, resuming=False):
-        super().__init__(table, alias, gate, snapshot, on_conflict, resuming)
+    def __init__(self, table, alias, gate=None, snapshot=None, on_conflict=REJECT):
+        super().__init__(table, alias, gate, snapshot, on_conflict)
         qn = self.connection.ops.quote_name
         self.staging = qn(f"multids_staging_{table}")
         self.copy_types = [
