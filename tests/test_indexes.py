@@ -17,6 +17,7 @@ import time
 import pytest
 from crossdb import registry
 from crossdb.loading import indexes
+from crossdb.loading.load import writer_for
 from django.db import DatabaseError, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
@@ -197,6 +198,34 @@ def test_repair_rebuilds_what_a_killed_load_dropped(restore_indexes):
     assert indexes.missing(ORDERS, Order) == []
     assert indexes.repair() == []
     assert _django_indexes(ORDERS, "orders") == set(dropped)
+
+
+def test_a_writer_builds_what_a_stopped_load_left_unbuilt_after_its_rows(restore_indexes):
+    """A load stopped part-way leaves the indexes it dropped missing; the next writer of that
+    table keeps them so while it writes (its rows go in without them) and builds them when
+    it finishes, as the stopped load would have."""
+    dropped = indexes.drop_for_load(ORDERS, Order)
+    _insert_orders(2000)  # what the stopped load committed
+    writer = writer_for("orders", ORDERS)
+    assert sorted(writer.deferred_indexes) == sorted(dropped)
+    assert {i.name for i in indexes.missing(ORDERS, Order)} == set(dropped)
+    writer.finish()
+    assert indexes.missing(ORDERS, Order) == []
+    assert _django_indexes(ORDERS, "orders") == set(dropped)
+
+
+def test_builds_at_once_share_the_servers_parallel_helpers():
+    """Two builds at once take the helpers one build would have, each counting itself."""
+    connection = connections[ORDERS]
+    if connection.vendor != "postgresql":
+        assert indexes._workers_each(ORDERS, 2) == 0  # SQLite has no helpers to share
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW max_parallel_maintenance_workers")
+        allowed = int(cursor.fetchone()[0])
+    assert indexes._workers_each(ORDERS, 1) == allowed
+    assert indexes._workers_each(ORDERS, 2) == max(0, (allowed + 1) // 2 - 1)
+    assert indexes._workers_each(ORDERS, 2 * (allowed + 1)) == 0
 
 
 @pytest.mark.postgres

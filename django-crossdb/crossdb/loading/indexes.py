@@ -14,8 +14,9 @@ the migration created and Django's migration state stays truthful.
 Crash safety needs no marker: the model says which indexes must exist, and introspection
 says which do. A load killed between ``drop_for_load`` and ``rebuild`` leaves a table with
 an index missing, and ``repair()``, which insert_data, migrate_all and check_integrity call
-first, builds it again. When nothing is missing, ``repair()`` costs one catalogue query per
-table.
+first, builds it again. insert_data leaves it missing on a table it writes: that table's
+writer loads its rows first and builds it at the end, as the stopped load would have. When
+nothing is missing, ``repair()`` costs one catalogue query per table.
 
 While an index is absent everything keeps working (reads, deletes, the admin); lookups by
 that column scan the table instead (measured in tests/test_indexes.py).
@@ -74,8 +75,16 @@ PARALLEL_BUILDS = {"postgresql": True}
 # for a million rows, measured alone), and a second sorter thread takes about 0.1 s more off.
 SQLITE_BUILD_CACHE_KB = 2000
 SQLITE_SORTER_THREADS = min(os.cpu_count() or 1, 4)
+#
+# PostgreSQL gives one build up to max_parallel_maintenance_workers helper processes; builds
+# that run at once share them (``_workers_each``), or they fight for the same cores: the two
+# orders indexes of 10M rows, built at once on this 2-core server, took 5.5 s with two
+# helpers each and 4.7 s with none.
 BUILD_SETTINGS_SQL = {
-    "postgresql": ["SET LOCAL maintenance_work_mem = '{memory}'"],
+    "postgresql": [
+        "SET LOCAL maintenance_work_mem = '{memory}'",
+        "SET LOCAL max_parallel_maintenance_workers = {workers}",
+    ],
     "sqlite": [
         f"PRAGMA cache_size = -{SQLITE_BUILD_CACHE_KB}",
         f"PRAGMA threads = {SQLITE_SORTER_THREADS}",
@@ -182,14 +191,32 @@ def drop_for_load(alias, model):
     return dropped
 
 
-def _build(alias, index):
-    """Create one index in its own transaction; True if built here, False if another
-    process built it meanwhile."""
+# The helpers one PostgreSQL index build may use, as the server sets it for a session.
+PARALLEL_WORKERS_SQL = {"postgresql": "SHOW max_parallel_maintenance_workers"}
+
+
+def _workers_each(alias, builds):
+    """The helper processes each of builds index builds at once may use: the server's
+    allowance for one build shared among them, each build's own process counted (2 on a
+    default server: one build alone takes 2; two at once, none each; eight at once with an
+    allowance of 8, none each)."""
+    query = PARALLEL_WORKERS_SQL.get(connections[alias].vendor)
+    if query is None:
+        return 0
+    with connections[alias].cursor() as cursor:
+        cursor.execute(query)
+        allowed = int(cursor.fetchone()[0])
+    return max(0, (allowed + 1) // builds - 1)
+
+
+def _build(alias, index, workers=0):
+    """Create one index in its own transaction, with workers helper processes at most;
+    True if built here, False if another process built it meanwhile."""
     connection = connections[alias]
     try:
         with transaction.atomic(using=alias), connection.cursor() as cursor:
             for statement in BUILD_SETTINGS_SQL.get(connection.vendor, []):
-                cursor.execute(statement.format(memory=build_memory()))
+                cursor.execute(statement.format(memory=build_memory(), workers=workers))
             cursor.execute(index.create_sql)
         return True
     except DatabaseError:
@@ -199,9 +226,9 @@ def _build(alias, index):
         raise
 
 
-def _build_in_thread(alias, index, results, errors):
+def _build_in_thread(alias, index, workers, results, errors):
     try:
-        results[index.name] = _build(alias, index)
+        results[index.name] = _build(alias, index, workers)
     except DatabaseError as exc:
         errors.append(exc)
     finally:
@@ -213,20 +240,23 @@ def rebuild(alias, model):
 
     On PostgreSQL each index is built on its own connection (one thread each, every thread
     with its own Django connection, closed afterwards), at once, with maintenance_work_mem
-    raised for the build; the builds share the table's SHARE lock, so they do not wait on
-    each other. On SQLite they are built one after another.
+    raised for the build and the server's parallel helpers shared among the builds; the
+    builds share the table's SHARE lock, so they do not wait on each other. On SQLite they
+    are built one after another.
     """
     todo = missing(alias, model)
     if not todo:
         return []
     vendor = connections[alias].vendor
-    if PARALLEL_BUILDS.get(vendor) and len(todo) > 1:
+    at_once = len(todo) if PARALLEL_BUILDS.get(vendor) else 1
+    workers = _workers_each(alias, at_once)
+    if at_once > 1:
         results: dict[str, Any] = {}
         errors: list[BaseException] = []
         threads = [
             threading.Thread(
                 target=_build_in_thread,
-                args=(alias, index, results, errors),
+                args=(alias, index, workers, results, errors),
                 name=f"multids-index-{index.name}",
             )
             for index in todo
@@ -239,7 +269,7 @@ def rebuild(alias, model):
             raise errors[0]
         built = [index.name for index in todo if results.get(index.name)]
     else:
-        built = [index.name for index in todo if _build(alias, index)]
+        built = [index.name for index in todo if _build(alias, index, workers)]
     if built:
         log.info("%s: built %s on %s", alias, ", ".join(built), model._meta.db_table)
     return built
@@ -291,7 +321,7 @@ def repair(aliases_and_models=None):
 
 def repair_and_say(stdout, leave=()):
     """``repair()`` for a command: one line per index rebuilt, nothing when none was.
-    leave: tables whose missing indexes a resumed load builds when it ends."""
+    leave: tables whose missing indexes the command's writers build when they end."""
     pairs = [
         (alias, model) for alias, model in routed_models() if model._meta.db_table not in leave
     ]
