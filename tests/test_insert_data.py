@@ -288,6 +288,41 @@ def test_a_writer_whose_last_message_is_still_on_its_way_is_not_taken_for_a_cras
         pool.close()
 
 
+@all_databases
+def test_each_writer_is_told_its_tables_end_once_its_last_batch_is_sent(tmp_path, monkeypatch):
+    """The parents' writers finish (building their deferred indexes) while the children
+    load, rather than all at the end: each is told its end right after its last batch, the
+    parents' before the first order is sent, and once."""
+    events = []
+    send, end = WriterPool.send, WriterPool.end
+
+    def sending(self, table, *args, **kwargs):
+        events.append(("send", table))
+        return send(self, table, *args, **kwargs)
+
+    def ending(self, table, on_report):
+        if table not in self.ended:  # finish() asks again for every table: a no-op then
+            events.append(("end", table))
+        return end(self, table, on_report)
+
+    monkeypatch.setattr(WriterPool, "send", sending)
+    monkeypatch.setattr(WriterPool, "end", ending)
+    users = ["id,name,email"] + [f"{i},U{i},u{i}@example.com" for i in range(1, 31)]
+    products = ["id,name,price"] + [f"{i},P{i},1.00" for i in range(1, 6)]
+    orders = ["id,user_id,product_id,quantity"] + [f"{i},{i},{i % 5 + 1},1" for i in range(1, 31)]
+    for name, lines in (("users", users), ("products", products), ("orders", orders)):
+        (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    result = load.load(FileSource(tmp_path), batch_size=10)
+    assert sum(t.stored for t in result.tables.values()) == 65
+    first_order = events.index(("send", "orders"))
+    for table in ("users", "products", "orders"):
+        assert events.count(("end", table)) == 1, events
+        assert ("send", table) not in events[events.index(("end", table)) :], events
+    assert events.index(("end", "users")) < first_order
+    assert events.index(("end", "products")) < first_order
+    assert events[-1] == ("end", "orders")
+
+
 class _ExitsWhileChecked:
     """A writer process seen alive by the first is_alive() and exited from the second on:
     a writer that ends while the pool is checking on it."""

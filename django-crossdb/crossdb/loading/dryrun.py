@@ -197,7 +197,7 @@ class _DryTable:
 class DryRun:
     """Stands where the ``WriterPool`` stands in a real run, and settles each batch at once.
 
-    The loader calls it as it calls the pool (``start``, ``send``, ``finish``, ``close``,
+    The loader calls it as it calls the pool (``start``, ``send``, ``end``, ``finish``, ``close``,
     ``sent``, ``committed_rows``), so a dry run is the same loop with another sink.
     """
 
@@ -235,6 +235,9 @@ class DryRun:
         written = state.settle(line_list, tuples, self._known)
         written = written._replace(rejections=rejections + written.rejections)
         on_report(Report("batch", table, written, started, time.time()))
+
+    def end(self, table: str, on_report: Callable[[Report], None]) -> None:
+        """Nothing to tell: table's batches were settled when they were sent."""
 
     def finish(self, on_report: Callable[[Report], None]) -> None:
         """Nothing is pending: every batch was settled when it was sent."""

@@ -184,10 +184,11 @@ def _levels(present):
     return [levels[d] for d in sorted(levels)]
 
 
-def _batches_in_commit_order(source, present, batch_size, progress, resume=None):
+def _batches_in_commit_order(source, present, batch_size, progress, resume=None, ended=None):
     """Yield (table, batch): the tables of one level alternately, so their writers work at
     once, then the next level, which may only be validated once every parent is known.
-    resume: a ``crossdb.resume.ResumePoint`` whose settled rows are left out."""
+    resume: a ``crossdb.resume.ResumePoint`` whose settled rows are left out; ended(table)
+    is called once table's last batch has been taken."""
     for table in present:
         progress.start(table, _expected(source, table))
         if resume and resume.through(table) and hasattr(source, "start_after"):
@@ -202,6 +203,8 @@ def _batches_in_commit_order(source, present, batch_size, progress, resume=None)
                 batch = next(batches, None)
                 if batch is None:
                     del streams[table]
+                    if ended is not None:
+                        ended(table)
                 else:
                     yield table, batch
 
@@ -371,7 +374,17 @@ def _load(
 
     pool.start()
     try:
-        batches = _batches_in_commit_order(source, present, batch_size, progress, resume)
+        # A writer told its table's end at once builds its deferred indexes while the
+        # next tables load: the users' at the end, beside the orders', cost an 11.1M-row
+        # load on PostgreSQL about a second.
+        batches = _batches_in_commit_order(
+            source,
+            present,
+            batch_size,
+            progress,
+            resume,
+            functools.partial(pool.end, on_report=on_report),
+        )
         for table, batch in batches:
             validated = validator.validate(table, batch)
             result.tables[table].read += len(batch)

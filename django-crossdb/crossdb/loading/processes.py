@@ -269,6 +269,7 @@ class WriterPool:
             t: [] for t in self.tables
         }  # rows of each batch sent, in order
         self.done = set()
+        self.ended = set()  # the tables whose writer was told there is nothing more
         self.processes = {}
         self.error = None
 
@@ -374,16 +375,24 @@ class WriterPool:
                     f"(exit {self.processes[table].exitcode})"
                 )
 
+    def end(self, table, on_report):
+        """Tell table's writer there is nothing more for it (it finishes, then exits: its
+        deferred indexes are built while the other writers go on)."""
+        if table in self.ended:
+            return
+        self.ended.add(table)
+        while True:
+            try:
+                self.inboxes[table].put(None, timeout=POLL_SECONDS)
+                return
+            except queue.Full:
+                self.collect(on_report)
+                self._check_alive(on_report)
+
     def finish(self, on_report):
         """Tell every writer there is nothing more, and wait until each has said it is done."""
         for table in self.tables:
-            while True:
-                try:
-                    self.inboxes[table].put(None, timeout=POLL_SECONDS)
-                    break
-                except queue.Full:
-                    self.collect(on_report)
-                    self._check_alive(on_report)
+            self.end(table, on_report)
         while self.done != set(self.tables):
             self.collect(on_report, timeout=POLL_SECONDS)
             self._check_alive(on_report)
