@@ -5,7 +5,6 @@ every write with a newline, which turns rich's in-place redraw into one new line
 refresh. Bars are drawn only when that stream is a terminal.
 """
 
-import re
 import time
 
 from rich.console import Console
@@ -177,7 +176,7 @@ def encoding_hints(result):
     (surrogateescape); a lone surrogate written as a JSON escape is no sign of it."""
     hints = []
     for table in result.tables.values():
-        bad = sum(1 for r in result.rejections if r.table == table.table and _undecoded(r))
+        bad = table.undecoded  # counted as they were rejected (``LoadResult.reject``)
         if bad and bad * 2 > table.read:
             hints.append(
                 f"most {table.table} rows ({bad:,} of {table.read:,}) are not valid UTF-8: "
@@ -185,13 +184,6 @@ def encoding_hints(result):
                 "(or cp1252, utf-16)"
             )
     return hints
-
-
-UNDECODED = re.compile("[\udc80-\udcff]")
-
-
-def _undecoded(rejection):
-    return any(isinstance(v, str) and UNDECODED.search(v) for v in rejection.values.values())
 
 
 def totals_line(result):

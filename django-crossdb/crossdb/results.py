@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from typing import Any
 from crossdb import registry
 from crossdb.loading.rows import Lines
 from crossdb.outputs import OutputFile, open_for_writing
+from crossdb.rejectionlog import RejectionLog
 from crossdb.rejectsfile import rejects_columns, safe_cell
 
 
@@ -28,6 +30,11 @@ def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+# Bytes that are not UTF-8, as the reader keeps them (surrogateescape: U+DC80-U+DCFF); a lone
+# surrogate written as a JSON escape is no sign of another encoding, but rare enough.
+UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class Rejection:
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
 
+    @property
+    def undecoded(self) -> bool:
+        """Whether a value holds bytes that were not UTF-8 (``console.encoding_hints``)."""
+        return any(isinstance(v, str) and UNDECODED.search(v) for v in self.values.values())
+
 
 @dataclass
 class TableResult:
@@ -69,6 +81,7 @@ class TableResult:
     rejected: int = 0
     updated: int = 0  # written over a stored row with the same id (on_conflict "update")
     skipped: int = 0  # id stored with other data, the stored row kept (on_conflict "skip")
+    undecoded: int = 0  # rejected rows with bytes that are not UTF-8 (``Rejection.undecoded``)
     started: float | None = None  # when its writer first wrote (time.time())
     finished: float | None = None  # when its writer committed its last batch
 
@@ -108,17 +121,25 @@ class LoadResult:
     tables: dict[str, TableResult] = field(
         default_factory=lambda: {t: TableResult(t) for t in registry.tables()}
     )
-    rejections: list[Rejection] = field(default_factory=list)
+    # in memory up to a bound, beyond it on disk (a conflicting re-run rejects every row)
+    rejections: RejectionLog = field(default_factory=RejectionLog)
     error: str | None = None  # set when a failure stopped the run
     # what became of a row whose id was stored with other data: "reject" (a conflict),
     # "update" or "skip" (``crossdb.loading.writers``); the last two add their count
     # ("updated", "skipped") to the summary, the report and the run record
     on_conflict: str = "reject"
     dry_run: bool = False  # nothing was written: "stored" counts the rows it would store
+    # rejections saying a parent does not exist (``Rejection.missing``), which the run may
+    # reword once every writer has reported; counted so that a run with none (a conflicting
+    # re-run rejects every row, most of them on disk) never reads its rejections for them
+    naming_missing: int = 0
 
     def reject(self, rejection: Rejection) -> None:
         self.rejections.append(rejection)
-        self.tables[rejection.table].rejected += 1
+        table = self.tables[rejection.table]
+        table.rejected += 1
+        table.undecoded += rejection.undecoded
+        self.naming_missing += bool(rejection.missing)
 
     @property
     def seconds(self) -> float:
@@ -145,10 +166,10 @@ class LoadResult:
         return bool(self.overlaps())
 
     def sorted_rejections(self) -> list[Rejection]:
-        """The rejections by table (in commit order), line and id; the tables' order is
-        looked up once (a conflicting re-run rejects every row)."""
-        order = {table: i for i, table in enumerate(registry.tables())}
-        return sorted(self.rejections, key=lambda r: (order[r.table], r.line or 0, str(r.id)))
+        """The rejections by table (in commit order), line and id, as a list (a preview, a
+        test); the outputs read ``rejections.sorted()`` instead, one at a time, which never
+        holds those on disk all at once."""
+        return list(self.rejections.sorted())
 
     def totals(self) -> dict[str, int]:
         keys = ("read", "stored", "present", "rejected", "updated", "skipped")
@@ -248,7 +269,7 @@ class LoadResult:
             columns = rejects_columns(self.tables)
             writer = csv.DictWriter(handle, columns, extrasaction="ignore")
             writer.writeheader()
-            for r in self.sorted_rejections():
+            for r in self.rejections.sorted():
                 row = {"table": r.table, "line": r.line, "id": r.id, "reason": r.reason}
                 row |= r.values
                 row["raw"] = r.raw

@@ -113,24 +113,30 @@ def name_parents_rejected_in_run(result):
     table was rejected with is reworded, so the wording never depends on which writer
     reported first.
     """
-    pending = [i for i, r in enumerate(result.rejections) if r.missing]
-    if not pending:
+    if not result.naming_missing:
         return
+    parents = registry.parent_tables()
     rejected: dict[str, set[Any]] = {}
     for r in result.rejections:
-        if r.id is not None and r.table in registry.parent_tables():
+        if r.id is not None and r.table in parents:
             rejected.setdefault(r.table, set()).add(r.id)
-    for index in pending:
-        rejection = result.rejections[index]
-        spec = registry.specs()[rejection.table]
-        parts = rejection.reason.split("; ")
-        for field_name, pk in rejection.missing:
-            reference = next(r for r in spec.references if r.field == field_name)
-            if pk in rejected.get(reference.parent, ()):
-                said = parent_problem(field_name, reference.noun, pk).message
-                meant = parent_problem(field_name, reference.noun, pk, rejected_in_run=True)
-                parts = [meant.message if part == said else part for part in parts]
-        result.rejections[index] = dataclasses.replace(rejection, reason="; ".join(parts))
+    result.rejections.change_each(functools.partial(_reworded, rejected=rejected))
+
+
+def _reworded(rejection, rejected):
+    """rejection, its "does not exist" said as "was rejected in this run" for each parent
+    in rejected ({table: ids}) it names (``name_parents_rejected_in_run``)."""
+    if not rejection.missing:
+        return rejection
+    spec = registry.specs()[rejection.table]
+    parts = rejection.reason.split("; ")
+    for field_name, pk in rejection.missing:
+        reference = next(r for r in spec.references if r.field == field_name)
+        if pk in rejected.get(reference.parent, ()):
+            said = parent_problem(field_name, reference.noun, pk).message
+            meant = parent_problem(field_name, reference.noun, pk, rejected_in_run=True)
+            parts = [meant.message if part == said else part for part in parts]
+    return dataclasses.replace(rejection, reason="; ".join(parts))
 
 
 def writer_for(table, alias, gate=None, snapshot=None, on_conflict=REJECT):

@@ -1,6 +1,7 @@
 import argparse
 import atexit
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -454,10 +455,10 @@ class Command(BaseCommand):
         render(summary_table(result), self.stdout)
         self.stdout.write(totals_line(result))
         self.stdout.write(concurrency_line(result))
-        rejections = result.sorted_rejections()
-        if rejections:
+        rejected = len(result.rejections)
+        if rejected:
             self.stdout.write("\nRejected rows:")
-            for rejection in rejections[:show]:
+            for rejection in itertools.islice(result.rejections.sorted(), show):
                 self.stdout.write(f"  {printable(str(rejection))}")
-            if len(rejections) > show:
-                self.stdout.write(f"  ... and {len(rejections) - show:,} more (use --rejects FILE)")
+            if rejected > show:
+                self.stdout.write(f"  ... and {rejected - show:,} more (use --rejects FILE)")
