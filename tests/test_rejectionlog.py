@@ -3,7 +3,7 @@
 A stateful property drives a ``RejectionLog`` with a small bound (so that runs go to disk
 after a few rejections) beside a plain list, through any order of appends, rewordings
 (``change_each``) and reads: every read must give what the list gives, ``sorted()`` the
-list's stable sort by ``sort_key``, so the summary, the rejects file and the report list
+list's stable sort by ``sort_key``, so the summary and the rejects file list
 the same rows in the same order whether or not the rejections went to disk. The negative
 controls break the log (an unstable merge, a block lost on disk, a rewording not applied to
 what is on disk) and the same property must catch each.

@@ -6,8 +6,8 @@ about 600 bytes as objects. Kept in a list, the 11.1M rejections of such a run t
 it sorts them in the order every output lists rejections (``sort_key``: table in commit
 order, line, id) and writes them to an unnamed temporary file as one sorted run, in pickled
 blocks of ``BLOCK``. ``sorted()`` merges the runs with the rejections still in memory, one
-block of each run at a time, so the summary, the rejects file and the report read them in
-order without holding them all. The file is unlinked as it is created: a run that is killed
+block of each run at a time, so the summary and the rejects file read them in order without
+holding them all. The file is unlinked as it is created: a run that is killed
 leaves nothing behind.
 
 Iterating gives every rejection once, in the order they came while none has gone to disk
