@@ -310,15 +310,19 @@ class WriterPool:
         """Queue one batch for table's writer; on_report(report) gets every report meanwhile."""
         self.sent[table] += 1
         self.sizes[table].append(len(rows))
-        job = Job(self.sent[table], lines, rows, after, recheck)
+        self._put(table, Job(self.sent[table], lines, rows, after, recheck), on_report)
+        self.collect(on_report)
+
+    def _put(self, table, item, on_report):
+        """Put item (a Job, or None: the end) in table's inbox, reading the reports and
+        checking on the writers while it is full."""
         while True:
             try:
-                self.inboxes[table].put(job, timeout=POLL_SECONDS)
-                break
+                self.inboxes[table].put(item, timeout=POLL_SECONDS)
+                return
             except queue.Full:
                 self.collect(on_report)
                 self._check_alive(on_report)
-        self.collect(on_report)
 
     def collect(self, on_report, timeout=None):
         """Hand every report that has arrived to on_report; wait up to timeout for the first."""
@@ -378,16 +382,9 @@ class WriterPool:
     def end(self, table, on_report):
         """Tell table's writer there is nothing more for it (it finishes, then exits: its
         deferred indexes are built while the other writers go on)."""
-        if table in self.ended:
-            return
-        self.ended.add(table)
-        while True:
-            try:
-                self.inboxes[table].put(None, timeout=POLL_SECONDS)
-                return
-            except queue.Full:
-                self.collect(on_report)
-                self._check_alive(on_report)
+        if table not in self.ended:
+            self.ended.add(table)
+            self._put(table, None, on_report)
 
     def finish(self, on_report):
         """Tell every writer there is nothing more, and wait until each has said it is done."""
