@@ -240,8 +240,8 @@ class BulkWriter:
             # dropped missing, and insert_data leaves them so for the tables it writes: this
             # load goes on as the stopped one did and builds them when it ends, after its
             # rows, rather than inserting millions of rows into them (11.1M rows on
-            # PostgreSQL, the same command again after a kill at half: 66 s with the
-            # indexes built first, 14 s after).
+            # PostgreSQL, the same command with --no-resume after a kill at half: 66 s with
+            # the indexes built first, 21 s after).
             self.deferred_indexes = [i.name for i in indexes.missing(alias, self.model)]
         if self.connection.vendor == "sqlite":
             # Rows inserted into indexes of random keys (a table that holds rows) need the
